@@ -1,0 +1,141 @@
+"""The one error tree of agritrace.
+
+Every error that agritrace code raises on purpose is an :class:`AgritraceError`. Errors of
+third-party libraries (cbor2, PyNaCl, SQLAlchemy, …) are wrapped where they cross into our code,
+with ``raise ... from exc``, so a caller never has to know which library sits underneath::
+
+    AgritraceError
+    ├── IdentifierError            a product key, GTIN, lot, serial, device or party id is invalid
+    ├── MessageRejected            a device message is refused; ``.reason`` is a RejectReason
+    │   ├── MalformedMessage           reason "malformed": CBOR, COSE or field rules, size
+    │   ├── TopicMismatch              reason "topic_mismatch": payload device ≠ topic device
+    │   ├── UnknownKey                 reason "unknown_key": no key with this kid for the device
+    │   ├── RevokedKey                 reason "revoked_key": key not valid at the message time
+    │   └── BadSignature               reason "bad_signature"
+    ├── KeyFileError               a key file or vkey cannot be read or has the wrong form
+    ├── ConfigError                a setting is missing or invalid
+    └── StorageError               the database refused or lost something
+        ├── NotFound                   no such record
+        └── Conflict                   the record exists already (or a unique rule would break)
+
+The other reason codes of the ingest rules (unknown_device, clock_skew, equivocation,
+unauthorized_product, unknown_product) depend on server state, not on the message alone; the
+ingest service raises :class:`MessageRejected` with those codes directly.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "AgritraceError",
+    "BadSignature",
+    "ConfigError",
+    "Conflict",
+    "IdentifierError",
+    "KeyFileError",
+    "MalformedMessage",
+    "MessageRejected",
+    "NotFound",
+    "RejectReason",
+    "RevokedKey",
+    "StorageError",
+    "TopicMismatch",
+    "UnknownKey",
+]
+
+
+class RejectReason(StrEnum):
+    """Why a device message was refused (design.md, "Ingest rules"), in the order checked."""
+
+    MALFORMED = "malformed"
+    UNKNOWN_DEVICE = "unknown_device"
+    TOPIC_MISMATCH = "topic_mismatch"
+    UNKNOWN_KEY = "unknown_key"
+    REVOKED_KEY = "revoked_key"
+    BAD_SIGNATURE = "bad_signature"
+    CLOCK_SKEW = "clock_skew"
+    EQUIVOCATION = "equivocation"
+    UNAUTHORIZED_PRODUCT = "unauthorized_product"
+    UNKNOWN_PRODUCT = "unknown_product"
+
+
+class AgritraceError(Exception):
+    """Root of every error agritrace raises on purpose."""
+
+
+class IdentifierError(AgritraceError, ValueError):
+    """An identifier (product key, GTIN, lot, serial, device or party id) breaks a rule.
+
+    The message names the rule, e.g. ``GTIN check digit is 7, expected 2``.
+    """
+
+
+class MessageRejected(AgritraceError):
+    """A device message is refused. ``reason`` is the code stored in the rejections table."""
+
+    reason: RejectReason
+
+    def __init__(self, reason: RejectReason | str, detail: str) -> None:
+        self.reason = RejectReason(reason)
+        self.detail = detail
+        super().__init__(f"{self.reason.value}: {detail}")
+
+
+class _FixedReason(MessageRejected):
+    """A rejection whose reason is fixed by its class."""
+
+    fixed_reason: RejectReason
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(self.fixed_reason, detail)
+
+
+class MalformedMessage(_FixedReason):
+    """The bytes are not a well-formed agritrace message (CBOR, COSE, field rules or size)."""
+
+    fixed_reason = RejectReason.MALFORMED
+
+
+class TopicMismatch(_FixedReason):
+    """The payload names another device than the MQTT topic it arrived on."""
+
+    fixed_reason = RejectReason.TOPIC_MISMATCH
+
+
+class UnknownKey(_FixedReason):
+    """The message's key id matches no key of the device."""
+
+    fixed_reason = RejectReason.UNKNOWN_KEY
+
+
+class RevokedKey(_FixedReason):
+    """The key exists but was not valid at the message's time (revoked or rotated out)."""
+
+    fixed_reason = RejectReason.REVOKED_KEY
+
+
+class BadSignature(_FixedReason):
+    """The Ed25519 signature does not verify under the device key."""
+
+    fixed_reason = RejectReason.BAD_SIGNATURE
+
+
+class KeyFileError(AgritraceError):
+    """A key file, private key or verifier key (vkey) cannot be read or has the wrong form."""
+
+
+class ConfigError(AgritraceError):
+    """A setting is missing or invalid."""
+
+
+class StorageError(AgritraceError):
+    """The database refused an operation or returned something unexpected."""
+
+
+class NotFound(StorageError):
+    """No record with the given identity exists."""
+
+
+class Conflict(StorageError):
+    """A record with the given identity exists already, or a uniqueness rule would break."""
