@@ -27,17 +27,17 @@ import httpx
 import uvicorn
 from pydantic import SecretStr
 
+from traceapi import create_app
 from tracecore.cose import parse_message, sign_message
 from tracecore.errors import ConfigError, KeyFileError, MessageRejected
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey, generate_signer, read_key_file, write_key_file
 from tracecore.message import Event, Reading, Sensor
 from tracecore.settings import Settings
-from traceapi import create_app
 
 __all__ = ["run_demo"]
 
-# A GTIN-13 of the GS1 China prefix range 690–699, with its check digit (GS1 GenSpecs §7.9.1).
+# A GTIN-13 of the GS1 China prefix range 690 to 699, with its check digit (GS1 GenSpecs §7.9.1).
 EGG_GTIN = "06901234567892"
 
 
@@ -105,7 +105,8 @@ async def _wait_started(server: uvicorn.Server) -> None:
 
 
 async def _walkthrough(settings: Settings, log_key: SignerKey, base_url: str) -> None:
-    assert settings.admin_token is not None  # set by run_demo
+    if settings.admin_token is None:
+        raise ConfigError("the demo needs an admin token")
     admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
     _say(f"agritrace demo — data in {settings.data_dir.resolve()}")
     _say(f"log key (vkey): {log_key.verifier}")
@@ -168,7 +169,9 @@ async def _walkthrough(settings: Settings, log_key: SignerKey, base_url: str) ->
             raise ConfigError("a tampered message verified: the signature check is broken")
 
         _say("\n5. Try it yourself:")
-        _say(f"   curl -H 'Authorization: Bearer {farm_token}' {base_url}/v1/devices/{DEVICES[0].id}")
+        _say(
+            f"   curl -H 'Authorization: Bearer {farm_token}' {base_url}/v1/devices/{DEVICES[0].id}"
+        )
         _say(f"   {base_url}/healthz    API docs: {base_url}/docs")
 
 

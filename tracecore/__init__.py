@@ -1,4 +1,4 @@
-"""tracecore: the pure core shared by every agritrace part (identifiers, messages, keys, storage)."""
+"""tracecore: the core shared by every agritrace part: identifiers, messages, keys, storage."""
 
 from tracecore.errors import (
     AgritraceError,

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from amqtt.broker import Broker
+
 from tracecore.errors import ConfigError
 
 __all__ = ["DEFAULT_EMBEDDED", "BrokerAddress", "embedded_broker"]
@@ -58,8 +60,6 @@ async def embedded_broker(address: BrokerAddress = DEFAULT_EMBEDDED) -> AsyncIte
     It listens on that address only (loopback by default) and allows anonymous clients: it is
     the zero-setup default for one machine, not a production broker.
     """
-    from amqtt.broker import Broker  # imported here: only the embedded default needs it
-
     config = {
         "listeners": {"default": {"type": "tcp", "bind": f"{address.host}:{address.port}"}},
         "plugins": {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 
 import aiomqtt
@@ -25,15 +24,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _mosquitto() -> BrokerAddress:
-    url = os.environ.get("AGRITRACE_TEST_MQTT_URL")
-    if not url:
-        if os.environ.get("AGRITRACE_REQUIRE_SERVICES") == "1":
-            pytest.fail("AGRITRACE_TEST_MQTT_URL is not set but services are required")
-        pytest.skip("AGRITRACE_TEST_MQTT_URL not set: no mosquitto to test against")
-    return BrokerAddress.parse(url)
 
 
 async def _round_trip(address: BrokerAddress, count: int) -> list[tuple[str, bytes]]:
@@ -86,9 +76,9 @@ def test_embedded_broker_carries_signed_messages_unchanged() -> None:
 
 
 @pytest.mark.mosquitto
-def test_mosquitto_carries_signed_messages_unchanged() -> None:
+def test_mosquitto_carries_signed_messages_unchanged(mosquitto: BrokerAddress) -> None:
     """Through mosquitto, signed messages arrive byte-identical, in order, and verify."""
-    asyncio.run(_round_trip(_mosquitto(), 200))
+    asyncio.run(_round_trip(mosquitto, 200))
 
 
 def test_embedded_broker_reports_a_busy_port() -> None:

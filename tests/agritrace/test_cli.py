@@ -1,0 +1,55 @@
+"""Tests of the `agritrace` command line."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from agritrace.cli import main
+from tracecore.keys import VerifierKey, read_key_file
+
+
+def test_keys_new_writes_a_private_file_and_prints_the_vkey(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`agritrace keys new log` writes keys/log.key (0600) and prints its vkey on stdout."""
+    assert main(["--data-dir", str(tmp_path), "keys", "new", "log"]) == 0
+    out, err = capsys.readouterr()
+    vkey = VerifierKey.parse(out.strip())
+    key = read_key_file(tmp_path / "keys", "log")
+    assert vkey == key.verifier
+    assert stat.S_IMODE((tmp_path / "keys" / "log.key").stat().st_mode) == 0o600
+    assert f"device kid (hex):    {vkey.kid.hex()}" in err
+
+
+def test_keys_show_prints_the_same_vkey(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`agritrace keys show` prints the vkey of an existing key again."""
+    main(["--data-dir", str(tmp_path), "keys", "new", "witness-1"])
+    first = capsys.readouterr().out
+    assert main(["--data-dir", str(tmp_path), "keys", "show", "witness-1"]) == 0
+    assert capsys.readouterr().out == first
+
+
+def test_keys_new_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second `keys new` of the same name fails with exit 1 and keeps the first key."""
+    main(["--data-dir", str(tmp_path), "keys", "new", "log"])
+    before = (tmp_path / "keys" / "log.key").read_bytes()
+    assert main(["--data-dir", str(tmp_path), "keys", "new", "log"]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (tmp_path / "keys" / "log.key").read_bytes() == before
+
+
+def test_keys_show_of_a_missing_key_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keys show` of an unknown name exits 1 and says how to create the key."""
+    assert main(["--data-dir", str(tmp_path), "keys", "show", "nope"]) == 1
+    assert "agritrace keys new" in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """`agritrace` without a command prints usage and exits 2."""
+    assert main([]) == 2
+    assert "usage: agritrace" in capsys.readouterr().err

@@ -1,0 +1,138 @@
+"""The trace API application factory.
+
+``create_app(settings)`` builds a FastAPI app with no module-level state: the engine (built from
+``settings.database_url`` unless one is passed), the settings and the clock live on
+``app.state``; the schema is migrated when the app starts (lifespan). Errors of the core become
+HTTP answers here, in one place, always as ``{"detail": "..."}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from traceapi.routes.registry import router as registry_router
+from traceapi.schemas import StatusOut
+from tracecore.errors import (
+    AgritraceError,
+    Conflict,
+    IdentifierError,
+    KeyFileError,
+    NotFound,
+    StorageError,
+)
+from tracecore.settings import Settings
+from tracecore.storage.engine import make_engine
+from tracecore.storage.migrate import upgrade
+
+__all__ = ["ERROR_STATUS", "create_app", "wall_clock_ms"]
+
+#: HTTP status of each core error; the first matching class (in this order) wins.
+ERROR_STATUS: tuple[tuple[type[AgritraceError], int], ...] = (
+    (NotFound, status.HTTP_404_NOT_FOUND),
+    (Conflict, status.HTTP_409_CONFLICT),
+    (IdentifierError, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (KeyFileError, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (StorageError, status.HTTP_503_SERVICE_UNAVAILABLE),
+)
+
+
+_log = logging.getLogger(__name__)
+
+
+def wall_clock_ms() -> int:
+    """Return the wall-clock time in ms since the Unix epoch (the edge reads the clock)."""
+    return time.time_ns() // 1_000_000
+
+
+def _status_of(exc: AgritraceError) -> int:
+    """Return the HTTP status for a core error (500 for one without a mapping)."""
+    for cls, code in ERROR_STATUS:
+        if isinstance(exc, cls):
+            return code
+    return status.HTTP_500_INTERNAL_SERVER_ERROR
+
+
+async def _agritrace_error(_request: Request, exc: Exception) -> JSONResponse:
+    """Answer a core error with its status and message."""
+    assert isinstance(exc, AgritraceError)  # noqa: S101 (registered for this class only)
+    code = _status_of(exc)
+    detail = str(exc)
+    if code >= 500:
+        _log.error("request failed: %s", exc, exc_info=exc)
+        detail = "the database is unavailable" if code == 503 else "internal error"
+    return JSONResponse({"detail": detail}, status_code=code)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """Return a readable field path such as ``body.public_key``."""
+    return ".".join(str(part) for part in loc) or "request"
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """Answer invalid input with 422 and one readable message naming each bad field."""
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 (registered for this class only)
+    parts = [f"{_location(tuple(err['loc']))}: {err['msg']}" for err in exc.errors()]
+    return JSONResponse(
+        {"detail": "; ".join(parts) or "invalid request"},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+def create_app(
+    settings: Settings,
+    engine: Engine | None = None,
+    *,
+    clock: Callable[[], int] = wall_clock_ms,
+) -> FastAPI:
+    """Build the trace API for ``settings``.
+
+    ``engine`` defaults to one built from ``settings.database_url`` (and disposed at shutdown);
+    the schema is migrated to the newest revision at startup. ``clock`` returns the time in ms
+    since the Unix epoch and exists for tests.
+    """
+    owned = engine is None
+    app_engine = make_engine(settings.database_url) if engine is None else engine
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        """Migrate the schema on startup; dispose of an engine built here on shutdown."""
+        await run_in_threadpool(upgrade, app_engine)
+        try:
+            yield
+        finally:
+            if owned:
+                app_engine.dispose()
+
+    app = FastAPI(title="agritrace", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = app_engine
+    app.state.clock = clock
+    app.add_exception_handler(AgritraceError, _agritrace_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.include_router(registry_router)
+
+    @app.get("/healthz")
+    def healthz() -> StatusOut:
+        """Report ok once the database answers a query."""
+        try:
+            with app_engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            _log.warning("health check failed: %s", exc)
+            raise HTTPException(
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail="the database is unavailable",
+            ) from exc
+        return StatusOut(status="ok")
+
+    return app

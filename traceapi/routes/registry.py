@@ -1,0 +1,142 @@
+"""Registry routes: parties, their tokens, devices and device keys (docs/registry-api.md).
+
+Every handler runs its work in one transaction (:func:`session_scope`) that commits before the
+response is sent. Errors of the core (NotFound, Conflict, IdentifierError, KeyFileError) become
+HTTP answers in :mod:`traceapi.app`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
+from sqlalchemy import Engine
+
+from traceapi.auth import Principal, forbidden, require_admin, require_admin_or_party
+from traceapi.schemas import (
+    DeviceCreate,
+    DeviceCreated,
+    DeviceOut,
+    KeyOut,
+    KeyRevoke,
+    KeyRotate,
+    PartyCreate,
+    PartyOut,
+    TokenOut,
+    decode_public_key,
+    encode_bytes,
+)
+from tracecore.identifiers import parse_device_id
+from tracecore.storage.engine import session_scope
+from tracecore.storage.registry import (
+    create_party,
+    device_keys,
+    get_device,
+    issue_token,
+    register_device,
+    revoke_key,
+    rotate_key,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["registry"])
+
+Admin = Annotated[Principal, Depends(require_admin)]
+AdminOrParty = Annotated[Principal, Depends(require_admin_or_party)]
+
+
+def _engine(request: Request) -> Engine:
+    """Return the application's engine."""
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _now_ms(request: Request) -> int:
+    """Return the application's clock reading, in ms since the Unix epoch."""
+    clock: Callable[[], int] = request.app.state.clock
+    return clock()
+
+
+def _check_owner(engine: Engine, principal: Principal, device_id: str) -> None:
+    """Raise NotFound for an unknown device, 403 unless the caller may act for its party."""
+    with session_scope(engine) as session:
+        device = get_device(session, device_id)
+    if not principal.may_act_for(device.party_id):
+        raise forbidden("this device belongs to another party")
+
+
+@router.post("/parties", status_code=status.HTTP_201_CREATED)
+def post_party(body: PartyCreate, request: Request, _admin: Admin) -> PartyOut:
+    """Create a party (admin only)."""
+    with session_scope(_engine(request)) as session:
+        party = create_party(session, body.id, body.name, body.kind, _now_ms(request))
+        return PartyOut.of(party)
+
+
+@router.post("/parties/{party_id}/tokens", status_code=status.HTTP_201_CREATED)
+def post_token(party_id: str, request: Request, _admin: Admin) -> TokenOut:
+    """Issue a bearer token for a party, shown once and stored hashed (admin only)."""
+    with session_scope(_engine(request)) as session:
+        issued = issue_token(session, party_id, _now_ms(request))
+    return TokenOut(token=issued.token, party=issued.party_id, role=issued.role)
+
+
+@router.post("/devices", status_code=status.HTTP_201_CREATED)
+def post_device(body: DeviceCreate, request: Request, principal: AdminOrParty) -> DeviceCreated:
+    """Register a device with its first key (admin or the owning party)."""
+    if not principal.may_act_for(body.party):
+        raise forbidden("a party token may register devices of its own party only")
+    public_key = decode_public_key(body.public_key)
+    with session_scope(_engine(request)) as session:
+        key = register_device(session, body.id, body.party, public_key, _now_ms(request))
+        return DeviceCreated(
+            id=key.device_id,
+            party=body.party,
+            kid=key.kid.hex(),
+            public_key=encode_bytes(key.public_key),
+            valid_from_ms=key.valid_from_ms,
+        )
+
+
+@router.post("/devices/{device_id}/keys", status_code=status.HTTP_201_CREATED)
+def post_key(device_id: str, body: KeyRotate, request: Request, principal: AdminOrParty) -> KeyOut:
+    """Rotate a device's key: the current one ends now, the new one starts (admin or owner)."""
+    engine = _engine(request)
+    _check_owner(engine, principal, device_id)
+    public_key = decode_public_key(body.public_key)
+    with session_scope(engine) as session:
+        return KeyOut.of(rotate_key(session, device_id, public_key, _now_ms(request)))
+
+
+@router.post("/devices/{device_id}/revoke")
+def post_revoke(
+    device_id: str, body: KeyRevoke, request: Request, principal: AdminOrParty
+) -> KeyOut:
+    """Revoke a device key (default the current one) since a time (default now)."""
+    engine = _engine(request)
+    _check_owner(engine, principal, device_id)
+    kid = bytes.fromhex(body.kid) if body.kid is not None else None
+    since_ms = body.since_ms if body.since_ms is not None else _now_ms(request)
+    with session_scope(engine) as session:
+        key = revoke_key(
+            session, device_id, kid, revoked_since_ms=since_ms, reason=body.reason.strip()
+        )
+        return KeyOut.of(key)
+
+
+@router.get("/devices/{device_id}")
+def get_device_route(device_id: str, request: Request, principal: AdminOrParty) -> DeviceOut:
+    """Show a device and its key history (admin or the owning party)."""
+    engine = _engine(request)
+    _check_owner(engine, principal, device_id)
+    with session_scope(engine) as session:
+        device = get_device(session, parse_device_id(device_id))
+        keys = device_keys(session, device.id)
+        return DeviceOut(
+            id=device.id,
+            party=device.party_id,
+            created_ms=device.created_ms,
+            keys=[KeyOut.of(key) for key in keys],
+        )

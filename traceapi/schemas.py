@@ -1,0 +1,159 @@
+"""Request and response bodies of the registry API (pydantic)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tracecore.errors import KeyFileError
+from tracecore.storage.models import DeviceKey, Party
+from tracecore.storage.registry import NAME_MAX_LENGTH, PUBLIC_KEY_LENGTH
+
+__all__ = [
+    "DeviceCreate",
+    "DeviceCreated",
+    "DeviceOut",
+    "KeyOut",
+    "KeyRevoke",
+    "KeyRotate",
+    "PartyCreate",
+    "PartyKind",
+    "PartyOut",
+    "StatusOut",
+    "TokenOut",
+    "decode_public_key",
+    "encode_bytes",
+]
+
+PartyKind = Literal["farm", "packer", "processor", "carrier", "retailer", "lab", "inspector"]
+
+
+def encode_bytes(data: bytes) -> str:
+    """Return ``data`` in standard (padded) base64, the form keys take in this API."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_public_key(text: str) -> bytes:
+    """Decode a raw 32-byte Ed25519 public key from standard base64; raise KeyFileError."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise KeyFileError("public_key must be standard base64 of the raw 32-byte key") from exc
+    if len(raw) != PUBLIC_KEY_LENGTH:
+        raise KeyFileError(
+            f"public_key must decode to {PUBLIC_KEY_LENGTH} bytes, got {len(raw)} bytes"
+        )
+    return raw
+
+
+class _Body(BaseModel):
+    """A request body: unknown fields are refused, so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PartyCreate(_Body):
+    """Body of ``POST /v1/parties``."""
+
+    id: str = Field(description="party id, [a-z0-9-]{3,64}")
+    name: str = Field(min_length=1, max_length=NAME_MAX_LENGTH)
+    kind: PartyKind
+
+
+class PartyOut(BaseModel):
+    """A party as the API shows it."""
+
+    id: str
+    name: str
+    kind: str
+    created_ms: int
+
+    @classmethod
+    def of(cls, party: Party) -> PartyOut:
+        """Build the response from the stored row."""
+        return cls(id=party.id, name=party.name, kind=party.kind, created_ms=party.created_ms)
+
+
+class TokenOut(BaseModel):
+    """A freshly issued token: shown once, stored hashed."""
+
+    token: str
+    party: str
+    role: str
+
+
+class DeviceCreate(_Body):
+    """Body of ``POST /v1/devices``."""
+
+    id: str = Field(description="device id, [a-z0-9-]{3,64}")
+    party: str = Field(description="id of the owning party")
+    public_key: str = Field(description="raw 32-byte Ed25519 public key, standard base64")
+
+
+class DeviceCreated(BaseModel):
+    """Response of ``POST /v1/devices``: the device and its first key."""
+
+    id: str
+    party: str
+    kid: str = Field(description="hex of the 8-byte COSE kid")
+    public_key: str
+    valid_from_ms: int
+
+
+class KeyRotate(_Body):
+    """Body of ``POST /v1/devices/{id}/keys``."""
+
+    public_key: str = Field(description="raw 32-byte Ed25519 public key, standard base64")
+
+
+class KeyRevoke(_Body):
+    """Body of ``POST /v1/devices/{id}/revoke``."""
+
+    kid: str | None = Field(
+        default=None, pattern="^[0-9a-f]{16}$", description="hex kid; default the current key"
+    )
+    since_ms: int | None = Field(default=None, ge=0, description="default: now")
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class KeyOut(BaseModel):
+    """One key of a device and its validity window."""
+
+    device: str
+    kid: str
+    public_key: str
+    valid_from_ms: int
+    valid_until_ms: int | None
+    revoked_ms: int | None
+    revoke_reason: str | None
+
+    @classmethod
+    def of(cls, key: DeviceKey) -> KeyOut:
+        """Build the response from the stored row."""
+        return cls(
+            device=key.device_id,
+            kid=key.kid.hex(),
+            public_key=encode_bytes(key.public_key),
+            valid_from_ms=key.valid_from_ms,
+            valid_until_ms=key.valid_until_ms,
+            revoked_ms=key.revoked_ms,
+            revoke_reason=key.revoke_reason,
+        )
+
+
+class DeviceOut(BaseModel):
+    """A device and its key history, oldest key first."""
+
+    id: str
+    party: str
+    created_ms: int
+    keys: list[KeyOut]
+
+
+class StatusOut(BaseModel):
+    """Body of ``GET /healthz``."""
+
+    status: str

@@ -1,0 +1,350 @@
+"""Deterministic CBOR: one encoder we control, and a strict decoder for untrusted bytes.
+
+Everything agritrace signs or hashes is CBOR in the *core deterministic encoding* of RFC 8949
+§4.2.1:
+
+* integers, lengths and tag numbers in their shortest form (preferred serialization, §4.1);
+* definite lengths only, no indefinite-length strings, arrays or maps;
+* map keys sorted by the bytewise lexicographic order of their own deterministic encodings,
+  no duplicate keys;
+* floating-point values in the shortest of half, single or double precision that represents
+  the value exactly (§4.1, §4.2.1); NaN is always ``0xf97e00`` (§4.2.2).
+
+We do not use ``cbor2.dumps(canonical=True)`` to encode: cbor2 (6.x, checked in
+tests/tracecore/test_message.py) sorts map keys *length-first*, the RFC 7049 §3.9 "canonical"
+order kept in RFC 8949 §4.2.3, not the bytewise order §4.2.1 requires. The two orders agree for
+keys of one major type and length class (all our text keys) but differ in general, e.g. keys
+``-1`` (``0x20``) and ``100`` (``0x1864``). So :func:`encode_deterministic` is our own and small.
+
+:func:`decode_strict` uses cbor2 (a compiled decoder) to parse, with indefinite lengths,
+duplicate keys and deep nesting switched off and every tag not explicitly allowed refused, then
+re-encodes the result with :func:`encode_deterministic` and demands the same bytes: whatever is
+not in deterministic form (long integers, unsorted keys, a double that fits a half, …) is
+refused. Every failure is a :class:`~tracecore.errors.MalformedMessage`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+import cbor2
+
+from tracecore.errors import MalformedMessage
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_DEPTH",
+    "decode_strict",
+    "encode_deterministic",
+    "kind_name",
+]
+
+MAX_DEPTH: Final = 16
+"""Deepest nesting of arrays and maps that :func:`decode_strict` accepts."""
+
+DEFAULT_MAX_BYTES: Final = 16384
+"""Largest input :func:`decode_strict` accepts by default (the device message limit, 16 KiB)."""
+
+_UINT64_MAX: Final = 2**64 - 1
+_NINT64_MIN: Final = -(2**64)
+
+# RFC 8949 §3: major types.
+_MT_UINT: Final = 0
+_MT_NINT: Final = 1
+_MT_BYTES: Final = 2
+_MT_TEXT: Final = 3
+_MT_ARRAY: Final = 4
+_MT_MAP: Final = 5
+_MT_TAG: Final = 6
+
+# RFC 8949 §3.3: simple values and floats in major type 7.
+_FALSE: Final = b"\xf4"
+_TRUE: Final = b"\xf5"
+_NULL: Final = b"\xf6"
+_CANONICAL_NAN: Final = b"\xf9\x7e\x00"  # RFC 8949 §4.2.2
+
+
+def _head(major: int, argument: int) -> bytes:
+    """Return the initial byte plus argument of a data item, shortest form (RFC 8949 §4.2.1)."""
+    initial = major << 5
+    if argument < 24:
+        return bytes((initial | argument,))
+    if argument <= 0xFF:
+        return bytes((initial | 24, argument))
+    if argument <= 0xFFFF:
+        return bytes((initial | 25,)) + argument.to_bytes(2, "big")
+    if argument <= 0xFFFFFFFF:
+        return bytes((initial | 26,)) + argument.to_bytes(4, "big")
+    return bytes((initial | 27,)) + argument.to_bytes(8, "big")
+
+
+def _encode_float(value: float) -> bytes:
+    """Encode a float in the shortest IEEE 754 form that keeps its value (RFC 8949 §4.2.1)."""
+    if math.isnan(value):
+        return _CANONICAL_NAN
+    for initial, fmt in ((0xF9, ">e"), (0xFA, ">f")):
+        try:
+            packed = struct.pack(fmt, value)
+        except OverflowError:
+            continue
+        if struct.unpack(fmt, packed)[0] == value:
+            # ±0.0 and ±inf survive every width; the sign survives the pack as well.
+            return bytes((initial,)) + packed
+    return b"\xfb" + struct.pack(">d", value)
+
+
+_SIMPLE: Final = {False: _FALSE, True: _TRUE, None: _NULL}
+
+
+def _encode_int(obj: int) -> bytes:
+    """Encode an integer in major type 0 or 1, shortest form (RFC 8949 §3.1, §4.2.1)."""
+    if 0 <= obj <= _UINT64_MAX:
+        return _head(_MT_UINT, obj)
+    if _NINT64_MIN <= obj < 0:
+        return _head(_MT_NINT, -1 - obj)
+    raise ValueError(f"integer {obj} does not fit a CBOR major type 0 or 1 (64 bits)")
+
+
+def _encode_scalar(obj: object) -> bytes | None:
+    """Return the encoding of a scalar (not array, map or tag), or ``None`` if not a scalar."""
+    result: bytes | None = None
+    # Identity checks first: bool is a subclass of int in Python, and True == 1.
+    if obj is None or obj is True or obj is False:
+        result = _SIMPLE[obj]
+    elif isinstance(obj, int):
+        result = _encode_int(obj)
+    elif isinstance(obj, float):
+        result = _encode_float(obj)
+    elif isinstance(obj, str):
+        data = obj.encode("utf-8")  # raises UnicodeEncodeError (a ValueError) on surrogates
+        result = _head(_MT_TEXT, len(data)) + data
+    elif isinstance(obj, bytes | bytearray | memoryview):
+        data = bytes(obj)
+        result = _head(_MT_BYTES, len(data)) + data
+    return result
+
+
+def _encode(obj: object, out: list[bytes]) -> None:
+    """Append the deterministic encoding of ``obj`` to ``out``."""
+    scalar = _encode_scalar(obj)
+    if scalar is not None:
+        out.append(scalar)
+    elif isinstance(obj, list | tuple):
+        out.append(_head(_MT_ARRAY, len(obj)))
+        for item in obj:
+            _encode(item, out)
+    elif isinstance(obj, Mapping):
+        out.append(_head(_MT_MAP, len(obj)))
+        out.extend(_encode_map_items(obj.items()))
+    elif isinstance(obj, cbor2.CBORTag):
+        tag = obj.tag
+        if not 0 <= tag <= _UINT64_MAX:
+            raise ValueError(f"tag number {tag} does not fit 64 bits")
+        out.append(_head(_MT_TAG, tag))
+        _encode(obj.value, out)
+    else:
+        raise TypeError(f"cannot encode {type(obj).__name__} as deterministic CBOR")
+
+
+def _encode_map_items(items: Iterable[tuple[object, object]]) -> list[bytes]:
+    """Encode map entries sorted bytewise by encoded key (RFC 8949 §4.2.1), refusing dupes."""
+    pairs = []
+    for key, value in items:
+        pairs.append((encode_deterministic(key), encode_deterministic(value)))
+    pairs.sort(key=lambda pair: pair[0])
+    chunks: list[bytes] = []
+    previous: bytes | None = None
+    for key_bytes, value_bytes in pairs:
+        if key_bytes == previous:
+            raise ValueError(f"duplicate map key {key_bytes.hex()} (RFC 8949 §5.6)")
+        previous = key_bytes
+        chunks += (key_bytes, value_bytes)
+    return chunks
+
+
+def encode_deterministic(obj: object) -> bytes:
+    """Encode ``obj`` in CBOR core deterministic encoding (RFC 8949 §4.2.1).
+
+    Supported values: ``None``, ``bool``, ``int`` (-2**64 … 2**64-1, major types 0 and 1),
+    ``float`` (shortest exact form; NaN as ``f97e00``), ``str`` (UTF-8 text), ``bytes``-like
+    (byte string), ``list``/``tuple`` (array), any ``Mapping`` (map, keys sorted bytewise by
+    their encodings) and :class:`cbor2.CBORTag` (tag).
+
+    Raises :class:`TypeError` for any other type and :class:`ValueError` for an integer outside
+    64 bits, a string with lone surrogates or two keys with the same encoding. These are
+    programming errors of the caller, not properties of untrusted input.
+    """
+    out: list[bytes] = []
+    _encode(obj, out)
+    return b"".join(out)
+
+
+_KINDS: Final = (
+    (bool, "bool"),
+    (int, "integer"),
+    (float, "float"),
+    (str, "text string"),
+    (bytes, "byte string"),
+    (list, "array"),
+    (tuple, "array"),
+    (Mapping, "map"),
+    (cbor2.CBORTag, "tag"),
+)
+
+
+def kind_name(value: object) -> str:
+    """Name the CBOR kind of a decoded value ("map", "byte string", "null", ...) for messages."""
+    if value is None:
+        return "null"
+    for kind, name in _KINDS:
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+class _RefusedTagError(Exception):
+    """Internal: a tag the caller did not allow; carries the tag number."""
+
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
+        super().__init__(tag)
+
+
+def _semantic_decoder(tag: int, allowed: frozenset[int]) -> Callable[[Any, bool], Any]:
+    """Return a cbor2 semantic decoder that keeps allowed tags as CBORTag, refuses others."""
+
+    def decode(value: Any, immutable: bool) -> Any:  # noqa: FBT001 (cbor2's callback signature)
+        del immutable
+        if tag not in allowed:
+            raise _RefusedTagError(tag)
+        return cbor2.CBORTag(tag, value)
+
+    return decode
+
+
+class _TagPolicy(dict[int, Callable[[Any, bool], Any]]):
+    """A ``semantic_decoders`` mapping that answers for *every* tag number.
+
+    cbor2 has built-in decoders for many tags (0, 1 datetimes; 2, 3 bignums; 4, 5 decimals;
+    24 embedded CBOR; 258 sets; 55799 self-describe, which it silently drops; …). A plain dict
+    could only override the tags we think of; this mapping overrides all of them, so every tag
+    goes through :func:`_semantic_decoder` (tests check a sweep of tag numbers).
+    """
+
+    def __init__(self, allowed: frozenset[int]) -> None:
+        super().__init__()
+        self._allowed = allowed
+
+    def __missing__(self, key: int) -> Callable[[Any, bool], Any]:
+        return _semantic_decoder(key, self._allowed)
+
+    def get(self, key: int, default: Any = None) -> Callable[[Any, bool], Any]:
+        del default
+        return self[key]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, int)
+
+
+def _tag_hook(allowed: frozenset[int]) -> Callable[[cbor2.CBORTag, bool], Any]:
+    """Return a cbor2 ``tag_hook`` (tags without a built-in decoder) with the same policy."""
+
+    def hook(tag: cbor2.CBORTag, immutable: bool) -> Any:  # noqa: FBT001 (cbor2's signature)
+        del immutable
+        if tag.tag not in allowed:
+            raise _RefusedTagError(tag.tag)
+        return tag
+
+    return hook
+
+
+def _find_cause(exc: BaseException) -> _RefusedTagError | None:
+    """Return the :class:`_RefusedTagError` behind a cbor2 error, if there is one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _RefusedTagError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def decode_strict(
+    data: bytes,
+    *,
+    allowed_tags: Iterable[int] = (),
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    what: str = "CBOR",
+) -> object:
+    """Decode exactly one data item in core deterministic encoding, refusing anything else.
+
+    Refused, each with :class:`~tracecore.errors.MalformedMessage` and a detail that starts with
+    ``what``:
+
+    * input longer than ``max_bytes`` (checked before decoding, so a huge declared length can
+      never make the decoder allocate more than the input);
+    * not well-formed CBOR (RFC 8949 §3, Appendix F), invalid UTF-8 in text, truncated input;
+    * trailing bytes after the data item;
+    * indefinite-length items (RFC 8949 §4.2.1);
+    * duplicate map keys (RFC 8949 §5.6);
+    * any tag not in ``allowed_tags`` (an allowed tag decodes to :class:`cbor2.CBORTag`);
+    * nesting of arrays and maps deeper than :data:`MAX_DEPTH`;
+    * values with no place in our data model (``undefined``, other simple values,
+      integers beyond 64 bits);
+    * anything not in deterministic encoding (RFC 8949 §4.2.1): the decoded item is re-encoded
+      with :func:`encode_deterministic` and must give back the input bytes exactly.
+
+    Returns the decoded item: ``dict`` for maps (keys as cbor2 gives them), ``list`` or
+    ``tuple`` for arrays, ``bytes``, ``str``, ``int``, ``float``, ``bool``, ``None`` or
+    :class:`cbor2.CBORTag`.
+    """
+    if not isinstance(data, bytes):
+        raise MalformedMessage(f"{what}: expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise MalformedMessage(f"{what}: {len(data)} bytes, more than the {max_bytes}-byte limit")
+    if not data:
+        raise MalformedMessage(f"{what}: empty input, expected one CBOR data item")
+    allowed = frozenset(allowed_tags)
+    stream = io.BytesIO(data)
+    decoder = cbor2.CBORDecoder(
+        stream,
+        tag_hook=_tag_hook(allowed),
+        semantic_decoders=_TagPolicy(allowed),
+        max_depth=MAX_DEPTH,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+    )
+    try:
+        item = decoder.decode()
+    except _RefusedTagError as exc:
+        raise MalformedMessage(f"{what}: CBOR tag {exc.tag} is not allowed here") from exc
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        refused = _find_cause(exc)
+        if refused is not None:
+            raise MalformedMessage(f"{what}: CBOR tag {refused.tag} is not allowed here") from exc
+        raise MalformedMessage(f"{what}: not valid CBOR: {exc}") from exc
+    consumed = stream.tell()
+    if consumed != len(data):
+        raise MalformedMessage(
+            f"{what}: trailing bytes after the CBOR data item (it ends at byte {consumed}, "
+            f"the input has {len(data)})"
+        )
+    try:
+        again = encode_deterministic(item)
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessage(f"{what}: value outside the supported data model: {exc}") from exc
+    if again != data:
+        offset = next(
+            (i for i, (a, b) in enumerate(zip(again, data, strict=False)) if a != b),
+            min(len(again), len(data)),
+        )
+        raise MalformedMessage(
+            f"{what}: not in deterministic encoding (RFC 8949 §4.2.1: shortest integers, "
+            f"lengths and floats, map keys sorted bytewise); first difference at byte {offset}"
+        )
+    return item

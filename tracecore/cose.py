@@ -1,0 +1,290 @@
+"""Tagged COSE_Sign1 with Ed25519: the envelope of device messages and receipts.
+
+Wire form (RFC 9052 §4.2, CBOR tag 18 from RFC 9052 §2), in deterministic CBOR
+(RFC 8949 §4.2.1)::
+
+    18([
+        protected:   bstr .cbor {1: -8, 4: kid},   / alg: EdDSA (RFC 9053 §2.2), kid: 8 bytes /
+        unprotected: {},
+        payload:     bstr,                          / deterministic CBOR map /
+        signature:   bstr .size 64                  / Ed25519 (RFC 8032) /
+    ])
+
+The signature is Ed25519 over the ``Sig_structure`` of RFC 9052 §4.4::
+
+    ["Signature1", protected, h'', payload]
+
+with the protected header as the exact bytes carried in the message and an empty external AAD.
+``kid`` is :func:`tracecore.keys.device_kid` of the signer's public key (first 8 bytes of its
+SHA-256). Nothing else is accepted: other algorithms, extra header parameters, a non-empty
+unprotected map, a detached (nil) payload or a non-deterministic encoding are all malformed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Final
+
+import cbor2
+import nacl.exceptions
+import nacl.signing
+
+from tracecore.cbor import decode_strict, encode_deterministic, kind_name
+from tracecore.errors import BadSignature, MalformedMessage, UnknownKey
+from tracecore.keys import KID_LENGTH, device_kid
+from tracecore.message import DeviceMessage, decode_payload, encode_payload
+
+__all__ = [
+    "ALG_EDDSA",
+    "COSE_SIGN1_TAG",
+    "HEADER_ALG",
+    "HEADER_KID",
+    "MAX_MESSAGE_BYTES",
+    "SIGNATURE_LENGTH",
+    "CoseSign1",
+    "SignedMessage",
+    "parse_cose",
+    "parse_message",
+    "protected_header",
+    "sig_structure",
+    "sign_cose",
+    "sign_message",
+]
+
+MAX_MESSAGE_BYTES: Final = 16384
+"""Largest accepted COSE message, in bytes (design.md, "Ingest rules": size > 16 KiB)."""
+
+COSE_SIGN1_TAG: Final = 18  # RFC 9052 §2, Table 1
+HEADER_ALG: Final = 1  # RFC 9052 §3.1, Table 2
+HEADER_KID: Final = 4  # RFC 9052 §3.1, Table 2
+ALG_EDDSA: Final = -8  # RFC 9053 §2.2
+SIGNATURE_LENGTH: Final = 64  # RFC 8032 §5.1.6
+_CONTEXT: Final = "Signature1"  # RFC 9052 §4.4
+_ALG_NAMES: Final = {-7: "ES256", -35: "ES384", -36: "ES512", -37: "PS256", -257: "RS256"}
+
+
+def protected_header(kid: bytes) -> bytes:
+    """Return the protected header bytes ``<< {1: -8, 4: kid} >>`` (RFC 9052 §3, §4.2)."""
+    if len(kid) != KID_LENGTH:
+        raise ValueError(f"kid must be {KID_LENGTH} bytes, got {len(kid)}")
+    return encode_deterministic({HEADER_ALG: ALG_EDDSA, HEADER_KID: bytes(kid)})
+
+
+def sig_structure(protected: bytes, payload: bytes) -> bytes:
+    """Return the ToBeSigned bytes ``["Signature1", protected, h'', payload]``.
+
+    RFC 9052 §4.4: context "Signature1", the protected header as carried (a byte string), the
+    external AAD (empty here) and the payload, as a deterministically encoded CBOR array.
+    """
+    return encode_deterministic([_CONTEXT, protected, b"", payload])
+
+
+@dataclass(frozen=True, slots=True)
+class CoseSign1:
+    """A parsed, structurally valid (not yet verified) COSE_Sign1 as agritrace uses it."""
+
+    raw: bytes
+    protected: bytes
+    kid: bytes
+    payload: bytes
+    signature: bytes
+
+    @property
+    def sha256(self) -> bytes:
+        """SHA-256 of the exact message bytes (the message hash in receipts and log entries)."""
+        return hashlib.sha256(self.raw).digest()
+
+    def to_be_signed(self) -> bytes:
+        """Return the Sig_structure bytes the signature covers (RFC 9052 §4.4)."""
+        return sig_structure(self.protected, self.payload)
+
+    def verify(self, public_key: bytes) -> None:
+        """Check the signature under an Ed25519 public key (32 bytes).
+
+        Raises :class:`~tracecore.errors.UnknownKey` if ``kid`` is not
+        ``device_kid(public_key)`` (the message names another key) and
+        :class:`~tracecore.errors.BadSignature` if the Ed25519 signature (RFC 8032 §5.1.7) over
+        the Sig_structure does not verify. A ``public_key`` that is not 32 bytes is a key
+        problem, not a message problem: :class:`~tracecore.errors.KeyFileError`.
+        """
+        _verify(self.kid, self.protected, self.payload, self.signature, public_key)
+
+
+def _verify(kid: bytes, protected: bytes, payload: bytes, signature: bytes, key: bytes) -> None:
+    expected = device_kid(key)
+    if kid != expected:
+        raise UnknownKey(f"kid {kid.hex()} is not the kid {expected.hex()} of the given key")
+    try:
+        nacl.signing.VerifyKey(key).verify(sig_structure(protected, payload), signature)
+    except nacl.exceptions.BadSignatureError as exc:
+        raise BadSignature("Ed25519 signature does not verify under the key") from exc
+    except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
+        raise BadSignature(f"Ed25519 signature cannot be checked: {exc}") from exc
+
+
+def sign_cose(payload: bytes, signing_key: nacl.signing.SigningKey) -> bytes:
+    """Return a tagged COSE_Sign1 over ``payload`` signed with an Ed25519 key.
+
+    The protected header is ``{1: -8, 4: device_kid(public key)}``; the signature is Ed25519
+    over the Sig_structure (RFC 9052 §4.4); the result is deterministic CBOR (RFC 8949 §4.2.1)
+    and, Ed25519 being deterministic (RFC 8032 §5.1.6), the same inputs give the same bytes.
+    ``payload`` is carried as is; callers pass deterministic CBOR.
+    """
+    kid = device_kid(bytes(signing_key.verify_key))
+    protected = protected_header(kid)
+    signature = signing_key.sign(sig_structure(protected, payload)).signature
+    return encode_deterministic(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
+
+
+def _alg_name(alg: object) -> str:
+    if isinstance(alg, int) and not isinstance(alg, bool) and alg in _ALG_NAMES:
+        return f"{alg} ({_ALG_NAMES[alg]})"
+    return repr(alg)
+
+
+def _parse_protected(protected: bytes) -> bytes:
+    """Check the protected header is exactly ``{1: -8, 4: bstr(8)}``; return the kid."""
+    header = decode_strict(protected, what="protected header")
+    if not isinstance(header, dict):
+        raise MalformedMessage(f"protected header must be a map, got {kind_name(header)}")
+    for label in header:
+        # type(), not isinstance(): True and 1.0 compare (and hash) equal to 1 in Python.
+        if type(label) is not int:
+            raise MalformedMessage(
+                f"protected header labels must be integers, got {kind_name(label)} {label!r}"
+            )
+    if HEADER_ALG not in header:
+        raise MalformedMessage("protected header lacks alg (label 1)")
+    alg = header[HEADER_ALG]
+    if type(alg) is not int or alg != ALG_EDDSA:
+        raise MalformedMessage(f"unsupported alg {_alg_name(alg)}: only -8 (EdDSA) is accepted")
+    if HEADER_KID not in header:
+        raise MalformedMessage("protected header lacks kid (label 4)")
+    extra = sorted(label for label in header if label not in (HEADER_ALG, HEADER_KID))
+    if extra:
+        raise MalformedMessage(
+            f"protected header must hold only alg (1) and kid (4), also has {extra[0]}"
+        )
+    kid = header[HEADER_KID]
+    if not isinstance(kid, bytes) or len(kid) != KID_LENGTH:
+        raise MalformedMessage(
+            f"kid must be a byte string of {KID_LENGTH} bytes, got {kind_name(kid)}"
+            + (f" of {len(kid)} bytes" if isinstance(kid, bytes) else "")
+        )
+    return kid
+
+
+def parse_cose(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> CoseSign1:
+    """Parse a tagged COSE_Sign1 in agritrace's profile, without checking the signature.
+
+    Checks, in order: size (≤ ``max_bytes``, before any decoding), strict deterministic CBOR
+    (:func:`tracecore.cbor.decode_strict`), tag 18 (RFC 9052 §4.2), an array of 4 items, the
+    protected header a byte string holding exactly ``{1: -8, 4: bstr(8)}``, the unprotected
+    header an empty map, the payload a byte string (no detached payload) and the signature a
+    byte string of 64 bytes. The payload's content is not looked at.
+
+    Raises :class:`~tracecore.errors.MalformedMessage` naming the first broken rule.
+    """
+    if not isinstance(raw, bytes):
+        raise MalformedMessage(f"message must be bytes, got {type(raw).__name__}")
+    if len(raw) > max_bytes:
+        raise MalformedMessage(f"message is {len(raw)} bytes, more than the {max_bytes}-byte limit")
+    item = decode_strict(
+        raw, allowed_tags=(COSE_SIGN1_TAG,), max_bytes=max_bytes, what="COSE message"
+    )
+    if not isinstance(item, cbor2.CBORTag):
+        raise MalformedMessage(
+            f"not a tagged COSE_Sign1: expected CBOR tag 18, got an untagged {kind_name(item)}"
+        )
+    body = item.value
+    if not isinstance(body, list | tuple) or len(body) != 4:
+        size = f" of {len(body)} items" if isinstance(body, list | tuple) else ""
+        raise MalformedMessage(
+            f"COSE_Sign1 must be an array of 4 items, got {kind_name(body)}{size}"
+        )
+    protected, unprotected, payload, signature = body
+    if not isinstance(protected, bytes):
+        raise MalformedMessage(
+            f"protected header must be a byte string, got {kind_name(protected)}"
+        )
+    kid = _parse_protected(protected)
+    if not isinstance(unprotected, dict) or unprotected:
+        raise MalformedMessage("unprotected header must be an empty map")
+    if not isinstance(payload, bytes):
+        raise MalformedMessage(
+            f"payload must be a byte string (detached payloads are not supported), got "
+            f"{kind_name(payload)}"
+        )
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_LENGTH:
+        size = f" of {len(signature)} bytes" if isinstance(signature, bytes) else ""
+        raise MalformedMessage(
+            f"signature must be a byte string of {SIGNATURE_LENGTH} bytes, got "
+            f"{kind_name(signature)}{size}"
+        )
+    return CoseSign1(raw=raw, protected=protected, kid=kid, payload=payload, signature=signature)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedMessage:
+    """A parsed device message: the exact bytes, the COSE parts and the typed payload.
+
+    Parsing checks form only; call :meth:`verify` with the device key to check the signature.
+    """
+
+    raw: bytes
+    protected: bytes
+    kid: bytes
+    payload: bytes
+    signature: bytes
+    message: DeviceMessage
+
+    @property
+    def sha256(self) -> bytes:
+        """SHA-256 of :attr:`raw`: the ``msg`` hash in receipts and log entries."""
+        return hashlib.sha256(self.raw).digest()
+
+    def verify(self, public_key: bytes) -> None:
+        """Check the kid and the Ed25519 signature against the device's public key.
+
+        Raises :class:`~tracecore.errors.UnknownKey` if ``kid != device_kid(public_key)`` and
+        :class:`~tracecore.errors.BadSignature` if the signature over the Sig_structure
+        (RFC 9052 §4.4) fails; :class:`~tracecore.errors.KeyFileError` if ``public_key`` is
+        not 32 bytes.
+        """
+        _verify(self.kid, self.protected, self.payload, self.signature, public_key)
+
+
+def sign_message(message: DeviceMessage, signing_key: nacl.signing.SigningKey) -> bytes:
+    """Return the tagged COSE_Sign1 bytes a device sends for ``message``.
+
+    The payload is :func:`tracecore.message.encode_payload` (deterministic CBOR), signed with
+    :func:`sign_cose`. Deterministic: the same message and key always give the same bytes.
+    Raises :class:`~tracecore.errors.MalformedMessage` if the result would exceed
+    :data:`MAX_MESSAGE_BYTES` (a device must not send what the service refuses).
+    """
+    raw = sign_cose(encode_payload(message), signing_key)
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise MalformedMessage(
+            f"message is {len(raw)} bytes, more than the {MAX_MESSAGE_BYTES}-byte limit"
+        )
+    return raw
+
+
+def parse_message(raw: bytes) -> SignedMessage:
+    """Parse a device message: COSE envelope (:func:`parse_cose`) and payload field rules.
+
+    Needs no key and checks no signature (see :meth:`SignedMessage.verify`). Raises
+    :class:`~tracecore.errors.MalformedMessage` for anything else than a well-formed message
+    of at most :data:`MAX_MESSAGE_BYTES` bytes; never any other exception for any input bytes.
+    """
+    cose = parse_cose(raw)
+    message = decode_payload(cose.payload)
+    return SignedMessage(
+        raw=cose.raw,
+        protected=cose.protected,
+        kid=cose.kid,
+        payload=cose.payload,
+        signature=cose.signature,
+        message=message,
+    )

@@ -1,0 +1,267 @@
+"""The tables of agritrace (SQLModel, portable across SQLite and PostgreSQL).
+
+Conventions (docs/storage.md explains each table):
+
+- times are integers, milliseconds since the Unix epoch, in ``BigInteger`` columns named ``*_ms``:
+  the same on SQLite and PostgreSQL, and no time-zone ambiguity;
+- binary values (COSE bytes, hashes, keys) are ``LargeBinary`` (BLOB / bytea), stored byte-exact;
+- every constraint and index has an explicit name, so that the Alembic revisions and the models
+  agree on both engines.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+from tracecore.errors import RejectReason
+
+__all__ = [
+    "ID_LENGTH",
+    "PARTY_KINDS",
+    "PRODUCT_KEY_LENGTH",
+    "TOKEN_ROLES",
+    "ChainLink",
+    "Device",
+    "DeviceKey",
+    "LogEntry",
+    "Party",
+    "Product",
+    "ProductParent",
+    "Receipt",
+    "Rejection",
+    "Token",
+]
+
+#: Longest device or party id (design.md, "Identifiers": ``[a-z0-9-]{3,64}``).
+ID_LENGTH: Final = 64
+#: Longest stored product key (a Digital Link path with percent-encoded lot and serial).
+PRODUCT_KEY_LENGTH: Final = 255
+#: The kinds of party.
+PARTY_KINDS: Final = ("farm", "packer", "processor", "carrier", "retailer", "lab", "inspector")
+#: The roles a stored token can carry (the admin token is a setting, never stored).
+TOKEN_ROLES: Final = ("party", "inspector")
+#: Kinds of log entry known so far; registry entries (keys, recalls, statements) come later.
+LOG_ENTRY_KINDS: Final = ("device_message",)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    """Return the SQL text ``column IN ('a', 'b', ...)`` for a check constraint."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Party(SQLModel, table=True):
+    """A farm, packer, processor, carrier, retailer, lab or inspection agency."""
+
+    __tablename__ = "parties"
+    __table_args__ = (CheckConstraint(_in("kind", PARTY_KINDS), name="ck_parties_kind"),)
+
+    id: str = Field(sa_column=Column(String(ID_LENGTH), primary_key=True))
+    name: str = Field(sa_column=Column(Text, nullable=False))
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Token(SQLModel, table=True):
+    """A bearer token of a party or inspector, stored as the SHA-256 of its text only."""
+
+    __tablename__ = "tokens"
+    __table_args__ = (
+        CheckConstraint(_in("role", TOKEN_ROLES), name="ck_tokens_role"),
+        UniqueConstraint("token_hash", name="uq_tokens_token_hash"),
+        CheckConstraint("length(token_hash) = 32", name="ck_tokens_token_hash_length"),
+        Index("ix_tokens_party_id", "party_id"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
+    )
+    party_id: str | None = Field(
+        default=None,
+        sa_column=Column(String(ID_LENGTH), ForeignKey("parties.id"), nullable=True),
+    )
+    role: str = Field(sa_column=Column(String(16), nullable=False))
+    token_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    revoked_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class Device(SQLModel, table=True):
+    """A signing device (gateway, sensor, scale, scanner) owned by one party."""
+
+    __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_party_id", "party_id"),)
+
+    id: str = Field(sa_column=Column(String(ID_LENGTH), primary_key=True))
+    party_id: str = Field(
+        sa_column=Column(String(ID_LENGTH), ForeignKey("parties.id"), nullable=False)
+    )
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class DeviceKey(SQLModel, table=True):
+    """One Ed25519 public key of a device and the time window in which it may sign.
+
+    A key signs messages whose device time ``t`` satisfies ``valid_from_ms <= t`` and
+    ``t < valid_until_ms`` (when set, i.e. rotated out) and ``t < revoked_ms`` (when set, i.e.
+    compromised since then).
+    """
+
+    __tablename__ = "device_keys"
+    __table_args__ = (
+        UniqueConstraint("device_id", "kid", name="uq_device_keys_device_id_kid"),
+        UniqueConstraint("public_key", name="uq_device_keys_public_key"),
+        CheckConstraint("length(kid) = 8", name="ck_device_keys_kid_length"),
+        CheckConstraint("length(public_key) = 32", name="ck_device_keys_public_key_length"),
+        CheckConstraint(
+            "valid_until_ms IS NULL OR valid_until_ms >= valid_from_ms",
+            name="ck_device_keys_window",
+        ),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
+    )
+    device_id: str = Field(
+        sa_column=Column(String(ID_LENGTH), ForeignKey("devices.id"), nullable=False)
+    )
+    kid: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    public_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    valid_from_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    valid_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    revoked_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    revoke_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class LogEntry(SQLModel, table=True):
+    """One leaf of the Merkle log; ``index`` is assigned by the single-writer sequencer."""
+
+    __tablename__ = "log_entries"
+    __table_args__ = (
+        UniqueConstraint("device_id", "seq", name="uq_log_entries_device_id_seq"),
+        CheckConstraint(_in("kind", LOG_ENTRY_KINDS), name="ck_log_entries_kind"),
+        CheckConstraint('"index" >= 0', name="ck_log_entries_index"),
+        CheckConstraint("length(raw_sha256) = 32", name="ck_log_entries_raw_sha256_length"),
+        CheckConstraint("length(leaf_hash) = 32", name="ck_log_entries_leaf_hash_length"),
+    )
+
+    index: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    kind: str = Field(sa_column=Column(String(32), nullable=False))
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    raw_sha256: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    entry: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    leaf_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    device_id: str | None = Field(
+        default=None,
+        sa_column=Column(String(ID_LENGTH), ForeignKey("devices.id"), nullable=True),
+    )
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Product(SQLModel, table=True):
+    """A traceable unit (lot, carton, animal, carcass, pallet) keyed by its Digital Link path."""
+
+    __tablename__ = "products"
+    __table_args__ = (Index("ix_products_owner_party_id", "owner_party_id"),)
+
+    key: str = Field(sa_column=Column(String(PRODUCT_KEY_LENGTH), primary_key=True))
+    kind: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    owner_party_id: str = Field(
+        sa_column=Column(String(ID_LENGTH), ForeignKey("parties.id"), nullable=False)
+    )
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    commissioned_index: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger, ForeignKey("log_entries.index"), nullable=True),
+    )
+
+
+class ProductParent(SQLModel, table=True):
+    """An edge of the lineage graph: ``product_key`` came from ``parent_key``."""
+
+    __tablename__ = "product_parents"
+    __table_args__ = (
+        Index("ix_product_parents_parent_key", "parent_key"),
+        CheckConstraint("product_key <> parent_key", name="ck_product_parents_not_self"),
+    )
+
+    product_key: str = Field(
+        sa_column=Column(String(PRODUCT_KEY_LENGTH), ForeignKey("products.key"), primary_key=True)
+    )
+    parent_key: str = Field(
+        sa_column=Column(String(PRODUCT_KEY_LENGTH), ForeignKey("products.key"), primary_key=True)
+    )
+
+
+class ChainLink(SQLModel, table=True):
+    """A product's position ``pseq`` in its own hash chain and the entry at that position."""
+
+    __tablename__ = "chain_links"
+    __table_args__ = (
+        UniqueConstraint("product_key", "log_index", name="uq_chain_links_product_key_log_index"),
+        Index("ix_chain_links_log_index", "log_index"),
+        CheckConstraint("pseq >= 1", name="ck_chain_links_pseq"),
+        CheckConstraint("length(prev_hash) = 32", name="ck_chain_links_prev_hash_length"),
+    )
+
+    product_key: str = Field(
+        sa_column=Column(String(PRODUCT_KEY_LENGTH), ForeignKey("products.key"), primary_key=True)
+    )
+    pseq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    log_index: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("log_entries.index"), nullable=False)
+    )
+    prev_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Rejection(SQLModel, table=True):
+    """A refused device message, kept byte-exact with the reason (nothing is dropped silently)."""
+
+    __tablename__ = "rejections"
+    __table_args__ = (
+        Index("ix_rejections_reason_received_ms", "reason", "received_ms"),
+        Index("ix_rejections_device_id", "device_id"),
+        CheckConstraint(
+            _in("reason", tuple(r.value for r in RejectReason)), name="ck_rejections_reason"
+        ),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
+    )
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    topic: str = Field(sa_column=Column(Text, nullable=False))
+    reason: str = Field(sa_column=Column(String(32), nullable=False))
+    detail: str = Field(sa_column=Column(Text, nullable=False))
+    device_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Receipt(SQLModel, table=True):
+    """The signed receipt sent to a device for (device, seq), kept so resends get the same one."""
+
+    __tablename__ = "receipts"
+
+    device_id: str = Field(
+        sa_column=Column(String(ID_LENGTH), ForeignKey("devices.id"), primary_key=True)
+    )
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    log_index: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("log_entries.index"), nullable=False)
+    )
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

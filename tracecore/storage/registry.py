@@ -1,0 +1,347 @@
+"""Registry repository: parties, tokens, devices and their keys.
+
+Every function takes an open :class:`~sqlmodel.Session` and, where time matters, an explicit
+``now_ms`` (milliseconds since the Unix epoch): nothing here reads the clock, and the caller owns
+the transaction (:func:`tracecore.storage.engine.session_scope`). Errors are agritrace errors:
+:class:`IdentifierError` for a bad id, name or kind, :class:`KeyFileError` for a public key that
+is not a usable Ed25519 key, :class:`NotFound`, :class:`Conflict`, and for :func:`key_for` the
+ingest reasons :class:`UnknownKey` and :class:`RevokedKey`.
+
+Key windows: a device key may sign a message whose device time ``t`` satisfies
+``valid_from_ms <= t``, ``t < valid_until_ms`` (when set: the key was rotated out at that time)
+and ``t < revoked_ms`` (when set: the key is compromised since then).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from typing import Final, NamedTuple
+
+from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
+from nacl.exceptions import CryptoError
+from sqlmodel import Session, col, select
+
+from tracecore.errors import (
+    Conflict,
+    IdentifierError,
+    KeyFileError,
+    NotFound,
+    RevokedKey,
+    UnknownKey,
+)
+from tracecore.identifiers import parse_device_id, parse_party_id
+from tracecore.keys import KID_LENGTH, device_kid
+from tracecore.storage.engine import storage_errors
+from tracecore.storage.models import PARTY_KINDS, Device, DeviceKey, Party, Token
+
+__all__ = [
+    "NAME_MAX_LENGTH",
+    "PUBLIC_KEY_LENGTH",
+    "TOKEN_PREFIX",
+    "IssuedToken",
+    "TokenGrant",
+    "create_party",
+    "current_key",
+    "device_keys",
+    "find_token",
+    "get_device",
+    "get_party",
+    "hash_token",
+    "issue_token",
+    "key_for",
+    "register_device",
+    "revoke_key",
+    "revoke_token",
+    "rotate_key",
+    "validate_public_key",
+]
+
+#: Every token starts with this, so that leaked tokens are easy to recognise (secret scanners).
+TOKEN_PREFIX: Final = "at_"  # noqa: S105 (a public prefix, not a secret)
+#: Random bytes in a token.
+TOKEN_BYTES: Final = 32
+#: Length of an Ed25519 public key.
+PUBLIC_KEY_LENGTH: Final = 32
+#: Longest party name.
+NAME_MAX_LENGTH: Final = 200
+
+
+class IssuedToken(NamedTuple):
+    """A freshly issued token: the plaintext exists only here, the database holds its hash."""
+
+    token: str
+    party_id: str
+    role: str
+
+
+class TokenGrant(NamedTuple):
+    """What a presented token allows: its role (``party`` or ``inspector``) and its party."""
+
+    role: str
+    party_id: str | None
+
+
+def hash_token(token: str) -> bytes:
+    """Return the stored form of a token: the SHA-256 of its UTF-8 text."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def validate_public_key(public_key: bytes) -> bytes:
+    """Return ``public_key`` if it is a usable Ed25519 public key, else raise KeyFileError.
+
+    It must be exactly 32 bytes and decode to a point of the prime-order subgroup (libsodium's
+    check in ``crypto_sign_ed25519_pk_to_curve25519``): this refuses the all-zero key, the other
+    small-order points and encodings that are not on the curve.
+    """
+    if len(public_key) != PUBLIC_KEY_LENGTH:
+        raise KeyFileError(
+            f"an Ed25519 public key is {PUBLIC_KEY_LENGTH} bytes, got {len(public_key)}"
+        )
+    try:
+        crypto_sign_ed25519_pk_to_curve25519(public_key)
+    except CryptoError as exc:
+        raise KeyFileError(
+            "not a valid Ed25519 public key (not a curve point of the prime-order subgroup)"
+        ) from exc
+    return public_key
+
+
+def _check_name(name: str) -> str:
+    """Return the stripped party name, refusing empty or over-long names."""
+    stripped = name.strip()
+    if not stripped or len(stripped) > NAME_MAX_LENGTH:
+        raise IdentifierError(f"party name must be 1-{NAME_MAX_LENGTH} characters")
+    return stripped
+
+
+def _check_kind(kind: str) -> str:
+    """Return ``kind`` if it is one of :data:`PARTY_KINDS`."""
+    if kind not in PARTY_KINDS:
+        raise IdentifierError(f"party kind must be one of {', '.join(PARTY_KINDS)}, got {kind!r}")
+    return kind
+
+
+def _flush(session: Session) -> None:
+    """Flush pending changes, translating constraint violations into Conflict."""
+    with storage_errors():
+        session.flush()
+
+
+def get_party(session: Session, party_id: str) -> Party:
+    """Return the party ``party_id``; raise NotFound if there is none."""
+    party = session.get(Party, parse_party_id(party_id))
+    if party is None:
+        raise NotFound(f"no party {party_id!r}")
+    return party
+
+
+def create_party(session: Session, party_id: str, name: str, kind: str, now_ms: int) -> Party:
+    """Create the party ``party_id`` of ``kind`` named ``name``; raise Conflict if it exists."""
+    party = Party(
+        id=parse_party_id(party_id),
+        name=_check_name(name),
+        kind=_check_kind(kind),
+        created_ms=now_ms,
+    )
+    if session.get(Party, party.id) is not None:
+        raise Conflict(f"party {party.id!r} exists already")
+    session.add(party)
+    _flush(session)
+    return party
+
+
+def issue_token(session: Session, party_id: str, now_ms: int) -> IssuedToken:
+    """Issue a new bearer token for the party; the plaintext is returned once, only its hash kept.
+
+    The role is ``inspector`` for a party of kind ``inspector``, else ``party``. A token is
+    ``at_`` followed by 32 random bytes in unpadded URL-safe base64.
+    """
+    party = get_party(session, party_id)
+    role = "inspector" if party.kind == "inspector" else "party"
+    token = TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(TOKEN_BYTES)).decode(
+        "ascii"
+    ).rstrip("=")
+    session.add(
+        Token(party_id=party.id, role=role, token_hash=hash_token(token), created_ms=now_ms)
+    )
+    _flush(session)
+    return IssuedToken(token=token, party_id=party.id, role=role)
+
+
+def find_token(session: Session, token: str) -> TokenGrant | None:
+    """Return the role and party of a presented token, or None if it is unknown or revoked."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    row = session.exec(select(Token).where(col(Token.token_hash) == hash_token(token))).first()
+    if row is None or row.revoked_ms is not None:
+        return None
+    return TokenGrant(role=row.role, party_id=row.party_id)
+
+
+def revoke_token(session: Session, token: str, now_ms: int) -> None:
+    """Revoke a token from ``now_ms`` on; raise NotFound if it was never issued."""
+    row = session.exec(select(Token).where(col(Token.token_hash) == hash_token(token))).first()
+    if row is None:
+        raise NotFound("no such token")
+    if row.revoked_ms is None:
+        row.revoked_ms = now_ms
+        session.add(row)
+        _flush(session)
+
+
+def get_device(session: Session, device_id: str) -> Device:
+    """Return the device ``device_id``; raise NotFound if there is none."""
+    device = session.get(Device, parse_device_id(device_id))
+    if device is None:
+        raise NotFound(f"no device {device_id!r}")
+    return device
+
+
+def device_keys(session: Session, device_id: str) -> list[DeviceKey]:
+    """Return the key history of a device, oldest first; raise NotFound for an unknown device."""
+    device = get_device(session, device_id)
+    statement = (
+        select(DeviceKey)
+        .where(col(DeviceKey.device_id) == device.id)
+        .order_by(col(DeviceKey.valid_from_ms), col(DeviceKey.id))
+    )
+    return list(session.exec(statement).all())
+
+
+def current_key(session: Session, device_id: str) -> DeviceKey:
+    """Return the device's current key: the one not rotated out (it may be revoked)."""
+    device = get_device(session, device_id)
+    statement = (
+        select(DeviceKey)
+        .where(col(DeviceKey.device_id) == device.id, col(DeviceKey.valid_until_ms).is_(None))
+        .order_by(col(DeviceKey.id).desc())
+    )
+    key = session.exec(statement).first()
+    if key is None:  # every registered device has one; only a hand-edited database lacks it
+        raise NotFound(f"device {device.id!r} has no current key")
+    return key
+
+
+def _new_key(session: Session, device_id: str, public_key: bytes, now_ms: int) -> DeviceKey:
+    """Validate ``public_key``, refuse one already registered anywhere, and stage the record."""
+    validate_public_key(public_key)
+    existing = session.exec(
+        select(DeviceKey).where(col(DeviceKey.public_key) == public_key)
+    ).first()
+    if existing is not None:
+        raise Conflict(f"this public key is registered already (device {existing.device_id!r})")
+    key = DeviceKey(
+        device_id=device_id,
+        kid=device_kid(public_key),
+        public_key=public_key,
+        valid_from_ms=now_ms,
+    )
+    session.add(key)
+    return key
+
+
+def register_device(
+    session: Session, device_id: str, party_id: str, public_key: bytes, now_ms: int
+) -> DeviceKey:
+    """Register a device of a party with its first key, valid from ``now_ms``; return the key.
+
+    Raises NotFound for an unknown party, Conflict for an existing device or a public key that
+    is registered already (to any device), KeyFileError for an unusable key.
+    """
+    device_id = parse_device_id(device_id)
+    party = get_party(session, party_id)
+    validate_public_key(public_key)
+    if session.get(Device, device_id) is not None:
+        raise Conflict(f"device {device_id!r} exists already")
+    session.add(Device(id=device_id, party_id=party.id, created_ms=now_ms))
+    _flush(session)  # the device row first: the key's foreign key points at it
+    key = _new_key(session, device_id, public_key, now_ms)
+    _flush(session)
+    return key
+
+
+def rotate_key(session: Session, device_id: str, new_public_key: bytes, now_ms: int) -> DeviceKey:
+    """Replace the device's current key: it stays valid until ``now_ms``, the new one from then.
+
+    Returns the new key. Raises NotFound for an unknown device, Conflict for a key registered
+    already or a rotation time before the current key's start, KeyFileError for a bad key.
+    """
+    validate_public_key(new_public_key)
+    old = current_key(session, device_id)
+    if now_ms < old.valid_from_ms:
+        raise Conflict(
+            f"rotation time {now_ms} is before the current key's valid_from_ms {old.valid_from_ms}"
+        )
+    old.valid_until_ms = now_ms
+    session.add(old)
+    key = _new_key(session, old.device_id, new_public_key, now_ms)
+    _flush(session)
+    return key
+
+
+def revoke_key(
+    session: Session,
+    device_id: str,
+    kid: bytes | None = None,
+    *,
+    revoked_since_ms: int,
+    reason: str,
+) -> DeviceKey:
+    """Mark a device key compromised since ``revoked_since_ms``; ``kid`` None means the current key.
+
+    Messages whose device time is at or after ``revoked_since_ms`` then fail with revoked_key.
+    Revoking again can only move the time earlier (a revocation never shrinks); the reason is
+    replaced. Raises NotFound for an unknown device or kid. Returns the key record.
+    """
+    if kid is None:
+        key = current_key(session, device_id)
+    else:
+        device = get_device(session, device_id)
+        found = session.exec(
+            select(DeviceKey).where(
+                col(DeviceKey.device_id) == device.id, col(DeviceKey.kid) == kid
+            )
+        ).first()
+        if found is None:
+            raise NotFound(f"device {device.id!r} has no key with kid {kid.hex()}")
+        key = found
+    if key.revoked_ms is None or revoked_since_ms < key.revoked_ms:
+        key.revoked_ms = revoked_since_ms
+    key.revoke_reason = reason
+    session.add(key)
+    _flush(session)
+    return key
+
+
+def key_for(session: Session, device_id: str, kid: bytes, at_ms: int) -> DeviceKey:
+    """Return the device key with ``kid`` if it may sign a message of device time ``at_ms``.
+
+    Raises :class:`UnknownKey` when the device has no key with this kid, :class:`RevokedKey`
+    when it has one that was not valid at ``at_ms`` (before its start, rotated out, or revoked).
+    This is the lookup ingest performs for every message.
+    """
+    if len(kid) != KID_LENGTH:
+        raise UnknownKey(f"kid must be {KID_LENGTH} bytes, got {len(kid)}")
+    key = session.exec(
+        select(DeviceKey).where(col(DeviceKey.device_id) == device_id, col(DeviceKey.kid) == kid)
+    ).first()
+    if key is None:
+        raise UnknownKey(f"device {device_id!r} has no key with kid {kid.hex()}")
+    if at_ms < key.valid_from_ms:
+        raise RevokedKey(
+            f"key {kid.hex()} of {device_id!r} is valid from {key.valid_from_ms}, "
+            f"message time {at_ms}"
+        )
+    if key.valid_until_ms is not None and at_ms >= key.valid_until_ms:
+        raise RevokedKey(
+            f"key {kid.hex()} of {device_id!r} was rotated out at {key.valid_until_ms}, "
+            f"message time {at_ms}"
+        )
+    if key.revoked_ms is not None and at_ms >= key.revoked_ms:
+        raise RevokedKey(
+            f"key {kid.hex()} of {device_id!r} is revoked since {key.revoked_ms}, "
+            f"message time {at_ms}"
+        )
+    return key
