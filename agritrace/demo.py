@@ -19,7 +19,9 @@ import os
 import secrets
 import socket
 import sys
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,76 +110,100 @@ async def _walkthrough(settings: Settings, log_key: SignerKey, base_url: str) ->
     if settings.admin_token is None:
         raise ConfigError("the demo needs an admin token")
     admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
-    _say(f"agritrace demo — data in {settings.data_dir.resolve()}")
+    _say(f"agritrace demo: data in {settings.data_dir.resolve()}")
     _say(f"log key (vkey): {log_key.verifier}")
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
-        _say("\n1. Parties registered through POST /v1/parties (admin token):")
-        for party in PARTIES:
-            body = {"id": party.id, "name": party.name, "kind": party.kind}
-            reply = await http.post("/v1/parties", json=body, headers=admin)
-            _expect(reply, 201, 409)
-            state = "registered" if reply.status_code == 201 else "found again"
-            _say(f"   {party.id:<24} {party.kind:<8} {state}  {party.name}")
+        await _register_parties(http, admin)
+        farm_auth = await _farm_token(http, admin)
+        keys = await _register_devices(http, settings, farm_auth)
+        await _sign_and_check(http, settings, keys, farm_auth)
+    _say("\n5. Try it yourself:")
+    device_url = f"{base_url}/v1/devices/{DEVICES[0].id}"
+    _say(f"   curl -H 'Authorization: {farm_auth['Authorization']}' {device_url}")
+    _say(f"   {base_url}/healthz    API docs: {base_url}/docs")
 
-        farm = PARTIES[0].id
-        reply = await http.post(f"/v1/parties/{farm}/tokens", headers=admin)
-        _expect(reply, 201)
-        farm_token = reply.json()["token"]
-        farm_auth = {"Authorization": f"Bearer {farm_token}"}
-        _say(f"\n2. A party token for {farm} (shown once, stored hashed): {farm_token}")
 
-        _say("\n3. Device gateways registered by the farm itself (POST /v1/devices):")
-        keys: dict[str, SignerKey] = {}
-        for device in DEVICES:
-            key = _load_or_create_key(settings.keys_dir, device.id)
-            keys[device.id] = key
-            body = {
-                "id": device.id,
-                "party": device.party,
-                "public_key": base64.b64encode(key.public_key).decode(),
-            }
-            reply = await http.post("/v1/devices", json=body, headers=farm_auth)
-            _expect(reply, 201, 409)
-            state = "registered" if reply.status_code == 201 else "found again"
-            _say(f"   {device.id:<24} kid {key.verifier.kid.hex()}  {state}")
+async def _register_parties(http: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    _say("\n1. Parties registered through POST /v1/parties (admin token):")
+    for party in PARTIES:
+        body = {"id": party.id, "name": party.name, "kind": party.kind}
+        reply = await http.post("/v1/parties", json=body, headers=admin)
+        _expect(reply, 201, 409)
+        _say(f"   {party.id:<24} {party.kind:<8} {_state(reply)}  {party.name}")
 
-        _say("\n4. Signed device messages (COSE_Sign1 / Ed25519, docs/protocol.md):")
-        messages = _sample_messages(settings, keys)
-        out_dir = settings.data_dir / "demo-messages"
-        out_dir.mkdir(exist_ok=True)
-        for device_id, raw in messages:
-            reply = await http.get(f"/v1/devices/{device_id}", headers=farm_auth)
-            _expect(reply, 200)
-            current = _current_key(reply.json())
-            signed = parse_message(raw)
-            signed.verify(current)
-            path = out_dir / f"{device_id}-{signed.message.seq}.cbor"
-            path.write_bytes(raw)
-            kind = type(signed.message).__name__.lower()
-            _say(
-                f"   {device_id} seq {signed.message.seq}: {kind} for "
-                f"{', '.join(p.path for p in signed.message.products)}, {len(raw)} bytes, "
-                f"signature verified against the registry key -> {path}"
-            )
-        tampered = bytearray(messages[-1][1])
-        tampered[-70] ^= 0x01  # one bit of the payload, after signing
-        try:
-            parse_message(bytes(tampered)).verify(_current_key(reply.json()))
-        except MessageRejected as exc:
-            _say(f"   the same message with one bit flipped is refused: {exc.reason.value}")
-        else:  # pragma: no cover - would mean the signature check is broken
-            raise ConfigError("a tampered message verified: the signature check is broken")
 
-        _say("\n5. Try it yourself:")
+async def _farm_token(http: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, str]:
+    farm = PARTIES[0].id
+    reply = await http.post(f"/v1/parties/{farm}/tokens", headers=admin)
+    _expect(reply, 201)
+    token = reply.json()["token"]
+    _say(f"\n2. A party token for {farm} (shown once, stored hashed): {token}")
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _register_devices(
+    http: httpx.AsyncClient, settings: Settings, farm_auth: dict[str, str]
+) -> dict[str, SignerKey]:
+    _say("\n3. Device gateways registered by the farm itself (POST /v1/devices):")
+    keys: dict[str, SignerKey] = {}
+    for device in DEVICES:
+        key = _load_or_create_key(settings.keys_dir, device.id)
+        keys[device.id] = key
+        body = {
+            "id": device.id,
+            "party": device.party,
+            "public_key": base64.b64encode(key.public_key).decode(),
+        }
+        reply = await http.post("/v1/devices", json=body, headers=farm_auth)
+        _expect(reply, 201, 409)
+        _say(f"   {device.id:<24} kid {key.verifier.kid.hex()}  {_state(reply)}")
+    return keys
+
+
+async def _sign_and_check(
+    http: httpx.AsyncClient,
+    settings: Settings,
+    keys: dict[str, SignerKey],
+    farm_auth: dict[str, str],
+) -> None:
+    _say("\n4. Signed device messages (COSE_Sign1 / Ed25519, docs/protocol.md):")
+    out_dir = settings.data_dir / "demo-messages"
+    out_dir.mkdir(exist_ok=True)
+    registry_key = b""
+    raw = b""
+    for device_id, raw in _sample_messages(settings, keys):
+        reply = await http.get(f"/v1/devices/{device_id}", headers=farm_auth)
+        _expect(reply, 200)
+        registry_key = _current_key(reply.json())
+        signed = parse_message(raw)
+        signed.verify(registry_key)
+        path = out_dir / f"{device_id}-{signed.message.seq}.cbor"
+        path.write_bytes(raw)
+        products = ", ".join(p.path for p in signed.message.products)
         _say(
-            f"   curl -H 'Authorization: Bearer {farm_token}' {base_url}/v1/devices/{DEVICES[0].id}"
+            f"   {device_id} seq {signed.message.seq}: {type(signed.message).__name__.lower()} "
+            f"for {products}, {len(raw)} bytes, signature verified against the registry key"
+            f"\n      saved as {path}"
         )
-        _say(f"   {base_url}/healthz    API docs: {base_url}/docs")
+    tampered = bytearray(raw)
+    tampered[-70] ^= 0x01  # one bit of the payload, after signing
+    try:
+        parse_message(bytes(tampered)).verify(registry_key)
+    except MessageRejected as exc:
+        _say(f"   the same message with one bit flipped is refused: {exc.reason.value}")
+    else:  # pragma: no cover - would mean the signature check is broken
+        raise ConfigError("a tampered message verified: the signature check is broken")
+
+
+def _state(reply: httpx.Response) -> str:
+    return "registered" if reply.status_code == 201 else "found again"
 
 
 def _sample_messages(settings: Settings, keys: dict[str, SignerKey]) -> list[tuple[str, bytes]]:
     now_ms = _now_ms()
-    lot = ProductKey.from_parts(EGG_GTIN, lot=f"L{now_ms // 86_400_000}")
+    # Lots are named after the laying day, as Gansu packers print them: L + yymmdd.
+    day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%y%m%d")
+    lot = ProductKey.from_parts(EGG_GTIN, lot=f"L{day}")
     collect, climate = DEVICES[1].id, DEVICES[0].id
     commissioning = Event(
         device=collect,
@@ -257,8 +283,6 @@ def _expect(reply: httpx.Response, *codes: int) -> None:
 
 
 def _now_ms() -> int:
-    import time
-
     return time.time_ns() // 1_000_000
 
 
