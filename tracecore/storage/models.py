@@ -35,9 +35,14 @@ __all__ = [
     "PRODUCT_KEY_LENGTH",
     "TOKEN_ROLES",
     "ChainLink",
+    "Checkpoint",
+    "Cosignature",
     "Device",
     "DeviceKey",
     "LogEntry",
+    "MerkleNode",
+    "ParkedMessage",
+    "ParkedProduct",
     "Party",
     "Product",
     "ProductParent",
@@ -54,8 +59,17 @@ PRODUCT_KEY_LENGTH: Final = 255
 PARTY_KINDS: Final = ("farm", "packer", "processor", "carrier", "retailer", "lab", "inspector")
 #: The roles a stored token can carry (the admin token is a setting, never stored).
 TOKEN_ROLES: Final = ("party", "inspector")
-#: Kinds of log entry known so far; registry entries (keys, recalls, statements) come later.
-LOG_ENTRY_KINDS: Final = ("device_message",)
+#: Kinds of log entry: device messages, and the registry facts an answer depends on
+#: (design.md: "Device registrations, key rotations and revocations, recalls and inspector
+#: statements are log entries too").
+LOG_ENTRY_KINDS: Final = (
+    "device_message",
+    "device_registered",
+    "key_rotated",
+    "key_revoked",
+    "recall",
+    "statement",
+)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -188,6 +202,16 @@ class Product(SQLModel, table=True):
         default=None,
         sa_column=Column(BigInteger, ForeignKey("log_entries.index"), nullable=True),
     )
+    # Custody (the ingest rights rules): the party that holds the product now, and the party a
+    # shipping event named as destination, until that party's receiving event.
+    holder_party_id: str | None = Field(
+        default=None,
+        sa_column=Column(String(ID_LENGTH), ForeignKey("parties.id"), nullable=True),
+    )
+    pending_party_id: str | None = Field(
+        default=None,
+        sa_column=Column(String(ID_LENGTH), ForeignKey("parties.id"), nullable=True),
+    )
 
 
 class ProductParent(SQLModel, table=True):
@@ -265,3 +289,89 @@ class Receipt(SQLModel, table=True):
         sa_column=Column(BigInteger, ForeignKey("log_entries.index"), nullable=False)
     )
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class ParkedMessage(SQLModel, table=True):
+    """A verified device message that names a product not yet commissioned.
+
+    It waits (design.md: up to 24 h) for the commissioning event of every product in
+    :class:`ParkedProduct`, then is sequenced as if it had just arrived, or is rejected as
+    ``unknown_product`` when ``expires_ms`` passes. The raw bytes are kept exactly.
+    """
+
+    __tablename__ = "parked_messages"
+    __table_args__ = (
+        UniqueConstraint("device_id", "seq", name="uq_parked_messages_device_id_seq"),
+        Index("ix_parked_messages_expires_ms", "expires_ms"),
+        CheckConstraint("length(raw_sha256) = 32", name="ck_parked_messages_raw_sha256_length"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
+    )
+    device_id: str = Field(
+        sa_column=Column(String(ID_LENGTH), ForeignKey("devices.id"), nullable=False)
+    )
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    raw_sha256: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    topic: str = Field(sa_column=Column(Text, nullable=False))
+    received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    expires_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ParkedProduct(SQLModel, table=True):
+    """A product a parked message waits for."""
+
+    __tablename__ = "parked_products"
+    __table_args__ = (Index("ix_parked_products_product_key", "product_key"),)
+
+    parked_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("parked_messages.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    product_key: str = Field(sa_column=Column(String(PRODUCT_KEY_LENGTH), primary_key=True))
+
+
+class MerkleNode(SQLModel, table=True):
+    """The hash of a complete subtree of the log: leaves ``[idx * 2**level, (idx+1) * 2**level)``.
+
+    Level 0 is the leaf hashes themselves (kept in :class:`LogEntry`), so rows start at level 1.
+    With every complete subtree stored, any RFC 9162 proof needs O(log n) reads.
+    """
+
+    __tablename__ = "merkle_nodes"
+    __table_args__ = (
+        CheckConstraint("level >= 1", name="ck_merkle_nodes_level"),
+        CheckConstraint("length(hash) = 32", name="ck_merkle_nodes_hash_length"),
+    )
+
+    level: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Checkpoint(SQLModel, table=True):
+    """A signed checkpoint of the log (C2SP tlog-checkpoint as a signed note), one per size."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (CheckConstraint("length(root) = 32", name="ck_checkpoints_root_length"),)
+
+    size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Cosignature(SQLModel, table=True):
+    """A witness's tlog-cosignature/v1 signature line on a checkpoint."""
+
+    __tablename__ = "cosignatures"
+
+    checkpoint_size: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("checkpoints.size"), primary_key=True)
+    )
+    witness: str = Field(sa_column=Column(Text, primary_key=True))
+    line: str = Field(sa_column=Column(Text, nullable=False))
+    received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

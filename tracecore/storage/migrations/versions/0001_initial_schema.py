@@ -1,10 +1,11 @@
-"""Initial schema: registry, log, chains, rejections, receipts.
+"""Initial schema: registry, log and Merkle nodes, chains, custody, parking, rejections, receipts,
+checkpoints and cosignatures.
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-01-01
 
-Creates exactly the tables of tracecore/storage/models.py (see docs/storage.md).
+Creates exactly the tables of tracecore/storage/models.py (see docs/storage.md); a test compares
+the migrated schema with the models on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,6 +23,24 @@ depends_on: str | None = None
 
 def upgrade() -> None:
     """Apply this revision."""
+    op.create_table(
+        "checkpoints",
+        sa.Column("size", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("root", sa.LargeBinary(), nullable=False),
+        sa.Column("note", sa.Text(), nullable=False),
+        sa.Column("created_ms", sa.BigInteger(), nullable=False),
+        sa.CheckConstraint("length(root) = 32", name="ck_checkpoints_root_length"),
+        sa.PrimaryKeyConstraint("size"),
+    )
+    op.create_table(
+        "merkle_nodes",
+        sa.Column("level", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("idx", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("hash", sa.LargeBinary(), nullable=False),
+        sa.CheckConstraint("length(hash) = 32", name="ck_merkle_nodes_hash_length"),
+        sa.CheckConstraint("level >= 1", name="ck_merkle_nodes_level"),
+        sa.PrimaryKeyConstraint("level", "idx"),
+    )
     op.create_table(
         "parties",
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -50,11 +69,24 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index("ix_rejections_device_id", "rejections", ["device_id"], unique=False)
-    op.create_index(
-        "ix_rejections_reason_received_ms", "rejections", ["reason", "received_ms"], unique=False
-    )
+    with op.batch_alter_table("rejections", schema=None) as batch_op:
+        batch_op.create_index("ix_rejections_device_id", ["device_id"], unique=False)
+        batch_op.create_index(
+            "ix_rejections_reason_received_ms", ["reason", "received_ms"], unique=False
+        )
 
+    op.create_table(
+        "cosignatures",
+        sa.Column("checkpoint_size", sa.BigInteger(), nullable=False),
+        sa.Column("witness", sa.Text(), nullable=False),
+        sa.Column("line", sa.Text(), nullable=False),
+        sa.Column("received_ms", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["checkpoint_size"],
+            ["checkpoints.size"],
+        ),
+        sa.PrimaryKeyConstraint("checkpoint_size", "witness"),
+    )
     op.create_table(
         "devices",
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -66,7 +98,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index("ix_devices_party_id", "devices", ["party_id"], unique=False)
+    with op.batch_alter_table("devices", schema=None) as batch_op:
+        batch_op.create_index("ix_devices_party_id", ["party_id"], unique=False)
 
     op.create_table(
         "tokens",
@@ -85,7 +118,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("token_hash", name="uq_tokens_token_hash"),
     )
-    op.create_index("ix_tokens_party_id", "tokens", ["party_id"], unique=False)
+    with op.batch_alter_table("tokens", schema=None) as batch_op:
+        batch_op.create_index("ix_tokens_party_id", ["party_id"], unique=False)
 
     op.create_table(
         "device_keys",
@@ -122,7 +156,10 @@ def upgrade() -> None:
         sa.Column("device_id", sa.String(length=64), nullable=True),
         sa.Column("seq", sa.BigInteger(), nullable=True),
         sa.Column("received_ms", sa.BigInteger(), nullable=False),
-        sa.CheckConstraint("kind IN ('device_message')", name="ck_log_entries_kind"),
+        sa.CheckConstraint(
+            "kind IN ('device_message', 'device_registered', 'key_rotated', 'key_revoked', 'recall', 'statement')",
+            name="ck_log_entries_kind",
+        ),
         sa.CheckConstraint('"index" >= 0', name="ck_log_entries_index"),
         sa.CheckConstraint("length(leaf_hash) = 32", name="ck_log_entries_leaf_hash_length"),
         sa.CheckConstraint("length(raw_sha256) = 32", name="ck_log_entries_raw_sha256_length"),
@@ -134,23 +171,65 @@ def upgrade() -> None:
         sa.UniqueConstraint("device_id", "seq", name="uq_log_entries_device_id_seq"),
     )
     op.create_table(
+        "parked_messages",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("device_id", sa.String(length=64), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("raw", sa.LargeBinary(), nullable=False),
+        sa.Column("raw_sha256", sa.LargeBinary(), nullable=False),
+        sa.Column("topic", sa.Text(), nullable=False),
+        sa.Column("received_ms", sa.BigInteger(), nullable=False),
+        sa.Column("expires_ms", sa.BigInteger(), nullable=False),
+        sa.CheckConstraint("length(raw_sha256) = 32", name="ck_parked_messages_raw_sha256_length"),
+        sa.ForeignKeyConstraint(
+            ["device_id"],
+            ["devices.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("device_id", "seq", name="uq_parked_messages_device_id_seq"),
+    )
+    with op.batch_alter_table("parked_messages", schema=None) as batch_op:
+        batch_op.create_index("ix_parked_messages_expires_ms", ["expires_ms"], unique=False)
+
+    op.create_table(
+        "parked_products",
+        sa.Column("parked_id", sa.Integer(), nullable=False),
+        sa.Column("product_key", sa.String(length=255), nullable=False),
+        sa.ForeignKeyConstraint(["parked_id"], ["parked_messages.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("parked_id", "product_key"),
+    )
+    with op.batch_alter_table("parked_products", schema=None) as batch_op:
+        batch_op.create_index("ix_parked_products_product_key", ["product_key"], unique=False)
+
+    op.create_table(
         "products",
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column("kind", sa.Text(), nullable=True),
         sa.Column("owner_party_id", sa.String(length=64), nullable=False),
         sa.Column("created_ms", sa.BigInteger(), nullable=False),
         sa.Column("commissioned_index", sa.BigInteger(), nullable=True),
+        sa.Column("holder_party_id", sa.String(length=64), nullable=True),
+        sa.Column("pending_party_id", sa.String(length=64), nullable=True),
         sa.ForeignKeyConstraint(
             ["commissioned_index"],
             ["log_entries.index"],
         ),
         sa.ForeignKeyConstraint(
+            ["holder_party_id"],
+            ["parties.id"],
+        ),
+        sa.ForeignKeyConstraint(
             ["owner_party_id"],
+            ["parties.id"],
+        ),
+        sa.ForeignKeyConstraint(
+            ["pending_party_id"],
             ["parties.id"],
         ),
         sa.PrimaryKeyConstraint("key"),
     )
-    op.create_index("ix_products_owner_party_id", "products", ["owner_party_id"], unique=False)
+    with op.batch_alter_table("products", schema=None) as batch_op:
+        batch_op.create_index("ix_products_owner_party_id", ["owner_party_id"], unique=False)
 
     op.create_table(
         "receipts",
@@ -189,7 +268,8 @@ def upgrade() -> None:
             "product_key", "log_index", name="uq_chain_links_product_key_log_index"
         ),
     )
-    op.create_index("ix_chain_links_log_index", "chain_links", ["log_index"], unique=False)
+    with op.batch_alter_table("chain_links", schema=None) as batch_op:
+        batch_op.create_index("ix_chain_links_log_index", ["log_index"], unique=False)
 
     op.create_table(
         "product_parents",
@@ -206,33 +286,49 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("product_key", "parent_key"),
     )
-    op.create_index(
-        "ix_product_parents_parent_key", "product_parents", ["parent_key"], unique=False
-    )
+    with op.batch_alter_table("product_parents", schema=None) as batch_op:
+        batch_op.create_index("ix_product_parents_parent_key", ["parent_key"], unique=False)
 
 
 def downgrade() -> None:
     """Revert this revision."""
-    op.drop_index("ix_product_parents_parent_key", table_name="product_parents")
+    with op.batch_alter_table("product_parents", schema=None) as batch_op:
+        batch_op.drop_index("ix_product_parents_parent_key")
 
     op.drop_table("product_parents")
-    op.drop_index("ix_chain_links_log_index", table_name="chain_links")
+    with op.batch_alter_table("chain_links", schema=None) as batch_op:
+        batch_op.drop_index("ix_chain_links_log_index")
 
     op.drop_table("chain_links")
     op.drop_table("receipts")
-    op.drop_index("ix_products_owner_party_id", table_name="products")
+    with op.batch_alter_table("products", schema=None) as batch_op:
+        batch_op.drop_index("ix_products_owner_party_id")
 
     op.drop_table("products")
+    with op.batch_alter_table("parked_products", schema=None) as batch_op:
+        batch_op.drop_index("ix_parked_products_product_key")
+
+    op.drop_table("parked_products")
+    with op.batch_alter_table("parked_messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_parked_messages_expires_ms")
+
+    op.drop_table("parked_messages")
     op.drop_table("log_entries")
     op.drop_table("device_keys")
-    op.drop_index("ix_tokens_party_id", table_name="tokens")
+    with op.batch_alter_table("tokens", schema=None) as batch_op:
+        batch_op.drop_index("ix_tokens_party_id")
 
     op.drop_table("tokens")
-    op.drop_index("ix_devices_party_id", table_name="devices")
+    with op.batch_alter_table("devices", schema=None) as batch_op:
+        batch_op.drop_index("ix_devices_party_id")
 
     op.drop_table("devices")
-    op.drop_index("ix_rejections_reason_received_ms", table_name="rejections")
-    op.drop_index("ix_rejections_device_id", table_name="rejections")
+    op.drop_table("cosignatures")
+    with op.batch_alter_table("rejections", schema=None) as batch_op:
+        batch_op.drop_index("ix_rejections_reason_received_ms")
+        batch_op.drop_index("ix_rejections_device_id")
 
     op.drop_table("rejections")
     op.drop_table("parties")
+    op.drop_table("merkle_nodes")
+    op.drop_table("checkpoints")

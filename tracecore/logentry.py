@@ -1,0 +1,134 @@
+"""The log entry of an accepted device message (design.md, "The log and the per-product chains").
+
+Every accepted message becomes one log entry: a deterministic CBOR map (RFC 8949 §4.2.1)
+
+============  ==========  ================================================================
+key           type        meaning
+============  ==========  ================================================================
+``v``         uint        format version, 1
+``kind``      text        ``"device_message"``
+``msg``       bstr (32)   SHA-256 of the exact COSE bytes the device sent
+``device``    text        the device id
+``seq``       uint        the device's sequence number
+``received``  uint        server receive time, ms since the Unix epoch
+``chains``    array       one ``{"product", "pseq", "prev"}`` per product the message names,
+                          in the message's order: the product's position in its own chain
+                          (1 for its first entry) and the leaf hash of the product's previous
+                          entry (32 zero bytes for the first)
+============  ==========  ================================================================
+
+The leaf hash of the entry (RFC 9162 §2.1.1, :func:`tracecore.merkle.leaf_hash`) is what
+receipts promise and what the next entry of each product points back to, so each product's
+history is a hash chain that the log commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from tracecore.cbor import decode_strict, encode_deterministic
+from tracecore.errors import MalformedMessage
+from tracecore.identifiers import ProductKey, parse_device_id
+from tracecore.merkle import HASH_SIZE, leaf_hash
+
+__all__ = ["GENESIS_PREV", "ChainPosition", "DeviceMessageEntry", "parse_entry"]
+
+ENTRY_VERSION: Final = 1
+#: ``prev`` of a product's first entry.
+GENESIS_PREV: Final = bytes(HASH_SIZE)
+_MAX_ENTRY_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ChainPosition:
+    """A product's position in its own hash chain."""
+
+    product: ProductKey
+    pseq: int
+    prev: bytes
+
+    def __post_init__(self) -> None:
+        if self.pseq < 1:
+            raise MalformedMessage(f"pseq must be >= 1, got {self.pseq}")
+        if len(self.prev) != HASH_SIZE:
+            raise MalformedMessage(f"prev must be {HASH_SIZE} bytes, got {len(self.prev)}")
+        if (self.pseq == 1) != (self.prev == GENESIS_PREV):
+            raise MalformedMessage("prev is 32 zero bytes exactly for a product's first entry")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMessageEntry:
+    """The log entry of one accepted device message."""
+
+    msg: bytes
+    device: str
+    seq: int
+    received: int
+    chains: tuple[ChainPosition, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.msg) != HASH_SIZE:
+            raise MalformedMessage(f"msg must be {HASH_SIZE} bytes, got {len(self.msg)}")
+        parse_device_id(self.device)
+        if self.seq < 1 or self.received < 0:
+            raise MalformedMessage("seq must be >= 1 and received >= 0")
+        if not self.chains:
+            raise MalformedMessage("an entry names at least one product chain")
+        if len({c.product for c in self.chains}) != len(self.chains):
+            raise MalformedMessage("an entry names each product once")
+
+    def to_bytes(self) -> bytes:
+        """Return the deterministic CBOR encoding of the entry."""
+        return encode_deterministic(
+            {
+                "v": ENTRY_VERSION,
+                "kind": "device_message",
+                "msg": self.msg,
+                "device": self.device,
+                "seq": self.seq,
+                "received": self.received,
+                "chains": [
+                    {"product": c.product.path, "pseq": c.pseq, "prev": c.prev} for c in self.chains
+                ],
+            }
+        )
+
+    @property
+    def leaf_hash(self) -> bytes:
+        """The RFC 9162 leaf hash of the encoded entry."""
+        return leaf_hash(self.to_bytes())
+
+
+def parse_entry(data: bytes) -> DeviceMessageEntry:
+    """Parse the bytes of a device-message log entry.
+
+    Raises :class:`MalformedMessage` unless ``data`` is exactly the deterministic encoding of a
+    well-formed entry (so ``parse_entry(b).to_bytes() == b`` for every accepted ``b``).
+    """
+    value = decode_strict(data, max_bytes=_MAX_ENTRY_BYTES, what="log entry")
+    if not isinstance(value, Mapping):
+        raise MalformedMessage("a log entry is a CBOR map")
+    expected = {"v", "kind", "msg", "device", "seq", "received", "chains"}
+    if set(value) != expected:
+        raise MalformedMessage(f"a log entry has exactly the keys {sorted(expected)}")
+    if value["v"] != ENTRY_VERSION or value["kind"] != "device_message":
+        raise MalformedMessage("not a version 1 device_message entry")
+    try:
+        chains = tuple(
+            ChainPosition(ProductKey.parse_canonical(c["product"]), c["pseq"], c["prev"])
+            for c in value["chains"]
+        )
+        entry = DeviceMessageEntry(
+            msg=value["msg"],
+            device=value["device"],
+            seq=value["seq"],
+            received=value["received"],
+            chains=chains,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedMessage(f"malformed log entry: {exc}") from exc
+    if entry.to_bytes() != data:
+        raise MalformedMessage("log entry is not in its deterministic encoding")
+    return entry
