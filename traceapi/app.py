@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from traceapi.routes.ops import router as ops_router
 from traceapi.routes.registry import router as registry_router
 from traceapi.schemas import StatusOut
 from tracecore.errors import (
@@ -120,6 +121,7 @@ def create_app(
     app.add_exception_handler(AgritraceError, _agritrace_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(registry_router)
+    app.include_router(ops_router)
 
     @app.get("/healthz")
     def healthz() -> StatusOut:

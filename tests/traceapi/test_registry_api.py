@@ -376,7 +376,10 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "POST /v1/devices/{device}/keys": (401, 401, 201, 201, 403, 403),
     "POST /v1/devices/{device}/revoke": (401, 401, 200, 200, 403, 403),
     "GET /v1/devices/{device}": (401, 401, 200, 200, 403, 403),
+    "GET /v1/devices/{device}/gaps": (401, 401, 200, 200, 403, 403),
+    "GET /v1/admin/rejections": (401, 401, 200, 403, 403, 403),
     "GET /healthz": (200, 200, 200, 200, 200, 200),
+    "GET /metrics": (200, 200, 200, 200, 200, 200),
 }
 
 

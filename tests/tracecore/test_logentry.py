@@ -1,0 +1,104 @@
+"""Tests of tracecore.logentry: the log entry of an accepted device message."""
+
+from __future__ import annotations
+
+import hashlib
+
+import cbor2
+import pytest
+
+from tracecore.cbor import encode_deterministic
+from tracecore.errors import AgritraceError, MalformedMessage
+from tracecore.identifiers import ProductKey
+from tracecore.logentry import GENESIS_PREV, ChainPosition, DeviceMessageEntry, parse_entry
+from tracecore.merkle import leaf_hash
+
+LOT = ProductKey.parse("01/06901234567892/10/L261127")
+CARTON = ProductKey.parse("01/06901234567892/10/L261127/21/C0001")
+MSG = hashlib.sha256(b"cose bytes").digest()
+
+
+def _entry(**changes: object) -> DeviceMessageEntry:
+    fields: dict[str, object] = {
+        "msg": MSG,
+        "device": "hens01-collect",
+        "seq": 7,
+        "received": 1_795_000_000_000,
+        "chains": (
+            ChainPosition(LOT, 3, bytes(range(32))),
+            ChainPosition(CARTON, 1, GENESIS_PREV),
+        ),
+    }
+    fields.update(changes)
+    return DeviceMessageEntry(**fields)  # type: ignore[arg-type]
+
+
+def test_entry_encoding_is_the_documented_map() -> None:
+    """The entry is the deterministic CBOR map of design.md, chains in the message's order."""
+    expected = encode_deterministic(
+        {
+            "v": 1,
+            "kind": "device_message",
+            "msg": MSG,
+            "device": "hens01-collect",
+            "seq": 7,
+            "received": 1_795_000_000_000,
+            "chains": [
+                {"product": LOT.path, "pseq": 3, "prev": bytes(range(32))},
+                {"product": CARTON.path, "pseq": 1, "prev": bytes(32)},
+            ],
+        }
+    )
+    entry = _entry()
+    assert entry.to_bytes() == expected
+    assert entry.leaf_hash == hashlib.sha256(b"\x00" + expected).digest()
+    assert entry.leaf_hash == leaf_hash(expected)
+
+
+def test_entry_round_trips() -> None:
+    """parse_entry(to_bytes()) gives the same entry back."""
+    entry = _entry()
+    assert parse_entry(entry.to_bytes()) == entry
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"msg": b"short"}, "msg must be 32 bytes"),
+        ({"device": "Bad Device"}, "device id"),
+        ({"seq": 0}, "seq must be >= 1"),
+        ({"chains": ()}, "at least one product"),
+        ({"chains": (ChainPosition(LOT, 1, GENESIS_PREV),) * 2}, "each product once"),
+    ],
+)
+def test_bad_entries_are_refused(changes: dict[str, object], message: str) -> None:
+    """An entry that breaks a rule cannot be constructed."""
+    with pytest.raises(AgritraceError, match=message):
+        _entry(**changes)
+
+
+def test_chain_genesis_rule() -> None:
+    """prev is all zeros exactly for pseq 1."""
+    with pytest.raises(MalformedMessage, match="first entry"):
+        ChainPosition(LOT, 1, bytes(range(32)))
+    with pytest.raises(MalformedMessage, match="first entry"):
+        ChainPosition(LOT, 2, GENESIS_PREV)
+
+
+def test_non_deterministic_bytes_are_refused() -> None:
+    """The same map encoded with an unsorted key order is not an entry."""
+    data = _entry().to_bytes()
+    # Re-encode with "chains" first: a valid CBOR map, but not in the deterministic key order.
+    decoded = cbor2.loads(data)
+    loose = cbor2.dumps({"chains": decoded["chains"], **decoded})
+    assert loose != data
+    with pytest.raises(MalformedMessage):
+        parse_entry(loose)
+
+
+def test_flipped_byte_changes_the_leaf() -> None:
+    """Any change to an entry changes its leaf hash (so chains and the log detect it)."""
+    data = bytearray(_entry().to_bytes())
+    original = leaf_hash(bytes(data))
+    data[-1] ^= 1
+    assert leaf_hash(bytes(data)) != original

@@ -1,0 +1,157 @@
+"""Operations routes: rejected messages, device sequence gaps, Prometheus metrics.
+
+``GET /v1/admin/rejections`` (admin) lists refused device messages with their raw bytes, so an
+operator can see exactly what a device sent and why it was refused (design.md: nothing is dropped
+silently). ``GET /v1/devices/{id}/gaps`` (admin or the owning party) shows which sequence numbers
+have not arrived. ``GET /metrics`` exposes counters computed from the database, so they are the
+same whichever process serves them and survive restarts.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
+from sqlalchemy import Engine
+
+from traceapi.auth import Principal, forbidden, require_admin, require_admin_or_party
+from tracecore.errors import RejectReason
+from tracecore.identifiers import parse_device_id
+from tracecore.storage.engine import session_scope
+from tracecore.storage.queries import (
+    MAX_LIST,
+    device_gaps,
+    list_rejections,
+    log_stats,
+    rejection_counts,
+)
+from tracecore.storage.registry import get_device
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+class RejectionOut(BaseModel):
+    """A refused device message."""
+
+    id: int
+    reason: str
+    detail: str
+    topic: str
+    device: str | None
+    seq: int | None
+    received_ms: int
+    raw: str
+    raw_size: int
+
+
+class GapsOut(BaseModel):
+    """The sequence numbers of a device that have not arrived, as inclusive ranges."""
+
+    device: str
+    gaps: list[tuple[int, int]]
+    missing: int
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+@router.get("/v1/admin/rejections")
+def get_rejections(
+    request: Request,
+    _admin: Annotated[Principal, Depends(require_admin)],
+    reason: RejectReason | None = None,
+    device: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 100,
+    before: Annotated[int | None, Query(ge=1, description="page: ids below this")] = None,
+) -> list[RejectionOut]:
+    """List refused messages, newest first, with raw bytes in base64 (admin only)."""
+    with session_scope(_engine(request)) as session:
+        rows = list_rejections(
+            session, reason=reason, device_id=device, limit=limit, before_id=before
+        )
+        return [
+            RejectionOut(
+                id=row.id or 0,
+                reason=row.reason,
+                detail=row.detail,
+                topic=row.topic,
+                device=row.device_id,
+                seq=row.seq,
+                received_ms=row.received_ms,
+                raw=base64.b64encode(row.raw).decode("ascii"),
+                raw_size=len(row.raw),
+            )
+            for row in rows
+        ]
+
+
+@router.get("/v1/devices/{device_id}/gaps")
+def get_gaps(
+    device_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require_admin_or_party)],
+) -> GapsOut:
+    """Show the sequence numbers of a device missing from the log (admin or the owner)."""
+    device_id = parse_device_id(device_id)
+    with session_scope(_engine(request)) as session:
+        device = get_device(session, device_id)
+        if not principal.may_act_for(device.party_id):
+            raise forbidden("this device belongs to another party")
+        gaps = device_gaps(session, device_id)
+    return GapsOut(device=device_id, gaps=gaps, missing=sum(b - a + 1 for a, b in gaps))
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def get_metrics(request: Request) -> PlainTextResponse:
+    """Prometheus metrics: log size, checkpoint, parked messages, rejections per reason."""
+    with session_scope(_engine(request)) as session:
+        stats = log_stats(session)
+        counts = rejection_counts(session)
+    clock = request.app.state.clock
+    age = (clock() - stats.checkpoint_ms) / 1000 if stats.checkpoint_ms is not None else None
+    lines = [
+        *_metric("agritrace_log_entries", "gauge", "Entries in the log.", stats.log_size),
+        *_metric(
+            "agritrace_checkpoint_size",
+            "gauge",
+            "Size of the newest checkpoint.",
+            stats.checkpoint_size,
+        ),
+        *(
+            _metric(
+                "agritrace_checkpoint_age_seconds", "gauge", "Age of the newest checkpoint.", age
+            )
+            if age is not None
+            else []
+        ),
+        *_metric(
+            "agritrace_parked_messages",
+            "gauge",
+            "Messages waiting for the commissioning of a product.",
+            stats.parked,
+        ),
+        *_metric("agritrace_devices", "gauge", "Registered devices.", stats.devices),
+        *_metric("agritrace_products", "gauge", "Commissioned products.", stats.products),
+        "# HELP agritrace_rejections_total Device messages refused, by reason.",
+        "# TYPE agritrace_rejections_total counter",
+        *(
+            f'agritrace_rejections_total{{reason="{reason.value}"}} {count}'
+            for reason, count in counts.items()
+        ),
+    ]
+    return PlainTextResponse(
+        "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+def _metric(name: str, kind: str, help_text: str, value: float) -> list[str]:
+    # Prometheus text exposition format 0.0.4: HELP, TYPE, then the sample.
+    sample = str(value) if isinstance(value, int) else f"{value:.3f}"
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {sample}"]
