@@ -20,20 +20,46 @@ key           type        meaning
 The leaf hash of the entry (RFC 9162 §2.1.1, :func:`tracecore.merkle.leaf_hash`) is what
 receipts promise and what the next entry of each product points back to, so each product's
 history is a hash chain that the log commits.
+
+Registry facts are log entries too (design.md), so the key history a verdict depends on is
+itself tamper-evident. Each is a deterministic CBOR map with ``v`` = 1, ``kind`` and ``time``
+(server time, ms) and:
+
+=====================  ============================================================
+kind                   further keys
+=====================  ============================================================
+``device_registered``  ``device``, ``party``, ``key`` (bstr 32), ``valid_from`` (ms)
+``key_rotated``        ``device``, ``key`` (the new key, bstr 32), ``valid_from`` (ms): the
+                       device's previous key is valid only before ``valid_from``
+``key_revoked``        ``device``, ``kid`` (bstr 8), ``since`` (ms), ``reason`` (text):
+                       messages with a device time at or after ``since`` are not trusted
+=====================  ============================================================
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeAlias
 
 from tracecore.cbor import decode_strict, encode_deterministic
 from tracecore.errors import MalformedMessage
-from tracecore.identifiers import ProductKey, parse_device_id
+from tracecore.identifiers import ProductKey, parse_device_id, parse_party_id
+from tracecore.keys import KID_LENGTH
 from tracecore.merkle import HASH_SIZE, leaf_hash
 
-__all__ = ["GENESIS_PREV", "ChainPosition", "DeviceMessageEntry", "parse_entry"]
+__all__ = [
+    "GENESIS_PREV",
+    "AnyEntry",
+    "ChainPosition",
+    "DeviceMessageEntry",
+    "DeviceRegistered",
+    "KeyRevoked",
+    "KeyRotated",
+    "RegistryEntry",
+    "parse_any_entry",
+    "parse_entry",
+]
 
 ENTRY_VERSION: Final = 1
 #: ``prev`` of a product's first entry.
@@ -129,6 +155,127 @@ def parse_entry(data: bytes) -> DeviceMessageEntry:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedMessage(f"malformed log entry: {exc}") from exc
+    if entry.to_bytes() != data:
+        raise MalformedMessage("log entry is not in its deterministic encoding")
+    return entry
+
+
+def _encode_registry(kind: str, time: int, fields: dict[str, object]) -> bytes:
+    return encode_deterministic({"v": ENTRY_VERSION, "kind": kind, "time": time, **fields})
+
+
+def _check_registry(device: str, time: int, *times: int) -> None:
+    if not isinstance(device, str):
+        raise MalformedMessage("device must be text")
+    parse_device_id(device)
+    if any(type(t) is not int or t < 0 for t in (time, *times)):
+        raise MalformedMessage("registry entry times are integer ms since the Unix epoch, >= 0")
+
+
+def _check_bytes(name: str, value: object, size: int) -> None:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise MalformedMessage(f"{name} must be {size} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRegistered:
+    """A device was registered for ``party`` with its first key."""
+
+    device: str
+    party: str
+    key: bytes
+    valid_from: int
+    time: int
+
+    def __post_init__(self) -> None:
+        _check_registry(self.device, self.time, self.valid_from)
+        if not isinstance(self.party, str):
+            raise MalformedMessage("party must be text")
+        parse_party_id(self.party)
+        _check_bytes("key", self.key, 32)
+
+    def to_bytes(self) -> bytes:
+        """Return the deterministic CBOR encoding of the entry."""
+        fields = {"device": self.device, "party": self.party, "key": self.key}
+        return _encode_registry(
+            "device_registered", self.time, fields | {"valid_from": self.valid_from}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotated:
+    """A device's key was replaced: ``key`` signs from ``valid_from`` on, the old one before."""
+
+    device: str
+    key: bytes
+    valid_from: int
+    time: int
+
+    def __post_init__(self) -> None:
+        _check_registry(self.device, self.time, self.valid_from)
+        _check_bytes("key", self.key, 32)
+
+    def to_bytes(self) -> bytes:
+        """Return the deterministic CBOR encoding of the entry."""
+        fields = {"device": self.device, "key": self.key, "valid_from": self.valid_from}
+        return _encode_registry("key_rotated", self.time, fields)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRevoked:
+    """A device key is not trusted for messages timed at or after ``since``."""
+
+    device: str
+    kid: bytes
+    since: int
+    reason: str
+    time: int
+
+    def __post_init__(self) -> None:
+        _check_registry(self.device, self.time, self.since)
+        _check_bytes("kid", self.kid, KID_LENGTH)
+        if not isinstance(self.reason, str) or not 1 <= len(self.reason) <= 1000:
+            raise MalformedMessage("a revocation reason is 1-1000 characters")
+
+    def to_bytes(self) -> bytes:
+        """Return the deterministic CBOR encoding of the entry."""
+        fields = {"device": self.device, "kid": self.kid, "since": self.since}
+        return _encode_registry("key_revoked", self.time, fields | {"reason": self.reason})
+
+
+RegistryEntry: TypeAlias = DeviceRegistered | KeyRotated | KeyRevoked
+AnyEntry: TypeAlias = DeviceMessageEntry | RegistryEntry
+
+_REGISTRY_FIELDS: Final = {
+    "device_registered": (DeviceRegistered, {"device", "party", "key", "valid_from"}),
+    "key_rotated": (KeyRotated, {"device", "key", "valid_from"}),
+    "key_revoked": (KeyRevoked, {"device", "kid", "since", "reason"}),
+}
+
+
+def parse_any_entry(data: bytes) -> AnyEntry:
+    """Parse the bytes of any log entry (device message or registry fact).
+
+    Raises :class:`MalformedMessage` unless ``data`` is exactly the deterministic encoding of a
+    well-formed entry of a known kind.
+    """
+    value = decode_strict(data, max_bytes=_MAX_ENTRY_BYTES, what="log entry")
+    if not isinstance(value, Mapping) or "kind" not in value:
+        raise MalformedMessage("a log entry is a CBOR map with a kind")
+    kind = value["kind"]
+    if kind == "device_message":
+        return parse_entry(data)
+    if kind not in _REGISTRY_FIELDS:
+        raise MalformedMessage(f"unknown log entry kind {kind!r}")
+    cls, fields = _REGISTRY_FIELDS[kind]
+    if set(value) != fields | {"v", "kind", "time"} or value["v"] != ENTRY_VERSION:
+        raise MalformedMessage(
+            f"a {kind} entry has exactly the keys v, kind, time, {sorted(fields)}"
+        )
+    try:
+        entry: RegistryEntry = cls(**{k: value[k] for k in (*sorted(fields), "time")})
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessage(f"malformed {kind} entry: {exc}") from exc
     if entry.to_bytes() != data:
         raise MalformedMessage("log entry is not in its deterministic encoding")
     return entry

@@ -10,7 +10,17 @@ import pytest
 from tracecore.cbor import encode_deterministic
 from tracecore.errors import AgritraceError, MalformedMessage
 from tracecore.identifiers import ProductKey
-from tracecore.logentry import GENESIS_PREV, ChainPosition, DeviceMessageEntry, parse_entry
+from tracecore.logentry import (
+    GENESIS_PREV,
+    ChainPosition,
+    DeviceMessageEntry,
+    DeviceRegistered,
+    KeyRevoked,
+    KeyRotated,
+    RegistryEntry,
+    parse_any_entry,
+    parse_entry,
+)
 from tracecore.merkle import leaf_hash
 
 LOT = ProductKey.parse("01/06901234567892/10/L261127")
@@ -102,3 +112,70 @@ def test_flipped_byte_changes_the_leaf() -> None:
     original = leaf_hash(bytes(data))
     data[-1] ^= 1
     assert leaf_hash(bytes(data)) != original
+
+
+REGISTRY_ENTRIES = [
+    DeviceRegistered("hens01-collect", "gansu-hens-01", bytes(range(32)), 1_000, 1_000),
+    KeyRotated("hens01-collect", bytes(range(1, 33)), 5_000, 5_001),
+    KeyRevoked("hens01-collect", bytes(8), 4_000, "gateway stolen", 6_000),
+]
+
+
+@pytest.mark.parametrize("entry", REGISTRY_ENTRIES, ids=lambda e: type(e).__name__)
+def test_registry_entries_round_trip(entry: RegistryEntry) -> None:
+    """Registry facts encode deterministically and parse back to the same value."""
+    data = entry.to_bytes()
+    assert parse_any_entry(data) == entry
+    assert cbor2.loads(data)["v"] == 1
+
+
+def test_parse_any_entry_reads_device_messages_too() -> None:
+    """parse_any_entry dispatches on kind, including device messages."""
+    entry = _entry()
+    assert parse_any_entry(entry.to_bytes()) == entry
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"v": 1, "kind": "party_deleted", "time": 1},
+        {
+            "v": 2,
+            "kind": "key_rotated",
+            "device": "dev-1",
+            "key": bytes(32),
+            "valid_from": 1,
+            "time": 1,
+        },
+        {
+            "v": 1,
+            "kind": "key_rotated",
+            "device": "dev-1",
+            "key": "k" * 32,
+            "valid_from": 1,
+            "time": 1,
+        },
+        {
+            "v": 1,
+            "kind": "key_rotated",
+            "device": "dev-1",
+            "key": bytes(32),
+            "valid_from": -1,
+            "time": 1,
+        },
+        {
+            "v": 1,
+            "kind": "key_revoked",
+            "device": "dev-1",
+            "kid": bytes(8),
+            "since": 1,
+            "reason": "",
+            "time": 1,
+        },
+        {"v": 1, "kind": "key_revoked", "device": "dev-1", "kid": bytes(8), "since": 1, "time": 1},
+    ],
+)
+def test_bad_registry_entries_are_refused(value: dict[str, object]) -> None:
+    """Unknown kinds, versions, wrong types and missing fields are malformed."""
+    with pytest.raises(MalformedMessage):
+        parse_any_entry(encode_deterministic(value))
