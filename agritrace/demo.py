@@ -33,7 +33,13 @@ from traceapi import create_app
 from tracecore.cose import parse_message, sign_message
 from tracecore.errors import ConfigError, KeyFileError, MessageRejected
 from tracecore.identifiers import ProductKey
-from tracecore.keys import SignerKey, generate_signer, read_key_file, write_key_file
+from tracecore.keys import (
+    SignerKey,
+    generate_signer,
+    load_or_create_log_key,
+    read_key_file,
+    write_key_file,
+)
 from tracecore.message import Event, Reading, Sensor
 from tracecore.settings import Settings
 
@@ -74,7 +80,7 @@ def run_demo(settings: Settings, *, host: str, port: int, serve: bool) -> int:
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings = settings.model_copy(update={"admin_token": _admin_token(settings)})
-    log_key = _load_or_create_key(settings.keys_dir, "log")
+    log_key, _ = load_or_create_log_key(settings.keys_dir, settings.log_origin)
     _check_port_free(host, port)
     return asyncio.run(_run(settings, log_key, host=host, port=port, serve=serve))
 

@@ -20,6 +20,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from traceapi.routes.bundle import router as bundle_router
+from traceapi.routes.log import router as log_router
 from traceapi.routes.ops import router as ops_router
 from traceapi.routes.registry import router as registry_router
 from traceapi.schemas import StatusOut
@@ -29,8 +31,10 @@ from tracecore.errors import (
     IdentifierError,
     KeyFileError,
     NotFound,
+    ProofError,
     StorageError,
 )
+from tracecore.keys import VerifierKey
 from tracecore.settings import Settings
 from tracecore.storage.engine import make_engine
 from tracecore.storage.migrate import upgrade
@@ -43,6 +47,7 @@ ERROR_STATUS: tuple[tuple[type[AgritraceError], int], ...] = (
     (Conflict, status.HTTP_409_CONFLICT),
     (IdentifierError, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (KeyFileError, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (ProofError, status.HTTP_400_BAD_REQUEST),
     (StorageError, status.HTTP_503_SERVICE_UNAVAILABLE),
 )
 
@@ -94,12 +99,14 @@ def create_app(
     engine: Engine | None = None,
     *,
     clock: Callable[[], int] = wall_clock_ms,
+    log_vkey: VerifierKey | None = None,
 ) -> FastAPI:
     """Build the trace API for ``settings``.
 
     ``engine`` defaults to one built from ``settings.database_url`` (and disposed at shutdown);
     the schema is migrated to the newest revision at startup. ``clock`` returns the time in ms
-    since the Unix epoch and exists for tests.
+    since the Unix epoch and exists for tests. ``log_vkey`` is the log's public key served at
+    ``/v1/log/vkey``; without it, the public half of ``DATA_DIR/keys/log.key`` is used.
     """
     owned = engine is None
     app_engine = make_engine(settings.database_url) if engine is None else engine
@@ -118,10 +125,14 @@ def create_app(
     app.state.settings = settings
     app.state.engine = app_engine
     app.state.clock = clock
+    # None: traceapi.routes.log reads the public half of DATA_DIR/keys/log.key on first use.
+    app.state.log_vkey = log_vkey
     app.add_exception_handler(AgritraceError, _agritrace_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(registry_router)
     app.include_router(ops_router)
+    app.include_router(log_router)
+    app.include_router(bundle_router)
 
     @app.get("/healthz")
     def healthz() -> StatusOut:

@@ -13,7 +13,12 @@ with ``raise ... from exc``, so a caller never has to know which library sits un
     │   ├── RevokedKey                 reason "revoked_key": key not valid at the message time
     │   └── BadSignature               reason "bad_signature"
     ├── KeyFileError               a key file or vkey cannot be read or has the wrong form
+    ├── NoteError                  a signed note, checkpoint or cosignature is refused
+    │   ├── MalformedNote              breaks a C2SP note, checkpoint or tlog-witness format
+    │   └── UnverifiedNote             no trusted signature verifies, or a known one is bad
+    ├── BundleError                an evidence bundle or trust policy is malformed or fails a check
     ├── ConfigError                a setting is missing or invalid
+    ├── ProofError                 a Merkle proof is malformed, asks for impossible sizes, or fails
     └── StorageError               the database refused or lost something
         ├── NotFound                   no such record
         └── Conflict                   the record exists already (or a unique rule would break)
@@ -30,18 +35,23 @@ from enum import StrEnum
 __all__ = [
     "AgritraceError",
     "BadSignature",
+    "BundleError",
     "ConfigError",
     "Conflict",
     "IdentifierError",
     "KeyFileError",
     "MalformedMessage",
+    "MalformedNote",
     "MessageRejected",
     "NotFound",
+    "NoteError",
+    "ProofError",
     "RejectReason",
     "RevokedKey",
     "StorageError",
     "TopicMismatch",
     "UnknownKey",
+    "UnverifiedNote",
 ]
 
 
@@ -125,8 +135,34 @@ class KeyFileError(AgritraceError):
     """A key file, private key or verifier key (vkey) cannot be read or has the wrong form."""
 
 
+class NoteError(AgritraceError):
+    """A signed note (C2SP signed-note), checkpoint or cosignature is refused."""
+
+
+class MalformedNote(NoteError, ValueError):
+    """The text breaks a C2SP format: signed-note, tlog-checkpoint, tlog-cosignature or the
+    tlog-witness request and response bodies."""
+
+
+class UnverifiedNote(NoteError):
+    """No signature of a trusted key verifies, or a signature of a known key is bad."""
+
+
+class BundleError(AgritraceError):
+    """An evidence bundle or trust policy is out of form, or one of its checks fails."""
+
+
 class ConfigError(AgritraceError):
     """A setting is missing or invalid."""
+
+
+class ProofError(AgritraceError):
+    """A Merkle proof (RFC 9162 §2.1.3, §2.1.4) cannot be made or does not verify.
+
+    Raised for impossible parameters (an index outside the tree, an old size above the new one),
+    for malformed proofs (a hash that is not 32 bytes, too few or too many hashes) and for proofs
+    that do not lead to the expected root; the message says which.
+    """
 
 
 class StorageError(AgritraceError):

@@ -24,6 +24,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import nacl.exceptions
 import nacl.signing
@@ -34,12 +35,15 @@ __all__ = [
     "ALG_COSIGNATURE_V1",
     "ALG_ED25519",
     "KID_LENGTH",
+    "LOG_KEY_FILE",
     "SignerKey",
     "VerifierKey",
     "device_kid",
     "generate_signer",
+    "load_or_create_log_key",
     "note_key_id",
     "read_key_file",
+    "read_log_key",
     "write_key_file",
 ]
 
@@ -50,6 +54,9 @@ ALG_COSIGNATURE_V1 = 0x04  # C2SP tlog-cosignature: the witness cosignature type
 # C2SP signed-note: a key name is non-empty, has no Unicode spaces and no "+".
 _NAME = re.compile(r"[^\s+]+")
 _KEY_FILE_SUFFIX = ".key"
+#: File name (without ``.key``) of the log's key. The key inside is named after the log's
+#: origin, as C2SP tlog-checkpoint recommends, so its vkey name matches checkpoint origins.
+LOG_KEY_FILE: Final = "log"
 
 
 def device_kid(public_key: bytes) -> bytes:
@@ -190,13 +197,14 @@ def generate_signer(name: str) -> SignerKey:
     return SignerKey(name=name, seed=bytes(nacl.signing.SigningKey.generate()))
 
 
-def write_key_file(keys_dir: Path, key: SignerKey) -> Path:
-    """Write ``key`` to ``keys_dir/<name>.key`` with mode 0600 and return the path.
+def write_key_file(keys_dir: Path, key: SignerKey, file_name: str | None = None) -> Path:
+    """Write ``key`` to ``keys_dir/<file_name>.key`` with mode 0600 and return the path.
 
-    The directory is created with mode 0700. An existing key file is never overwritten
-    (:class:`KeyFileError`): losing a log or device key breaks every proof made with it.
+    ``file_name`` defaults to the key's name. The directory is created with mode 0700. An
+    existing key file is never overwritten (:class:`KeyFileError`): losing a log or device key
+    breaks every proof made with it.
     """
-    path = _key_path(keys_dir, key.name)
+    path = _key_path(keys_dir, file_name or key.name)
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         # O_EXCL: refuse to replace a key; the mode applies from the first byte on.
@@ -217,13 +225,13 @@ def write_key_file(keys_dir: Path, key: SignerKey) -> Path:
     return path
 
 
-def read_key_file(keys_dir: Path, name: str) -> SignerKey:
-    """Read the key ``name`` from ``keys_dir``.
+def read_key_file(keys_dir: Path, name: str, file_name: str | None = None) -> SignerKey:
+    """Read the key ``name`` from ``keys_dir/<file_name>.key`` (``file_name`` defaults to ``name``).
 
     Raises :class:`KeyFileError` when the file is missing, readable by group or others, or not
     an skey of that name.
     """
-    path = _key_path(keys_dir, name)
+    path = _key_path(keys_dir, file_name or name)
     try:
         mode = path.stat().st_mode
         text = path.read_text(encoding="ascii")
@@ -237,6 +245,26 @@ def read_key_file(keys_dir: Path, name: str) -> SignerKey:
     if key.name != name:
         raise KeyFileError(f"key file {path} holds the key {key.name!r}, not {name!r}")
     return key
+
+
+def read_log_key(keys_dir: Path, origin: str) -> SignerKey:
+    """Read the log's key (``keys_dir/log.key``), which must be named ``origin``."""
+    return read_key_file(keys_dir, origin, LOG_KEY_FILE)
+
+
+def load_or_create_log_key(keys_dir: Path, origin: str) -> tuple[SignerKey, bool]:
+    """Return the log's key named ``origin`` and whether it was created just now.
+
+    The key lives in ``keys_dir/log.key``. A missing file is created with a new random key;
+    an existing one named after another origin is a :class:`KeyFileError`, because every
+    checkpoint and receipt ever signed depends on that key.
+    """
+    path = _key_path(keys_dir, LOG_KEY_FILE)
+    if path.exists():
+        return read_log_key(keys_dir, origin), False
+    key = generate_signer(origin)
+    write_key_file(keys_dir, key, LOG_KEY_FILE)
+    return key, True
 
 
 def _key_path(keys_dir: Path, name: str) -> Path:

@@ -28,6 +28,31 @@ class Settings(BaseSettings):
     log_origin: str = Field(default="agritrace.localhost/log", description="checkpoint origin")
     admin_token: SecretStr | None = Field(default=None, description="bearer token of the admin")
     witnesses: str = Field(default="", description="space-separated 'URL=vkey' pairs")
+    checkpoint_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="checkpointer: at most one new signed checkpoint per this many seconds",
+    )
+    ingest_shared: bool = Field(
+        default=False,
+        description="ingest: MQTT 5 shared subscription $share/ingest/... (scale-out)",
+    )
+    ingest_client_id: str = Field(
+        default="agritrace-ingest",
+        min_length=1,
+        max_length=64,
+        description="ingest: fixed MQTT client id of the persistent session (one per worker)",
+    )
+    park_hours: float = Field(
+        default=24.0, gt=0, description="ingest: how long a message waits for its product"
+    )
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="ingest: messages per commit")
+    linger_ms: int = Field(
+        default=50, ge=0, le=10_000, description="ingest: longest wait to fill a batch"
+    )
+    verify_threads: int = Field(
+        default=2, ge=1, le=64, description="ingest: threads checking signatures"
+    )
 
     @property
     def keys_dir(self) -> Path:

@@ -14,13 +14,13 @@ from tracecore.keys import VerifierKey, read_key_file
 def test_keys_new_writes_a_private_file_and_prints_the_vkey(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`agritrace keys new log` writes keys/log.key (0600) and prints its vkey on stdout."""
-    assert main(["--data-dir", str(tmp_path), "keys", "new", "log"]) == 0
+    """`agritrace keys new gw-1` writes keys/gw-1.key (0600) and prints its vkey on stdout."""
+    assert main(["--data-dir", str(tmp_path), "keys", "new", "gw-1"]) == 0
     out, err = capsys.readouterr()
     vkey = VerifierKey.parse(out.strip())
-    key = read_key_file(tmp_path / "keys", "log")
+    key = read_key_file(tmp_path / "keys", "gw-1")
     assert vkey == key.verifier
-    assert stat.S_IMODE((tmp_path / "keys" / "log.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "keys" / "gw-1.key").stat().st_mode) == 0o600
     assert f"device kid (hex):    {vkey.kid.hex()}" in err
 
 
@@ -53,3 +53,16 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     """`agritrace` without a command prints usage and exits 2."""
     assert main([]) == 2
     assert "usage: agritrace" in capsys.readouterr().err
+
+
+def test_the_log_key_is_named_after_the_origin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keys new log` writes log.key named after AGRITRACE_LOG_ORIGIN, as checkpoints need."""
+    monkeypatch.setenv("AGRITRACE_LOG_ORIGIN", "trace.gansu.example/log")
+    assert main(["--data-dir", str(tmp_path), "keys", "new", "log"]) == 0
+    vkey = VerifierKey.parse(capsys.readouterr().out.strip())
+    assert vkey.name == "trace.gansu.example/log"
+    assert (tmp_path / "keys" / "log.key").exists()
+    assert main(["--data-dir", str(tmp_path), "keys", "show", "log"]) == 0
+    assert capsys.readouterr().out.strip() == str(vkey)

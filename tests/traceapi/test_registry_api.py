@@ -392,6 +392,9 @@ def test_matrix_covers_every_registry_route(api: Api) -> None:
         )
         for path, operations in paths.items()
         for method in operations
+        # The public log and bundle routes read no token; test_log_api.py and
+        # test_bundle_api.py call them without one.
+        if not path.startswith(("/v1/log/", "/v1/bundle/"))
     }
     assert served == set(MATRIX)
 

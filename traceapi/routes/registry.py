@@ -28,7 +28,9 @@ from traceapi.schemas import (
     encode_bytes,
 )
 from tracecore.identifiers import parse_device_id
+from tracecore.logentry import DeviceRegistered, KeyRevoked, KeyRotated
 from tracecore.storage.engine import session_scope
+from tracecore.storage.logwriter import append_registry_entry, log_session
 from tracecore.storage.registry import (
     create_party,
     device_keys,
@@ -89,8 +91,12 @@ def post_device(body: DeviceCreate, request: Request, principal: AdminOrParty) -
     if not principal.may_act_for(body.party):
         raise forbidden("a party token may register devices of its own party only")
     public_key = decode_public_key(body.public_key)
-    with session_scope(_engine(request)) as session:
-        key = register_device(session, body.id, body.party, public_key, _now_ms(request))
+    now = _now_ms(request)
+    with log_session(_engine(request)) as session:
+        key = register_device(session, body.id, body.party, public_key, now)
+        # design.md: registrations are log entries, so the key history is provable.
+        entry = DeviceRegistered(key.device_id, body.party, key.public_key, key.valid_from_ms, now)
+        append_registry_entry(session, entry, now)
         return DeviceCreated(
             id=key.device_id,
             party=body.party,
@@ -106,8 +112,12 @@ def post_key(device_id: str, body: KeyRotate, request: Request, principal: Admin
     engine = _engine(request)
     _check_owner(engine, principal, device_id)
     public_key = decode_public_key(body.public_key)
-    with session_scope(engine) as session:
-        return KeyOut.of(rotate_key(session, device_id, public_key, _now_ms(request)))
+    now = _now_ms(request)
+    with log_session(engine) as session:
+        key = rotate_key(session, device_id, public_key, now)
+        entry = KeyRotated(key.device_id, key.public_key, key.valid_from_ms, now)
+        append_registry_entry(session, entry, now)
+        return KeyOut.of(key)
 
 
 @router.post("/devices/{device_id}/revoke")
@@ -118,11 +128,14 @@ def post_revoke(
     engine = _engine(request)
     _check_owner(engine, principal, device_id)
     kid = bytes.fromhex(body.kid) if body.kid is not None else None
-    since_ms = body.since_ms if body.since_ms is not None else _now_ms(request)
-    with session_scope(engine) as session:
-        key = revoke_key(
-            session, device_id, kid, revoked_since_ms=since_ms, reason=body.reason.strip()
-        )
+    now = _now_ms(request)
+    since_ms = body.since_ms if body.since_ms is not None else now
+    reason = body.reason.strip()
+    with log_session(engine) as session:
+        key = revoke_key(session, device_id, kid, revoked_since_ms=since_ms, reason=reason)
+        revoked_ms = key.revoked_ms if key.revoked_ms is not None else since_ms
+        entry = KeyRevoked(key.device_id, key.kid, revoked_ms, reason, now)
+        append_registry_entry(session, entry, now)
         return KeyOut.of(key)
 
 

@@ -1,0 +1,187 @@
+"""``agritrace ingest`` and ``agritrace serve``: the ingest service, alone or with the API.
+
+Both run in one event loop: the embedded amqtt broker when ``AGRITRACE_MQTT_URL`` is unset, the
+database migrated to the newest schema, the log key from ``DATA_DIR/keys/log.key`` (created on
+first use), the ingest TaskGroup with the log checkpointer as a companion task, and for
+``serve`` the trace API (uvicorn) too. SIGTERM or SIGINT stops everything cleanly: ingest
+finishes and commits the batch in hand and publishes its receipts, the API finishes its
+requests, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Iterator
+
+import httpx
+import uvicorn
+from sqlalchemy import Engine
+
+from ingest import (
+    IngestConfig,
+    Processor,
+    ServiceOptions,
+    run_checkpointer,
+    run_ingest,
+    stop_on_signals,
+)
+from ingest.checkpointer import wall_clock_ms
+from ingest.witnessing import CheckpointCosigner, WitnessConfig, parse_witnesses
+from traceapi import create_app
+from tracecore.errors import ConfigError
+from tracecore.keys import SignerKey, load_or_create_log_key
+from tracecore.mqtt import DEFAULT_EMBEDDED, BrokerAddress, embedded_broker
+from tracecore.settings import Settings
+from tracecore.storage import make_engine, upgrade
+
+__all__ = ["run_service"]
+
+_log = logging.getLogger(__name__)
+
+
+def run_service(settings: Settings, *, api: tuple[str, int] | None = None) -> int:
+    """Run ingest (and the API on ``api = (host, port)``) until SIGTERM/SIGINT; return 0."""
+    _configure_logging()
+    if api is not None:
+        _check_port_free(*api)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # The log key is named after the origin (C2SP), kept in DATA_DIR/keys/log.key. A present
+    # but unreadable or unsafe file is an error, never a reason for a new key: every receipt
+    # and checkpoint already issued depends on the old one.
+    log_key, created = load_or_create_log_key(settings.keys_dir, settings.log_origin)
+    if created:
+        _log.warning("created a new log key in %s: %s", settings.keys_dir, log_key.verifier)
+    witnesses = parse_witnesses(settings.witnesses)
+    return asyncio.run(_main(settings, log_key, witnesses, api))
+
+
+async def _main(
+    settings: Settings,
+    log_key: SignerKey,
+    witnesses: list[WitnessConfig],
+    api: tuple[str, int] | None,
+) -> int:
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        async with (
+            _broker(settings) as broker,
+            _processor(settings, log_key) as (engine, proc),
+            httpx.AsyncClient() as http,
+        ):
+            options = ServiceOptions(
+                broker=broker,
+                client_id=settings.ingest_client_id,
+                shared=settings.ingest_shared,
+                batch_size=settings.batch_size,
+                linger_ms=settings.linger_ms,
+            )
+            # The log checkpointer runs as a companion task of ingest (same TaskGroup, same
+            # stop event); each new checkpoint goes to the witnesses of AGRITRACE_WITNESSES.
+            cosigner = CheckpointCosigner(engine, witnesses, http, wall_clock_ms)
+            checkpointer = functools.partial(
+                run_checkpointer,
+                engine,
+                log_key,
+                settings.log_origin,
+                settings.checkpoint_seconds,
+                on_checkpoint=cosigner if witnesses else None,
+            )
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(
+                    _stop_when_done(
+                        run_ingest(
+                            proc, options, stop, companions={"log-checkpointer": checkpointer}
+                        ),
+                        stop,
+                    ),
+                    name="ingest",
+                )
+                if api is not None:
+                    server = _Server(
+                        uvicorn.Config(
+                            create_app(settings, engine),
+                            host=api[0],
+                            port=api[1],
+                            log_level="info",
+                            lifespan="on",
+                        )
+                    )
+                    tasks.create_task(_stop_when_done(server.serve(), stop), name="api")
+                    tasks.create_task(_exit_server_on(stop, server), name="api-stop")
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _broker(settings: Settings) -> AsyncIterator[BrokerAddress]:
+    """The configured broker, or the embedded one on 127.0.0.1:1883 for the block's duration."""
+    if settings.mqtt_url:
+        yield BrokerAddress.parse(settings.mqtt_url)
+        return
+    async with embedded_broker(DEFAULT_EMBEDDED):
+        yield DEFAULT_EMBEDDED
+
+
+@contextlib.asynccontextmanager
+async def _processor(
+    settings: Settings, log_key: SignerKey
+) -> AsyncIterator[tuple[Engine, Processor]]:
+    engine = make_engine(settings.database_url)
+    try:
+        # Migrate before anything else touches the database (the API's own startup migration
+        # then finds nothing to do, and two migrations never race in one process).
+        await asyncio.to_thread(upgrade, engine)
+        processor = Processor(
+            engine,
+            log_key,
+            IngestConfig(
+                batch_size=settings.batch_size,
+                linger_ms=settings.linger_ms,
+                park_ms=round(settings.park_hours * 3_600_000),
+                verify_threads=settings.verify_threads,
+            ),
+        )
+        try:
+            yield engine, processor
+        finally:
+            processor.close()
+    finally:
+        engine.dispose()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: this process stops everything on one event."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave signals to :func:`stop_on_signals` (uvicorn would re-raise them at exit)."""
+        yield
+
+
+async def _stop_when_done(work: Awaitable[object], stop: asyncio.Event) -> None:
+    """Await ``work``; however it ends, ask the other parts to stop too."""
+    try:
+        await work
+    finally:
+        stop.set()
+
+
+async def _exit_server_on(stop: asyncio.Event, server: uvicorn.Server) -> None:
+    await stop.wait()
+    server.should_exit = True
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with contextlib.closing(socket.socket()) as sock:
+        if sock.connect_ex((host, port)) == 0:
+            raise ConfigError(f"{host}:{port} is in use; stop what runs there or pass --port")
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )

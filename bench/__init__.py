@@ -1,0 +1,1 @@
+"""Benchmarks of agritrace (scripts, not tests): python -m bench.proofs."""

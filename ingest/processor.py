@@ -1,0 +1,1033 @@
+"""The processing core of ingest: verify, sequence and commit a batch of device messages.
+
+:class:`Processor` turns a batch of MQTT messages (:class:`Inbound`) into log entries, per-product
+chain links, product rows and signed receipts in ONE database transaction (design.md, "Ingest
+rules" and "The log and the per-product chains"; issue 3). It does no MQTT: the service loop
+calls :meth:`Processor.process` from a worker thread and publishes the returned receipts after
+it returns (the commit has happened by then).
+
+Checks, in the order of design.md / issue 3, each failure stored in ``rejections`` with the raw
+bytes, the topic, the reason, a detail and the receive time:
+
+1. malformed (topic not an up topic, or :func:`tracecore.cose.parse_message` refuses the bytes)
+2. unknown_device  3. topic_mismatch  4. unknown_key / revoked_key (at the message time)
+5. bad_signature (checked in a thread pool: PyNaCl releases the GIL)  6. clock_skew
+7. duplicate (same device+seq and bytes: receipt re-sent) / equivocation (other bytes: alert)
+8. unauthorized_product (:mod:`ingest.rights`)  9. unknown product: parked, then applied when
+   the commissioning arrives or rejected as unknown_product by :meth:`Processor.expire_parked`.
+
+Single writer: the transaction starts with a write lock (PostgreSQL: a transaction-scoped
+advisory lock; SQLite: ``BEGIN IMMEDIATE``), so several ingest processes on one database never
+assign the same log index and the log has no gaps. Rules 1-5 only read (devices and keys, in one
+short read transaction) and run before the lock, overlapped with the signature checks; rules 6-9,
+sequencing and all writes run under it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+import nacl.signing
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    func,
+    select,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import SQLModel
+
+from ingest.rights import COMMISSIONING, Decision, Outcome, ProductState, decide
+from tracecore.cose import SignedMessage, parse_message
+from tracecore.errors import (
+    MalformedMessage,
+    MessageRejected,
+    RejectReason,
+    RevokedKey,
+    StorageError,
+    UnknownKey,
+)
+from tracecore.keys import SignerKey
+from tracecore.logentry import GENESIS_PREV, ChainPosition, DeviceMessageEntry
+from tracecore.merkle import leaf_hash
+from tracecore.message import Event
+from tracecore.receipt import Receipt, sign_receipt
+from tracecore.storage import models as _models  # noqa: F401  (registers the tables)
+from tracecore.storage.engine import storage_errors
+from tracecore.storage.logwriter import write_transaction
+from tracecore.topics import device_from_up_topic
+
+__all__ = [
+    "BatchResult",
+    "Inbound",
+    "IngestConfig",
+    "Processor",
+]
+
+log = logging.getLogger(__name__)
+
+_TABLES = SQLModel.metadata.tables
+_LOG: Final[Table] = _TABLES["log_entries"]
+_LINKS: Final[Table] = _TABLES["chain_links"]
+_PRODUCTS: Final[Table] = _TABLES["products"]
+_PARENTS: Final[Table] = _TABLES["product_parents"]
+_PARKED: Final[Table] = _TABLES["parked_messages"]
+_PARKED_PRODUCTS: Final[Table] = _TABLES["parked_products"]
+_REJECTIONS: Final[Table] = _TABLES["rejections"]
+_RECEIPTS: Final[Table] = _TABLES["receipts"]
+_DEVICES: Final[Table] = _TABLES["devices"]
+_KEYS: Final[Table] = _TABLES["device_keys"]
+_PARTIES: Final[Table] = _TABLES["parties"]
+
+#: Messages per signature-check (and receipt-signing) task: small, so that the pool's work on
+#: one chunk overlaps this thread's work on the next.
+_CHUNK: Final = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One MQTT message as received: topic, exact payload bytes, server receive time (ms)."""
+
+    topic: str
+    payload: bytes
+    received_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """Tuning of the ingest core (batch size and linger are used by the service loop)."""
+
+    batch_size: int = 500
+    linger_ms: int = 50
+    park_ms: int = 24 * 3_600_000  # AGRITRACE_PARK_HOURS (design.md: up to 24 h)
+    max_clock_skew_ms: int = 5 * 60_000  # design.md: 5 min ahead of the server
+    verify_threads: int = 2
+
+
+@dataclass
+class BatchResult:
+    """What a committed batch did; ``receipts`` are to be published now (after the commit).
+
+    ``receipts`` holds ``(device_id, signed receipt bytes)`` for every new entry and for every
+    duplicate of a logged message (the stored receipt again), in processing order.
+    """
+
+    receipts: list[tuple[str, bytes]] = field(default_factory=list)
+    accepted: int = 0
+    duplicates: int = 0
+    parked: int = 0
+    unparked: int = 0
+    rejected: collections.Counter[RejectReason] = field(default_factory=collections.Counter)
+    alerts: list[str] = field(default_factory=list)
+
+
+class _Sql:
+    """Driver-level SQL for the hot path (executemany without SQLAlchemy's per-row work).
+
+    The statements are fixed texts (S608 is silenced: only constant table and column names and
+    placeholders are interpolated); only the placeholders differ: ``?`` for sqlite3 (qmark),
+    ``%s`` for psycopg (format). Values always travel as parameters.
+    """
+
+    def __init__(self, dialect: str) -> None:
+        self.sqlite = dialect == "sqlite"
+        p = "?" if self.sqlite else "%s"
+        self.p = p
+        # PostgreSQL types the VALUES columns from the parameters: say what they are.
+        self.pair = f"({p}, {p})" if self.sqlite else f"(CAST({p} AS VARCHAR), CAST({p} AS BIGINT))"
+        self.insert_log = (
+            'INSERT INTO log_entries ("index", kind, raw, raw_sha256, entry, leaf_hash, '  # noqa: S608
+            f"device_id, seq, received_ms) VALUES ({', '.join([p] * 9)})"
+        )
+        self.insert_link = (
+            "INSERT INTO chain_links (product_key, pseq, log_index, prev_hash) "  # noqa: S608
+            f"VALUES ({p}, {p}, {p}, {p})"
+        )
+        self.insert_receipt = (
+            "INSERT INTO receipts (device_id, seq, log_index, raw) "  # noqa: S608
+            f"VALUES ({p}, {p}, {p}, {p})"
+        )
+
+    def by_pairs(self, columns: str, table: str, count: int) -> str:
+        """``SELECT columns FROM table`` for ``count`` (device_id, seq) pairs.
+
+        A ``WITH wanted(device_id, seq) AS (VALUES ...)`` joined to the table's unique
+        (device_id, seq) index: one index probe per pair on both engines (SQLite would scan
+        the whole index for ``(device_id, seq) IN (VALUES ...)``).
+        """
+        rows = ", ".join([self.pair] * count)
+        return (
+            f"WITH wanted(device_id, seq) AS (VALUES {rows}) SELECT {columns} FROM wanted "  # noqa: S608
+            f"JOIN {table} t ON t.device_id = wanted.device_id AND t.seq = wanted.seq"
+        )
+
+
+def _flat(pairs: Iterable[tuple[str, int]]) -> tuple[str | int, ...]:
+    return tuple(value for pair in sorted(set(pairs)) for value in pair)
+
+
+def _verify_chunk(tasks: Sequence[tuple[SignedMessage, bytes]]) -> list[MessageRejected | None]:
+    """Check signatures (runs in the pool): ``None`` for a good one, else the error."""
+    results: list[MessageRejected | None] = []
+    for signed, public_key in tasks:
+        try:
+            signed.verify(public_key)
+        except MessageRejected as exc:  # BadSignature, or UnknownKey on a kid mismatch
+            results.append(exc)
+        else:
+            results.append(None)
+    return results
+
+
+def _check_key(row: Any, device: str, kid: bytes, at_ms: int) -> bytes:
+    """Return the public key for ``kid`` at device time ``at_ms`` (rule 4).
+
+    Same rule and details as :func:`tracecore.storage.registry.key_for`, on a preloaded row.
+    """
+    if row is None:
+        raise UnknownKey(f"device {device!r} has no key with kid {kid.hex()}")
+    if at_ms < row.valid_from_ms:
+        raise RevokedKey(
+            f"key {kid.hex()} of {device!r} is valid from {row.valid_from_ms}, message time {at_ms}"
+        )
+    if row.valid_until_ms is not None and at_ms >= row.valid_until_ms:
+        raise RevokedKey(
+            f"key {kid.hex()} of {device!r} was rotated out at {row.valid_until_ms}, "
+            f"message time {at_ms}"
+        )
+    if row.revoked_ms is not None and at_ms >= row.revoked_ms:
+        raise RevokedKey(
+            f"key {kid.hex()} of {device!r} is revoked since {row.revoked_ms}, message time {at_ms}"
+        )
+    return bytes(row.public_key)
+
+
+_Checked: TypeAlias = tuple[Inbound, SignedMessage, str]  # message, parsed, device's party
+
+
+@dataclass(slots=True, eq=False)
+class _Msg:
+    """A message that passed rules 1-7 (or was parked after passing them)."""
+
+    topic: str
+    raw: bytes
+    received_ms: int
+    signed: SignedMessage
+    sha: bytes
+    party: str
+    parked_id: int | None = None  # its parked_messages row, if it was parked earlier
+    expires_ms: int = 0
+    waiting: set[str] = field(default_factory=set)  # products it is parked for
+    parked: bool = False  # parked, in the table or earlier in this batch
+    done: bool = False  # parked, then applied or refused in this batch
+    shrunk: bool = False  # parked in the table, and some products it waited for exist now
+
+    @property
+    def device(self) -> str:
+        return self.signed.message.device
+
+    @property
+    def seq(self) -> int:
+        return self.signed.message.seq
+
+
+class Processor:
+    """Verify, sequence and commit batches of device messages (design.md, "Ingest rules").
+
+    Thread-safe for one caller at a time per instance; several instances (or processes) may
+    share a database: the write lock serializes their transactions.
+    """
+
+    def __init__(
+        self, engine: Engine, log_key: SignerKey, config: IngestConfig = IngestConfig()
+    ) -> None:
+        """Bind to a migrated database and the log's signing key; start the verify pool."""
+        self._engine = engine
+        self._log_key = log_key
+        self._signing_key = log_key.signing_key
+        self.config = config
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, config.verify_threads), thread_name_prefix="ingest-verify"
+        )
+
+    def close(self) -> None:
+        """Shut down the signature thread pool (waits for running checks)."""
+        self._pool.shutdown(wait=True)
+
+    def _before_commit(self, conn: Connection) -> None:
+        """Hook run inside the transaction right before the commit (tests inject failures)."""
+
+    def process(self, batch: Sequence[Inbound], now_ms: int) -> BatchResult:
+        """Verify, sequence and commit ``batch`` in one transaction; return after the commit.
+
+        Every message ends up exactly one way: a new log entry with a receipt, a duplicate
+        (the stored receipt again, or nothing for a parked duplicate), parked, or a stored
+        rejection. Parked messages that a commissioning in this batch unblocks are applied in
+        the same transaction, right after that commissioning. If anything fails, the
+        transaction rolls back, nothing of the batch is stored and the error propagates (no
+        receipts are returned).
+        """
+        result = BatchResult()
+        if not batch:
+            return result
+        run = _Run(self._pool, self._signing_key, self.config, result, now_ms)
+        topics: list[tuple[Inbound, str]] = []
+        for inbound in batch:  # rule 1 for the topic
+            try:
+                topics.append((inbound, device_from_up_topic(inbound.topic)))
+            except MalformedMessage as exc:
+                run.reject_raw(inbound, RejectReason.MALFORMED, exc.detail, None, None)
+        # Rules 1-5 before the write lock (only reads): the lock is held for sequencing only,
+        # which keeps several ingest workers on one database from waiting on each other.
+        checked = run.check(self._engine, topics)
+        with write_transaction(self._engine) as conn:
+            run.execute(conn, checked)
+            self._before_commit(conn)
+        return result
+
+    def expire_parked(self, now_ms: int) -> BatchResult:
+        """Reject parked messages whose ``expires_ms`` has passed as ``unknown_product``.
+
+        design.md: a message naming a product not yet commissioned waits up to
+        ``park_ms`` (24 h by default) for the commissioning, then is rejected; the raw bytes
+        move to ``rejections``. One transaction.
+        """
+        result = BatchResult()
+        with write_transaction(self._engine) as conn:
+            rows = conn.execute(
+                select(_PARKED).where(_PARKED.c.expires_ms <= now_ms).order_by(_PARKED.c.id)
+            ).all()
+            if not rows:
+                return result
+            ids = [row.id for row in rows]
+            waiting: dict[int, list[str]] = collections.defaultdict(list)
+            for parked_id, key in conn.execute(
+                select(_PARKED_PRODUCTS.c.parked_id, _PARKED_PRODUCTS.c.product_key)
+                .where(_PARKED_PRODUCTS.c.parked_id.in_(ids))
+                .order_by(_PARKED_PRODUCTS.c.product_key)
+            ):
+                waiting[parked_id].append(key)
+            rejections = []
+            for row in rows:
+                keys = ", ".join(repr(key) for key in waiting[row.id]) or "(none recorded)"
+                rejections.append(
+                    {
+                        "raw": row.raw,
+                        "topic": row.topic,
+                        "reason": RejectReason.UNKNOWN_PRODUCT.value,
+                        "detail": (
+                            f"no commissioning of {keys} arrived within "
+                            f"{(row.expires_ms - row.received_ms) / 3_600_000:g} h "
+                            f"(parked at {row.received_ms}, expired at {row.expires_ms})"
+                        ),
+                        "device_id": row.device_id,
+                        "seq": row.seq,
+                        "received_ms": row.received_ms,
+                    }
+                )
+            conn.execute(_REJECTIONS.insert(), rejections)
+            conn.execute(_PARKED_PRODUCTS.delete().where(_PARKED_PRODUCTS.c.parked_id.in_(ids)))
+            conn.execute(_PARKED.delete().where(_PARKED.c.id.in_(ids)))
+            self._before_commit(conn)
+        result.rejected[RejectReason.UNKNOWN_PRODUCT] = len(rows)
+        return result
+
+
+class _Run:
+    """The state of one process() call: preloaded rows, in-memory updates, rows to write."""
+
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        signing_key: nacl.signing.SigningKey,
+        config: IngestConfig,
+        result: BatchResult,
+        now_ms: int,
+    ) -> None:
+        self.pool = pool
+        self.signing_key = signing_key
+        self.config = config
+        self.result = result
+        self.now_ms = now_ms
+        self.conn: Connection
+        self.sql: _Sql
+        self.rejections: list[dict[str, Any]] = []
+        # State, loaded once per batch and updated in memory as messages are accepted.
+        self.device_party: dict[str, str | None] = {}
+        self.products: dict[str, ProductState | None] = {}
+        self.heads: dict[str, tuple[int, bytes]] = {}  # product -> (pseq, leaf hash)
+        self.parties: set[str] = set()
+        self.next_index = 0
+        # Dedupe (rule 7): what the log, the parked table and this batch hold per device+seq.
+        self.logged: dict[tuple[str, int], tuple[bytes, int]] = {}
+        self.parked_db: dict[tuple[str, int], bytes] = {}
+        self.seen: dict[tuple[str, int], _Msg] = {}  # accepted or parked in this batch
+        # Parking: messages parked (earlier or now) by the product keys they wait for.
+        self.waiting_on: dict[str, list[_Msg]] = collections.defaultdict(list)
+        self.parked_loaded: set[str] = set()
+        self.parked_by_id: dict[int, _Msg] = {}
+        self.new_parked: list[_Msg] = []
+        # Rows to write.
+        self.log_rows: list[tuple[Any, ...]] = []
+        self.link_rows: list[tuple[Any, ...]] = []
+        self.new_products: dict[str, dict[str, Any]] = {}
+        self.changed_products: set[str] = set()
+        self.commissioned_later: dict[str, int] = {}  # pre-registered product -> index
+        self.edges: dict[tuple[str, str], None] = {}
+        self.receipts: list[Receipt] = []
+        self.signing_submitted = 0
+        self.sign_futures: list[Future[list[bytes]]] = []
+        self.verify_futures: list[Future[list[MessageRejected | None]]] = []
+        self.receipt_slots: list[tuple[str, int]] = []  # (device, seq) in result order
+        self.stored_receipts: dict[tuple[str, int], bytes] = {}
+
+    # -- rejections -------------------------------------------------------------------------
+
+    def reject_raw(
+        self,
+        inbound: Inbound,
+        reason: RejectReason,
+        detail: str,
+        device: str | None,
+        seq: int | None,
+    ) -> None:
+        """Record a rejection of an inbound message (stored with the batch)."""
+        self._reject(
+            raw=inbound.payload,
+            topic=inbound.topic,
+            received_ms=inbound.received_ms,
+            reason=reason,
+            detail=detail,
+            device=device,
+            seq=seq,
+        )
+
+    def _reject(
+        self,
+        *,
+        raw: bytes,
+        topic: str,
+        received_ms: int,
+        reason: RejectReason,
+        detail: str,
+        device: str | None,
+        seq: int | None,
+    ) -> None:
+        self.rejections.append(
+            {
+                "raw": raw,
+                "topic": topic,
+                "reason": reason.value,
+                "detail": detail,
+                "device_id": device,
+                "seq": seq,
+                "received_ms": received_ms,
+            }
+        )
+        self.result.rejected[reason] += 1
+
+    def reject_msg(self, msg: _Msg, reason: RejectReason, detail: str) -> None:
+        """Record a rejection of a verified (possibly parked) message."""
+        self._reject(
+            raw=msg.raw,
+            topic=msg.topic,
+            received_ms=msg.received_ms,
+            reason=reason,
+            detail=detail,
+            device=msg.device,
+            seq=msg.seq,
+        )
+
+    def _known(self, key: str) -> ProductState:
+        """The state of a product known to exist (accepted messages only touch those)."""
+        state = self.products.get(key)
+        if state is None:
+            raise StorageError(f"internal error: product {key!r} has no state")
+        return state
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def load_devices(self, conn: Connection, device_ids: Iterable[str]) -> None:
+        """Load the party of every device not loaded yet (``None``: not registered)."""
+        todo = {d for d in device_ids if d not in self.device_party}
+        if not todo:
+            return
+        self.device_party.update(dict.fromkeys(todo))
+        rows = conn.execute(
+            select(_DEVICES.c.id, _DEVICES.c.party_id).where(_DEVICES.c.id.in_(todo))
+        )
+        self.device_party.update({row.id: row.party_id for row in rows})
+
+    def load_products(self, keys: Iterable[str]) -> None:
+        """Load state and chain head of every product key not loaded yet."""
+        todo = {k for k in keys if k not in self.products}
+        if not todo:
+            return
+        self.products.update(dict.fromkeys(todo))
+        # One query: each product row with the head of its chain (the link with the highest
+        # pseq, found through the (product_key, pseq) primary key, not by scanning the chain)
+        # and the leaf hash of the head's entry.
+        inner = _LINKS.alias("inner_links")
+        latest = (
+            select(func.max(inner.c.pseq))
+            .where(inner.c.product_key == _PRODUCTS.c.key)
+            .scalar_subquery()
+        )
+        rows = self.conn.execute(
+            select(
+                _PRODUCTS.c.key,
+                _PRODUCTS.c.owner_party_id,
+                _PRODUCTS.c.holder_party_id,
+                _PRODUCTS.c.pending_party_id,
+                _PRODUCTS.c.commissioned_index,
+                _LINKS.c.pseq,
+                _LOG.c.leaf_hash,
+            )
+            .select_from(_PRODUCTS)
+            .outerjoin(
+                _LINKS, and_(_LINKS.c.product_key == _PRODUCTS.c.key, _LINKS.c.pseq == latest)
+            )
+            .outerjoin(_LOG, _LOG.c.index == _LINKS.c.log_index)
+            .where(_PRODUCTS.c.key.in_(todo))
+        )
+        for row in rows:
+            self.products[row.key] = ProductState(
+                owner=row.owner_party_id,
+                holder=row.holder_party_id,
+                pending=row.pending_party_id,
+                commissioned=row.commissioned_index is not None,
+            )
+            if row.pseq is not None:
+                self.heads[row.key] = (row.pseq, bytes(row.leaf_hash))
+
+    def load_parties(self, party_ids: set[str]) -> None:
+        """Load which of ``party_ids`` are registered parties."""
+        if party_ids:
+            rows = self.conn.execute(select(_PARTIES.c.id).where(_PARTIES.c.id.in_(party_ids)))
+            self.parties.update(row.id for row in rows)
+
+    def load_parked(self, keys: Iterable[str]) -> None:
+        """Load the parked messages waiting for any of ``keys`` (not loaded yet)."""
+        todo = {k for k in keys if k not in self.parked_loaded}
+        if not todo:
+            return
+        self.parked_loaded |= todo
+        waiting_for = select(_PARKED_PRODUCTS.c.parked_id).where(
+            _PARKED_PRODUCTS.c.product_key.in_(todo)
+        )
+        rows = self.conn.execute(
+            select(_PARKED, _PARKED_PRODUCTS.c.product_key)
+            .join(_PARKED_PRODUCTS, _PARKED_PRODUCTS.c.parked_id == _PARKED.c.id)
+            .where(_PARKED.c.id.in_(waiting_for))
+            .order_by(_PARKED.c.received_ms, _PARKED.c.id)
+        ).all()
+        self.load_devices(self.conn, {row.device_id for row in rows})
+        fresh: dict[int, _Msg] = {}
+        for row in rows:
+            if row.id in self.parked_by_id and row.id not in fresh:
+                continue  # loaded before, with all the products it waits for
+            msg = fresh.get(row.id)
+            if msg is None:
+                raw = bytes(row.raw)
+                msg = _Msg(
+                    topic=row.topic,
+                    raw=raw,
+                    received_ms=row.received_ms,
+                    signed=parse_message(raw),  # it parsed when it was parked
+                    sha=bytes(row.raw_sha256),
+                    party=self.device_party[row.device_id] or "",
+                    parked_id=row.id,
+                    expires_ms=row.expires_ms,
+                    parked=True,
+                )
+                fresh[row.id] = self.parked_by_id[row.id] = msg
+            msg.waiting.add(row.product_key)
+            self.waiting_on[row.product_key].append(msg)
+
+    # -- the transaction --------------------------------------------------------------------
+
+    def check(self, engine: Engine, topics: list[tuple[Inbound, str]]) -> list[_Checked]:
+        """Rules 1-5: parse, device, topic, key; start the signature checks in the pool.
+
+        Reads devices and keys in one short read transaction (before the write lock; a key
+        revoked in the same instant counts as revoked just after this batch). Signature checks
+        run in chunks in the pool while this thread parses the next messages; their results
+        are collected by :meth:`execute` in arrival order.
+        """
+        devices = {device for _, device in topics}
+        with storage_errors(), engine.connect() as conn:
+            self.load_devices(conn, devices)
+            key_rows = {
+                (row.device_id, bytes(row.kid)): row
+                for row in conn.execute(select(_KEYS).where(_KEYS.c.device_id.in_(devices)))
+            }
+        checked: list[_Checked] = []
+        other_device: list[tuple[Inbound, SignedMessage, str]] = []
+        tasks: list[tuple[SignedMessage, bytes]] = []
+        for inbound, topic_device in topics:
+            try:  # rule 1
+                signed = parse_message(inbound.payload)
+            except MalformedMessage as exc:
+                self.reject_raw(inbound, RejectReason.MALFORMED, exc.detail, topic_device, None)
+                continue
+            message = signed.message
+            if message.device != topic_device:  # rule 2 or 3, decided below
+                other_device.append((inbound, signed, topic_device))
+                continue
+            party = self.device_party.get(message.device)
+            if party is None:  # rule 2
+                self.reject_raw(
+                    inbound,
+                    RejectReason.UNKNOWN_DEVICE,
+                    f"device {message.device!r} is not registered",
+                    message.device,
+                    message.seq,
+                )
+                continue
+            try:  # rule 4, at the message time
+                public_key = _check_key(
+                    key_rows.get((message.device, signed.kid)),
+                    message.device,
+                    signed.kid,
+                    message.time,
+                )
+            except MessageRejected as exc:
+                self.reject_raw(inbound, exc.reason, exc.detail, message.device, message.seq)
+                continue
+            checked.append((inbound, signed, party))
+            tasks.append((signed, public_key))
+            if len(tasks) == _CHUNK:  # rule 5, in the pool
+                self.verify_futures.append(self.pool.submit(_verify_chunk, tasks))
+                tasks = []
+        if tasks:
+            self.verify_futures.append(self.pool.submit(_verify_chunk, tasks))
+        if other_device:
+            self._reject_other_device(engine, other_device)
+        return checked
+
+    def _reject_other_device(
+        self, engine: Engine, items: list[tuple[Inbound, SignedMessage, str]]
+    ) -> None:
+        """Rules 2 and 3 for messages whose payload names another device than their topic."""
+        with storage_errors(), engine.connect() as conn:
+            self.load_devices(conn, {signed.message.device for _, signed, _ in items})
+        for inbound, signed, topic_device in items:
+            message = signed.message
+            if self.device_party.get(message.device) is None:  # rule 2
+                self.reject_raw(
+                    inbound,
+                    RejectReason.UNKNOWN_DEVICE,
+                    f"device {message.device!r} is not registered",
+                    message.device,
+                    message.seq,
+                )
+            else:  # rule 3
+                self.reject_raw(
+                    inbound,
+                    RejectReason.TOPIC_MISMATCH,
+                    f"payload device {message.device!r} arrived on the topic of device "
+                    f"{topic_device!r}",
+                    message.device,
+                    message.seq,
+                )
+
+    def _verdicts(self) -> Iterator[MessageRejected | None]:
+        """The signature check results in arrival order, waiting for each chunk as needed."""
+        for future in self.verify_futures:
+            yield from future.result()
+
+    def execute(self, conn: Connection, checked: list[_Checked]) -> None:
+        """Rules 5-9 and sequencing, inside the write transaction; then write everything."""
+        self.conn = conn
+        self.sql = _Sql(conn.dialect.name)
+        self._preload(checked)
+        for (inbound, signed, party), error in zip(checked, self._verdicts(), strict=True):
+            message = signed.message
+            if error is not None:  # rule 5
+                self.reject_raw(inbound, error.reason, error.detail, message.device, message.seq)
+                continue
+            limit = self.now_ms + self.config.max_clock_skew_ms
+            if message.time > limit:  # rule 6
+                self.reject_raw(
+                    inbound,
+                    RejectReason.CLOCK_SKEW,
+                    f"message time {message.time} is {message.time - self.now_ms} ms ahead of "
+                    f"the server time {self.now_ms} (at most {self.config.max_clock_skew_ms} "
+                    f"ms allowed)",
+                    message.device,
+                    message.seq,
+                )
+                continue
+            msg = _Msg(
+                topic=inbound.topic,
+                raw=inbound.payload,
+                received_ms=inbound.received_ms,
+                signed=signed,
+                sha=signed.sha256,
+                party=party,
+                expires_ms=inbound.received_ms + self.config.park_ms,
+            )
+            if self._is_repeat(msg):  # rule 7
+                continue
+            self._apply(msg)  # rules 8 and 9
+        self._write()
+
+    def _preload(self, checked: list[_Checked]) -> None:
+        """Load in a few queries the state the batch names (rule 7 dedupe, products, log)."""
+        pairs = {(s.message.device, s.message.seq) for _, s, _ in checked}
+        if pairs:
+            sql = self.sql.by_pairs(
+                't.device_id, t.seq, t.raw_sha256, t."index"', "log_entries", len(pairs)
+            )
+            for device, seq, sha, index in self.conn.exec_driver_sql(sql, _flat(pairs)):
+                self.logged[(device, seq)] = (bytes(sha), index)
+            sql = self.sql.by_pairs(
+                "t.device_id, t.seq, t.raw_sha256", "parked_messages", len(pairs)
+            )
+            for device, seq, sha in self.conn.exec_driver_sql(sql, _flat(pairs)):
+                self.parked_db[(device, seq)] = bytes(sha)
+        keys: set[str] = set()
+        commissioned: set[str] = set()
+        destinations: set[str] = set()
+        for _, signed, _ in checked:
+            message = signed.message
+            keys.update(key.path for key in message.products)
+            if isinstance(message, Event):
+                keys.update(key.path for key in message.parents)
+                if message.step == COMMISSIONING:
+                    commissioned.update(key.path for key in message.products)
+                destination = None if message.data is None else message.data.get("destination")
+                if isinstance(destination, str):
+                    destinations.add(destination)
+        self.load_products(keys)
+        self.load_parties(destinations)
+        self.load_parked(commissioned)
+        top = self.conn.execute(select(func.max(_LOG.c.index))).scalar()
+        self.next_index = 0 if top is None else top + 1
+
+    def _is_repeat(self, msg: _Msg) -> bool:
+        """Rule 7: handle a duplicate or an equivocation; return True if it was one."""
+        pair = (msg.device, msg.seq)
+        earlier = self.seen.get(pair)
+        if earlier is not None:
+            old_sha, where = earlier.sha, "an earlier message of this batch"
+            receipted = not earlier.parked
+        elif pair in self.logged:
+            old_sha, index = self.logged[pair]
+            where, receipted = f"the log entry at index {index}", True
+        elif pair in self.parked_db:
+            old_sha, where, receipted = self.parked_db[pair], "a parked message", False
+        else:
+            return False
+        if old_sha == msg.sha:
+            # design.md: same device+seq and bytes is a duplicate: no new entry, the receipt
+            # is sent again. A parked duplicate has no receipt yet: nothing to do.
+            self.result.duplicates += 1
+            if receipted:
+                self.receipt_slots.append(pair)
+            return True
+        detail = (
+            f"device {msg.device!r} seq {msg.seq}: received bytes with SHA-256 "
+            f"{msg.sha.hex()}, but {where} holds SHA-256 {old_sha.hex()}"
+        )
+        self.reject_msg(msg, RejectReason.EQUIVOCATION, detail)
+        alert = f"EQUIVOCATION {detail}"
+        self.result.alerts.append(alert)
+        log.error(
+            "equivocation: device=%s seq=%d new_sha256=%s stored_sha256=%s (%s)",
+            msg.device,
+            msg.seq,
+            msg.sha.hex(),
+            old_sha.hex(),
+            where,
+        )
+        return True
+
+    def _apply(self, msg: _Msg) -> None:
+        """Rules 8 and 9 for one message: accept and sequence it, refuse it, or park it."""
+        message = msg.signed.message
+        keys = [key.path for key in message.products]
+        if isinstance(message, Event):
+            keys += [key.path for key in message.parents]
+            destination = None if message.data is None else message.data.get("destination")
+            if isinstance(destination, str) and destination not in self.parties:
+                self.load_parties({destination})
+        self.load_products(keys)
+        decision = decide(message, msg.party, self.products, self.parties)
+        if decision.outcome is Outcome.UNAUTHORIZED:
+            self._unpark_done(msg, accepted=False)
+            self.reject_msg(msg, RejectReason.UNAUTHORIZED_PRODUCT, decision.detail)
+        elif decision.outcome is Outcome.PARK:
+            self._park(msg, decision.missing)
+        else:
+            self._unpark_done(msg, accepted=True)
+            self._sequence(msg, decision)
+            if decision.created:
+                self._release(decision.created)
+
+    def _park(self, msg: _Msg, missing: tuple[str, ...]) -> None:
+        """Rule 9: keep ``msg`` until every product in ``missing`` is commissioned."""
+        if not msg.parked:  # newly parked
+            msg.parked = True
+            self.new_parked.append(msg)
+            self.seen[(msg.device, msg.seq)] = msg
+            self.result.parked += 1
+        elif msg.parked_id is not None and set(missing) != msg.waiting:
+            msg.shrunk = True
+        msg.waiting = set(missing)
+        for key in missing:
+            if msg not in self.waiting_on[key]:
+                self.waiting_on[key].append(msg)
+
+    def _unpark_done(self, msg: _Msg, *, accepted: bool) -> None:
+        """Mark a parked message resolved: applied (``accepted``) or refused."""
+        if not msg.parked:
+            return
+        msg.parked = False
+        msg.done = True
+        msg.waiting = set()
+        if msg.parked_id is not None:
+            self.result.unparked += 1
+            self.parked_db.pop((msg.device, msg.seq), None)
+        else:  # parked earlier in this same batch: never stored
+            self.result.parked -= 1
+            self.new_parked.remove(msg)
+        if not accepted:
+            self.seen.pop((msg.device, msg.seq), None)
+
+    def _release(self, created: tuple[str, ...]) -> None:
+        """Apply the parked messages that waited for the just-commissioned ``created``.
+
+        They run right after the commissioning entry, in the order they were received, in
+        this transaction (issue 3 §5): they get their entries and receipts now.
+        """
+        self.load_parked(created)
+        candidates: dict[int, _Msg] = {}
+        for key in created:
+            for msg in self.waiting_on.pop(key, []):
+                candidates.setdefault(id(msg), msg)
+        for msg in sorted(candidates.values(), key=lambda m: m.received_ms):
+            if not msg.parked:
+                continue  # resolved meanwhile
+            if msg.parked_id is not None and msg.expires_ms <= self.now_ms:
+                continue  # expired: expire_parked() rejects it as unknown_product
+            self._apply(msg)
+
+    def _sequence(self, msg: _Msg, decision: Decision) -> None:
+        """Assign the log index and chain positions; build the entry and the receipt."""
+        message = msg.signed.message
+        index = self.next_index
+        self.next_index += 1
+        chains = []
+        for product in message.products:
+            head = self.heads.get(product.path)
+            if head is None:
+                chains.append(ChainPosition(product, 1, GENESIS_PREV))
+            else:
+                chains.append(ChainPosition(product, head[0] + 1, head[1]))
+        entry = DeviceMessageEntry(
+            msg=msg.sha,
+            device=message.device,
+            seq=message.seq,
+            received=msg.received_ms,
+            chains=tuple(chains),
+        )
+        entry_bytes = entry.to_bytes()
+        leaf = leaf_hash(entry_bytes)
+        self.log_rows.append(
+            (
+                index,
+                "device_message",
+                msg.raw,
+                msg.sha,
+                entry_bytes,
+                leaf,
+                message.device,
+                message.seq,
+                msg.received_ms,
+            )
+        )
+        for chain in chains:
+            path = chain.product.path
+            self.heads[path] = (chain.pseq, leaf)
+            self.link_rows.append((path, chain.pseq, index, chain.prev))
+        for key in decision.created:
+            state = self.products.get(key)
+            if state is None:
+                self.new_products[key] = {
+                    "key": key,
+                    "kind": None,
+                    "owner_party_id": msg.party,
+                    "created_ms": msg.received_ms,
+                    "commissioned_index": index,
+                    "holder_party_id": msg.party,
+                    "pending_party_id": None,
+                }
+            else:  # registered through the API, commissioned now by its owner
+                self.commissioned_later[key] = index
+                self.changed_products.add(key)
+            self.products[key] = ProductState(owner=msg.party, holder=msg.party, pending=None)
+        for key, holder, pending in decision.custody:
+            state = self._known(key)
+            self.products[key] = ProductState(state.owner, holder, pending, state.commissioned)
+            if key in self.new_products:
+                self.new_products[key]["holder_party_id"] = holder
+                self.new_products[key]["pending_party_id"] = pending
+            else:
+                self.changed_products.add(key)
+        for edge in decision.edges:
+            self.edges[edge] = None
+        self.receipts.append(
+            Receipt(
+                device=message.device,
+                seq=message.seq,
+                index=index,
+                entry=leaf,
+                msg=msg.sha,
+                time=msg.received_ms,
+            )
+        )
+        if len(self.receipts) - self.signing_submitted >= _CHUNK:
+            self._submit_signing()
+        pair = (message.device, message.seq)
+        self.receipt_slots.append(pair)
+        self.seen[pair] = msg
+        self.result.accepted += 1
+
+    def _submit_signing(self) -> None:
+        """Sign the receipts built since the last call, in the pool."""
+        chunk = self.receipts[self.signing_submitted :]
+        self.signing_submitted = len(self.receipts)
+        if chunk:
+            self.sign_futures.append(self.pool.submit(self._sign_chunk, chunk))
+
+    def _sign_chunk(self, receipts: Sequence[Receipt]) -> list[bytes]:
+        return [sign_receipt(receipt, self.signing_key) for receipt in receipts]
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _write(self) -> None:
+        """Write every row of the batch with executemany, in foreign-key order."""
+        conn = self.conn
+        self._submit_signing()  # the pool signs while the rows are written
+        if self.log_rows:
+            conn.exec_driver_sql(self.sql.insert_log, self.log_rows)
+        if self.new_products:
+            conn.execute(_PRODUCTS.insert(), list(self.new_products.values()))
+        self._update_products()
+        if self.edges:
+            self._insert_edges()
+        if self.link_rows:
+            conn.exec_driver_sql(self.sql.insert_link, self.link_rows)
+        self._write_parked()
+        if self.rejections:
+            conn.execute(_REJECTIONS.insert(), self.rejections)
+        receipt_bytes = [raw for future in self.sign_futures for raw in future.result()]
+        if receipt_bytes:
+            conn.exec_driver_sql(
+                self.sql.insert_receipt,
+                [
+                    (r.device, r.seq, r.index, raw)
+                    for r, raw in zip(self.receipts, receipt_bytes, strict=True)
+                ],
+            )
+        new = {(r.device, r.seq): raw for r, raw in zip(self.receipts, receipt_bytes, strict=True)}
+        missing = {pair for pair in self.receipt_slots if pair not in new}
+        if missing:
+            sql = self.sql.by_pairs("t.device_id, t.seq, t.raw", "receipts", len(missing))
+            for device, seq, raw in conn.exec_driver_sql(sql, _flat(missing)):
+                new[(device, seq)] = bytes(raw)
+        for device, seq in self.receipt_slots:
+            raw = new.get((device, seq))
+            if raw is None:  # a logged entry without a stored receipt: cannot re-send
+                log.warning("no stored receipt for device=%s seq=%d", device, seq)
+                continue
+            self.result.receipts.append((device, raw))
+
+    def _update_products(self) -> None:
+        changed = [key for key in self.changed_products if key not in self.new_products]
+        if not changed:
+            return
+        rows = []
+        for key in sorted(changed):
+            state = self._known(key)
+            rows.append(
+                {
+                    "b_key": key,
+                    "holder_party_id": state.holder,
+                    "pending_party_id": state.pending,
+                }
+            )
+        self.conn.execute(
+            _PRODUCTS.update()
+            .where(_PRODUCTS.c.key == bindparam("b_key"))
+            .values(
+                holder_party_id=bindparam("holder_party_id"),
+                pending_party_id=bindparam("pending_party_id"),
+            ),
+            rows,
+        )
+        commissioned = [
+            {"b_key": key, "commissioned_index": index}
+            for key, index in sorted(self.commissioned_later.items())
+        ]
+        if commissioned:
+            self.conn.execute(
+                _PRODUCTS.update()
+                .where(_PRODUCTS.c.key == bindparam("b_key"))
+                .values(commissioned_index=bindparam("commissioned_index")),
+                commissioned,
+            )
+
+    def _insert_edges(self) -> None:
+        rows = [{"product_key": p, "parent_key": q} for p, q in self.edges]
+        if self.conn.dialect.name == "postgresql":
+            statement: Any = pg_insert(_PARENTS).on_conflict_do_nothing()
+        else:
+            statement = sqlite_insert(_PARENTS).on_conflict_do_nothing()
+        self.conn.execute(statement, rows)
+
+    def _write_parked(self) -> None:
+        """Remove resolved parked rows, shrink waiting sets, insert newly parked messages."""
+        conn = self.conn
+        resolved = [msg.parked_id for msg in self.parked_by_id.values() if msg.done]
+        if resolved:
+            conn.execute(
+                _PARKED_PRODUCTS.delete().where(_PARKED_PRODUCTS.c.parked_id.in_(resolved))
+            )
+            conn.execute(_PARKED.delete().where(_PARKED.c.id.in_(resolved)))
+        for msg in self.parked_by_id.values():  # still parked: forget products that exist now
+            if not msg.parked or not msg.shrunk:
+                continue
+            conn.execute(
+                _PARKED_PRODUCTS.delete().where(
+                    _PARKED_PRODUCTS.c.parked_id == msg.parked_id,
+                    _PARKED_PRODUCTS.c.product_key.not_in(msg.waiting),
+                )
+            )
+        for msg in self.new_parked:
+            parked_id = conn.execute(
+                _PARKED.insert().returning(_PARKED.c.id),
+                {
+                    "device_id": msg.device,
+                    "seq": msg.seq,
+                    "raw": msg.raw,
+                    "raw_sha256": msg.sha,
+                    "topic": msg.topic,
+                    "received_ms": msg.received_ms,
+                    "expires_ms": msg.expires_ms,
+                },
+            ).scalar_one()
+            conn.execute(
+                _PARKED_PRODUCTS.insert(),
+                [{"parked_id": parked_id, "product_key": key} for key in sorted(msg.waiting)],
+            )

@@ -1,0 +1,201 @@
+"""Product rights of device messages: the pure rules of issue 3 §3, no I/O and no clock.
+
+A message is judged against the current state of every product it names (as ``products`` or
+as ``parents``) and the party of the device that signed it:
+
+* **commissioning** creates its products: none of them may exist yet; the device's party then
+  owns *and* holds them. A product pre-registered through the API (a ``products`` row without a
+  commissioning entry) may be commissioned by its owner only.
+* **receiving** moves custody: the device's party must be the ``pending`` party named by the
+  holder's earlier ``shipping`` event; it becomes the holder and the pending party is cleared.
+  A receiving by anyone else is refused.
+* **shipping** by the holder may name ``data.destination``: a registered party id, which
+  becomes the pending party of every product of the message.
+* every other event and every reading **appends**: the device's party must hold each product.
+* **parents** (aggregation, transformation): the party must hold every parent; on acceptance
+  each product gets a lineage edge to each parent.
+
+A message naming several products needs rights on all of them. The order of the verdicts
+follows design.md, "Ingest rules": ``unauthorized_product`` is decided before parking, so a
+message that names one product it may not touch and one that does not exist yet is refused
+rather than parked; a message that breaks no right but names a product not yet commissioned
+(as product or parent) is parked until the commissioning arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from tracecore.message import DeviceMessage, Event
+
+__all__ = [
+    "COMMISSIONING",
+    "RECEIVING",
+    "SHIPPING",
+    "Decision",
+    "Outcome",
+    "ProductState",
+    "decide",
+]
+
+COMMISSIONING = "commissioning"
+SHIPPING = "shipping"
+RECEIVING = "receiving"
+
+
+@dataclass(frozen=True, slots=True)
+class ProductState:
+    """What the rights rules need to know about a product that has a ``products`` row.
+
+    ``commissioned`` is false for a product registered through the API whose commissioning
+    event has not arrived yet: it does not exist for appends (messages about it are parked).
+    """
+
+    owner: str
+    holder: str | None
+    pending: str | None
+    commissioned: bool = True
+
+
+class Outcome(Enum):
+    """The verdict of :func:`decide`."""
+
+    ACCEPT = "accept"
+    UNAUTHORIZED = "unauthorized_product"
+    PARK = "park"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict on one message and, when accepted, its effect on the products.
+
+    ``missing`` (PARK) lists the product keys not yet commissioned, in message order;
+    ``created`` (ACCEPT) the products a commissioning creates; ``edges`` the lineage edges
+    ``(product, parent)`` to record; ``custody`` the new ``(product, holder, pending)`` of
+    existing products whose custody changes. ``detail`` explains an UNAUTHORIZED verdict.
+    """
+
+    outcome: Outcome
+    detail: str = ""
+    missing: tuple[str, ...] = ()
+    created: tuple[str, ...] = ()
+    edges: tuple[tuple[str, str], ...] = ()
+    custody: tuple[tuple[str, str, str | None], ...] = ()
+
+
+def _holder(state: ProductState) -> str:
+    """The party holding a product (the owner, for rows written before custody existed)."""
+    return state.holder if state.holder is not None else state.owner
+
+
+def _describe(key: str, state: ProductState) -> str:
+    holder = _holder(state)
+    if holder == state.owner:
+        return f"{key!r} (owned and held by {state.owner!r})"
+    return f"{key!r} (owned by {state.owner!r}, held by {holder!r})"
+
+
+def _destination(message: Event) -> object:
+    return None if message.data is None else message.data.get("destination")
+
+
+def _judge_product(
+    key: str, state: ProductState | None, step: str | None, party: str, verdict: _Verdict
+) -> None:
+    """Judge one product of the message (not a parent) and note the result in ``verdict``."""
+    if step == COMMISSIONING:
+        # A product is created only by a commissioning of a party's device (issue 3 §3).
+        if state is None:
+            verdict.created.append(key)
+        elif state.commissioned:
+            verdict.refusals.append(
+                f"commissioning {key!r}: the product exists already, owned by {state.owner!r}"
+            )
+        elif state.owner != party:
+            verdict.refusals.append(
+                f"commissioning {key!r}: the product is registered to {state.owner!r}, "
+                f"not to {party!r}"
+            )
+        else:
+            verdict.created.append(key)
+    elif state is None or not state.commissioned:
+        verdict.missing.append(key)
+    elif step == RECEIVING:
+        # Custody passes to the party a holder's shipping named, by that party's receiving.
+        if state.pending != party:
+            shipped = (
+                f"shipped to {state.pending!r}"
+                if state.pending is not None
+                else "not shipped to anyone"
+            )
+            verdict.refusals.append(
+                f"receiving {key!r}: party {party!r} is not the destination of its shipping; "
+                f"it is {shipped}, held by {_holder(state)!r}"
+            )
+        else:
+            verdict.custody.append((key, party, None))
+    elif _holder(state) != party:
+        # Appending (readings and every other event) needs custody.
+        verdict.refusals.append(f"party {party!r} does not hold product {_describe(key, state)}")
+
+
+@dataclass(slots=True)
+class _Verdict:
+    refusals: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    custody: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+
+def decide(
+    message: DeviceMessage,
+    party: str,
+    products: Mapping[str, ProductState | None],
+    parties: Container[str],
+) -> Decision:
+    """Judge the product rights of ``message`` signed by a device of ``party``.
+
+    ``products`` maps every key the message names (products and parents) to its state, or to
+    ``None`` when there is no ``products`` row (absent keys count as ``None``); ``parties``
+    holds the registered party ids (at least every ``data.destination`` of the message).
+    Returns the :class:`Decision`; never raises for a well-formed message.
+    """
+    keys = [key.path for key in message.products]
+    event = message if isinstance(message, Event) else None
+    step = event.step if event is not None else None
+    parent_keys = [key.path for key in event.parents] if event is not None else []
+    verdict = _Verdict()
+    for key in keys:
+        _judge_product(key, products.get(key), step, party, verdict)
+    # Transformation/aggregation only from products the party holds (issue 3 §3).
+    for key in parent_keys:
+        state = products.get(key)
+        if state is None or not state.commissioned:
+            verdict.missing.append(key)
+        elif _holder(state) != party:
+            verdict.refusals.append(f"party {party!r} does not hold parent {_describe(key, state)}")
+    if event is not None and step == SHIPPING and not verdict.refusals:
+        # Custody: a shipping by the holder naming a registered party makes it pending.
+        destination = _destination(event)
+        if destination is not None:
+            if not isinstance(destination, str) or destination not in parties:
+                verdict.refusals.append(
+                    f"shipping: data.destination {destination!r} is not a registered party"
+                )
+            else:
+                verdict.custody = [
+                    (key, party, destination) for key in keys if key not in verdict.missing
+                ]
+    # design.md order: unauthorized_product is decided before parking (unknown_product).
+    if verdict.refusals:
+        return Decision(Outcome.UNAUTHORIZED, detail="; ".join(verdict.refusals))
+    if verdict.missing:
+        return Decision(Outcome.PARK, missing=tuple(verdict.missing))
+    return Decision(
+        Outcome.ACCEPT,
+        created=tuple(verdict.created),
+        edges=tuple((key, parent) for key in keys for parent in parent_keys),
+        custody=tuple(verdict.custody),
+    )

@@ -1,0 +1,531 @@
+"""The ingest service: MQTT in, batches through the processor, receipts out (design.md, issue 3).
+
+:func:`run_ingest` runs one TaskGroup of named tasks:
+
+``ingest-mqtt``
+    The broker connection (aiomqtt, a FIXED client id and a persistent session: MQTT 3.1.1
+    ``clean_session=False``, or MQTT 5 ``clean_start=False`` with a session expiry for the
+    shared subscription ``$share/ingest/agritrace/v1/devices/+/up``). It reconnects with
+    jittered exponential backoff (capped at 30 s) and moves each message into a BOUNDED queue.
+``ingest-batcher``
+    Takes up to ``batch_size`` messages, or what arrived within ``linger_ms`` of the first,
+    and runs ``Processor.process`` in a worker thread: one database transaction per batch.
+``ingest-publisher``
+    Publishes each receipt of a committed batch at QoS 1 on
+    ``agritrace/v1/devices/{device}/receipt``. It only ever sees batches whose ``process``
+    call has returned, i.e. whose transaction has committed: a receipt is never a promise about
+    uncommitted data.
+``ingest-expire-parked``
+    Periodically rejects parked messages whose wait for their product's commissioning expired.
+plus any *companion* tasks the caller passes (the log checkpointer goes here).
+
+No-loss argument. aiomqtt 2.x (paho underneath) sends the PUBACK for a QoS 1 message as soon as
+it is read from the socket, *before* our code sees it, and it offers no way to delay it. So the
+broker's PUBACK promises nothing: a message acknowledged to the broker may die with this process
+before its batch commits. The guarantee is end to end instead (design.md, docs/protocol.md §8):
+a device keeps every message in its persistent outbox and resends the same bytes until it holds
+a receipt, and a receipt is published only after the commit. A message lost here is resent; a
+message committed twice is impossible (same device+seq and bytes is a duplicate, answered with
+the stored receipt).
+
+Shutdown (``stop`` set, e.g. by SIGTERM): the connection stops taking new messages, hands the
+ones already received (and already PUBACKed) to the batcher, the batcher finishes and commits
+them, the publisher sends their receipts, and only then is the connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ingest.processor import BatchResult, Inbound
+from tracecore.backoff import Backoff
+from tracecore.errors import RejectReason
+from tracecore.mqtt import BrokerAddress
+from tracecore.topics import UP_WILDCARD, receipt_topic
+
+__all__ = [
+    "SHARED_GROUP",
+    "BatchProcessor",
+    "Companion",
+    "IngestStats",
+    "ServiceOptions",
+    "run_ingest",
+    "stop_on_signals",
+    "subscription_topic",
+    "wall_clock_ms",
+]
+
+#: The shared-subscription group of all ingest workers (design.md, "Scale-out").
+SHARED_GROUP: Final = "ingest"
+_log = logging.getLogger(__name__)
+
+#: A task that runs next to ingest until ``stop`` is set, e.g. the log checkpointer.
+Companion = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+def wall_clock_ms() -> int:
+    """Return the wall-clock time in ms since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+class BatchProcessor(Protocol):
+    """What the service needs of :class:`ingest.processor.Processor` (tests pass stand-ins)."""
+
+    def process(self, batch: Sequence[Inbound], now_ms: int) -> BatchResult:
+        """Verify, sequence and commit ``batch``; return after the commit."""
+        ...
+
+    def expire_parked(self, now_ms: int) -> BatchResult:
+        """Reject parked messages whose wait has expired."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceOptions:
+    """How the service talks to the broker and paces its batches."""
+
+    broker: BrokerAddress
+    client_id: str = "agritrace-ingest"
+    shared: bool = False
+    batch_size: int = 500
+    linger_ms: int = 50
+    queue_batches: int = 4
+    expire_interval_s: float = 60.0
+    session_expiry_s: int = 7 * 24 * 3600
+    reconnect_initial_s: float = 0.5
+    reconnect_cap_s: float = 30.0
+    process_attempts: int = 5
+    keepalive_s: int = 30
+
+    def __post_init__(self) -> None:
+        """Check the numbers that would otherwise fail obscurely later."""
+        if self.batch_size < 1 or self.linger_ms < 0 or self.queue_batches < 1:
+            raise ValueError("batch_size >= 1, linger_ms >= 0 and queue_batches >= 1 required")
+        if self.process_attempts < 1 or self.expire_interval_s <= 0:
+            raise ValueError("process_attempts >= 1 and expire_interval_s > 0 required")
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """Counters since the service started; read them while it runs (tests, benchmark, logs)."""
+
+    received: int = 0
+    batches: int = 0
+    processed: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    parked: int = 0
+    unparked: int = 0
+    rejected: collections.Counter[RejectReason] = field(default_factory=collections.Counter)
+    alerts: int = 0
+    receipts_published: int = 0
+    receipts_dropped: int = 0
+    connects: int = 0
+    last_commit_ms: int = 0
+
+    def add(self, result: BatchResult) -> None:
+        """Count the outcome of one committed batch."""
+        self.accepted += result.accepted
+        self.duplicates += result.duplicates
+        self.parked += result.parked
+        self.unparked += result.unparked
+        self.rejected.update(result.rejected)
+        self.alerts += len(result.alerts)
+
+
+def subscription_topic(*, shared: bool) -> str:
+    """Return the topic filter ingest subscribes to: plain, or the MQTT 5 shared subscription."""
+    return f"$share/{SHARED_GROUP}/{UP_WILDCARD}" if shared else UP_WILDCARD
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM and SIGINT while the block runs (call inside the event loop)."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def run_ingest(
+    processor: BatchProcessor,
+    options: ServiceOptions,
+    stop: asyncio.Event,
+    *,
+    companions: Mapping[str, Companion] | None = None,
+    stats: IngestStats | None = None,
+    clock: Callable[[], int] = wall_clock_ms,
+) -> IngestStats:
+    """Run the ingest service until ``stop`` is set; return its counters after a clean stop.
+
+    ``companions`` are extra named tasks run in the same TaskGroup until ``stop`` (the log
+    checkpointer belongs here); each gets the ``stop`` event. ``stats`` may be passed to
+    observe progress while the service runs. If the processor keeps failing
+    (``options.process_attempts`` times in a row) the error propagates: the process should
+    exit and be restarted, and the devices resend what was not receipted.
+    """
+    service = _Service(processor, options, stop, stats or IngestStats(), clock)
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(service.connection(), name="ingest-mqtt")
+        tasks.create_task(service.batcher(), name="ingest-batcher")
+        tasks.create_task(service.publisher(), name="ingest-publisher")
+        tasks.create_task(service.expirer(), name="ingest-expire-parked")
+        # Companion tasks (the log checkpointer of issue 4) run here, stopped by the same event.
+        for name, companion in (companions or {}).items():
+            tasks.create_task(companion(stop), name=name)
+    _log.info(
+        "ingest stopped: %d received, %d accepted, %d duplicates, %d parked, %d rejected, "
+        "%d receipts published",
+        service.stats.received,
+        service.stats.accepted,
+        service.stats.duplicates,
+        service.stats.parked,
+        sum(service.stats.rejected.values()),
+        service.stats.receipts_published,
+    )
+    return service.stats
+
+
+_Receipts = list[tuple[str, bytes]]
+
+
+class _Service:
+    """The state the tasks of :func:`run_ingest` share."""
+
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        options: ServiceOptions,
+        stop: asyncio.Event,
+        stats: IngestStats,
+        clock: Callable[[], int],
+    ) -> None:
+        self.processor = processor
+        self.options = options
+        self.stop = stop
+        self.stats = stats
+        self.clock = clock
+        # Bounded: when processing falls behind, the reader waits here. (aiomqtt's own buffer
+        # in front of it is deliberately unbounded: bounding it would make paho discard
+        # messages it has already PUBACKed, turning slowness into resends.)
+        self.inbound: asyncio.Queue[Inbound] = asyncio.Queue(
+            maxsize=options.batch_size * options.queue_batches
+        )
+        # Committed batches waiting for their receipts to go out; None ends the stream.
+        self.outbound: asyncio.Queue[_Receipts | None] = asyncio.Queue(maxsize=4)
+        self.client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.reading_done = asyncio.Event()  # no more messages will enter ``inbound``
+        self.expirer_done = asyncio.Event()
+        self.published_all = asyncio.Event()
+        # One processor call at a time: the batcher and the expirer share one writer.
+        self.processor_lock = asyncio.Lock()
+
+    # -- the broker connection -------------------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        options = self.options
+        broker = options.broker
+        common: dict[str, Any] = {
+            "username": broker.username,
+            "password": broker.password,
+            "identifier": options.client_id,
+            "keepalive": options.keepalive_s,
+            # Receipts are published concurrently; let paho keep many in flight.
+            "max_inflight_messages": 1000,
+        }
+        if options.shared:
+            # Shared subscriptions need MQTT 5 (mosquitto >= 2); amqtt speaks 3.1.1 only.
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = options.session_expiry_s
+            return aiomqtt.Client(
+                broker.host,
+                broker.port,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                clean_start=False,
+                properties=properties,
+                **common,
+            )
+        return aiomqtt.Client(
+            broker.host,
+            broker.port,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=False,
+            **common,
+        )
+
+    async def connection(self) -> None:
+        """Keep a broker connection, read messages, reconnect with backoff, close last."""
+        backoff = Backoff(
+            initial=self.options.reconnect_initial_s, cap=self.options.reconnect_cap_s
+        )
+        topic = subscription_topic(shared=self.options.shared)
+        try:
+            while not self.stop.is_set():
+                try:
+                    async with self._client() as client:
+                        # Many receipts are published at once; aiomqtt would log a warning
+                        # for every call beyond its default threshold of 10.
+                        client.pending_calls_threshold = 1_000_000
+                        # Subscribing again on every connect is harmless with a persistent
+                        # session and repairs a session the broker has forgotten.
+                        await client.subscribe(topic, qos=1)
+                        self.client = client
+                        self.stats.connects += 1
+                        self.connected.set()
+                        backoff.reset()
+                        _log.info(
+                            "ingest connected to %s, subscribed to %s", self.options.broker, topic
+                        )
+                        await self._read_until_stop(client)
+                        # Stopping: what was received is queued; wait until its receipts are
+                        # out before closing the connection they go through.
+                        self.reading_done.set()
+                        await self.published_all.wait()
+                        return
+                except* aiomqtt.MqttError as group:
+                    _log.warning(
+                        "ingest: MQTT connection to %s lost or refused: %s",
+                        self.options.broker,
+                        group.exceptions[0],
+                    )
+                finally:
+                    self.client = None
+                    self.connected.clear()
+                if not self.stop.is_set():
+                    delay = backoff.next_delay()
+                    _log.info("ingest: reconnecting in %.1f s", delay)
+                    await _sleep_unless(self.stop, delay)
+        finally:
+            self.reading_done.set()
+
+    async def _read_until_stop(self, client: aiomqtt.Client) -> None:
+        """Move messages into ``inbound`` until ``stop``; then take what is already buffered."""
+        async with asyncio.TaskGroup() as tasks:
+            reader = tasks.create_task(self._read(client), name="ingest-read")
+            tasks.create_task(_cancel_on(self.stop, reader), name="ingest-read-stop")
+        # The reader was cancelled by the stop. Messages still in aiomqtt's buffer have been
+        # PUBACKed already: hand them to the batcher too instead of waiting for resends.
+        messages = client.messages
+        iterator = aiter(messages)
+        while len(messages) > 0:
+            await self._enqueue(await anext(iterator))
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self._enqueue(message)
+
+    async def _enqueue(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        await self.inbound.put(
+            Inbound(
+                topic=message.topic.value,
+                # paho always delivers bytes; anything else cannot be a COSE message and is
+                # left to the processor to reject as malformed, with what we could keep.
+                payload=payload if isinstance(payload, bytes) else str(payload).encode(),
+                received_ms=self.clock(),
+            )
+        )
+        self.stats.received += 1
+
+    # -- batching and processing -----------------------------------------------------------------
+
+    async def batcher(self) -> None:
+        """Form batches, process each in a worker thread, hand the receipts to the publisher."""
+        try:
+            while True:
+                batch = await self._next_batch()
+                if batch is None:
+                    break
+                result = await self._process(batch)
+                if result.receipts:
+                    await self.outbound.put(result.receipts)
+            await self.expirer_done.wait()  # its receipts (if any) go before the end marker
+        finally:
+            # The publisher must learn that nothing more comes, also when we fail.
+            await self.outbound.put(None)
+
+    async def _next_batch(self) -> list[Inbound] | None:
+        """Return the next batch, or None when reading is done and everything is processed."""
+        inbound = self.inbound
+        first = await _get_or_none(inbound, self.reading_done)
+        if first is None:
+            return None
+        batch = [first]
+        size = self.options.batch_size
+        deadline = asyncio.get_running_loop().time() + self.options.linger_ms / 1000
+        while len(batch) < size:
+            while len(batch) < size and not inbound.empty():
+                batch.append(inbound.get_nowait())
+            if len(batch) >= size or self.reading_done.is_set():
+                break
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    batch.append(await inbound.get())
+            except TimeoutError:
+                break
+        return batch
+
+    async def _process(self, batch: list[Inbound]) -> BatchResult:
+        backoff = Backoff(initial=0.5, cap=self.options.reconnect_cap_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.processor_lock:
+                    result = await asyncio.to_thread(self.processor.process, batch, self.clock())
+            except Exception:
+                if attempt >= self.options.process_attempts:
+                    raise
+                delay = backoff.next_delay()
+                _log.exception(
+                    "ingest: processing a batch of %d failed (attempt %d); retrying in %.1f s",
+                    len(batch),
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            self._account(batch, result)
+            return result
+
+    def _account(self, batch: list[Inbound], result: BatchResult) -> None:
+        self.stats.batches += 1
+        self.stats.processed += len(batch)
+        self.stats.add(result)
+        self.stats.last_commit_ms = self.clock()
+        for alert in result.alerts:
+            _log.warning("ingest alert: %s", alert)
+
+    async def expirer(self) -> None:
+        """Every ``expire_interval_s``, reject parked messages that waited too long."""
+        try:
+            while not self.stop.is_set():
+                await _sleep_unless(self.stop, self.options.expire_interval_s)
+                if self.stop.is_set():
+                    return
+                async with self.processor_lock:
+                    result = await asyncio.to_thread(self.processor.expire_parked, self.clock())
+                self.stats.add(result)
+                if result.rejected:
+                    _log.info("ingest: expired parked messages: %s", dict(result.rejected))
+                if result.receipts:
+                    await self.outbound.put(result.receipts)
+        finally:
+            self.expirer_done.set()
+
+    # -- receipts --------------------------------------------------------------------------------
+
+    async def publisher(self) -> None:
+        """Publish the receipts of committed batches, in commit order, at QoS 1."""
+        try:
+            while (receipts := await self.outbound.get()) is not None:
+                await self._publish(receipts)
+        finally:
+            self.published_all.set()
+
+    async def _publish(self, receipts: _Receipts) -> None:
+        pending = receipts
+        while pending:
+            client = self.client
+            if client is None or not self.connected.is_set():
+                if self.stop.is_set() or self.reading_done.is_set():
+                    # Stopping without a broker: the entries are committed and their receipts
+                    # stored; each device's resend is answered with the stored receipt.
+                    self._drop(pending)
+                    return
+                await _wait_or(self.connected, self.stop)
+                continue
+            results = await asyncio.gather(
+                *(client.publish(receipt_topic(device), raw, qos=1) for device, raw in pending),
+                return_exceptions=True,
+            )
+            failed: _Receipts = []
+            for item, outcome in zip(pending, results, strict=True):
+                if isinstance(outcome, aiomqtt.MqttError):
+                    failed.append(item)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+            self.stats.receipts_published += len(pending) - len(failed)
+            pending = failed
+            if failed and not self.stop.is_set():
+                # Lost the broker mid-batch: wait for the reconnect, then send the rest.
+                await _wait_or(self.connected, self.stop)
+
+    def _drop(self, receipts: _Receipts) -> None:
+        self.stats.receipts_dropped += len(receipts)
+        _log.warning(
+            "ingest: %d receipts not published (no broker at shutdown); devices will resend "
+            "and get the stored receipts",
+            len(receipts),
+        )
+
+
+async def _cancel_on(event: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` once ``event`` is set (or return when the task ends first)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if event.is_set():
+        task.cancel()
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, waking early when ``stop`` is set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+
+
+async def _wait_or(event: asyncio.Event, stop: asyncio.Event) -> None:
+    """Wait until ``event`` or ``stop`` is set."""
+    waiters = {
+        asyncio.ensure_future(event.wait()),
+        asyncio.ensure_future(stop.wait()),
+    }
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _get_or_none(queue: asyncio.Queue[Inbound], done: asyncio.Event) -> Inbound | None:
+    """Take the next item; return None once ``done`` is set and the queue is empty."""
+    while True:
+        if not queue.empty():
+            return queue.get_nowait()
+        if done.is_set():
+            return None
+        getter = asyncio.ensure_future(queue.get())
+        waiter = asyncio.ensure_future(done.wait())
+        try:
+            await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()

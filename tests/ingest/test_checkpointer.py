@@ -1,0 +1,96 @@
+"""The checkpointer task (ingest.checkpointer): periodic, only on growth, robust, stoppable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from log_kit import NOW, append_entries
+from sqlalchemy import Engine
+
+from ingest import run_checkpointer
+from ingest.checkpointer import checkpoint_once, consistency_proof_fn
+from tracecore import merkle
+from tracecore.keys import SignerKey
+from tracecore.settings import Settings
+from tracecore.storage.models import Checkpoint
+
+LOG_KEY = SignerKey("agritrace.test/log", bytes(range(32)))
+ORIGIN = "agritrace.test/log"
+
+
+def test_checkpoint_seconds_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AGRITRACE_CHECKPOINT_SECONDS defaults to 2 and is read from the environment."""
+    assert Settings().checkpoint_seconds == 2.0
+    monkeypatch.setenv("AGRITRACE_CHECKPOINT_SECONDS", "0.5")
+    assert Settings().checkpoint_seconds == 0.5
+
+
+def test_checkpointer_signs_while_entries_arrive(engine: Engine) -> None:
+    """New entries get a checkpoint within an interval; an idle log gets none; stop ends it."""
+    seen: list[Checkpoint] = []
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        grown = asyncio.Event()
+
+        async def on_checkpoint(checkpoint: Checkpoint) -> None:
+            seen.append(checkpoint)
+            grown.set()
+
+        task = asyncio.create_task(
+            run_checkpointer(
+                engine, LOG_KEY, ORIGIN, 0.05, stop, on_checkpoint=on_checkpoint, clock=lambda: NOW
+            )
+        )
+        for start, count in ((0, 3), (3, 10)):
+            grown.clear()
+            await asyncio.to_thread(append_entries, engine, start, count)
+            await asyncio.wait_for(grown.wait(), timeout=10)
+        await asyncio.sleep(0.2)  # idle: several rounds, no new checkpoint
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+    asyncio.run(scenario())
+    assert [c.size for c in seen] == [3, 13]
+    assert all(c.created_ms == NOW for c in seen)
+
+
+def test_failing_callback_does_not_stop_the_checkpointer(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback that raises is logged; the next checkpoint is still made."""
+    sizes: list[int] = []
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        first = asyncio.Event()
+
+        def on_checkpoint(checkpoint: Checkpoint) -> None:
+            sizes.append(checkpoint.size)
+            first.set()
+            if len(sizes) == 2:
+                stop.set()
+            raise RuntimeError("witness exploded")
+
+        task = asyncio.create_task(
+            run_checkpointer(engine, LOG_KEY, ORIGIN, 0.02, stop, on_checkpoint=on_checkpoint)
+        )
+        await asyncio.to_thread(append_entries, engine, 0, 2)
+        await asyncio.wait_for(first.wait(), timeout=10)
+        await asyncio.to_thread(append_entries, engine, 2, 2)
+        await asyncio.wait_for(task, timeout=10)
+
+    with caplog.at_level(logging.ERROR, logger="ingest.checkpointer"):
+        asyncio.run(scenario())
+    assert sizes == [2, 4]
+    assert "witness exploded" in caplog.text
+
+
+def test_consistency_proof_fn_reads_in_a_thread(engine: Engine) -> None:
+    """The proof function handed to the witness submitter gives RFC 9162 consistency proofs."""
+    leaves = append_entries(engine, 0, 9)
+    assert checkpoint_once(engine, LOG_KEY, ORIGIN, NOW) is not None
+    proof = asyncio.run(consistency_proof_fn(engine)(5, 9))
+    merkle.verify_consistency(5, 9, merkle.root_of(leaves[:5]), merkle.root_of(leaves), proof)

@@ -1,0 +1,203 @@
+"""End to end: ingest, checkpoint, GET /v1/bundle, verify offline; a tampered row is caught."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import Engine, update
+from sqlmodel import col
+
+from agritrace.cli import main as cli
+from ingest import Inbound, Processor
+from traceapi.app import create_app
+from tracecore.bundle import Policy, parse_bundle, verify_bundle
+from tracecore.checkpoint import make_checkpoint
+from tracecore.cose import sign_message
+from tracecore.identifiers import ProductKey
+from tracecore.keys import SignerKey
+from tracecore.message import Event, Reading, Sensor
+from tracecore.note import cosign, cosigner_verifier
+from tracecore.settings import Settings
+from tracecore.storage import Cosignature, LogEntry, create_party, session_scope
+from tracecore.topics import up_topic
+
+ADMIN = "admin-secret-for-bundle-tests"
+ORIGIN = "trace.test/log"
+T0 = 1_790_000_000_000
+LOT = ProductKey.parse("01/06901234567892/10/L261127")
+CARTON = ProductKey.parse("01/06901234567892/10/L261127/21/C0001")
+
+
+def _key(label: str) -> SignerKey:
+    return SignerKey(label, hashlib.sha256(label.encode()).digest())
+
+
+LOG = _key(ORIGIN)
+WITNESS = _key("witness.test")
+COLLECT = _key("hens01-collect")
+CLIMATE = _key("hens01-climate")
+
+
+@dataclass
+class Site:
+    """A running API over a log with a lot, readings and a carton packed from the lot."""
+
+    client: Any
+    engine: Engine
+
+    def policy(self, quorum: int = 1) -> Policy:
+        """The trust policy: the log key, the one witness, the quorum."""
+        return Policy.parse(
+            f"log {LOG.verifier}\nwitness w {cosigner_verifier(WITNESS)}\nquorum {quorum}\n"
+        )
+
+
+@pytest.fixture
+def site(engine: Engine, app_client: Any) -> Iterator[Site]:
+    """Register through the API, ingest through the Processor, checkpoint and cosign."""
+    with session_scope(engine) as session:
+        create_party(session, "gansu-hens-01", "Linxia hens", "farm", T0)
+    settings = Settings(admin_token=SecretStr(ADMIN), log_origin=ORIGIN)
+    app = create_app(settings, engine, clock=lambda: T0, log_vkey=LOG.verifier)
+    with app_client(app) as client:
+        for key in (COLLECT, CLIMATE):
+            body = {
+                "id": key.name,
+                "party": "gansu-hens-01",
+                "public_key": base64.b64encode(key.public_key).decode(),
+            }
+            reply = client.post(
+                "/v1/devices", json=body, headers={"Authorization": f"Bearer {ADMIN}"}
+            )
+            assert reply.status_code == 201, reply.text
+        messages = [
+            (COLLECT, Event(COLLECT.name, 1, T0 + 1_000, (LOT,), "commissioning")),
+            (
+                CLIMATE,
+                Reading(CLIMATE.name, 1, T0 + 2_000, (LOT,), (Sensor("Temperature", 5.5, "CEL"),)),
+            ),
+            (
+                CLIMATE,
+                Reading(CLIMATE.name, 2, T0 + 3_000, (LOT,), (Sensor("Temperature", 6.0, "CEL"),)),
+            ),
+            (
+                COLLECT,
+                Event(COLLECT.name, 2, T0 + 4_000, (CARTON,), "commissioning", parents=(LOT,)),
+            ),
+        ]
+        processor = Processor(engine, LOG)
+        try:
+            batch = [
+                Inbound(up_topic(key.name), sign_message(message, key.signing_key), T0 + 5_000)
+                for key, message in messages
+            ]
+            result = processor.process(batch, T0 + 5_000)
+            assert result.accepted == 4, result
+        finally:
+            processor.close()
+        with session_scope(engine) as session:
+            checkpoint = make_checkpoint(session, ORIGIN, LOG, T0 + 6_000)
+            assert checkpoint is not None
+            text = checkpoint.note.split("\n\n")[0] + "\n"
+            line = cosign(text, WITNESS, 1_790_000_010)
+            session.add(
+                Cosignature(
+                    checkpoint_size=checkpoint.size, witness=WITNESS.name, line=line, received_ms=T0
+                )
+            )
+        yield Site(client, engine)
+
+
+def _bundle(site: Site, key: ProductKey, query: str = "") -> str:
+    reply = site.client.get(f"/v1/bundle/{key.path}{query}")
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"].startswith("application/json")
+    text: str = reply.text
+    return text
+
+
+def test_bundle_verifies_offline(site: Site) -> None:
+    """The carton's bundle holds its lot and the devices' key records, and verifies."""
+    bundle = parse_bundle(_bundle(site, CARTON))
+    report = verify_bundle(bundle, site.policy())
+    assert report.ok, report.render()
+    kinds = json.loads(_bundle(site, CARTON))["entries"]
+    assert len(kinds) == 6  # 2 registrations + commissioning + 2 readings + carton
+    assert sum(1 for e in kinds if e["proof"] is not None) == 4  # 2 registry + 2 heads
+
+
+def test_verify_command_accepts_and_names_failures(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`agritrace verify` exits 0 on the genuine bundle and 1 naming the check on a forgery."""
+    (tmp_path / "bundle.json").write_text(_bundle(site, CARTON))
+    policy = tmp_path / "policy.txt"
+    policy.write_text(f"log {LOG.verifier}\nwitness w {cosigner_verifier(WITNESS)}\nquorum 1\n")
+    assert cli(["verify", str(tmp_path / "bundle.json"), "--policy", str(policy)]) == 0
+    assert "VERIFIED" in capsys.readouterr().out
+
+    doc = json.loads((tmp_path / "bundle.json").read_text())
+    doc["checkpoint"] = doc["checkpoint"].replace(ORIGIN, ORIGIN + "x", 1)
+    (tmp_path / "forged.json").write_text(json.dumps(doc))
+    assert cli(["verify", str(tmp_path / "forged.json"), "--policy", str(policy)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL checkpoint" in out
+    assert "NOT VERIFIED: checkpoint" in out
+
+
+def test_an_edited_database_row_is_caught(site: Site) -> None:
+    """An operator editing a stored message (a temperature) cannot make a bundle that verifies."""
+    six, two = bytes.fromhex("f94600"), bytes.fromhex("f94000")  # 6.0 and 2.0 as CBOR halves
+    with session_scope(site.engine) as session:
+        row = session.get(LogEntry, 4)
+        assert row is not None
+        assert row.raw is not None
+        assert six in row.raw
+        forged = row.raw.replace(six, two, 1)
+        session.execute(update(LogEntry).where(col(LogEntry.index) == 4).values(raw=forged))
+    failed = {c.name for c in verify_bundle(parse_bundle(_bundle(site, LOT)), site.policy()).failed}
+    assert "messages" in failed
+
+
+def test_previous_checkpoint_consistency_through_the_api(site: Site) -> None:
+    """A checkpoint kept earlier is proven a prefix of a later one via ?previous=N."""
+    old = site.client.get("/v1/log/checkpoint").text
+    size = int(old.split("\n")[1])
+    later = Reading(CLIMATE.name, 3, T0 + 7_000, (LOT,), (Sensor("Temperature", 6.5, "CEL"),))
+    processor = Processor(site.engine, LOG)
+    try:
+        raw = sign_message(later, CLIMATE.signing_key)
+        assert processor.process(
+            [Inbound(up_topic(CLIMATE.name), raw, T0 + 8_000)], T0 + 8_000
+        ).accepted
+    finally:
+        processor.close()
+    with session_scope(site.engine) as session:
+        assert make_checkpoint(session, ORIGIN, LOG, T0 + 9_000) is not None
+    bundle = parse_bundle(_bundle(site, CARTON, f"?previous={size}"))
+    assert bundle.consistency is not None
+    assert bundle.consistency.old == size
+    report = verify_bundle(bundle, site.policy(quorum=0), old)
+    assert report.ok, report.render()
+    assert "extends the previous checkpoint" in report.render()
+
+
+def test_unknown_product_bundle_is_404(site: Site) -> None:
+    """A bundle of a product that does not exist answers 404."""
+    reply = site.client.get("/v1/bundle/01/06901234567892/10/NOPE")
+    assert reply.status_code == 404
+
+
+def test_bad_previous_is_400(site: Site) -> None:
+    """A previous size beyond the checkpoint answers 400 with a clear message."""
+    reply = site.client.get(f"/v1/bundle/{CARTON.path}?previous=99")
+    assert reply.status_code == 400
+    assert "previous size" in reply.json()["detail"]

@@ -1,0 +1,41 @@
+"""``GET /v1/bundle/{key}``: a product's evidence bundle, to verify offline (docs/bundle.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import Engine
+
+from tracecore.identifiers import ProductKey
+from tracecore.storage.engine import session_scope
+from tracecore.storage.evidence import build_bundle
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["log"])
+
+
+@router.get("/v1/bundle/{key:path}", response_class=Response)
+def get_bundle(
+    key: str,
+    request: Request,
+    previous: Annotated[
+        int | None,
+        Query(ge=1, description="include a consistency proof from this older tree size"),
+    ] = None,
+) -> Response:
+    """The product's evidence bundle (agritrace-bundle/1), as a JSON download."""
+    product = ProductKey.parse(key)
+    engine: Engine = request.app.state.engine
+    with session_scope(engine) as session:
+        bundle = build_bundle(session, product, previous)
+    filename = product.path.replace("/", "_").replace("%", "")
+    return Response(
+        bundle.to_json(),
+        media_type="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="agritrace-{filename}.json"',
+            "Cache-Control": "no-cache",
+        },
+    )

@@ -1,0 +1,527 @@
+"""Evidence bundles (``agritrace-bundle/1``) and their offline verification.
+
+A bundle is everything needed to check one product's history without trusting the operator
+(docs/bundle.md): the raw COSE messages and log entries of the product and its ancestors, the
+registry entries of every device that signed them (their key history), an inclusion proof of
+each product's chain head and of each registry entry, and one cosigned checkpoint. Optionally a
+consistency proof from an older checkpoint the user kept.
+
+:func:`parse_bundle` checks only the form; :func:`verify_bundle` recomputes everything it can
+(hashes, chains, signatures, proofs) against a :class:`Policy` — the log key, the witness keys
+and a quorum — and returns a :class:`Report` whose checks name what failed. Nothing in the bundle
+is believed that can be recomputed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from tracecore.cose import SignedMessage, parse_message
+from tracecore.errors import AgritraceError, BundleError
+from tracecore.identifiers import ProductKey
+from tracecore.keys import VerifierKey, device_kid
+from tracecore.logentry import (
+    GENESIS_PREV,
+    AnyEntry,
+    DeviceMessageEntry,
+    DeviceRegistered,
+    KeyRevoked,
+    KeyRotated,
+    parse_any_entry,
+)
+from tracecore.merkle import leaf_hash, verify_consistency, verify_inclusion
+from tracecore.message import Event
+from tracecore.note import CheckpointBody, parse_note, verify_cosignature, verify_note
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "Bundle",
+    "BundleEntry",
+    "Check",
+    "Consistency",
+    "Policy",
+    "Report",
+    "parse_bundle",
+    "verify_bundle",
+]
+
+BUNDLE_FORMAT: Final = "agritrace-bundle/1"
+MAX_BUNDLE_ENTRIES: Final = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class BundleEntry:
+    """One log entry in a bundle: its index, entry bytes, device message, inclusion proof."""
+
+    index: int
+    entry: bytes
+    message: bytes | None = None
+    proof: tuple[bytes, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Consistency:
+    """A consistency proof from an older tree size to the bundle's checkpoint."""
+
+    old: int
+    proof: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """A parsed evidence bundle (form checked, nothing verified)."""
+
+    product: ProductKey
+    checkpoint: str
+    entries: tuple[BundleEntry, ...]
+    consistency: Consistency | None = None
+
+    def to_json(self) -> str:
+        """Return the bundle as JSON text (docs/bundle.md)."""
+        doc: dict[str, Any] = {
+            "format": BUNDLE_FORMAT,
+            "product": self.product.path,
+            "checkpoint": self.checkpoint,
+            "entries": [
+                {
+                    "index": e.index,
+                    "entry": _b64(e.entry),
+                    "message": None if e.message is None else _b64(e.message),
+                    "proof": None if e.proof is None else [_b64(h) for h in e.proof],
+                }
+                for e in self.entries
+            ],
+        }
+        if self.consistency is not None:
+            doc["consistency"] = {
+                "old": self.consistency.old,
+                "proof": [_b64(h) for h in self.consistency.proof],
+            }
+        return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+def parse_bundle(text: str | bytes) -> Bundle:
+    """Parse bundle JSON; raises :class:`BundleError` naming the first thing out of form."""
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"the bundle is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f'the bundle must be a JSON object with "format": "{BUNDLE_FORMAT}"')
+    try:
+        product = ProductKey.parse_canonical(_field(doc, "product", str))
+        checkpoint = _field(doc, "checkpoint", str)
+        raw_entries = _field(doc, "entries", list)
+        if len(raw_entries) > MAX_BUNDLE_ENTRIES:
+            raise BundleError(f"more than {MAX_BUNDLE_ENTRIES} entries")
+        entries = tuple(_parse_entry(item, n) for n, item in enumerate(raw_entries))
+        consistency = None
+        if doc.get("consistency") is not None:
+            raw = _field(doc, "consistency", dict)
+            consistency = Consistency(
+                old=_uint(raw.get("old"), "consistency.old"),
+                proof=_hashes(raw.get("proof"), "consistency.proof"),
+            )
+    except AgritraceError as exc:
+        if isinstance(exc, BundleError):
+            raise
+        raise BundleError(str(exc)) from exc
+    return Bundle(product, checkpoint, entries, consistency)
+
+
+def _parse_entry(item: object, n: int) -> BundleEntry:
+    if not isinstance(item, dict):
+        raise BundleError(f"entries[{n}] is not an object")
+    message = item.get("message")
+    proof = item.get("proof")
+    return BundleEntry(
+        index=_uint(item.get("index"), f"entries[{n}].index"),
+        entry=_unb64(item.get("entry"), f"entries[{n}].entry"),
+        message=None if message is None else _unb64(message, f"entries[{n}].message"),
+        proof=None if proof is None else _hashes(proof, f"entries[{n}].proof"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Whom to trust: the log's vkey, witness cosignature vkeys, how many witnesses must sign.
+
+    The text form (docs/bundle.md), in the spirit of the transparency-dev witness policy::
+
+        log agritrace.localhost/log+1a2b3c4d+AX...
+        witness w1 gansu-witness+5e6f7a8b+BA...
+        witness w2 ...
+        quorum 1
+    """
+
+    log: VerifierKey
+    witnesses: Mapping[str, VerifierKey] = field(default_factory=dict)
+    quorum: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        """Parse the policy text; raises :class:`BundleError` with the line number."""
+        log: VerifierKey | None = None
+        witnesses: dict[str, VerifierKey] = {}
+        quorum: int | None = None
+        for number, raw_line in enumerate(text.splitlines(), 1):
+            line = raw_line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            word, *args = line.split()
+            try:
+                if word == "log" and len(args) == 1 and log is None:
+                    log = VerifierKey.parse(args[0])
+                elif word == "witness" and len(args) == 2 and args[0] not in witnesses:
+                    witnesses[args[0]] = VerifierKey.parse(args[1])
+                elif word == "quorum" and len(args) == 1 and args[0].isdigit() and quorum is None:
+                    quorum = int(args[0])
+                else:
+                    raise BundleError(f"cannot read {raw_line.strip()!r}")
+            except AgritraceError as exc:
+                raise BundleError(f"policy line {number}: {exc}") from exc
+        if log is None:
+            raise BundleError("the policy names no log key ('log <vkey>')")
+        quorum = len(witnesses) if quorum is None else quorum
+        if quorum > len(witnesses):
+            raise BundleError(f"quorum {quorum} is more than the {len(witnesses)} witnesses")
+        return cls(log, witnesses, quorum)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The outcome of one named check."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """All checks of one verification; ``ok`` only when every check passed."""
+
+    product: str
+    size: int
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every check passed."""
+        return all(check.ok for check in self.checks)
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        """The checks that failed."""
+        return tuple(check for check in self.checks if not check.ok)
+
+    def render(self) -> str:
+        """Return the report as text, one line a check."""
+        lines = [f"product {self.product} against the log at size {self.size}"]
+        lines += [f"{'ok  ' if c.ok else 'FAIL'} {c.name:<12} {c.detail}" for c in self.checks]
+        lines.append(
+            "VERIFIED" if self.ok else f"NOT VERIFIED: {', '.join(c.name for c in self.failed)}"
+        )
+        return "\n".join(lines) + "\n"
+
+
+class _Checks:
+    """Collects checks; a check function raising an AgritraceError is a failure."""
+
+    def __init__(self) -> None:
+        self.items: list[Check] = []
+
+    def run(self, name: str, fn: Callable[[], str]) -> bool:
+        try:
+            detail = fn()
+        except AgritraceError as exc:
+            self.items.append(Check(name, ok=False, detail=str(exc)))
+            return False
+        self.items.append(Check(name, ok=True, detail=detail))
+        return True
+
+
+@dataclass
+class _State:
+    """What the checks learn from each other."""
+
+    body: CheckpointBody | None = None
+    entries: dict[int, AnyEntry] = field(default_factory=dict)
+    leaves: dict[int, bytes] = field(default_factory=dict)
+    messages: dict[int, SignedMessage] = field(default_factory=dict)
+
+
+def verify_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) -> Report:
+    """Verify a bundle offline against ``policy``; return the report of every check.
+
+    Checks, in order (each named in the report): ``checkpoint`` (the log's signature on the
+    checkpoint), ``witnesses`` (at least ``policy.quorum`` distinct trusted cosignatures),
+    ``consistency`` (only with ``previous``: the older checkpoint the user kept is a prefix of
+    this one — fork detection), ``entries`` (every entry parses and lies inside the tree),
+    ``messages`` (each device message hashes to its entry and agrees with it), ``keys`` (each
+    message's signature verifies under the device key valid at the message's time, as the
+    registry entries in the bundle say), ``chains`` (every product's chain runs 1..n, each entry
+    pointing at the leaf hash of the previous one), ``lineage`` (every parent named by a message
+    has its chain in the bundle), ``inclusion`` (the proofs put each chain head and each registry
+    entry in the checkpoint's tree). A check that cannot run because an earlier one failed is
+    reported as failed with the reason.
+    """
+    checks = _Checks()
+    state = _State()
+    checks.run("checkpoint", lambda: _check_checkpoint(bundle, policy, state))
+    checks.run("witnesses", lambda: _check_witnesses(bundle, policy, state))
+    if previous is not None:
+        checks.run("consistency", lambda: _check_consistency(bundle, policy, state, previous))
+    if checks.run("entries", lambda: _check_entries(bundle, state)):
+        checks.run("messages", lambda: _check_messages(bundle, state))
+        checks.run("keys", lambda: _check_keys(state))
+        checks.run("chains", lambda: _check_chains(bundle, state))
+        checks.run("lineage", lambda: _check_lineage(state))
+        checks.run("inclusion", lambda: _check_inclusion(bundle, state))
+    size = state.body.size if state.body is not None else 0
+    return Report(bundle.product.path, size, tuple(checks.items))
+
+
+def _check_checkpoint(bundle: Bundle, policy: Policy, state: _State) -> str:
+    note = parse_note(bundle.checkpoint)
+    verify_note(note, [policy.log])
+    body = CheckpointBody.parse(note.text)
+    if body.origin != policy.log.name:
+        raise BundleError(f"checkpoint origin {body.origin!r} is not the log {policy.log.name!r}")
+    state.body = body
+    return f"signed by {policy.log.name}, size {body.size}"
+
+
+def _check_witnesses(bundle: Bundle, policy: Policy, state: _State) -> str:
+    if state.body is None:
+        raise BundleError("no verified checkpoint to count cosignatures on")
+    note = parse_note(bundle.checkpoint)
+    signed: set[str] = set()
+    for label, key in policy.witnesses.items():
+        for signature in note.signatures:
+            if signature.name == key.name:
+                try:
+                    verify_cosignature(note.text, signature.line, key)
+                except AgritraceError:
+                    continue
+                signed.add(label)
+    if len(signed) < policy.quorum:
+        raise BundleError(
+            f"{len(signed)} of the required {policy.quorum} witness cosignatures verify"
+            + (f" ({', '.join(sorted(signed))})" if signed else "")
+        )
+    return f"{len(signed)} trusted cosignature(s), quorum {policy.quorum}" + (
+        f": {', '.join(sorted(signed))}" if signed else ""
+    )
+
+
+def _check_consistency(bundle: Bundle, policy: Policy, state: _State, previous: str) -> str:
+    if state.body is None:
+        raise BundleError("no verified checkpoint to compare the previous one with")
+    old_note = parse_note(previous)
+    verify_note(old_note, [policy.log])
+    old = CheckpointBody.parse(old_note.text)
+    new = state.body
+    if old.origin != new.origin:
+        raise BundleError(f"the previous checkpoint is of another log ({old.origin!r})")
+    if old.size > new.size:
+        raise BundleError(f"the log shrank from {old.size} to {new.size}: rollback")
+    if old.size in (new.size, 0):
+        if old.size and old.root_hash != new.root_hash:
+            raise BundleError(f"two different roots at size {old.size}: the log forked")
+        return f"same tree as the previous checkpoint (size {old.size})"
+    if bundle.consistency is None or bundle.consistency.old != old.size:
+        raise BundleError(
+            f"the bundle has no consistency proof from size {old.size}; "
+            f"download it with ?previous={old.size}"
+        )
+    verify_consistency(old.size, new.size, old.root_hash, new.root_hash, bundle.consistency.proof)
+    return f"the log at {new.size} extends the previous checkpoint at {old.size}"
+
+
+def _check_entries(bundle: Bundle, state: _State) -> str:
+    if state.body is None:
+        raise BundleError("no verified checkpoint: entries cannot be placed in a tree")
+    seen: set[int] = set()
+    for item in bundle.entries:
+        if item.index in seen:
+            raise BundleError(f"entry {item.index} appears twice")
+        if item.index >= state.body.size:
+            raise BundleError(f"entry {item.index} is outside the tree of size {state.body.size}")
+        seen.add(item.index)
+        state.entries[item.index] = parse_any_entry(item.entry)
+        state.leaves[item.index] = leaf_hash(item.entry)
+    if not bundle.entries:
+        raise BundleError("the bundle has no entries")
+    return f"{len(bundle.entries)} entries parse"
+
+
+def _check_messages(bundle: Bundle, state: _State) -> str:
+    count = 0
+    for item in bundle.entries:
+        entry = state.entries[item.index]
+        if not isinstance(entry, DeviceMessageEntry):
+            if item.message is not None:
+                raise BundleError(f"registry entry {item.index} carries a device message")
+            continue
+        if item.message is None:
+            raise BundleError(f"entry {item.index} has no device message")
+        if hashlib.sha256(item.message).digest() != entry.msg:
+            raise BundleError(f"the message of entry {item.index} does not hash to its entry")
+        signed = parse_message(item.message)
+        message = signed.message
+        products = tuple(c.product for c in entry.chains)
+        if (message.device, message.seq, message.products) != (entry.device, entry.seq, products):
+            raise BundleError(f"the message of entry {item.index} disagrees with its entry")
+        state.messages[item.index] = signed
+        count += 1
+    return f"{count} device messages match their entries"
+
+
+@dataclass
+class _KeySpan:
+    key: bytes
+    valid_from: int
+    valid_until: int | None = None
+    revoked_since: int | None = None
+
+
+def _key_history(state: _State) -> dict[str, list[_KeySpan]]:
+    history: dict[str, list[_KeySpan]] = defaultdict(list)
+    for index in sorted(state.entries):
+        entry = state.entries[index]
+        if isinstance(entry, DeviceRegistered):
+            if history[entry.device]:
+                raise BundleError(f"device {entry.device} is registered twice (entry {index})")
+            history[entry.device].append(_KeySpan(entry.key, entry.valid_from))
+        elif isinstance(entry, KeyRotated):
+            spans = history.get(entry.device)
+            if not spans:
+                raise BundleError(f"key rotation of unregistered device {entry.device}")
+            spans[-1].valid_until = entry.valid_from
+            spans.append(_KeySpan(entry.key, entry.valid_from))
+        elif isinstance(entry, KeyRevoked):
+            for span in history.get(entry.device, []):
+                if device_kid(span.key) == entry.kid:
+                    span.revoked_since = min(entry.since, span.revoked_since or entry.since)
+    return history
+
+
+def _check_keys(state: _State) -> str:
+    history = _key_history(state)
+    for index, signed in sorted(state.messages.items()):
+        device, time = signed.message.device, signed.message.time
+        spans = [s for s in history.get(device, []) if device_kid(s.key) == signed.kid]
+        if not spans:
+            raise BundleError(f"entry {index}: no registered key {signed.kid.hex()} of {device}")
+        valid = [
+            s
+            for s in spans
+            if s.valid_from <= time
+            and (s.valid_until is None or time < s.valid_until)
+            and (s.revoked_since is None or time < s.revoked_since)
+        ]
+        if not valid:
+            raise BundleError(f"entry {index}: key {signed.kid.hex()} was not valid at {time}")
+        signed.verify(valid[0].key)
+    return f"{len(state.messages)} signatures verify under keys valid at their time"
+
+
+def _chains(state: _State) -> dict[str, list[tuple[int, int, bytes]]]:
+    chains: dict[str, list[tuple[int, int, bytes]]] = defaultdict(list)
+    for index, entry in state.entries.items():
+        if isinstance(entry, DeviceMessageEntry):
+            for position in entry.chains:
+                chains[position.product.path].append((position.pseq, index, position.prev))
+    for links in chains.values():
+        links.sort()
+    return chains
+
+
+def _check_chains(bundle: Bundle, state: _State) -> str:
+    chains = _chains(state)
+    if bundle.product.path not in chains:
+        raise BundleError(f"the bundle has no entry of {bundle.product.path}")
+    for product, links in chains.items():
+        previous_leaf, previous_index = GENESIS_PREV, -1
+        for expected_pseq, (pseq, index, prev) in enumerate(links, 1):
+            if pseq != expected_pseq:
+                raise BundleError(f"{product}: position {expected_pseq} is missing")
+            if prev != previous_leaf:
+                raise BundleError(f"{product}: entry {index} does not link to position {pseq - 1}")
+            # The log is append-only: a later chain position has a later log index. Only heads
+            # carry proofs, so this is what pins the claimed index of the entries before them.
+            if index <= previous_index:
+                raise BundleError(f"{product}: position {pseq} is at index {index}, out of order")
+            previous_leaf, previous_index = state.leaves[index], index
+    return f"{len(chains)} product chains intact"
+
+
+def _check_lineage(state: _State) -> str:
+    chains = _chains(state)
+    parents: set[str] = set()
+    for signed in state.messages.values():
+        if isinstance(signed.message, Event):
+            parents.update(p.path for p in signed.message.parents)
+    missing = sorted(parents - set(chains))
+    if missing:
+        raise BundleError(f"parent chains missing from the bundle: {', '.join(missing)}")
+    return f"{len(parents)} parent(s), all with their chains"
+
+
+def _check_inclusion(bundle: Bundle, state: _State) -> str:
+    if state.body is None:
+        raise BundleError("no verified checkpoint to prove inclusion against")
+    heads = {links[-1][1] for links in _chains(state).values()}
+    required = heads | {
+        i for i, e in state.entries.items() if not isinstance(e, DeviceMessageEntry)
+    }
+    proofs = {item.index: item.proof for item in bundle.entries}
+    for index in sorted(required):
+        proof = proofs[index]
+        if proof is None:
+            raise BundleError(f"entry {index} must carry an inclusion proof")
+        verify_inclusion(index, state.body.size, state.leaves[index], proof, state.body.root_hash)
+    return f"{len(required)} inclusion proofs lead to the checkpoint root"
+
+
+def _field(doc: Mapping[str, object], name: str, kind: type) -> Any:
+    value = doc.get(name)
+    if not isinstance(value, kind):
+        raise BundleError(f"{name!r} must be a {kind.__name__}")
+    return value
+
+
+def _uint(value: object, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise BundleError(f"{what} must be a non-negative integer")
+    return value
+
+
+def _unb64(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise BundleError(f"{what} must be base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise BundleError(f"{what} is not valid base64") from exc
+
+
+def _hashes(value: object, what: str) -> tuple[bytes, ...]:
+    if not isinstance(value, list):
+        raise BundleError(f"{what} must be a list of base64 hashes")
+    hashes = tuple(_unb64(item, what) for item in value)
+    if any(len(h) != 32 for h in hashes):
+        raise BundleError(f"{what} hashes are 32 bytes")
+    return hashes
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

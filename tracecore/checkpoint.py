@@ -1,0 +1,74 @@
+"""Checkpoints of the log: integrate, sign (C2SP tlog-checkpoint), store, serve with cosignatures.
+
+A checkpoint is the log's signed statement "my tree of ``size`` leaves has root ``root``": the
+C2SP tlog-checkpoint text (origin line, size in decimal, base64 root hash; see
+:class:`tracecore.note.CheckpointBody`) signed as a C2SP signed note with the log's Ed25519 key
+(:func:`tracecore.note.sign_note`). One row per size in ``checkpoints``; witnesses' C2SP
+tlog-cosignature/v1 lines are kept in ``cosignatures`` and appended when it is served
+(:func:`served_note`).
+
+:func:`make_checkpoint` is the integrator half of the log: it stores the Merkle nodes of the
+leaves the sequencer appended (:func:`tracecore.storage.tree.integrate`) and only then signs,
+so every signed size can be proved from stored hashes. Time is a parameter; the caller owns the
+transaction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+from sqlmodel import col, select
+
+from tracecore.keys import SignerKey
+from tracecore.note import CheckpointBody, append_signatures, sign_note
+from tracecore.storage.models import Checkpoint, Cosignature
+from tracecore.storage.tree import integrate, log_size, root_at
+
+__all__ = ["checkpoint_text", "latest_checkpoint", "make_checkpoint", "served_note"]
+
+
+def checkpoint_text(origin: str, size: int, root: bytes) -> str:
+    """Return the C2SP tlog-checkpoint note text ``origin\\nsize\\nbase64(root)\\n``."""
+    return CheckpointBody(origin, size, root).format()
+
+
+def latest_checkpoint(session: Session) -> Checkpoint | None:
+    """Return the checkpoint of the largest size, or None before the first one."""
+    statement = select(Checkpoint).order_by(col(Checkpoint.size).desc()).limit(1)
+    return session.execute(statement).scalars().first()
+
+
+def make_checkpoint(
+    session: Session, origin: str, log_key: SignerKey, now_ms: int
+) -> Checkpoint | None:
+    """Integrate new leaves and, if the log grew, sign and store a checkpoint of its new size.
+
+    Returns the new :class:`Checkpoint` (flushed, committed with the caller's transaction), or
+    None when the log has not grown since the latest checkpoint (or is empty). ``origin`` is
+    the checkpoint origin line (``AGRITRACE_LOG_ORIGIN``), ``log_key`` the log's signer key.
+    """
+    size = log_size(session)
+    latest = latest_checkpoint(session)
+    if size == 0 or (latest is not None and size <= latest.size):
+        return None
+    integrate(session, size)
+    root = root_at(session, size)
+    note = sign_note(checkpoint_text(origin, size, root), [log_key])
+    checkpoint = Checkpoint(size=size, root=root, note=note, created_ms=now_ms)
+    session.add(checkpoint)
+    session.flush()
+    return checkpoint
+
+
+def served_note(session: Session, checkpoint: Checkpoint) -> str:
+    """Return the checkpoint's signed note with every stored witness cosignature appended.
+
+    The log's own signature line comes first, then one tlog-cosignature/v1 line per witness in
+    the order of the witness names (C2SP signed-note: verifiers ignore lines of unknown keys).
+    """
+    statement = (
+        select(Cosignature)
+        .where(col(Cosignature.checkpoint_size) == checkpoint.size)
+        .order_by(col(Cosignature.witness))
+    )
+    lines = [row.line for row in session.execute(statement).scalars()]
+    return append_signatures(checkpoint.note, lines) if lines else checkpoint.note

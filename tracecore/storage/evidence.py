@@ -1,0 +1,103 @@
+"""Evidence bundles from the database: a product, its ancestors and the proofs (docs/bundle.md).
+
+:func:`build_bundle` gathers, as of the latest checkpoint, every log entry of the product and of
+its ancestors with the raw device messages, the registry entries of every device that signed
+them, an inclusion proof for each chain head and each registry entry, and the checkpoint with
+its cosignatures. The result verifies offline with :func:`tracecore.bundle.verify_bundle`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from tracecore.bundle import Bundle, BundleEntry, Consistency
+from tracecore.checkpoint import latest_checkpoint, served_note
+from tracecore.errors import NotFound, ProofError
+from tracecore.identifiers import ProductKey
+from tracecore.storage.models import ChainLink, LogEntry, Product, ProductParent
+from tracecore.storage.tree import consistency_proof, inclusion_proof
+
+__all__ = ["MAX_LINEAGE", "build_bundle", "lineage"]
+
+#: The most products one bundle covers (the product and its ancestors).
+MAX_LINEAGE = 10_000
+
+
+def lineage(session: Session, product: str) -> list[str]:
+    """Return ``product`` and all its ancestors (breadth first, each once)."""
+    seen = [product]
+    frontier = [product]
+    while frontier:
+        parents = session.scalars(
+            select(col(ProductParent.parent_key)).where(
+                col(ProductParent.product_key).in_(frontier)
+            )
+        ).all()
+        frontier = sorted(set(parents) - set(seen))
+        seen.extend(frontier)
+        if len(seen) > MAX_LINEAGE:
+            raise NotFound(f"{product} has more than {MAX_LINEAGE} ancestors")
+    return seen
+
+
+def build_bundle(session: Session, product: ProductKey, previous: int | None = None) -> Bundle:
+    """Return the evidence bundle of ``product`` as of the latest checkpoint.
+
+    With ``previous``, the bundle also carries a consistency proof from that tree size, so the
+    verifier can check an older checkpoint the user kept (fork detection). Raises
+    :class:`NotFound` for an unknown product or one with no entry in a checkpoint yet, and
+    :class:`ProofError` for a ``previous`` size outside ``1..size``.
+    """
+    if session.get(Product, product.path) is None:
+        raise NotFound(f"no product {product.path}")
+    checkpoint = latest_checkpoint(session)
+    if checkpoint is None:
+        raise NotFound("the log has no checkpoint yet; retry in a few seconds")
+    size = checkpoint.size
+    products = lineage(session, product.path)
+    in_tree = col(ChainLink.log_index) < size
+    head_rows = session.execute(
+        select(col(ChainLink.product_key), func.max(col(ChainLink.log_index)))
+        .where(col(ChainLink.product_key).in_(products), in_tree)
+        .group_by(col(ChainLink.product_key))
+    ).all()
+    heads = {int(index) for _, index in head_rows}
+    if product.path not in {key for key, _ in head_rows}:
+        raise NotFound(f"{product.path} has no entry in a checkpoint yet; retry in a few seconds")
+    indexes = select(col(ChainLink.log_index)).where(
+        col(ChainLink.product_key).in_(products), in_tree
+    )
+    messages = session.scalars(
+        select(LogEntry).where(col(LogEntry.index).in_(indexes)).order_by(col(LogEntry.index))
+    ).all()
+    devices = sorted({row.device_id for row in messages if row.device_id is not None})
+    registry = session.scalars(
+        select(LogEntry)
+        .where(
+            col(LogEntry.device_id).in_(devices),
+            col(LogEntry.kind) != "device_message",
+            col(LogEntry.index) < size,
+        )
+        .order_by(col(LogEntry.index))
+    ).all()
+    entries = sorted([*messages, *registry], key=lambda row: row.index)
+    items = tuple(
+        BundleEntry(
+            index=row.index,
+            entry=row.entry,
+            message=row.raw if row.kind == "device_message" else None,
+            proof=(
+                tuple(inclusion_proof(session, row.index, size))
+                if row.index in heads or row.kind != "device_message"
+                else None
+            ),
+        )
+        for row in entries
+    )
+    consistency = None
+    if previous is not None:
+        if not 0 < previous <= size:
+            raise ProofError(f"previous size must be between 1 and the checkpoint size {size}")
+        consistency = Consistency(previous, tuple(consistency_proof(session, previous, size)))
+    return Bundle(product, served_note(session, checkpoint), items, consistency)
