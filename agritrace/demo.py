@@ -1,13 +1,16 @@
 """``agritrace demo``: the whole system on one machine, with embedded defaults.
 
-What runs today: the registry and trace API on SQLite, a Gansu laying-hen farm and a packer
-registered through the real HTTP API with real tokens, device gateways with Ed25519 key files,
-and signed device messages in the wire format of docs/protocol.md, checked against the keys the
-registry holds (and a tampered copy refused). Every step goes through the same code paths as
-production; later parts (ingest, log, witness, simulator) join this walkthrough as they land.
+One process runs what a province would run on several machines: the embedded amqtt broker,
+ingest with its checkpointer, the trace API on SQLite, and one witness. A Gansu laying-hen farm
+and its device gateways are registered through the real HTTP API; the gateways (the firmware
+runtime of ``firmware_sim``) sign an egg lot's commissioning, hen-house temperatures and the
+packing of cartons, publish them over MQTT, and keep each message until a receipt signed by the
+log key comes back. A tampered copy is published too and lands in the rejections. Once a
+witness has cosigned a checkpoint, the demo downloads a carton's evidence bundle and verifies it
+offline against a trust policy, exactly as ``agritrace verify`` does.
 
-A second run reuses the data directory: keys, parties and devices are found again, and each
-device's sequence number keeps counting up (design.md: ``seq`` survives reboots).
+A second run reuses the data directory: keys, parties and devices are found again, sequence
+numbers keep counting up, the log keeps growing, and every run adds a new lot.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -23,30 +27,36 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
-import uvicorn
 from pydantic import SecretStr
+from sqlalchemy import Engine
 
-from traceapi import create_app
-from tracecore.cose import parse_message, sign_message
-from tracecore.errors import ConfigError, KeyFileError, MessageRejected
-from tracecore.identifiers import ProductKey
-from tracecore.keys import (
-    SignerKey,
-    generate_signer,
-    load_or_create_log_key,
-    read_key_file,
-    write_key_file,
+from agritrace.runner import (
+    configure_logging,
+    quiet_server,
+    run_service,
+    serve_until_stopped,
 )
-from tracecore.message import Event, Reading, Sensor
+from firmware_sim.device import Fleet, load_or_create_device_key
+from firmware_sim.outbox import Outbox
+from tracecore.bundle import Policy, parse_bundle, verify_bundle
+from tracecore.errors import ConfigError
+from tracecore.identifiers import ProductKey
+from tracecore.keys import SignerKey, VerifierKey, load_or_create_log_key
+from tracecore.message import Sensor
+from tracecore.mqtt import DEFAULT_EMBEDDED, BrokerAddress
+from tracecore.note import cosigner_verifier, parse_note
 from tracecore.settings import Settings
+from witness import create_app as create_witness_app
+from witness import open_witness
 
 __all__ = ["run_demo"]
 
 # A GTIN-13 of the GS1 China prefix range 690 to 699, with its check digit (GS1 GenSpecs §7.9.1).
 EGG_GTIN = "06901234567892"
+WITNESS_NAME = "demo-witness"
+SETTLE_SECONDS = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,210 +66,284 @@ class _Party:
     kind: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Device:
-    id: str
-    party: str
-
-
 PARTIES = (
     _Party("gansu-hens-01", "临夏蛋鸡养殖场 Linxia laying-hen farm", "farm"),
     _Party("lanzhou-pack", "兰州禽蛋包装厂 Lanzhou egg packing plant", "packer"),
 )
-DEVICES = (
-    _Device("hens01-house1-climate", "gansu-hens-01"),
-    _Device("hens01-collect", "gansu-hens-01"),
-)
+FARM = PARTIES[0].id
+CLIMATE = "hens01-house1-climate"
+COLLECT = "hens01-collect"
 
 
 def run_demo(settings: Settings, *, host: str, port: int, serve: bool) -> int:
-    """Run the demo: start the API, register sample parties and devices, sign and check data.
+    """Run the demo: services, registration, signed traffic, receipts, a verified bundle.
 
-    With ``serve`` the API keeps running until Ctrl-C (SIGINT) or SIGTERM; otherwise the demo
-    exits after the walkthrough. Returns the process exit status.
+    With ``serve`` everything keeps running until Ctrl-C (SIGINT) or SIGTERM; otherwise the
+    demo stops after the walkthrough. Returns the process exit status.
     """
+    configure_logging(logging.WARNING)  # the walkthrough speaks on stdout; problems on stderr
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings = settings.model_copy(update={"admin_token": _admin_token(settings)})
-    log_key, _ = load_or_create_log_key(settings.keys_dir, settings.log_origin)
     _check_port_free(host, port)
-    return asyncio.run(_run(settings, log_key, host=host, port=port, serve=serve))
-
-
-async def _run(settings: Settings, log_key: SignerKey, *, host: str, port: int, serve: bool) -> int:
-    config = uvicorn.Config(
-        create_app(settings), host=host, port=port, log_level="warning", lifespan="on"
+    log_key, _ = load_or_create_log_key(settings.keys_dir, settings.log_origin)
+    witness_port = _free_port(host, 8100)
+    witness = open_witness(
+        settings.keys_dir,
+        WITNESS_NAME,
+        [(settings.log_origin, log_key.verifier)],
+        settings.data_dir / f"witness-{WITNESS_NAME}.db",
     )
-    server = uvicorn.Server(config)
-    base_url = f"http://{host}:{port}"
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(server.serve(), name="api")
-        try:
-            await _wait_started(server)
-            await _walkthrough(settings, log_key, base_url)
-        finally:
-            if not serve:
-                server.should_exit = True
-        if serve:
-            _say(f"\nThe API keeps running at {base_url} (docs: {base_url}/docs). Ctrl-C stops it.")
-    return 0
-
-
-async def _wait_started(server: uvicorn.Server) -> None:
-    for _ in range(200):
-        if server.started:
-            return
-        await asyncio.sleep(0.05)
-    raise ConfigError("the API did not start within 10 s")
-
-
-async def _walkthrough(settings: Settings, log_key: SignerKey, base_url: str) -> None:
-    if settings.admin_token is None:
-        raise ConfigError("the demo needs an admin token")
-    admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
-    _say(f"agritrace demo: data in {settings.data_dir.resolve()}")
-    _say(f"log key (vkey): {log_key.verifier}")
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
-        await _register_parties(http, admin)
-        farm_auth = await _farm_token(http, admin)
-        keys = await _register_devices(http, settings, farm_auth)
-        await _sign_and_check(http, settings, keys, farm_auth)
-    _say("\n5. Try it yourself:")
-    device_url = f"{base_url}/v1/devices/{DEVICES[0].id}"
-    _say(f"   curl -H 'Authorization: {farm_auth['Authorization']}' {device_url}")
-    _say(f"   {base_url}/healthz    API docs: {base_url}/docs")
-
-
-async def _register_parties(http: httpx.AsyncClient, admin: dict[str, str]) -> None:
-    _say("\n1. Parties registered through POST /v1/parties (admin token):")
-    for party in PARTIES:
-        body = {"id": party.id, "name": party.name, "kind": party.kind}
-        reply = await http.post("/v1/parties", json=body, headers=admin)
-        _expect(reply, 201, 409)
-        _say(f"   {party.id:<24} {party.kind:<8} {_state(reply)}  {party.name}")
-
-
-async def _farm_token(http: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, str]:
-    farm = PARTIES[0].id
-    reply = await http.post(f"/v1/parties/{farm}/tokens", headers=admin)
-    _expect(reply, 201)
-    token = reply.json()["token"]
-    _say(f"\n2. A party token for {farm} (shown once, stored hashed): {token}")
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def _register_devices(
-    http: httpx.AsyncClient, settings: Settings, farm_auth: dict[str, str]
-) -> dict[str, SignerKey]:
-    _say("\n3. Device gateways registered by the farm itself (POST /v1/devices):")
-    keys: dict[str, SignerKey] = {}
-    for device in DEVICES:
-        key = _load_or_create_key(settings.keys_dir, device.id)
-        keys[device.id] = key
-        body = {
-            "id": device.id,
-            "party": device.party,
-            "public_key": base64.b64encode(key.public_key).decode(),
+    witness_url = f"http://{host}:{witness_port}"
+    settings = settings.model_copy(
+        update={
+            "admin_token": _admin_token(settings),
+            "witnesses": f"{witness_url}={cosigner_verifier(witness.key)}",
         }
-        reply = await http.post("/v1/devices", json=body, headers=farm_auth)
-        _expect(reply, 201, 409)
-        _say(f"   {device.id:<24} kid {key.verifier.kid.hex()}  {_state(reply)}")
-    return keys
+    )
+    embedded = BrokerAddress(DEFAULT_EMBEDDED.host, _free_port(DEFAULT_EMBEDDED.host, 1883))
+    broker = BrokerAddress.parse(settings.mqtt_url) if settings.mqtt_url else embedded
+    walkthrough = _Walkthrough(settings, broker, f"http://{host}:{port}", serve=serve)
 
-
-async def _sign_and_check(
-    http: httpx.AsyncClient,
-    settings: Settings,
-    keys: dict[str, SignerKey],
-    farm_auth: dict[str, str],
-) -> None:
-    _say("\n4. Signed device messages (COSE_Sign1 / Ed25519, docs/protocol.md):")
-    out_dir = settings.data_dir / "demo-messages"
-    out_dir.mkdir(exist_ok=True)
-    registry_key = b""
-    raw = b""
-    for device_id, raw in _sample_messages(settings, keys):
-        reply = await http.get(f"/v1/devices/{device_id}", headers=farm_auth)
-        _expect(reply, 200)
-        registry_key = _current_key(reply.json())
-        signed = parse_message(raw)
-        signed.verify(registry_key)
-        path = out_dir / f"{device_id}-{signed.message.seq}.cbor"
-        path.write_bytes(raw)
-        products = ", ".join(p.path for p in signed.message.products)
-        _say(
-            f"   {device_id} seq {signed.message.seq}: {type(signed.message).__name__.lower()} "
-            f"for {products}, {len(raw)} bytes, signature verified against the registry key"
-            f"\n      saved as {path}"
+    async def witness_server(engine: Engine, stop: asyncio.Event) -> None:
+        del engine
+        await serve_until_stopped(
+            quiet_server(create_witness_app(witness), host, witness_port), stop
         )
-    tampered = bytearray(raw)
-    tampered[-70] ^= 0x01  # one bit of the payload, after signing
-    try:
-        parse_message(bytes(tampered)).verify(registry_key)
-    except MessageRejected as exc:
-        _say(f"   the same message with one bit flipped is refused: {exc.reason.value}")
-    else:  # pragma: no cover - would mean the signature check is broken
-        raise ConfigError("a tampered message verified: the signature check is broken")
 
-
-def _state(reply: httpx.Response) -> str:
-    return "registered" if reply.status_code == 201 else "found again"
-
-
-def _sample_messages(settings: Settings, keys: dict[str, SignerKey]) -> list[tuple[str, bytes]]:
-    now_ms = _now_ms()
-    # Lots are named after the laying day, as Gansu packers print them: L + yymmdd.
-    day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%y%m%d")
-    lot = ProductKey.from_parts(EGG_GTIN, lot=f"L{day}")
-    collect, climate = DEVICES[1].id, DEVICES[0].id
-    commissioning = Event(
-        device=collect,
-        seq=_next_seq(settings.data_dir, collect),
-        time=now_ms,
-        products=(lot,),
-        step="commissioning",
-        location="gansu-hens-01/house-1",
-        data={"count": 21600, "house": "1"},
+    return run_service(
+        settings,
+        api=(host, port),
+        embedded=embedded,
+        companions={"demo-witness": witness_server, "demo-walkthrough": walkthrough.run},
     )
-    reading = Reading(
-        device=climate,
-        seq=_next_seq(settings.data_dir, climate),
-        time=now_ms + 1_000,
-        products=(lot,),
-        sensors=(Sensor("Temperature", 18.5, "CEL"), Sensor("RelativeHumidity", 62, "P1")),
-    )
-    return [
-        (collect, sign_message(commissioning, keys[collect].signing_key)),
-        (climate, sign_message(reading, keys[climate].signing_key)),
-    ]
 
 
-def _current_key(device_json: dict[str, Any]) -> bytes:
-    for key in device_json["keys"]:
-        if key.get("valid_until_ms") is None and key.get("revoked_ms") is None:
-            return base64.b64decode(key["public_key"])
-    raise ConfigError(f"device {device_json['id']} has no current key")
+class _Walkthrough:
+    """The steps the demo shows, run as a companion task of the service."""
 
+    def __init__(
+        self, settings: Settings, broker: BrokerAddress, base: str, *, serve: bool
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.base = base
+        self.serve = serve
+        self.out = settings.data_dir / "demo"
+        token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        self.admin = {"Authorization": f"Bearer {token}"}
 
-def _next_seq(data_dir: Path, device_id: str) -> int:
-    """Return the device's next sequence number, persisted before use so it is never reused."""
-    path = data_dir / "seq" / device_id
-    path.parent.mkdir(exist_ok=True)
-    seq = int(path.read_text()) + 1 if path.exists() else 1
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(str(seq))
-    tmp.replace(path)
-    return seq
-
-
-def _load_or_create_key(keys_dir: Path, name: str) -> SignerKey:
-    try:
-        return read_key_file(keys_dir, name)
-    except KeyFileError:
-        if (keys_dir / f"{name}.key").exists():
+    async def run(self, engine: Engine, stop: asyncio.Event) -> None:
+        del engine
+        try:
+            await self._steps(stop)
+        except Exception:
+            stop.set()  # a failed walkthrough ends the demo with the error, never hangs
             raise
-    key = generate_signer(name)
-    write_key_file(keys_dir, key)
-    return key
+        if self.serve:
+            _say(f"\nEverything keeps running at {self.base} (API docs: {self.base}/docs).")
+            _say("Ctrl-C stops it; run `make demo` again and the log keeps growing.")
+        else:
+            stop.set()
+
+    async def _steps(self, stop: asyncio.Event) -> None:
+        self.out.mkdir(exist_ok=True)
+        _say(f"agritrace demo: data in {self.settings.data_dir.resolve()}")
+        async with httpx.AsyncClient(base_url=self.base, timeout=10) as http:
+            log_vkey = VerifierKey.parse((await _get(http, "/v1/log/vkey")).text)
+            _say(f"log key (pinned by every device): {log_vkey}")
+            await self._register_parties(http)
+            farm_auth = await self._farm_token(http)
+            keys = await self._register_devices(http, farm_auth)
+            cartons = await self._traffic(keys, log_vkey, stop)
+            previous = await self._wait_for_checkpoint(http)
+            await self._show_rejections(http)
+            await self._verify_bundle(http, cartons[0], log_vkey, previous)
+        self._try_it(cartons[0], farm_auth)
+
+    async def _register_parties(self, http: httpx.AsyncClient) -> None:
+        _say("\n1. Parties, registered by the administrator (POST /v1/parties):")
+        for party in PARTIES:
+            body = {"id": party.id, "name": party.name, "kind": party.kind}
+            reply = await http.post("/v1/parties", json=body, headers=self.admin)
+            _expect(reply, 201, 409)
+            _say(f"   {party.id:<22} {party.kind:<7} {_state(reply)}  {party.name}")
+
+    async def _farm_token(self, http: httpx.AsyncClient) -> dict[str, str]:
+        reply = await http.post(f"/v1/parties/{FARM}/tokens", headers=self.admin)
+        _expect(reply, 201)
+        token = reply.json()["token"]
+        _say(f"\n2. A token for {FARM} (shown once, stored hashed): {token}")
+        return {"Authorization": f"Bearer {token}"}
+
+    async def _register_devices(
+        self, http: httpx.AsyncClient, farm_auth: dict[str, str]
+    ) -> dict[str, SignerKey]:
+        _say("\n3. Device gateways, registered by the farm itself (POST /v1/devices):")
+        keys: dict[str, SignerKey] = {}
+        for device in (COLLECT, CLIMATE):
+            key = load_or_create_device_key(self.settings.keys_dir, device)
+            keys[device] = key
+            body = {
+                "id": device,
+                "party": FARM,
+                "public_key": base64.b64encode(key.public_key).decode(),
+            }
+            reply = await http.post("/v1/devices", json=body, headers=farm_auth)
+            _expect(reply, 201, 409)
+            _say(f"   {device:<22} kid {key.verifier.kid.hex()}  {_state(reply)}")
+        return keys
+
+    async def _traffic(
+        self, keys: dict[str, SignerKey], log_vkey: VerifierKey, stop: asyncio.Event
+    ) -> list[ProductKey]:
+        lot = ProductKey.from_parts(EGG_GTIN, lot=_next_lot(self.settings.data_dir))
+        cartons = [ProductKey.from_parts(EGG_GTIN, lot=lot.lot, serial=f"C{n:04d}") for n in (1, 2)]
+        _say(f"\n4. Signed messages over MQTT ({self.broker}), each kept until receipted:")
+        with Outbox(self.out / "outbox.sqlite3") as outbox:
+            fleet = Fleet(self.broker, outbox, log_vkey.public_key, client_id="demo-gansu-hens-01")
+            collect = fleet.add_device(COLLECT, keys[COLLECT])
+            climate = fleet.add_device(CLIMATE, keys[CLIMATE])
+            fleet_stop = asyncio.Event()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(fleet.run(fleet_stop), name="demo-fleet")
+                # Message times follow the keys' registration: a key signs only from then on.
+                now = _now_ms()
+                sent = [
+                    await collect.send_event(
+                        [lot],
+                        "commissioning",
+                        location="gansu-hens-01/house-1",
+                        data={"count": 21600, "house": "1"},
+                        time_ms=now,
+                    )
+                ]
+                for n, celsius in enumerate((18.5, 18.9, 19.4, 19.1, 18.7, 18.2), 1):
+                    sensors = [
+                        Sensor("Temperature", celsius, "CEL"),
+                        Sensor("RelativeHumidity", 60 + n, "P1"),
+                    ]
+                    sent.append(await climate.send_reading([lot], sensors, time_ms=now + n * 1_000))
+                sent.append(
+                    await collect.send_event(
+                        cartons,
+                        "commissioning",
+                        parents=[lot],
+                        location="gansu-hens-01/packing",
+                        time_ms=now + 10_000,
+                    )
+                )
+                await fleet.connected.wait()
+                tampered = bytearray(sent[-1][1])
+                tampered[-70] ^= 0x01  # one bit of the payload, flipped after signing
+                await fleet.publish_raw(COLLECT, bytes(tampered))
+                ids = [(COLLECT, sent[0][0])]
+                ids += [(CLIMATE, seq) for seq, _ in sent[1:-1]]
+                ids += [(COLLECT, sent[-1][0])]
+                try:
+                    await _receipted(outbox, ids)
+                finally:
+                    fleet_stop.set()
+            if stop.is_set():
+                raise ConfigError("stopped before the messages were receipted")
+        _say(f"   lot {lot.path}: commissioned by {COLLECT}")
+        _say(f"   6 hen-house readings by {CLIMATE}; 2 cartons packed from the lot")
+        _say(f"   {len(sent)} messages signed and all receipted; each receipt verified")
+        _say("   against the pinned log key before the gateway dropped its copy")
+        _say("   a copy of the last message with one bit flipped was published too")
+        return cartons
+
+    async def _wait_for_checkpoint(self, http: httpx.AsyncClient) -> str | None:
+        """Wait for a cosigned checkpoint of the whole log; return the one kept last run."""
+        _say("\n5. The log: a checkpoint signed by the log and cosigned by the witness:")
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            metrics = await _get(http, "/metrics")
+            reply = await http.get("/v1/log/checkpoint")
+            whole_log = _metric(metrics, "agritrace_checkpoint_size") >= _metric(
+                metrics, "agritrace_log_entries"
+            )
+            if (
+                reply.status_code == 200
+                and whole_log
+                and len(parse_note(reply.text).signatures) > 1
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise ConfigError("no cosigned checkpoint of the whole log within a minute")
+            await asyncio.sleep(0.5)
+        for line in reply.text.rstrip("\n").split("\n"):
+            _say(f"   {line}")
+        kept = self.out / "checkpoint.txt"
+        previous = kept.read_text() if kept.exists() else None
+        kept.write_text(reply.text)
+        return previous
+
+    async def _show_rejections(self, http: httpx.AsyncClient) -> None:
+        reply = await http.get("/v1/admin/rejections?limit=1", headers=self.admin)
+        _expect(reply, 200)
+        rows = reply.json()
+        if rows:
+            row = rows[0]
+            _say(f"\n6. The tampered copy was refused and kept: {row['reason']} ({row['detail']})")
+
+    async def _verify_bundle(
+        self,
+        http: httpx.AsyncClient,
+        carton: ProductKey,
+        log_vkey: VerifierKey,
+        previous: str | None,
+    ) -> None:
+        # With the checkpoint of the last run, also prove the log only grew since (no fork).
+        query = f"?previous={previous.split(chr(10))[1]}" if previous else ""
+        reply = await _get(http, f"/v1/bundle/{carton.path}{query}")
+        bundle_path = self.out / "bundle.json"
+        bundle_path.write_text(reply.text)
+        witness_vkey = self.settings.witnesses.split("=", 1)[1]
+        policy_text = f"log {log_vkey}\nwitness {WITNESS_NAME} {witness_vkey}\nquorum 1\n"
+        policy_path = self.out / "policy.txt"
+        policy_path.write_text(policy_text)
+        report = verify_bundle(parse_bundle(reply.text), Policy.parse(policy_text), previous)
+        _say(f"\n7. The carton's evidence bundle ({bundle_path}), verified offline:")
+        for line in report.render().rstrip("\n").split("\n"):
+            _say(f"   {line}")
+        if not report.ok:
+            raise ConfigError("the demo's own bundle did not verify")
+
+    def _try_it(self, carton: ProductKey, farm_auth: dict[str, str]) -> None:
+        base, out = self.base, self.out
+        _say("\n8. Try it yourself:")
+        _say(f"   agritrace verify {out / 'bundle.json'} --policy {out / 'policy.txt'}")
+        _say(f"   curl -o bundle.json {base}/v1/bundle/{carton.path}")
+        _say(f"   curl {base}/v1/log/checkpoint    curl {base}/metrics")
+        gaps = f"{base}/v1/devices/{COLLECT}/gaps"
+        _say(f"   curl -H 'Authorization: {farm_auth['Authorization']}' {gaps}")
+        _say(
+            f"   curl -H 'Authorization: {self.admin['Authorization']}' {base}/v1/admin/rejections"
+        )
+
+
+async def _receipted(outbox: Outbox, ids: list[tuple[str, int]]) -> None:
+    """Wait until the gateways hold a verified receipt for each of ``ids``."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while any(outbox.get(device, seq) is not None for device, seq in ids):
+        if time.monotonic() > deadline:
+            raise ConfigError(f"messages not receipted within {SETTLE_SECONDS} s")
+        await asyncio.sleep(0.1)
+
+
+def _metric(reply: httpx.Response, name: str) -> float:
+    for line in reply.text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _next_lot(data_dir: Path) -> str:
+    """Name a new lot per run, after the laying day as Gansu packers print them: L + yymmdd."""
+    day = datetime.now(tz=UTC).strftime("%y%m%d")
+    counter = data_dir / "demo" / "runs"
+    run = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(run))
+    return f"L{day}-{run}"
 
 
 def _admin_token(settings: Settings) -> SecretStr:
@@ -280,12 +364,33 @@ def _check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"{host}:{port} is in use; stop what runs there or pass --port")
 
 
+def _free_port(host: str, preferred: int) -> int:
+    """``preferred`` if nothing listens there, else a free port the OS picks."""
+    with contextlib.closing(socket.socket()) as sock:
+        if sock.connect_ex((host, preferred)) != 0:
+            return preferred
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _get(http: httpx.AsyncClient, path: str) -> httpx.Response:
+    reply = await http.get(path)
+    _expect(reply, 200)
+    return reply
+
+
 def _expect(reply: httpx.Response, *codes: int) -> None:
     if reply.status_code not in codes:
         raise ConfigError(
             f"{reply.request.method} {reply.request.url.path} answered {reply.status_code}: "
             f"{reply.text}"
         )
+
+
+def _state(reply: httpx.Response) -> str:
+    return "registered" if reply.status_code == 201 else "found again"
 
 
 def _now_ms() -> int:

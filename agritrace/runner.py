@@ -15,7 +15,8 @@ import contextlib
 import functools
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 import httpx
 import uvicorn
@@ -38,14 +39,34 @@ from tracecore.mqtt import DEFAULT_EMBEDDED, BrokerAddress, embedded_broker
 from tracecore.settings import Settings
 from tracecore.storage import make_engine, upgrade
 
-__all__ = ["run_service"]
+__all__ = [
+    "Companion",
+    "configure_logging",
+    "quiet_server",
+    "run_service",
+    "serve_until_stopped",
+]
+
+#: An extra task run beside ingest and the API: called with the engine and the stop event.
+Companion = Callable[[Engine, asyncio.Event], Awaitable[None]]
 
 _log = logging.getLogger(__name__)
 
 
-def run_service(settings: Settings, *, api: tuple[str, int] | None = None) -> int:
-    """Run ingest (and the API on ``api = (host, port)``) until SIGTERM/SIGINT; return 0."""
-    _configure_logging()
+def run_service(
+    settings: Settings,
+    *,
+    api: tuple[str, int] | None = None,
+    embedded: BrokerAddress = DEFAULT_EMBEDDED,
+    companions: Mapping[str, Companion] | None = None,
+) -> int:
+    """Run ingest (and the API on ``api = (host, port)``) until SIGTERM/SIGINT; return 0.
+
+    ``embedded`` is where the embedded broker listens when ``AGRITRACE_MQTT_URL`` is unset.
+    ``companions`` run in the same TaskGroup once the API (if any) is up; any of them may set
+    the stop event to end the whole service.
+    """
+    configure_logging()
     if api is not None:
         _check_port_free(*api)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -56,19 +77,31 @@ def run_service(settings: Settings, *, api: tuple[str, int] | None = None) -> in
     if created:
         _log.warning("created a new log key in %s: %s", settings.keys_dir, log_key.verifier)
     witnesses = parse_witnesses(settings.witnesses)
-    return asyncio.run(_main(settings, log_key, witnesses, api))
+    return asyncio.run(
+        _main(
+            settings,
+            log_key,
+            witnesses=witnesses,
+            api=api,
+            embedded=embedded,
+            companions=companions or {},
+        )
+    )
 
 
 async def _main(
     settings: Settings,
     log_key: SignerKey,
+    *,
     witnesses: list[WitnessConfig],
     api: tuple[str, int] | None,
+    embedded: BrokerAddress,
+    companions: Mapping[str, Companion],
 ) -> int:
     stop = asyncio.Event()
     with stop_on_signals(stop):
         async with (
-            _broker(settings) as broker,
+            _broker(settings, embedded) as broker,
             _processor(settings, log_key) as (engine, proc),
             httpx.AsyncClient() as http,
         ):
@@ -100,29 +133,23 @@ async def _main(
                     ),
                     name="ingest",
                 )
+                server = None
                 if api is not None:
-                    server = _Server(
-                        uvicorn.Config(
-                            create_app(settings, engine),
-                            host=api[0],
-                            port=api[1],
-                            log_level="info",
-                            lifespan="on",
-                        )
-                    )
-                    tasks.create_task(_stop_when_done(server.serve(), stop), name="api")
-                    tasks.create_task(_exit_server_on(stop, server), name="api-stop")
+                    server = quiet_server(create_app(settings, engine), *api)
+                    tasks.create_task(serve_until_stopped(server, stop), name="api")
+                for name, companion in companions.items():
+                    tasks.create_task(_after_start(server, companion(engine, stop)), name=name)
     return 0
 
 
 @contextlib.asynccontextmanager
-async def _broker(settings: Settings) -> AsyncIterator[BrokerAddress]:
-    """The configured broker, or the embedded one on 127.0.0.1:1883 for the block's duration."""
+async def _broker(settings: Settings, embedded: BrokerAddress) -> AsyncIterator[BrokerAddress]:
+    """The configured broker, or the embedded one on ``embedded`` for the block's duration."""
     if settings.mqtt_url:
         yield BrokerAddress.parse(settings.mqtt_url)
         return
-    async with embedded_broker(DEFAULT_EMBEDDED):
-        yield DEFAULT_EMBEDDED
+    async with embedded_broker(embedded):
+        yield embedded
 
 
 @contextlib.asynccontextmanager
@@ -169,9 +196,26 @@ async def _stop_when_done(work: Awaitable[object], stop: asyncio.Event) -> None:
         stop.set()
 
 
-async def _exit_server_on(stop: asyncio.Event, server: uvicorn.Server) -> None:
-    await stop.wait()
-    server.should_exit = True
+def quiet_server(app: Any, host: str, port: int) -> uvicorn.Server:
+    """A uvicorn server for ``app`` that leaves signal handling to :func:`stop_on_signals`."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    return _Server(config)
+
+
+async def serve_until_stopped(server: uvicorn.Server, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set (then finish open requests); set ``stop`` if serving ends."""
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(_stop_when_done(server.serve(), stop), name="uvicorn")
+        await stop.wait()
+        server.should_exit = True
+
+
+async def _after_start(server: uvicorn.Server | None, work: Awaitable[None]) -> None:
+    """Run ``work`` once ``server`` (if any) accepts connections."""
+    # uvicorn offers only the ``started`` flag, no event to wait on.
+    while server is not None and not server.started:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await work
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -180,8 +224,9 @@ def _check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"{host}:{port} is in use; stop what runs there or pass --port")
 
 
-def _configure_logging() -> None:
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log to stderr at ``level``; the chattiest libraries only from WARNING on."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("amqtt", "transitions", "httpx", "alembic", "uvicorn.error"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from traceapi.routes.bundle import router as bundle_router
 from traceapi.routes.log import router as log_router
 from traceapi.routes.ops import router as ops_router
+from traceapi.routes.recalls import router as recalls_router
 from traceapi.routes.registry import router as registry_router
 from traceapi.schemas import StatusOut
 from tracecore.errors import (
@@ -133,6 +134,7 @@ def create_app(
     app.include_router(ops_router)
     app.include_router(log_router)
     app.include_router(bundle_router)
+    app.include_router(recalls_router)
 
     @app.get("/healthz")
     def healthz() -> StatusOut:

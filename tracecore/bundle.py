@@ -34,6 +34,7 @@ from tracecore.logentry import (
     DeviceRegistered,
     KeyRevoked,
     KeyRotated,
+    Recall,
     parse_any_entry,
 )
 from tracecore.merkle import leaf_hash, verify_consistency, verify_inclusion
@@ -270,8 +271,9 @@ def verify_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) -
     registry entries in the bundle say), ``chains`` (every product's chain runs 1..n, each entry
     pointing at the leaf hash of the previous one), ``lineage`` (every parent named by a message
     has its chain in the bundle), ``inclusion`` (the proofs put each chain head and each registry
-    entry in the checkpoint's tree). A check that cannot run because an earlier one failed is
-    reported as failed with the reason.
+    entry in the checkpoint's tree), ``recalls`` (informational: the recalls of the product or an
+    ancestor, proven like every registry entry). A check that cannot run because an earlier one
+    failed is reported as failed with the reason.
     """
     checks = _Checks()
     state = _State()
@@ -285,6 +287,7 @@ def verify_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) -
         checks.run("chains", lambda: _check_chains(bundle, state))
         checks.run("lineage", lambda: _check_lineage(state))
         checks.run("inclusion", lambda: _check_inclusion(bundle, state))
+        checks.run("recalls", lambda: _recalls(state))
     size = state.body.size if state.body is not None else 0
     return Report(bundle.product.path, size, tuple(checks.items))
 
@@ -474,6 +477,17 @@ def _check_lineage(state: _State) -> str:
     if missing:
         raise BundleError(f"parent chains missing from the bundle: {', '.join(missing)}")
     return f"{len(parents)} parent(s), all with their chains"
+
+
+def _recalls(state: _State) -> str:
+    """Report the recalls in the bundle (they are proven by the inclusion check)."""
+    chains = _chains(state)
+    found = [
+        f"RECALLED {', '.join(p.path for p in e.products)} by {e.by}: {e.reason}"
+        for _, e in sorted(state.entries.items())
+        if isinstance(e, Recall) and any(p.path in chains for p in e.products)
+    ]
+    return "; ".join(found) if found else "no recall of the product or its ancestors"
 
 
 def _check_inclusion(bundle: Bundle, state: _State) -> str:

@@ -33,6 +33,9 @@ kind                   further keys
                        device's previous key is valid only before ``valid_from``
 ``key_revoked``        ``device``, ``kid`` (bstr 8), ``since`` (ms), ``reason`` (text):
                        messages with a device time at or after ``since`` are not trusted
+``recall``             ``products`` (array of 1-64 product keys), ``reason`` (text), ``by``
+                       (the party id of the inspector, or ``"admin"``): these products and
+                       everything made from them are recalled
 =====================  ============================================================
 """
 
@@ -56,6 +59,7 @@ __all__ = [
     "DeviceRegistered",
     "KeyRevoked",
     "KeyRotated",
+    "Recall",
     "RegistryEntry",
     "parse_any_entry",
     "parse_entry",
@@ -243,13 +247,51 @@ class KeyRevoked:
         return _encode_registry("key_revoked", self.time, fields | {"reason": self.reason})
 
 
-RegistryEntry: TypeAlias = DeviceRegistered | KeyRotated | KeyRevoked
+@dataclass(frozen=True, slots=True)
+class Recall:
+    """Products (and everything made from them) recalled by an inspector or the admin."""
+
+    products: tuple[ProductKey, ...]
+    reason: str
+    by: str
+    time: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.products) <= 64 or len(set(self.products)) != len(self.products):
+            raise MalformedMessage("a recall names 1-64 distinct products")
+        if not all(isinstance(p, ProductKey) for p in self.products):
+            raise MalformedMessage("recalled products are product keys")
+        if not isinstance(self.reason, str) or not 1 <= len(self.reason) <= 1000:
+            raise MalformedMessage("a recall reason is 1-1000 characters")
+        if not isinstance(self.by, str) or (self.by != "admin" and not _is_party(self.by)):
+            raise MalformedMessage("a recall is made by 'admin' or an inspector's party id")
+        if type(self.time) is not int or self.time < 0:
+            raise MalformedMessage("registry entry times are integer ms since the Unix epoch")
+
+    def to_bytes(self) -> bytes:
+        """Return the deterministic CBOR encoding of the entry."""
+        fields: dict[str, object] = {"products": [p.path for p in self.products]}
+        return _encode_registry(
+            "recall", self.time, fields | {"reason": self.reason, "by": self.by}
+        )
+
+
+def _is_party(text: str) -> bool:
+    try:
+        parse_party_id(text)
+    except ValueError:
+        return False
+    return True
+
+
+RegistryEntry: TypeAlias = DeviceRegistered | KeyRotated | KeyRevoked | Recall
 AnyEntry: TypeAlias = DeviceMessageEntry | RegistryEntry
 
 _REGISTRY_FIELDS: Final = {
     "device_registered": (DeviceRegistered, {"device", "party", "key", "valid_from"}),
     "key_rotated": (KeyRotated, {"device", "key", "valid_from"}),
     "key_revoked": (KeyRevoked, {"device", "kid", "since", "reason"}),
+    "recall": (Recall, {"products", "reason", "by"}),
 }
 
 
@@ -273,7 +315,12 @@ def parse_any_entry(data: bytes) -> AnyEntry:
             f"a {kind} entry has exactly the keys v, kind, time, {sorted(fields)}"
         )
     try:
-        entry: RegistryEntry = cls(**{k: value[k] for k in (*sorted(fields), "time")})
+        args = {k: value[k] for k in (*sorted(fields), "time")}
+        if kind == "recall":
+            if not isinstance(args["products"], list | tuple):
+                raise MalformedMessage("recall products must be an array")
+            args["products"] = tuple(ProductKey.parse_canonical(p) for p in args["products"])
+        entry: RegistryEntry = cls(**args)
     except (TypeError, ValueError) as exc:
         raise MalformedMessage(f"malformed {kind} entry: {exc}") from exc
     if entry.to_bytes() != data:

@@ -1,4 +1,4 @@
-"""Tests of `agritrace demo`: it runs for real, and a second run reuses its data."""
+"""Tests of `agritrace demo`: the whole pipeline runs for real, and a second run resumes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from agritrace.cli import main
-from tracecore.cose import parse_message
-from tracecore.keys import read_key_file
+from tracecore.bundle import Policy, parse_bundle, verify_bundle
 
 
 def _free_port() -> int:
@@ -26,29 +25,30 @@ def _run(data: Path, capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().out
 
 
-def test_demo_registers_signs_and_resumes(
+def test_demo_runs_the_pipeline_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The demo registers parties and devices, signs verifiable messages, and resumes its data."""
+    """Registration, MQTT traffic with receipts, a cosigned checkpoint, a verified bundle; twice."""
     monkeypatch.delenv("AGRITRACE_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("AGRITRACE_MQTT_URL", raising=False)
     first = _run(tmp_path, capsys)
     assert len(re.findall(r"  registered\b", first)) == 4
-    assert "refused: bad_signature" in first
+    assert "8 messages signed and all receipted" in first
+    assert "refused and kept: bad_signature" in first
+    assert "— demo-witness " in first
+    assert first.rstrip().count("VERIFIED") == 1
     assert (tmp_path / "admin-token").stat().st_mode & 0o077 == 0
 
     second = _run(tmp_path, capsys)
     assert len(re.findall(r"  found again\b", second)) == 4
-    assert not re.search(r"  registered\b", second)
-    assert "seq 2:" in second
+    assert "-2/21/C0001" in second  # a new lot each run
+    assert re.search(r"consistency  the log at (\d+) extends the previous checkpoint at 10", second)
 
-    # The saved messages verify under the device key files the demo created.
-    saved = sorted((tmp_path / "demo-messages").glob("*.cbor"))
-    assert len(saved) == 4
-    for path in saved:
-        signed = parse_message(path.read_bytes())
-        device_key = read_key_file(tmp_path / "keys", signed.message.device)
-        signed.verify(device_key.public_key)
-        assert re.fullmatch(rf"{signed.message.device}-{signed.message.seq}\.cbor", path.name)
+    # What the demo saved verifies on its own, as `agritrace verify` would.
+    out = tmp_path / "demo"
+    policy = Policy.parse((out / "policy.txt").read_text())
+    report = verify_bundle(parse_bundle((out / "bundle.json").read_text()), policy)
+    assert report.ok, report.render()
 
 
 def test_demo_refuses_a_busy_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

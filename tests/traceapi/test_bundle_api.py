@@ -26,7 +26,7 @@ from tracecore.keys import SignerKey
 from tracecore.message import Event, Reading, Sensor
 from tracecore.note import cosign, cosigner_verifier
 from tracecore.settings import Settings
-from tracecore.storage import Cosignature, LogEntry, create_party, session_scope
+from tracecore.storage import Cosignature, LogEntry, create_party, issue_token, session_scope
 from tracecore.topics import up_topic
 
 ADMIN = "admin-secret-for-bundle-tests"
@@ -201,3 +201,42 @@ def test_bad_previous_is_400(site: Site) -> None:
     reply = site.client.get(f"/v1/bundle/{CARTON.path}?previous=99")
     assert reply.status_code == 400
     assert "previous size" in reply.json()["detail"]
+
+
+def test_a_recall_is_logged_bundled_and_reported(site: Site) -> None:
+    """An inspector's recall of the lot is a log entry that the carton's bundle proves."""
+    with session_scope(site.engine) as session:
+        create_party(session, "gansu-amr", "Gansu market supervision", "inspector", T0)
+        token = issue_token(session, "gansu-amr", T0).token
+    reply = site.client.post(
+        "/v1/recalls",
+        json={"product": LOT.path, "reason": "Salmonella Enteritidis in lot samples"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["by"] == "gansu-amr"
+    with session_scope(site.engine) as session:
+        assert make_checkpoint(session, ORIGIN, LOG, T0 + 9_000) is not None
+    report = verify_bundle(parse_bundle(_bundle(site, CARTON)), site.policy(quorum=0))
+    assert report.ok, report.render()
+    recalls = next(c for c in report.checks if c.name == "recalls")
+    assert recalls.detail == (
+        f"RECALLED {LOT.path} by gansu-amr: Salmonella Enteritidis in lot samples"
+    )
+
+
+def test_only_inspectors_and_the_admin_recall(site: Site) -> None:
+    """A farm's own token cannot recall; an unknown product is 404 for the admin."""
+    with session_scope(site.engine) as session:
+        farm_token = issue_token(session, "gansu-hens-01", T0).token
+    body = {"product": LOT.path, "reason": "x"}
+    farm = site.client.post(
+        "/v1/recalls", json=body, headers={"Authorization": f"Bearer {farm_token}"}
+    )
+    assert farm.status_code == 403
+    missing = {"product": "01/06901234567892/10/NOPE", "reason": "x"}
+    admin = site.client.post(
+        "/v1/recalls", json=missing, headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert admin.status_code == 404
+    assert site.client.post("/v1/recalls", json=body).status_code == 401

@@ -380,6 +380,8 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET /v1/admin/rejections": (401, 401, 200, 403, 403, 403),
     "GET /healthz": (200, 200, 200, 200, 200, 200),
     "GET /metrics": (200, 200, 200, 200, 200, 200),
+    # The recalled product does not exist: who may recall gets 404, who may not gets 403.
+    "POST /v1/recalls": (401, 401, 404, 403, 403, 404),
 }
 
 
@@ -435,6 +437,8 @@ def test_authorization_matrix(api: Api) -> None:
             body = {"public_key": b64(new_key())}
         elif route.endswith("/revoke"):
             body = {"reason": "test"}
+        elif route == "POST /v1/recalls":
+            body = {"product": "01/06901234567892/10/NONE", "reason": "test"}
         path = template.replace("{party}", "farm-1")
         if "{device}" in path:
             path = path.replace("{device}", fresh_device())

@@ -177,6 +177,7 @@ def test_a_genuine_bundle_verifies(world: World) -> None:
         "chains",
         "lineage",
         "inclusion",
+        "recalls",
     ]
     assert "VERIFIED" in report.render()
 

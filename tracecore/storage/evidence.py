@@ -2,8 +2,9 @@
 
 :func:`build_bundle` gathers, as of the latest checkpoint, every log entry of the product and of
 its ancestors with the raw device messages, the registry entries of every device that signed
-them, an inclusion proof for each chain head and each registry entry, and the checkpoint with
-its cosignatures. The result verifies offline with :func:`tracecore.bundle.verify_bundle`.
+them, the recalls naming any of these products, an inclusion proof for each chain head and
+each registry entry, and the checkpoint with its cosignatures. The result verifies offline
+with :func:`tracecore.bundle.verify_bundle`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from tracecore.bundle import Bundle, BundleEntry, Consistency
 from tracecore.checkpoint import latest_checkpoint, served_note
 from tracecore.errors import NotFound, ProofError
 from tracecore.identifiers import ProductKey
+from tracecore.logentry import Recall, parse_any_entry
 from tracecore.storage.models import ChainLink, LogEntry, Product, ProductParent
 from tracecore.storage.tree import consistency_proof, inclusion_proof
 
@@ -39,6 +41,11 @@ def lineage(session: Session, product: str) -> list[str]:
         if len(seen) > MAX_LINEAGE:
             raise NotFound(f"{product} has more than {MAX_LINEAGE} ancestors")
     return seen
+
+
+def _names_any(entry: bytes, products: list[str]) -> bool:
+    recall = parse_any_entry(entry)
+    return isinstance(recall, Recall) and any(p.path in products for p in recall.products)
 
 
 def build_bundle(session: Session, product: ProductKey, previous: int | None = None) -> Bundle:
@@ -81,7 +88,14 @@ def build_bundle(session: Session, product: ProductKey, previous: int | None = N
         )
         .order_by(col(LogEntry.index))
     ).all()
-    entries = sorted([*messages, *registry], key=lambda row: row.index)
+    recalls = [
+        row
+        for row in session.scalars(
+            select(LogEntry).where(col(LogEntry.kind) == "recall", col(LogEntry.index) < size)
+        )
+        if _names_any(row.entry, products)
+    ]
+    entries = sorted([*messages, *registry, *recalls], key=lambda row: row.index)
     items = tuple(
         BundleEntry(
             index=row.index,

@@ -38,6 +38,7 @@ _KINDS: Final = {
     "DeviceRegistered": "device_registered",
     "KeyRotated": "key_rotated",
     "KeyRevoked": "key_revoked",
+    "Recall": "recall",
 }
 
 
@@ -104,7 +105,7 @@ def append_registry_entry(session: Session, entry: RegistryEntry, received_ms: i
             raw_sha256=hashlib.sha256(data).digest(),
             entry=data,
             leaf_hash=leaf_hash(data),
-            device_id=entry.device,
+            device_id=getattr(entry, "device", None),
             seq=None,
             received_ms=received_ms,
         )
