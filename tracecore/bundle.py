@@ -18,8 +18,10 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -54,6 +56,8 @@ __all__ = [
 ]
 
 BUNDLE_FORMAT: Final = "agritrace-bundle/1"
+_VERIFY_THREADS: Final = max(1, min(4, os.cpu_count() or 1))
+_VERIFY_CHUNK: Final = 256
 MAX_BUNDLE_ENTRIES: Final = 1_000_000
 
 
@@ -257,6 +261,7 @@ class _State:
     entries: dict[int, AnyEntry] = field(default_factory=dict)
     leaves: dict[int, bytes] = field(default_factory=dict)
     messages: dict[int, SignedMessage] = field(default_factory=dict)
+    chains: dict[str, list[tuple[int, int, bytes]]] | None = None
 
 
 def verify_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) -> Report:
@@ -419,9 +424,11 @@ def _key_history(state: _State) -> dict[str, list[_KeySpan]]:
 
 def _check_keys(state: _State) -> str:
     history = _key_history(state)
+    kids = {device: [(device_kid(s.key), s) for s in spans] for device, spans in history.items()}
+    work: list[tuple[int, SignedMessage, bytes]] = []
     for index, signed in sorted(state.messages.items()):
         device, time = signed.message.device, signed.message.time
-        spans = [s for s in history.get(device, []) if device_kid(s.key) == signed.kid]
+        spans = [s for kid, s in kids.get(device, []) if kid == signed.kid]
         if not spans:
             raise BundleError(f"entry {index}: no registered key {signed.kid.hex()} of {device}")
         valid = [
@@ -433,11 +440,28 @@ def _check_keys(state: _State) -> str:
         ]
         if not valid:
             raise BundleError(f"entry {index}: key {signed.kid.hex()} was not valid at {time}")
-        signed.verify(valid[0].key)
+        work.append((index, signed, valid[0].key))
+    # PyNaCl releases the GIL while verifying: spread the signatures over the cores.
+    chunks = [work[i : i + _VERIFY_CHUNK] for i in range(0, len(work), _VERIFY_CHUNK)]
+    with ThreadPoolExecutor(max_workers=_VERIFY_THREADS, thread_name_prefix="verify") as pool:
+        for failure in pool.map(_verify_chunk, chunks):
+            if failure is not None:
+                raise failure
     return f"{len(state.messages)} signatures verify under keys valid at their time"
 
 
+def _verify_chunk(chunk: list[tuple[int, SignedMessage, bytes]]) -> AgritraceError | None:
+    for index, signed, key in chunk:
+        try:
+            signed.verify(key)
+        except AgritraceError as exc:
+            return BundleError(f"entry {index}: {exc}")
+    return None
+
+
 def _chains(state: _State) -> dict[str, list[tuple[int, int, bytes]]]:
+    if state.chains is not None:
+        return state.chains
     chains: dict[str, list[tuple[int, int, bytes]]] = defaultdict(list)
     for index, entry in state.entries.items():
         if isinstance(entry, DeviceMessageEntry):
@@ -445,6 +469,7 @@ def _chains(state: _State) -> dict[str, list[tuple[int, int, bytes]]]:
                 chains[position.product.path].append((position.pseq, index, position.prev))
     for links in chains.values():
         links.sort()
+    state.chains = chains
     return chains
 
 

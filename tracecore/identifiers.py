@@ -23,6 +23,7 @@ Everything here is pure: no I/O, no state. Every rule that breaks raises
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -377,13 +378,9 @@ class ProductKey:
         Raises :class:`IdentifierError` for every rule :meth:`parse` checks, and for a key
         that parses but is spelled differently, saying what the canonical form would be.
         """
-        key = cls.parse(text)
-        if key.path != text:
-            raise IdentifierError(
-                f"product key is not in canonical form: got {_show(text)}, "
-                f"canonical form is {key.path!r}"
-            )
-        return key
+        if cls is ProductKey and isinstance(text, str):
+            return _parse_canonical_cached(text)
+        return _parse_canonical(cls, text)
 
     @property
     def path(self) -> str:
@@ -410,3 +407,20 @@ class ProductKey:
     def __str__(self) -> str:
         """Return :attr:`path`."""
         return self.path
+
+
+def _parse_canonical(cls: type[ProductKey], text: str) -> ProductKey:
+    key = cls.parse(text)
+    if key.path != text:
+        raise IdentifierError(
+            f"product key is not in canonical form: got {_show(text)}, "
+            f"canonical form is {key.path!r}"
+        )
+    return key
+
+
+# Keys are immutable and parsing is pure, so a product's key, which every entry and message of
+# its chain repeats, is parsed once. (lru_cache does not keep failures: bad keys always raise.)
+@functools.lru_cache(maxsize=65_536)
+def _parse_canonical_cached(text: str) -> ProductKey:
+    return _parse_canonical(ProductKey, text)

@@ -145,12 +145,21 @@ def parse_entry(data: bytes) -> DeviceMessageEntry:
         raise MalformedMessage(f"a log entry has exactly the keys {sorted(expected)}")
     if value["v"] != ENTRY_VERSION or value["kind"] != "device_message":
         raise MalformedMessage("not a version 1 device_message entry")
+    # decode_strict proved ``data`` is the deterministic encoding of ``value``; checking every
+    # key and type here makes it the encoding of the entry too (no re-encoding needed).
+    raw_chains = value["chains"]
+    if not isinstance(raw_chains, list | tuple) or not all(
+        isinstance(c, Mapping) and set(c) == _CHAIN_KEYS for c in raw_chains
+    ):
+        raise MalformedMessage("entry chains are maps of exactly product, pseq and prev")
+    _check_types(value, _ENTRY_TYPES)
     try:
         chains = tuple(
             ChainPosition(ProductKey.parse_canonical(c["product"]), c["pseq"], c["prev"])
-            for c in value["chains"]
+            for c in raw_chains
+            if _check_types(c, _CHAIN_TYPES)
         )
-        entry = DeviceMessageEntry(
+        return DeviceMessageEntry(
             msg=value["msg"],
             device=value["device"],
             seq=value["seq"],
@@ -159,9 +168,20 @@ def parse_entry(data: bytes) -> DeviceMessageEntry:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedMessage(f"malformed log entry: {exc}") from exc
-    if entry.to_bytes() != data:
-        raise MalformedMessage("log entry is not in its deterministic encoding")
-    return entry
+
+
+_CHAIN_KEYS: Final = frozenset({"product", "pseq", "prev"})
+_ENTRY_TYPES: Final = {"msg": bytes, "device": str, "seq": int, "received": int}
+_CHAIN_TYPES: Final = {"product": str, "pseq": int, "prev": bytes}
+
+
+def _check_types(value: Mapping[str, object], types: Mapping[str, type]) -> bool:
+    for key, kind in types.items():
+        item = value[key]
+        # bool is an int subclass, but True is not a sequence number.
+        if not isinstance(item, kind) or isinstance(item, bool):
+            raise MalformedMessage(f"log entry field {key!r} must be {kind.__name__}")
+    return True
 
 
 def _encode_registry(kind: str, time: int, fields: dict[str, object]) -> bytes:

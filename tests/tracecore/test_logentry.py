@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import cbor2
 import pytest
@@ -179,3 +180,21 @@ def test_bad_registry_entries_are_refused(value: dict[str, object]) -> None:
     """Unknown kinds, versions, wrong types and missing fields are malformed."""
     with pytest.raises(MalformedMessage):
         parse_any_entry(encode_deterministic(value))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m["chains"][0].update({"extra": 1}),
+        lambda m: m.update({"seq": True}),
+        lambda m: m["chains"][0].update({"pseq": "3"}),
+        lambda m: m.update({"device": b"hens01-collect"}),
+        lambda m: m.update({"chains": {"product": LOT.path}}),
+    ],
+)
+def test_entries_with_extra_keys_or_wrong_types_are_refused(change: Any) -> None:
+    """A deterministic map that is not exactly an entry (extra key, wrong type) is malformed."""
+    value = cbor2.loads(_entry().to_bytes())
+    change(value)
+    with pytest.raises(MalformedMessage):
+        parse_entry(encode_deterministic(value))
