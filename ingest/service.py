@@ -248,8 +248,11 @@ class _Service:
             "password": broker.password,
             "identifier": options.client_id,
             "keepalive": options.keepalive_s,
-            # Receipts are published concurrently; let paho keep many in flight.
-            "max_inflight_messages": 1000,
+            # Receipts are published concurrently. 0 = no client-side inflight cap: paho then
+            # sends each at once and, on every PUBACK, skips its scan of all outgoing messages
+            # for queued ones (paho's _update_inflight), which is O(n) per acknowledgement and
+            # made a batch of n receipts cost O(n^2).
+            "max_inflight_messages": 0,
         }
         if options.shared:
             # Shared subscriptions need MQTT 5 (mosquitto >= 2); amqtt speaks 3.1.1 only.
