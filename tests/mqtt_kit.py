@@ -27,9 +27,11 @@ from sqlmodel import SQLModel
 from firmware_sim.device import Fleet, ResendPolicy
 from firmware_sim.outbox import Outbox
 from tracecore.backoff import Backoff
+from tracecore.errors import KeyFileError
 from tracecore.identifiers import ProductKey
-from tracecore.keys import SignerKey, generate_signer
+from tracecore.keys import SignerKey, generate_signer, read_log_key
 from tracecore.mqtt import BrokerAddress
+from tracecore.settings import Settings
 from tracecore.storage import create_party, register_device, session_scope
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "provision",
     "unique",
     "wait_for",
+    "wait_for_log_key",
     "wipe_session",
 ]
 
@@ -124,6 +127,24 @@ def count_rows(engine: Engine, table: str, **where: object) -> int:
             statement = statement.where(t.c[name] == value)
     with engine.connect() as conn:
         return int(conn.execute(statement).scalar_one())
+
+
+async def wait_for_log_key(data_dir: Path) -> bytes:
+    """Wait until ``agritrace ingest`` in ``data_dir`` has written its log key; return it.
+
+    The file appears (O_EXCL create) a moment before its line is written, so poll until it
+    reads as a whole key.
+    """
+
+    def readable() -> bool:
+        try:
+            read_log_key(data_dir / "keys", Settings().log_origin)
+        except KeyFileError:
+            return False
+        return True
+
+    await wait_for(readable, 20, "ingest to create the log key")
+    return read_log_key(data_dir / "keys", Settings().log_origin).public_key
 
 
 async def wait_for(condition: Callable[[], bool], within_s: float, what: str) -> None:

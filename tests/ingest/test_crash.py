@@ -26,13 +26,21 @@ import time
 from pathlib import Path
 
 import pytest
-from mqtt_kit import IngestProcess, lot, make_fleet, provision, unique, wait_for, wipe_session
+from mqtt_kit import (
+    IngestProcess,
+    lot,
+    make_fleet,
+    provision,
+    unique,
+    wait_for,
+    wait_for_log_key,
+    wipe_session,
+)
 from sqlalchemy import Engine, select
 from sqlmodel import SQLModel
 
 from firmware_sim.device import Fleet
 from tracecore.cose import parse_message
-from tracecore.errors import KeyFileError
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey, read_log_key
 from tracecore.logentry import GENESIS_PREV, parse_entry
@@ -101,7 +109,7 @@ async def _scenario(
     tmp_path: Path,
 ) -> tuple[list[Fleet], int]:
     process.start()
-    log_key = await _log_key(process.data_dir)
+    log_key = await wait_for_log_key(process.data_dir)
     device_ids = list(keys)
     fleets = [
         make_fleet(
@@ -164,18 +172,6 @@ async def _send(fleets: list[Fleet], sent: dict[tuple[str, int], bytes]) -> None
             seq, raw = await device.send_reading(products, sensors)
             sent[device.id, seq] = raw
         await asyncio.sleep(0.08)  # spread the stream over ~10 s, so the kills hit mid-stream
-
-
-async def _log_key(data_dir: Path) -> bytes:
-    def readable() -> bool:
-        try:
-            read_log_key(data_dir / "keys", Settings().log_origin)
-        except KeyFileError:
-            return False
-        return True
-
-    await wait_for(readable, 20, "ingest to create the log key")
-    return read_log_key(data_dir / "keys", Settings().log_origin).public_key
 
 
 def _check_exactly_once(engine: Engine, sent: dict[tuple[str, int], bytes]) -> None:

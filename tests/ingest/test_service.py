@@ -28,6 +28,7 @@ from mqtt_kit import (
     provision,
     unique,
     wait_for,
+    wait_for_log_key,
     wipe_session,
 )
 from sqlalchemy import Engine, select
@@ -37,12 +38,10 @@ from firmware_sim.device import Fleet
 from ingest import BatchResult, Inbound, IngestConfig, IngestStats, Processor, ServiceOptions
 from ingest.service import run_ingest, subscription_topic
 from tracecore.cose import parse_message
-from tracecore.errors import KeyFileError
-from tracecore.keys import SignerKey, generate_signer, read_log_key
+from tracecore.keys import SignerKey, generate_signer
 from tracecore.message import Sensor
 from tracecore.mqtt import BrokerAddress, embedded_broker
 from tracecore.receipt import parse_receipt
-from tracecore.settings import Settings
 from tracecore.storage import make_engine, upgrade
 from tracecore.topics import up_topic
 
@@ -408,7 +407,7 @@ def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
 
     async def scenario() -> Fleet:
         process.start()
-        log_key = await _log_key_of(data_dir)
+        log_key = await wait_for_log_key(data_dir)
         fleet = make_fleet(
             mosquitto, tmp_path / "outbox.sqlite3", log_key, keys, client_id=fleet_id
         )
@@ -444,21 +443,6 @@ def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
         engine.dispose()
         asyncio.run(wipe_session(mosquitto, ingest_id))
         asyncio.run(wipe_session(mosquitto, fleet_id))
-
-
-async def _log_key_of(data_dir: Path) -> bytes:
-    """Wait for ``agritrace ingest`` to create the log key; return its public key."""
-
-    def readable() -> bool:
-        # The file appears (O_EXCL create) a moment before its line is written.
-        try:
-            read_log_key(data_dir / "keys", Settings().log_origin)
-        except KeyFileError:
-            return False
-        return True
-
-    await wait_for(readable, 20, "the log key file")
-    return read_log_key(data_dir / "keys", Settings().log_origin).public_key
 
 
 def test_subscription_topics() -> None:
