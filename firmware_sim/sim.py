@@ -24,6 +24,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ __all__ = [
 REJECTED_AFTER_RESENDS: Final = 3
 #: Longest wait for the receipt a later message depends on (then send anyway).
 DEPENDENCY_WAIT_S: Final = 30.0
+#: Device clocks are not the server's: each device runs up to this much ahead (seeded). Only
+#: ahead, because a clock behind would date the first messages before the key's registration
+#: (``revoked_key``); well inside the server's 5-minute ``clock_skew`` allowance.
+CLOCK_JITTER_MS: Final = 3_000
 
 
 def parse_duration(text: str) -> float:
@@ -281,6 +286,7 @@ class _Run:
     # The last message (device, seq, fleet) that named each product: what a later message of
     # another device must wait for.
     last: dict[str, tuple[str, int, Fleet]] = field(default_factory=dict)
+    clock_offsets: dict[str, int] = field(default_factory=dict)
     sent: int = 0
     timeouts: int = 0
 
@@ -403,7 +409,9 @@ def _open_fleets(
             )
         device = fleet.add_device(spec.id, load_or_create_device_key(keys_dir, spec.id))
         devices[spec.id] = injectors[spec.party].device(device)
-    return _Run(fleets, injectors, devices)
+    rng = random.Random(f"clocks/{options.seed}")  # noqa: S311 (simulation, not cryptography)
+    offsets = {device: rng.randrange(CLOCK_JITTER_MS + 1) for device in sorted(devices)}
+    return _Run(fleets, injectors, devices, clock_offsets=offsets)
 
 
 async def _drive(
@@ -439,12 +447,13 @@ async def _send_timeline(
     options: SimOptions, timeline: Sequence[Planned], run: _Run, t0: int
 ) -> None:
     for planned in timeline:
-        device_ms = t0 + round(planned.at_ms / options.speed)
-        delay = device_ms / 1000 - time.time()
+        wall_ms = t0 + round(planned.at_ms / options.speed)
+        delay = wall_ms / 1000 - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
         await _wait_dependencies(planned, run)
         device = run.devices[planned.device]
+        device_ms = wall_ms + run.clock_offsets.get(planned.device, 0)
         # Events are kept intact (no fault replaces them): later messages depend on them.
         template = planned.message(1, device_ms)
         seq, _ = await device.send_message(template, intact=planned.step is not None)
