@@ -92,6 +92,12 @@ class BatchProcessor(Protocol):
         ...
 
 
+#: Longest wait for one receipt's PUBACK.
+PUBLISH_TIMEOUT_S: Final = 10.0
+#: Longest wait, at shutdown, for the last receipts to go out before the connection closes.
+STOP_PUBLISH_S: Final = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceOptions:
     """How the service talks to the broker and paces its batches."""
@@ -301,7 +307,15 @@ class _Service:
                         # Stopping: what was received is queued; wait until its receipts are
                         # out before closing the connection they go through.
                         self.reading_done.set()
-                        await self.published_all.wait()
+                        try:
+                            async with asyncio.timeout(STOP_PUBLISH_S):
+                                await self.published_all.wait()
+                        except TimeoutError:
+                            _log.warning(
+                                "ingest: receipts still unpublished after %.0f s at shutdown; "
+                                "devices will resend and get their stored receipts",
+                                STOP_PUBLISH_S,
+                            )
                         return
                 except* aiomqtt.MqttError as group:
                     _log.warning(
@@ -460,7 +474,11 @@ class _Service:
                 await _wait_or(self.connected, self.stop)
                 continue
             results = await asyncio.gather(
-                *(client.publish(receipt_topic(device), raw, qos=1) for device, raw in pending),
+                *(
+                    # Bounded: a PUBACK that never comes (broker gone) must not hold shutdown.
+                    client.publish(receipt_topic(device), raw, qos=1, timeout=PUBLISH_TIMEOUT_S)
+                    for device, raw in pending
+                ),
                 return_exceptions=True,
             )
             failed: _Receipts = []
@@ -471,7 +489,12 @@ class _Service:
                     raise outcome
             self.stats.receipts_published += len(pending) - len(failed)
             pending = failed
-            if failed and not self.stop.is_set():
+            if failed and self.stop.is_set():
+                # Stopping with the broker gone mid-batch: no reconnect is coming. The receipts
+                # are stored; each device's resend is answered with its stored receipt.
+                self._drop(failed)
+                return
+            if failed:
                 # Lost the broker mid-batch: wait for the reconnect, then send the rest.
                 await _wait_or(self.connected, self.stop)
 

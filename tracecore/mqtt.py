@@ -6,6 +6,7 @@ design.md: with ``AGRITRACE_MQTT_URL`` unset, agritrace starts an embedded amqtt
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -51,6 +52,8 @@ class BrokerAddress:
 
 
 DEFAULT_EMBEDDED = BrokerAddress("127.0.0.1", 1883)
+#: Longest wait for the embedded broker's own shutdown.
+SHUTDOWN_TIMEOUT_S = 5.0
 
 
 @contextlib.asynccontextmanager
@@ -71,8 +74,28 @@ async def embedded_broker(address: BrokerAddress = DEFAULT_EMBEDDED) -> AsyncIte
         await broker.start()
     except Exception as exc:  # amqtt raises its own BrokerError or OSError on bind
         raise ConfigError(f"cannot start the embedded MQTT broker on {address}: {exc}") from exc
-    logging.getLogger(__name__).info("embedded MQTT broker on %s", address)
+    log = logging.getLogger(__name__)
+    log.info("embedded MQTT broker on %s", address)
     try:
         yield
     finally:
-        await broker.shutdown()
+        await _shutdown(broker, address, log)
+
+
+async def _shutdown(broker: Broker, address: BrokerAddress, log: logging.Logger) -> None:
+    """Stop the broker; never hang, and always free the listening port.
+
+    amqtt's shutdown stops every client session before it closes its listeners, and with
+    clients still connected it can wait forever on a session (seen with amqtt 0.12). Bound it,
+    then close the listeners directly so the port is free for a restart.
+    """
+    try:
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+            await broker.shutdown()
+    except TimeoutError:
+        log.warning("embedded MQTT broker on %s did not shut down in time; closing it", address)
+        # amqtt keeps its listeners in a private mapping; no public call closes them alone.
+        for server in list(getattr(broker, "_servers", {}).values()):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await server.close_instance()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiomqtt
@@ -349,8 +352,35 @@ def test_stop_finishes_the_batch_in_hand_and_sends_its_receipts() -> None:
     asyncio.run(scenario())
 
 
-def test_ingest_reconnects_when_the_broker_comes_back(tmp_path: Path) -> None:
-    """The embedded broker stops and starts again on the same port: ingest and fleet reconnect."""
+@contextlib.asynccontextmanager
+async def _private_mosquitto(port: int, conf: Path) -> AsyncIterator[None]:
+    """Run a mosquitto of our own on ``port``; leaving the block kills it (a broker crash)."""
+    process = _start_mosquitto(port, conf)
+    try:
+        await wait_for(lambda: _listening(port), 10, "mosquitto to listen")
+        yield
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def _start_mosquitto(port: int, conf: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    return subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)  # noqa: S603
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.mosquitto
+def test_ingest_reconnects_when_the_broker_comes_back(
+    tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
+    """The broker is killed and started again on the same port: ingest and fleet reconnect."""
+    del mosquitto  # only required so that CI runs this where the mosquitto binary exists
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
     upgrade(engine)
     log_key = generate_signer("log")
@@ -359,6 +389,7 @@ def test_ingest_reconnects_when_the_broker_comes_back(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         broker = BrokerAddress("127.0.0.1", free_port())
+        conf = tmp_path / "mosquitto.conf"
         harness = _Harness(engine, log_key, _options(broker, "ingest-reconnect"))
         fleet = make_fleet(
             broker, tmp_path / "outbox.sqlite3", log_key.public_key, keys,
@@ -366,8 +397,8 @@ def test_ingest_reconnects_when_the_broker_comes_back(tmp_path: Path) -> None:
         )  # fmt: skip
         fleet_stop = asyncio.Event()
         device = fleet.devices[device_id]
-        async with asyncio.TaskGroup() as tasks:
-            async with embedded_broker(broker):
+        async with asyncio.timeout(120), asyncio.TaskGroup() as tasks:
+            async with _private_mosquitto(broker.port, conf):
                 tasks.create_task(harness.run(), name="ingest")
                 tasks.create_task(fleet.run(fleet_stop), name="fleet")
                 await device.send_event([lot(device_id)], "commissioning")
@@ -377,7 +408,7 @@ def test_ingest_reconnects_when_the_broker_comes_back(tmp_path: Path) -> None:
             for _ in range(10):
                 await device.send_reading([lot(device_id)], TEMP)
             await asyncio.sleep(1.0)
-            async with embedded_broker(broker):
+            async with _private_mosquitto(broker.port, conf):
                 async with asyncio.timeout(40):
                     await fleet.wait_settled()
                 harness.stop.set()
