@@ -59,6 +59,8 @@ __all__ = [
 
 RECEIPT_WILDCARD: Final = f"{TOPIC_PREFIX}/+/{RECEIPT_SUFFIX}"
 _log = logging.getLogger(__name__)
+#: Longest wait for the broker's PUBACK of one message.
+PUBLISH_TIMEOUT_S: Final = 10.0
 _PUBLISH_CHUNK: Final = 256  # publishes awaited together: enough to fill the pipe on loopback
 
 
@@ -343,7 +345,9 @@ class Fleet:
                     identifier=self.client_id,
                     # A persistent session: receipts published while we are away wait for us.
                     clean_session=False,
-                    max_inflight_messages=100,
+                    # 0 = no client-side cap: paho neither queues publishes behind it nor scans
+                    # every outgoing message on each PUBACK (its _update_inflight).
+                    max_inflight_messages=0,
                 ) as client:
                     # Subscribe before anything is published (docs/protocol.md §1), so that no
                     # receipt can be sent before the broker knows where to deliver it.
@@ -472,7 +476,12 @@ class Fleet:
         if client is None:
             return [False] * len(items)
         results = await asyncio.gather(
-            *(client.publish(up_topic(device_id), raw, qos=1) for device_id, raw in items),
+            *(
+                # Bounded: after a disconnect a PUBACK may never come, and an unbounded wait
+                # would keep the fleet from stopping. A timed-out message stays in the outbox.
+                client.publish(up_topic(device_id), raw, qos=1, timeout=PUBLISH_TIMEOUT_S)
+                for device_id, raw in items
+            ),
             return_exceptions=True,
         )
         ok = []
