@@ -28,7 +28,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["Outbox", "OutboxItem", "StoredReceipt"]
 
@@ -238,13 +238,7 @@ class Outbox:
     def pending(self, device_id: str | None = None) -> list[OutboxItem]:
         """Return the unreceipted messages (of one device, or of the fleet), by device and seq."""
         query = "SELECT device_id, seq, raw, created_ms, attempts, next_send_ms FROM outbox"
-        if device_id is None:
-            rows = self._db.execute(query + " ORDER BY device_id, seq").fetchall()
-        else:
-            rows = self._db.execute(
-                query + " WHERE device_id = ? ORDER BY seq", (device_id,)
-            ).fetchall()
-        return [OutboxItem(*row) for row in rows]
+        return [OutboxItem(*row) for row in self._by_device(query, device_id)]
 
     # -- receipts -----------------------------------------------------------------------------
 
@@ -288,13 +282,15 @@ class Outbox:
     def receipts(self, device_id: str | None = None) -> list[StoredReceipt]:
         """Return the kept receipts (of one device, or of the fleet), by device and seq."""
         query = "SELECT device_id, seq, log_index, entry, msg, raw, received_ms FROM receipts"
+        return [StoredReceipt(*row) for row in self._by_device(query, device_id)]
+
+    def _by_device(self, query: str, device_id: str | None) -> list[Any]:
+        """Run ``query`` for one device (by seq) or for the fleet (by device, then seq)."""
         if device_id is None:
-            rows = self._db.execute(query + " ORDER BY device_id, seq").fetchall()
-        else:
-            rows = self._db.execute(
-                query + " WHERE device_id = ? ORDER BY seq", (device_id,)
-            ).fetchall()
-        return [StoredReceipt(*row) for row in rows]
+            return self._db.execute(query + " ORDER BY device_id, seq").fetchall()
+        return self._db.execute(
+            query + " WHERE device_id = ? ORDER BY seq", (device_id,)
+        ).fetchall()
 
     def receipt_count(self) -> int:
         """Return how many receipts the fleet holds."""
