@@ -15,7 +15,10 @@ the bench then times
    draining the same backlog up to the last commit and the last receipt published (QoS 1,
    acknowledged by the broker),
 
-and prints both rates and their ratio. Setup (registering devices, commissioning one product
+and prints both rates and their ratio. With ``--workers N`` the ingest side is N worker
+processes on the MQTT 5 shared subscription (``AGRITRACE_INGEST_SHARED=1``, design.md
+"Scale-out"), each with its own persistent session, as a deployment with N replicas runs them.
+Setup (registering devices, commissioning one product
 per device, signing the backlog, publishing it) is not timed. ``--db postgres`` creates a fresh
 database on the server of ``--pg-url`` (default ``$AGRITRACE_TEST_PG_URL``) and drops it after.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import multiprocessing
 import os
 import secrets
 import sys
@@ -34,27 +38,30 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import aiomqtt
 import nacl.signing
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from ingest import Inbound, IngestConfig, IngestStats, Processor, ServiceOptions, run_ingest
+from ingest.service import subscription_topic
 from tracecore.cose import sign_message
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey
 from tracecore.message import Event, Reading, Sensor
 from tracecore.mqtt import BrokerAddress
 from tracecore.storage import create_party, make_engine, register_device, session_scope, upgrade
-from tracecore.topics import UP_WILDCARD, up_topic
+from tracecore.topics import up_topic
 
 __all__ = ["BenchResult", "main"]
 
 _GTIN = "09506000134352"
-_IDLE_S = 5.0
+_IDLE_S = 30.0
 _SENSORS = (Sensor("Temperature", 4.5, "CEL"), Sensor("RelativeHumidity", 71, "P1"))
 
 
@@ -97,16 +104,39 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
             f"WARNING: only {result.bare_received:,} (bare) and {result.receipts_published:,} "
             "(ingest) of the backlog arrived: raise mosquitto's max_queued_messages\n"
         )
+    verify_us, sign_us = _crypto_costs()
     out.write(
         f"\n{result.messages:,} messages from {args.devices:,} devices, db={args.db}, "
-        f"batch={args.batch_size}\n"
+        f"batch={args.batch_size}, workers={args.workers or 1}\n"
         f"  bare aiomqtt subscriber: {result.bare_rate:10,.0f} msg/s  "
         f"({result.bare_seconds:.2f} s)\n"
         f"  ingest (commit+receipt): {result.ingest_rate:10,.0f} msg/s  "
         f"({result.ingest_seconds:.2f} s)\n"
         f"  ratio ingest / bare:     {result.ratio:10.2f}\n"
+        f"  per message, one core:   bare receive {1e6 / result.bare_rate:.0f} us, "
+        f"Ed25519 verify {verify_us:.0f} us + receipt sign {sign_us:.0f} us\n"
     )
     return result
+
+
+def _crypto_costs(count: int = 5_000) -> tuple[float, float]:
+    """Microseconds of one Ed25519 verify and one sign (PyNaCl), measured now on this machine.
+
+    Ingest cannot avoid either per message (design.md: verify every signature, sign every
+    receipt), so next to the bare receive time they bound what any ingest could reach here.
+    """
+    key = nacl.signing.SigningKey(hashlib.sha256(b"bench/ingest/floor").digest())
+    payload = bytes(150)
+    signed = [key.sign(payload + n.to_bytes(4, "big")) for n in range(count)]
+    started = time.perf_counter()
+    for message in signed:
+        key.verify_key.verify(message)
+    verify = time.perf_counter() - started
+    started = time.perf_counter()
+    for message in signed:
+        key.sign(message.message)
+    sign = time.perf_counter() - started
+    return verify / count * 1e6, sign / count * 1e6
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,6 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--linger-ms", type=int, default=50)
     parser.add_argument("--verify-threads", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=None, help="where the SQLite file goes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="N > 0: N ingest processes on the shared subscription (0: one, in this process)",
+    )
     return parser
 
 
@@ -153,6 +189,7 @@ async def _run(
     run_id = secrets.token_hex(3)
     devices = [f"bench-{run_id}-{i:05d}" for i in range(args.devices)]
     ingest_id, bare_id = f"bench-ingest-{run_id}", f"bench-bare-{run_id}"
+    worker_ids = [f"{ingest_id}-w{i}" for i in range(args.workers)]
     engine = make_engine(db_url)
     log_key = SignerKey("bench-log", hashlib.sha256(b"bench/ingest/log").digest())
     config = IngestConfig(
@@ -164,19 +201,32 @@ async def _run(
         out.write(f"setup: {args.devices} devices, signing {args.messages:,} readings ...\n")
         setup = _register_and_commission(engine, processor, devices, now)
         backlog = _sign_backlog(devices, args.messages, now)
-        # Both sessions exist (subscribed, then offline) before the backlog is published.
-        for client_id in (ingest_id, bare_id):
-            async with aiomqtt.Client(
-                broker.host, broker.port, identifier=client_id, clean_session=False
-            ) as client:
-                await client.subscribe(UP_WILDCARD, qos=1)
+        # Every session exists (subscribed, then offline) before the backlog is published.
+        sessions = [bare_id] + (worker_ids or [ingest_id])
+        for client_id in sessions:
+            async with _session_client(broker, client_id, shared=client_id in worker_ids) as c:
+                await c.subscribe(subscription_topic(shared=client_id in worker_ids), qos=1)
         out.write("publishing the backlog ...\n")
         await _publish(broker, backlog)
 
         out.write("draining with a bare subscriber ...\n")
         bare_seconds, bare_received = await _bare_drain(broker, bare_id, run_id, len(backlog))
 
-        out.write("draining with ingest ...\n")
+        out.write(f"draining with ingest ({args.workers or 1} worker(s)) ...\n")
+        if worker_ids:
+            ingest_seconds, accepted, receipted = _drain_with_workers(
+                args, broker, db_url, worker_ids, len(backlog)
+            )
+            entries = _count_entries(engine, devices)
+            return BenchResult(
+                messages=len(backlog),
+                bare_seconds=bare_seconds,
+                ingest_seconds=ingest_seconds,
+                bare_received=bare_received,
+                ingest_accepted=accepted,
+                receipts_published=receipted,
+                entries=entries - setup,
+            )
         stop = asyncio.Event()
         stats = IngestStats()
         options = ServiceOptions(
@@ -188,15 +238,14 @@ async def _run(
         started = time.perf_counter()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(run_ingest(processor, options, stop, stats=stats), name="ingest")
-            last_progress, seen = time.perf_counter(), -1
+            idle = _IdleWatch()
             # Poll the counters (5 ms): done when every message is receipted, or when nothing
             # has moved for _IDLE_S (the broker dropped part of the backlog).
             while stats.receipts_published < len(backlog):
-                if stats.receipts_published != seen:
-                    seen, last_progress = stats.receipts_published, time.perf_counter()
-                elif time.perf_counter() - last_progress > _IDLE_S:
+                if idle.stalled((stats.received, stats.receipts_published)):
                     break
                 await asyncio.sleep(0.005)
+            last_progress = idle.last_progress
             if stats.receipts_published >= len(backlog):
                 last_progress = time.perf_counter()
             ingest_seconds = last_progress - started
@@ -205,10 +254,8 @@ async def _run(
     finally:
         processor.close()
         engine.dispose()
-        for client_id in (ingest_id, bare_id):
-            async with aiomqtt.Client(
-                broker.host, broker.port, identifier=client_id, clean_session=True
-            ):
+        for client_id in [bare_id, ingest_id, *worker_ids]:
+            async with _session_client(broker, client_id, shared=False, clean=True):
                 pass
     return BenchResult(
         messages=len(backlog),
@@ -219,6 +266,147 @@ async def _run(
         receipts_published=stats.receipts_published,
         entries=entries - setup,
     )
+
+
+class _IdleWatch:
+    """Tells a drain that stopped (nothing moved for ``_IDLE_S``) from one that is busy.
+
+    A poll that comes late (the event loop it shares with the service was busy for a while)
+    restarts the idle clock instead of counting the busy time as idle.
+    """
+
+    def __init__(self) -> None:
+        self.last_progress = self._last_poll = time.perf_counter()
+        self._seen: tuple[int, ...] | None = None
+
+    def stalled(self, counters: tuple[int, ...]) -> bool:
+        """Record this poll's counters; True once nothing has moved for ``_IDLE_S``."""
+        now = time.perf_counter()
+        late = now - self._last_poll > 1.0
+        self._last_poll = now
+        if counters != self._seen or late:
+            self._seen, self.last_progress = counters, now
+            return False
+        return now - self.last_progress > _IDLE_S
+
+
+def _session_client(
+    broker: BrokerAddress, client_id: str, *, shared: bool, clean: bool = False
+) -> aiomqtt.Client:
+    """A client on the session ``client_id``: MQTT 5 with an expiry for shared ones."""
+    if shared:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 3600
+        return aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=properties,
+        )
+    return aiomqtt.Client(broker.host, broker.port, identifier=client_id, clean_session=clean)
+
+
+def _drain_with_workers(
+    args: argparse.Namespace,
+    broker: BrokerAddress,
+    db_url: str,
+    worker_ids: list[str],
+    expected: int,
+) -> tuple[float, int, int]:
+    """Run one ingest process per id until every message is receipted (or nothing moves).
+
+    Returns the seconds taken, the accepted count and the receipts published, summed over the
+    workers. Each worker reports its counters through shared memory every 5 ms.
+    """
+    context = multiprocessing.get_context("spawn")
+    receipted = context.Array("q", len(worker_ids))
+    accepted = context.Array("q", len(worker_ids))
+    stop = context.Event()
+    workers = [
+        context.Process(
+            target=_worker,
+            args=(
+                _WorkerSpec(
+                    i,
+                    str(broker),
+                    db_url,
+                    client_id,
+                    args.batch_size,
+                    args.linger_ms,
+                    args.verify_threads,
+                ),
+                receipted,
+                accepted,
+                stop,
+            ),
+            name=client_id,
+        )
+        for i, client_id in enumerate(worker_ids)
+    ]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    idle = _IdleWatch()
+    while sum(receipted[:]) < expected:
+        if idle.stalled((sum(receipted[:]),)):
+            break
+        time.sleep(0.005)
+    last_progress = idle.last_progress
+    if sum(receipted[:]) >= expected:
+        last_progress = time.perf_counter()
+    stop.set()
+    for worker in workers:
+        worker.join(60)
+    return last_progress - started, sum(accepted[:]), sum(receipted[:])
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerSpec:
+    """What one worker process needs to know (picklable, for the spawn start method)."""
+
+    index: int
+    broker_url: str
+    db_url: str
+    client_id: str
+    batch_size: int
+    linger_ms: int
+    verify_threads: int
+
+
+def _worker(spec: _WorkerSpec, receipted: Any, accepted: Any, stop: Any) -> None:
+    """One ingest worker process: run the service until ``stop`` is set; report counters."""
+    engine = make_engine(spec.db_url)
+    log_key = SignerKey("bench-log", hashlib.sha256(b"bench/ingest/log").digest())
+    config = IngestConfig(
+        batch_size=spec.batch_size, linger_ms=spec.linger_ms, verify_threads=spec.verify_threads
+    )
+    processor = Processor(engine, log_key, config)
+    options = ServiceOptions(
+        broker=BrokerAddress.parse(spec.broker_url),
+        client_id=spec.client_id,
+        shared=True,
+        batch_size=spec.batch_size,
+        linger_ms=spec.linger_ms,
+    )
+    index = spec.index
+
+    async def run() -> None:
+        stopping, stats = asyncio.Event(), IngestStats()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(run_ingest(processor, options, stopping, stats=stats), name="ingest")
+            while not stop.is_set():
+                receipted[index], accepted[index] = stats.receipts_published, stats.accepted
+                await asyncio.sleep(0.005)
+            stopping.set()
+        receipted[index], accepted[index] = stats.receipts_published, stats.accepted
+
+    try:
+        asyncio.run(run())
+    finally:
+        processor.close()
+        engine.dispose()
 
 
 def _register_and_commission(

@@ -23,24 +23,23 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import httpx
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from tracecore.errors import AgritraceError, ConfigError, KeyFileError, NoteError
-from tracecore.keys import ALG_COSIGNATURE_V1, VerifierKey
+from tracecore.errors import AgritraceError, NoteError
 from tracecore.note import CheckpointBody, NoteSignature, parse_note, verify_cosignature
 from tracecore.storage.engine import session_scope
 from tracecore.storage.models import Checkpoint, Cosignature
 from tracecore.storage.tree import consistency_proof
 from tracecore.tlog_witness import (
-    ADD_CHECKPOINT_PATH,
     SIZE_CONTENT_TYPE,
     AddCheckpointRequest,
+    WitnessConfig,
     parse_cosignature_lines,
     parse_size,
+    parse_witnesses,
 )
 
 __all__ = [
@@ -61,57 +60,6 @@ DEFAULT_TIMEOUT_S = 5.0
 ProofFn = Callable[[int, int], Sequence[bytes] | Awaitable[Sequence[bytes]]]
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class WitnessConfig:
-    """A witness the log submits to: its submission URL prefix and its cosignature vkey."""
-
-    url: str
-    vkey: VerifierKey
-
-    @property
-    def name(self) -> str:
-        """The witness's key name, as its cosignature lines carry it."""
-        return self.vkey.name
-
-    @property
-    def endpoint(self) -> str:
-        """The full ``add-checkpoint`` URL."""
-        return self.url.rstrip("/") + ADD_CHECKPOINT_PATH
-
-
-def parse_witnesses(text: str) -> list[WitnessConfig]:
-    """Parse ``AGRITRACE_WITNESSES``: space-separated ``URL=vkey`` entries.
-
-    Each URL is an ``http://`` or ``https://`` submission prefix; each vkey a C2SP vkey of type
-    0x04 (a tlog-cosignature key, as ``agritrace witness`` prints it). Raises
-    :class:`ConfigError` naming the bad entry.
-    """
-    witnesses: list[WitnessConfig] = []
-    for entry in text.split():
-        url, sep, vkey_text = entry.partition("=")
-        if not sep or not url or not vkey_text:
-            raise ConfigError(f"AGRITRACE_WITNESSES entry {entry!r} is not URL=vkey")
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise ConfigError(f"AGRITRACE_WITNESSES entry {entry!r}: bad URL: {exc}") from exc
-        if parsed.scheme not in {"http", "https"} or not parsed.host:
-            raise ConfigError(f"AGRITRACE_WITNESSES entry {entry!r}: URL must be http(s)://host")
-        try:
-            vkey = VerifierKey.parse(vkey_text)
-        except KeyFileError as exc:
-            raise ConfigError(f"AGRITRACE_WITNESSES entry {entry!r}: {exc}") from exc
-        if vkey.alg != ALG_COSIGNATURE_V1:
-            raise ConfigError(
-                f"AGRITRACE_WITNESSES entry {entry!r}: the vkey must be a cosignature key "
-                f"(type 0x04), not type 0x{vkey.alg:02x}"
-            )
-        if any(w.vkey.name == vkey.name for w in witnesses):
-            raise ConfigError(f"AGRITRACE_WITNESSES names the witness {vkey.name!r} twice")
-        witnesses.append(WitnessConfig(url, vkey))
-    return witnesses
 
 
 async def collect_cosignatures(

@@ -21,10 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from traceapi.routes.bundle import router as bundle_router
+from traceapi.routes.feedback import router as feedback_router
 from traceapi.routes.log import router as log_router
 from traceapi.routes.ops import router as ops_router
+from traceapi.routes.qr import router as qr_router
 from traceapi.routes.recalls import router as recalls_router
 from traceapi.routes.registry import router as registry_router
+from traceapi.routes.scan import router as scan_router
 from traceapi.schemas import StatusOut
 from tracecore.errors import (
     AgritraceError,
@@ -135,6 +138,9 @@ def create_app(
     app.include_router(log_router)
     app.include_router(bundle_router)
     app.include_router(recalls_router)
+    app.include_router(feedback_router)
+    app.include_router(qr_router)
+    app.include_router(scan_router)
 
     @app.get("/healthz")
     def healthz() -> StatusOut:

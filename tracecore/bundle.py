@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import os
@@ -49,8 +50,10 @@ __all__ = [
     "BundleEntry",
     "Check",
     "Consistency",
+    "Inspection",
     "Policy",
     "Report",
+    "inspect_bundle",
     "parse_bundle",
     "verify_bundle",
 ]
@@ -58,6 +61,8 @@ __all__ = [
 BUNDLE_FORMAT: Final = "agritrace-bundle/1"
 _VERIFY_THREADS: Final = max(1, min(4, os.cpu_count() or 1))
 _VERIFY_CHUNK: Final = 256
+#: Entries of the memo of each pure parse/verify step (about 1 KiB each).
+_MEMO_SIZE: Final = 65_536
 MAX_BUNDLE_ENTRIES: Final = 1_000_000
 
 
@@ -264,8 +269,30 @@ class _State:
     chains: dict[str, list[tuple[int, int, bytes]]] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """A verification report and the content it verified, for callers that show the content.
+
+    ``entries`` and ``messages`` (by log index) hold what parsed; they are trustworthy only when
+    ``report.ok``. ``checkpoint`` is the checkpoint body when its signature verified.
+    """
+
+    report: Report
+    checkpoint: CheckpointBody | None
+    entries: Mapping[int, AnyEntry]
+    messages: Mapping[int, SignedMessage]
+
+
 def verify_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) -> Report:
     """Verify a bundle offline against ``policy``; return the report of every check.
+
+    The same as ``inspect_bundle(bundle, policy, previous).report``.
+    """
+    return inspect_bundle(bundle, policy, previous).report
+
+
+def inspect_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) -> Inspection:
+    """Verify a bundle against ``policy``; return the report and the content it verified.
 
     Checks, in order (each named in the report): ``checkpoint`` (the log's signature on the
     checkpoint), ``witnesses`` (at least ``policy.quorum`` distinct trusted cosignatures),
@@ -294,7 +321,8 @@ def verify_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) -
         checks.run("inclusion", lambda: _check_inclusion(bundle, state))
         checks.run("recalls", lambda: _recalls(state))
     size = state.body.size if state.body is not None else 0
-    return Report(bundle.product.path, size, tuple(checks.items))
+    report = Report(bundle.product.path, size, tuple(checks.items))
+    return Inspection(report, state.body, state.entries, state.messages)
 
 
 def _check_checkpoint(bundle: Bundle, policy: Policy, state: _State) -> str:
@@ -364,7 +392,7 @@ def _check_entries(bundle: Bundle, state: _State) -> str:
         if item.index >= state.body.size:
             raise BundleError(f"entry {item.index} is outside the tree of size {state.body.size}")
         seen.add(item.index)
-        state.entries[item.index] = parse_any_entry(item.entry)
+        state.entries[item.index] = _parse_entry_bytes(item.entry)
         state.leaves[item.index] = leaf_hash(item.entry)
     if not bundle.entries:
         raise BundleError("the bundle has no entries")
@@ -383,7 +411,7 @@ def _check_messages(bundle: Bundle, state: _State) -> str:
             raise BundleError(f"entry {item.index} has no device message")
         if hashlib.sha256(item.message).digest() != entry.msg:
             raise BundleError(f"the message of entry {item.index} does not hash to its entry")
-        signed = parse_message(item.message)
+        signed = _parse_message_bytes(item.message)
         message = signed.message
         products = tuple(c.product for c in entry.chains)
         if (message.device, message.seq, message.products) != (entry.device, entry.seq, products):
@@ -452,10 +480,33 @@ def _check_keys(state: _State) -> str:
 
 def _verify_chunk(chunk: list[tuple[int, SignedMessage, bytes]]) -> AgritraceError | None:
     for index, signed, key in chunk:
-        try:
-            signed.verify(key)
-        except AgritraceError as exc:
-            return BundleError(f"entry {index}: {exc}")
+        failure = _signature_failure(signed.raw, key)
+        if failure is not None:
+            return BundleError(f"entry {index}: {failure}")
+    return None
+
+
+# Memoized pure functions of bytes. The trace API verifies a product's bundle at every scan;
+# these memos make a repeated scan cost hashing and lookups instead of parsing and Ed25519.
+# They are sound because each result depends on nothing but the argument bytes (compared in
+# full by the dict), never on where the bytes came from: tampered bytes are other bytes.
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _parse_entry_bytes(entry: bytes) -> AnyEntry:
+    return parse_any_entry(entry)
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _parse_message_bytes(raw: bytes) -> SignedMessage:
+    return parse_message(raw)
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _signature_failure(raw: bytes, key: bytes) -> str | None:
+    """None if the COSE message ``raw`` verifies under ``key``, else the reason it does not."""
+    try:
+        _parse_message_bytes(raw).verify(key)
+    except AgritraceError as exc:
+        return str(exc)
     return None
 
 

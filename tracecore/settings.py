@@ -53,6 +53,22 @@ class Settings(BaseSettings):
     verify_threads: int = Field(
         default=2, ge=1, le=64, description="ingest: threads checking signatures"
     )
+    copy_threshold: int = Field(
+        default=5,
+        ge=1,
+        le=10_000,
+        description="scans: a serial seen by more distinct clients than this is a suspect copy",
+    )
+    copy_window_hours: float = Field(
+        default=24 * 7, gt=0, le=24 * 366, description="scans: the copy-detection window"
+    )
+    feedback_per_hour: int = Field(
+        default=5, ge=1, le=1000, description="feedback: submissions per client and hour"
+    )
+    trust_forwarded: bool = Field(
+        default=False,
+        description="take the client address from X-Forwarded-For (only behind a proxy)",
+    )
 
     @property
     def keys_dir(self) -> Path:

@@ -24,7 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from tracecore.errors import MalformedNote
+import httpx
+
+from tracecore.errors import ConfigError, KeyFileError, MalformedNote
+from tracecore.keys import ALG_COSIGNATURE_V1, VerifierKey
 from tracecore.merkle import HASH_SIZE
 from tracecore.note import MAX_NOTE_BYTES, MAX_TREE_SIZE, NoteSignature
 
@@ -35,9 +38,11 @@ __all__ = [
     "SIZE_CONTENT_TYPE",
     "STATUS_MEANING",
     "AddCheckpointRequest",
+    "WitnessConfig",
     "format_size",
     "parse_cosignature_lines",
     "parse_size",
+    "parse_witnesses",
 ]
 
 #: The path of the call under the witness's submission prefix.
@@ -158,3 +163,54 @@ def _hash(line: str) -> bytes:
     if len(raw) != HASH_SIZE or base64.b64encode(raw).decode("ascii") != line:
         raise MalformedNote(f"a consistency proof line is the base64 of a {HASH_SIZE}-byte hash")
     return raw
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessConfig:
+    """A witness the log submits to: its submission URL prefix and its cosignature vkey."""
+
+    url: str
+    vkey: VerifierKey
+
+    @property
+    def name(self) -> str:
+        """The witness's key name, as its cosignature lines carry it."""
+        return self.vkey.name
+
+    @property
+    def endpoint(self) -> str:
+        """The full ``add-checkpoint`` URL."""
+        return self.url.rstrip("/") + ADD_CHECKPOINT_PATH
+
+
+def parse_witnesses(text: str) -> list[WitnessConfig]:
+    """Parse ``AGRITRACE_WITNESSES``: space-separated ``URL=vkey`` entries.
+
+    Each URL is an ``http://`` or ``https://`` submission prefix; each vkey a C2SP vkey of type
+    0x04 (a tlog-cosignature key, as ``agritrace witness`` prints it). Raises
+    :class:`ConfigError` naming the bad entry.
+    """
+    witnesses: list[WitnessConfig] = []
+    for entry in text.split():
+        url, sep, vkey_text = entry.partition("=")
+        if not sep or not url or not vkey_text:
+            raise ConfigError(f"AGRITRACE_WITNESSES entry {entry!r} is not URL=vkey")
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise ConfigError(f"AGRITRACE_WITNESSES entry {entry!r}: bad URL: {exc}") from exc
+        if parsed.scheme not in {"http", "https"} or not parsed.host:
+            raise ConfigError(f"AGRITRACE_WITNESSES entry {entry!r}: URL must be http(s)://host")
+        try:
+            vkey = VerifierKey.parse(vkey_text)
+        except KeyFileError as exc:
+            raise ConfigError(f"AGRITRACE_WITNESSES entry {entry!r}: {exc}") from exc
+        if vkey.alg != ALG_COSIGNATURE_V1:
+            raise ConfigError(
+                f"AGRITRACE_WITNESSES entry {entry!r}: the vkey must be a cosignature key "
+                f"(type 0x04), not type 0x{vkey.alg:02x}"
+            )
+        if any(w.vkey.name == vkey.name for w in witnesses):
+            raise ConfigError(f"AGRITRACE_WITNESSES names the witness {vkey.name!r} twice")
+        witnesses.append(WitnessConfig(url, vkey))
+    return witnesses

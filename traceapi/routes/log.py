@@ -31,13 +31,12 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
+from traceapi.state import log_vkey
 from tracecore import tiles
 from tracecore.cbor import decode_strict
 from tracecore.checkpoint import latest_checkpoint, served_note
 from tracecore.cose import COSE_SIGN1_TAG, parse_cose
-from tracecore.errors import AgritraceError, IdentifierError, KeyFileError, NotFound
-from tracecore.keys import VerifierKey, read_log_key
-from tracecore.settings import Settings
+from tracecore.errors import AgritraceError, IdentifierError, NotFound
 from tracecore.storage.engine import session_scope
 from tracecore.storage.models import LogEntry
 from tracecore.storage.tree import consistency_proof, entries, inclusion_proof, subtree_range
@@ -106,27 +105,10 @@ def _checkpoint_size(engine: Engine) -> int:
     return 0 if latest is None else latest.size
 
 
-def _log_vkey(request: Request) -> VerifierKey:
-    """Return the log's vkey: the one given to create_app, else read from the key file once."""
-    state = request.app.state
-    vkey: VerifierKey | None = getattr(state, "log_vkey", None)
-    if vkey is None:
-        settings: Settings = state.settings
-        try:
-            vkey = read_log_key(settings.keys_dir, settings.log_origin).verifier
-        except KeyFileError as exc:
-            raise HTTPException(
-                status_code=status.HTTP_404_NOT_FOUND,
-                detail=f"the log key is not configured on this server: {exc}",
-            ) from exc
-        state.log_vkey = vkey  # keep only the public half
-    return vkey
-
-
 @router.get("/vkey", response_class=Response)
 def get_vkey(request: Request) -> Response:
     """The log's C2SP signed-note verifier key, one line of text/plain."""
-    return Response(str(_log_vkey(request)) + "\n", media_type=TEXT)
+    return Response(str(log_vkey(request)) + "\n", media_type=TEXT)
 
 
 @router.get("/checkpoint", response_class=Response)

@@ -39,6 +39,7 @@ __all__ = [
     "Cosignature",
     "Device",
     "DeviceKey",
+    "Feedback",
     "LogEntry",
     "MerkleNode",
     "ParkedMessage",
@@ -48,6 +49,7 @@ __all__ = [
     "ProductParent",
     "Receipt",
     "Rejection",
+    "Scan",
     "Token",
 ]
 
@@ -375,3 +377,51 @@ class Cosignature(SQLModel, table=True):
     witness: str = Field(sa_column=Column(Text, primary_key=True))
     line: str = Field(sa_column=Column(Text, nullable=False))
     received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Scan(SQLModel, table=True):
+    """One scan of a product page, kept for copy detection with minimal personal data.
+
+    ``client`` is a keyed hash of the client's address (HMAC-SHA256 with the instance's scan
+    salt, truncated to 16 bytes): the same client always hashes alike, nobody can reverse it.
+    ``place`` is a coarse place the client chose to give (a city), never a position.
+    """
+
+    __tablename__ = "scans"
+    __table_args__ = (
+        Index("ix_scans_product_key_at_ms", "product_key", "at_ms"),
+        CheckConstraint("length(client) = 16", name="ck_scans_client_length"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
+    )
+    product_key: str = Field(
+        sa_column=Column(String(PRODUCT_KEY_LENGTH), ForeignKey("products.key"), nullable=False)
+    )
+    client: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    place: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Feedback(SQLModel, table=True):
+    """A buyer's rating of a product, with an optional complaint (shown to inspectors and owner)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        Index("ix_feedback_product_key_at_ms", "product_key", "at_ms"),
+        Index("ix_feedback_client_at_ms", "client", "at_ms"),
+        CheckConstraint("rating >= 1 AND rating <= 5", name="ck_feedback_rating"),
+        CheckConstraint("length(client) = 16", name="ck_feedback_client_length"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
+    )
+    product_key: str = Field(
+        sa_column=Column(String(PRODUCT_KEY_LENGTH), ForeignKey("products.key"), nullable=False)
+    )
+    rating: int = Field(sa_column=Column(Integer, nullable=False))
+    complaint: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    client: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -1,0 +1,169 @@
+"""Buyer feedback: ``POST /v1/feedback/{key}`` (public, rate-limited) and ``GET /v1/feedback``.
+
+A buyer rates a product 1-5 and may add a complaint. The body is JSON, or the URL-encoded form
+of the product page (which then gets a 303 back to the page, so it works without JavaScript).
+Each client (a keyed hash of its address, as for scans) may send
+``AGRITRACE_FEEDBACK_PER_HOUR`` submissions an hour; more are 429 with ``Retry-After``.
+Inspectors and the admin read all feedback; a party token reads the feedback on its own
+products.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Final
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.responses import RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from traceapi.auth import Principal, authenticate
+from traceapi.state import client_address, scan_salt
+from tracecore.errors import NotFound
+from tracecore.identifiers import ProductKey
+from tracecore.settings import Settings
+from tracecore.storage.engine import session_scope
+from tracecore.storage.models import Feedback, Product
+from tracecore.storage.trace import client_hash, feedback_count_since
+
+__all__ = ["FeedbackIn", "FeedbackOut", "router"]
+
+router = APIRouter(prefix="/v1", tags=["feedback"])
+
+_HOUR_MS: Final = 3_600_000
+_MAX_BODY: Final = 16_384
+
+
+class FeedbackIn(BaseModel):
+    """A rating and an optional complaint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rating: int = Field(ge=1, le=5)
+    complaint: str | None = Field(default=None, max_length=2000)
+
+
+class FeedbackOut(BaseModel):
+    """A stored rating or complaint."""
+
+    id: int
+    product: str
+    rating: int
+    complaint: str | None
+    time_ms: int
+
+
+def _out(row: Feedback) -> FeedbackOut:
+    assert row.id is not None  # noqa: S101 (stored rows have ids)
+    return FeedbackOut(
+        id=row.id,
+        product=row.product_key,
+        rating=row.rating,
+        complaint=row.complaint,
+        time_ms=row.at_ms,
+    )
+
+
+async def _read_body(request: Request) -> tuple[FeedbackIn, str | None]:
+    """Parse the JSON or form body; return it and the page language of a form post."""
+    raw = await request.body()
+    if len(raw) > _MAX_BODY:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "the body is too large")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if kind == "application/x-www-form-urlencoded":
+            form = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
+            complaint = (form.get("complaint") or [""])[0].strip() or None
+            rating = (form.get("rating") or [""])[0]
+            lang = (form.get("lang") or [""])[0]
+            body = FeedbackIn(rating=int(rating) if rating.isdigit() else 0, complaint=complaint)
+            return body, lang if lang in ("zh", "en") else "zh"
+        return FeedbackIn.model_validate(json.loads(raw)), None
+    except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+        detail = "rating must be an integer 1-5; complaint at most 2000 characters"
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from exc
+
+
+@router.post(
+    "/feedback/{key:path}",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        303: {"description": "form post: back to the product page"},
+        404: {"description": "no such product"},
+        429: {"description": "too many submissions from this client"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": FeedbackIn.model_json_schema()},
+                "application/x-www-form-urlencoded": {"schema": FeedbackIn.model_json_schema()},
+            },
+        }
+    },
+)
+async def post_feedback(key: str, request: Request) -> Response:
+    """Rate a product 1-5 with an optional complaint (public, rate-limited per client)."""
+    product = ProductKey.parse(key)
+    body, form_lang = await _read_body(request)
+    settings: Settings = request.app.state.settings
+    engine: Engine = request.app.state.engine
+    now: int = request.app.state.clock()
+    client = client_hash(scan_salt(request), client_address(request))
+    page = f"/{product.path}?lang={form_lang}&feedback="
+    with session_scope(engine) as session:
+        if session.get(Product, product.path) is None:
+            raise NotFound(f"no product {product.path}")
+        if feedback_count_since(session, client, now - _HOUR_MS) >= settings.feedback_per_hour:
+            if form_lang is not None:
+                return RedirectResponse(page + "limited", status.HTTP_303_SEE_OTHER)
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"at most {settings.feedback_per_hour} submissions an hour",
+                headers={"Retry-After": "3600"},
+            )
+        row = Feedback(
+            product_key=product.path,
+            rating=body.rating,
+            complaint=body.complaint,
+            client=client,
+            at_ms=now,
+        )
+        session.add(row)
+        session.flush()
+        out = _out(row)
+    if form_lang is not None:
+        return RedirectResponse(page + "thanks", status.HTTP_303_SEE_OTHER)
+    return Response(out.model_dump_json(), status.HTTP_201_CREATED, media_type="application/json")
+
+
+@router.get("/feedback")
+def list_feedback(
+    request: Request,
+    *,
+    principal: Annotated[Principal, Depends(authenticate)],
+    product: Annotated[str | None, Query(description="one product key")] = None,
+    party: Annotated[str | None, Query(description="products owned by this party")] = None,
+    complaints: Annotated[bool, Query(description="only entries with a complaint")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[FeedbackOut]:
+    """Ratings and complaints, newest first (inspector, admin, or the owning party)."""
+    if principal.role == "party":
+        if party not in (None, principal.party_id):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "a party reads its own feedback only")
+        party = principal.party_id
+    query = select(Feedback)
+    if product is not None:
+        query = query.where(col(Feedback.product_key) == ProductKey.parse(product).path)
+    if party is not None:
+        owned = select(col(Product.key)).where(col(Product.owner_party_id) == party)
+        query = query.where(col(Feedback.product_key).in_(owned))
+    if complaints:
+        query = query.where(col(Feedback.complaint).is_not(None))
+    query = query.order_by(col(Feedback.at_ms).desc(), col(Feedback.id).desc()).limit(limit)
+    engine: Engine = request.app.state.engine
+    with session_scope(engine) as session:
+        return [_out(row) for row in session.exec(query).all()]

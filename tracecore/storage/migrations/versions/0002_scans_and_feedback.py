@@ -1,0 +1,59 @@
+"""Scans (copy detection) and buyer feedback.
+
+Revision ID: 0002
+Revises: 0001
+
+Creates the ``scans`` and ``feedback`` tables of tracecore/storage/models.py (docs/storage.md).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+__all__ = ["branch_labels", "depends_on", "down_revision", "downgrade", "revision", "upgrade"]
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def upgrade() -> None:
+    """Apply this revision."""
+    op.create_table(
+        "scans",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("product_key", sa.String(length=255), nullable=False),
+        sa.Column("client", sa.LargeBinary(), nullable=False),
+        sa.Column("place", sa.String(length=64), nullable=True),
+        sa.Column("at_ms", sa.BigInteger(), nullable=False),
+        sa.CheckConstraint("length(client) = 16", name="ck_scans_client_length"),
+        sa.ForeignKeyConstraint(["product_key"], ["products.key"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_scans_product_key_at_ms", "scans", ["product_key", "at_ms"])
+    op.create_table(
+        "feedback",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("product_key", sa.String(length=255), nullable=False),
+        sa.Column("rating", sa.Integer(), nullable=False),
+        sa.Column("complaint", sa.Text(), nullable=True),
+        sa.Column("client", sa.LargeBinary(), nullable=False),
+        sa.Column("at_ms", sa.BigInteger(), nullable=False),
+        sa.CheckConstraint("rating >= 1 AND rating <= 5", name="ck_feedback_rating"),
+        sa.CheckConstraint("length(client) = 16", name="ck_feedback_client_length"),
+        sa.ForeignKeyConstraint(["product_key"], ["products.key"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_feedback_product_key_at_ms", "feedback", ["product_key", "at_ms"])
+    op.create_index("ix_feedback_client_at_ms", "feedback", ["client", "at_ms"])
+
+
+def downgrade() -> None:
+    """Revert this revision."""
+    op.drop_index("ix_feedback_client_at_ms", table_name="feedback")
+    op.drop_index("ix_feedback_product_key_at_ms", table_name="feedback")
+    op.drop_table("feedback")
+    op.drop_index("ix_scans_product_key_at_ms", table_name="scans")
+    op.drop_table("scans")

@@ -1,0 +1,203 @@
+"""What a scan reads from the database: the product's evidence, checked at scan time.
+
+:func:`assess_product` builds the product's evidence bundle from the stored raw bytes (exactly
+as ``GET /v1/bundle`` serves it), inspects it against the log key (:mod:`tracecore.bundle`) and
+adds two checks only the database side can make:
+
+``owner``
+    the owner the products table names is the party of the device that signed the product's
+    ``commissioning`` event (its registration is a log entry in the bundle);
+``completeness``
+    no log entry is missing from the database between the oldest chain head of the lineage and
+    the checkpoint: deleting a product's newest entry leaves a chain that is intact but short,
+    which only the gap in the log's indexes reveals.
+
+Nothing here is cached between scans except pure functions of bytes (see tracecore.bundle):
+editing a row changes the answer at the next scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from tracecore.bundle import Check, Inspection, Policy, inspect_bundle
+from tracecore.errors import NotFound
+from tracecore.identifiers import ProductKey
+from tracecore.logentry import DeviceMessageEntry
+from tracecore.storage.evidence import build_bundle
+from tracecore.storage.models import Feedback, LogEntry, Party, Product, ProductParent, Scan
+from tracecore.verdict import Story, tell_story
+
+__all__ = [
+    "ProductAssessment",
+    "ScanStats",
+    "assess_product",
+    "children_of",
+    "client_hash",
+    "feedback_count_since",
+    "party_names",
+    "record_scan",
+    "scan_stats",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ProductAssessment:
+    """A product's evidence as checked at scan time.
+
+    ``pending`` is set (and ``inspection`` is None) while the product has no entry in a signed
+    checkpoint yet; ``checks`` then holds nothing.
+    """
+
+    product: ProductKey
+    row: Product
+    inspection: Inspection | None
+    story: Story | None
+    checks: tuple[Check, ...]
+    checkpoint: str | None
+    pending: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when there is evidence and every check passed."""
+        return self.inspection is not None and all(check.ok for check in self.checks)
+
+
+def assess_product(
+    session: Session, product: ProductKey, policy: Policy
+) -> ProductAssessment | None:
+    """Check ``product``'s stored evidence now; None for a product the database does not know."""
+    row = session.get(Product, product.path)
+    if row is None:
+        return None
+    try:
+        bundle = build_bundle(session, product)
+    except NotFound as exc:
+        return ProductAssessment(product, row, None, None, (), None, pending=str(exc))
+    inspection = inspect_bundle(bundle, policy)
+    story = tell_story(product.path, inspection)
+    checks = [*inspection.report.checks]
+    checks.append(_owner_check(row, story, inspection))
+    checks.append(_completeness_check(session, inspection))
+    return ProductAssessment(
+        product, row, inspection, story, tuple(checks), bundle.checkpoint, pending=None
+    )
+
+
+def _owner_check(row: Product, story: Story, inspection: Inspection) -> Check:
+    if not inspection.report.ok:
+        return Check("owner", ok=False, detail="not checked: the evidence did not verify")
+    if story.owner is None:
+        return Check("owner", ok=False, detail="no signed commissioning event of the product")
+    if story.owner != row.owner_party_id:
+        return Check(
+            "owner",
+            ok=False,
+            detail=f"the database names {row.owner_party_id!r} as owner, but the signed "
+            f"commissioning event comes from a device of {story.owner!r}",
+        )
+    return Check("owner", ok=True, detail=f"commissioned by a device of {story.owner}")
+
+
+def _completeness_check(session: Session, inspection: Inspection) -> Check:
+    if inspection.checkpoint is None:
+        return Check("completeness", ok=False, detail="not checked: no verified checkpoint")
+    size = inspection.checkpoint.size
+    heads: dict[str, int] = {}
+    for index, entry in inspection.entries.items():
+        if isinstance(entry, DeviceMessageEntry):
+            for position in entry.chains:
+                heads[position.product.path] = max(index, heads.get(position.product.path, -1))
+    if not heads:
+        return Check("completeness", ok=False, detail="no chain in the evidence")
+    low = min(heads.values())
+    stored = session.execute(
+        select(func.count())
+        .select_from(LogEntry)
+        .where(col(LogEntry.index) >= low, col(LogEntry.index) < size)
+    ).scalar_one()
+    if stored != size - low:
+        return Check(
+            "completeness",
+            ok=False,
+            detail=f"{size - low - stored} log entries between index {low} and the checkpoint "
+            f"size {size} are missing from the database",
+        )
+    return Check("completeness", ok=True, detail=f"log entries {low}..{size - 1} all present")
+
+
+def children_of(session: Session, product: str) -> list[str]:
+    """The products made from ``product`` (one step forward), sorted."""
+    return sorted(
+        session.scalars(
+            select(col(ProductParent.product_key)).where(col(ProductParent.parent_key) == product)
+        ).all()
+    )
+
+
+def party_names(session: Session, ids: set[str]) -> dict[str, str]:
+    """Display names of the parties ``ids`` (registry data: shown next to the verified id)."""
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(col(Party.id), col(Party.name)).where(col(Party.id).in_(sorted(ids)))
+    ).all()
+    return {str(party_id): str(name) for party_id, name in rows}
+
+
+def client_hash(salt: bytes, client: str) -> bytes:
+    """The 16-byte keyed hash that stands for a client (an address) in scans and feedback."""
+    return hmac.new(salt, client.encode("utf-8"), hashlib.sha256).digest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanStats:
+    """Scans of one product within a window."""
+
+    scans: int
+    clients: int
+    first_ms: int | None
+    first_place: str | None
+
+
+def record_scan(
+    session: Session, product: str, client: bytes, place: str | None, now_ms: int
+) -> None:
+    """Log one scan of ``product`` (the session's commit makes it durable)."""
+    session.add(Scan(product_key=product, client=client, place=place, at_ms=now_ms))
+
+
+def scan_stats(session: Session, product: str, since_ms: int) -> ScanStats:
+    """Count the scans and distinct clients of ``product`` since ``since_ms``, and the first."""
+    recent = (col(Scan.product_key) == product, col(Scan.at_ms) >= since_ms)
+    scans, clients = session.execute(
+        select(func.count(), func.count(func.distinct(col(Scan.client)))).where(*recent)
+    ).one()
+    first = session.execute(
+        select(col(Scan.at_ms), col(Scan.place))
+        .where(col(Scan.product_key) == product)
+        .order_by(col(Scan.at_ms), col(Scan.id))
+        .limit(1)
+    ).first()
+    return ScanStats(
+        int(scans),
+        int(clients),
+        None if first is None else int(first[0]),
+        None if first is None else first[1],
+    )
+
+
+def feedback_count_since(session: Session, client: bytes, since_ms: int) -> int:
+    """How many feedback submissions ``client`` made since ``since_ms`` (rate limiting)."""
+    return int(
+        session.execute(
+            select(func.count()).where(
+                col(Feedback.client) == client, col(Feedback.at_ms) >= since_ms
+            )
+        ).scalar_one()
+    )
