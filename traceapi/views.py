@@ -193,7 +193,7 @@ def build_view(
         owner=None if story is None or story.owner is None else _party(story.owner, names),
         created_ms=None if story is None else story.created,
     )
-    if assessment.inspection is None or story is None:
+    if assessment.pending is not None:
         return ScanOut(
             verdict="unknown",
             detail=assessment.pending,
@@ -201,13 +201,22 @@ def build_view(
             scans=scans_out,
             pending=True,
         )
+    checks = [CheckOut(name=c.name, ok=c.ok, detail=c.detail) for c in assessment.checks]
+    if assessment.inspection is None or story is None:
+        return ScanOut(
+            verdict=Verdict.INTEGRITY_FAILURE.value,
+            detail=_detail(Verdict.INTEGRITY_FAILURE, assessment),
+            product=product,
+            checks=checks,
+            scans=scans_out,
+        )
     verdict = decide(assessment.checks, story, suspect_copy=suspect)
     checkpoint = assessment.inspection.checkpoint
     return ScanOut(
         verdict=verdict.value,
         detail=_detail(verdict, assessment),
         product=product,
-        checks=[CheckOut(name=c.name, ok=c.ok, detail=c.detail) for c in assessment.checks],
+        checks=checks,
         events=[
             EventOut(
                 index=e.index,

@@ -99,14 +99,17 @@ class RecallNotice:
 class Story:
     """What a buyer or an inspector reads about a product, all from verified bytes.
 
-    ``owner`` is the party of the device whose ``commissioning`` event created the product
-    (None if the evidence holds none); ``parents`` maps each product of the lineage to the
-    products it came from; ``devices`` maps every device that signed an entry to its party.
+    ``owners`` maps each product of the lineage to the party of the device whose first
+    ``commissioning`` event names it; ``owner`` and ``created`` are the scanned product's owner
+    and commissioning time (None if the evidence holds none). ``parents`` maps each product of
+    the lineage to the products it came from; ``devices`` maps every device that signed an
+    entry to its party.
     """
 
     product: str
     owner: str | None
     created: int | None
+    owners: Mapping[str, str]
     events: tuple[StoryEvent, ...]
     readings: tuple[SensorPoint, ...]
     parents: Mapping[str, tuple[str, ...]]
@@ -141,7 +144,7 @@ def tell_story(product: str, inspection: Inspection) -> Story:
     events: list[StoryEvent] = []
     readings: list[SensorPoint] = []
     parents: dict[str, tuple[str, ...]] = {}
-    owner: str | None = None
+    owners: dict[str, str] = {}
     created: int | None = None
     for index in sorted(inspection.messages):
         message = inspection.messages[index].message
@@ -160,8 +163,12 @@ def tell_story(product: str, inspection: Inspection) -> Story:
             if parent_keys:
                 for key in products:
                     parents[key] = tuple(dict.fromkeys((*parents.get(key, ()), *parent_keys)))
-            if message.step == "commissioning" and product in products and owner is None:
-                owner, created = party, message.time
+            if message.step == "commissioning":
+                for key in products:
+                    if key not in owners:
+                        owners[key] = party
+                        if key == product:
+                            created = message.time
             events.append(
                 StoryEvent(
                     index=index,
@@ -183,8 +190,9 @@ def tell_story(product: str, inspection: Inspection) -> Story:
     lineage = {product, *_all_ancestors(product, parents)}
     return Story(
         product=product,
-        owner=owner,
+        owner=owners.get(product),
         created=created,
+        owners=owners,
         events=tuple(sorted(events, key=lambda e: (e.time, e.index))),
         readings=tuple(sorted(readings, key=lambda r: (r.time, r.index))),
         parents=parents,

@@ -26,11 +26,20 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from tracecore.bundle import Check, Inspection, Policy, inspect_bundle
-from tracecore.errors import NotFound
+from tracecore.checkpoint import latest_checkpoint
+from tracecore.errors import AgritraceError
 from tracecore.identifiers import ProductKey
 from tracecore.logentry import DeviceMessageEntry
 from tracecore.storage.evidence import build_bundle
-from tracecore.storage.models import Feedback, LogEntry, Party, Product, ProductParent, Scan
+from tracecore.storage.models import (
+    ChainLink,
+    Feedback,
+    LogEntry,
+    Party,
+    Product,
+    ProductParent,
+    Scan,
+)
 from tracecore.verdict import Story, tell_story
 
 __all__ = [
@@ -51,7 +60,9 @@ class ProductAssessment:
     """A product's evidence as checked at scan time.
 
     ``pending`` is set (and ``inspection`` is None) while the product has no entry in a signed
-    checkpoint yet; ``checks`` then holds nothing.
+    checkpoint yet; ``checks`` then holds nothing. When the stored evidence cannot even be
+    assembled (rows deleted), ``inspection`` is None and ``checks`` holds the failed
+    ``evidence`` check.
     """
 
     product: ProductKey
@@ -75,33 +86,53 @@ def assess_product(
     row = session.get(Product, product.path)
     if row is None:
         return None
+    checkpoint = latest_checkpoint(session)
+    first = session.execute(
+        select(func.min(col(ChainLink.log_index))).where(col(ChainLink.product_key) == product.path)
+    ).scalar()
+    if checkpoint is None or first is None or first >= checkpoint.size:
+        pending = "recorded, waiting for the next signed checkpoint; retry in a few seconds"
+        return ProductAssessment(product, row, None, None, (), None, pending=pending)
     try:
         bundle = build_bundle(session, product)
-    except NotFound as exc:
-        return ProductAssessment(product, row, None, None, (), None, pending=str(exc))
+    except AgritraceError as exc:
+        # The product is in a checkpoint, so its evidence must be assemblable: a missing leaf
+        # or subtree hash means rows were deleted or edited.
+        failed = Check("evidence", ok=False, detail=f"the stored evidence is incomplete: {exc}")
+        return ProductAssessment(product, row, None, None, (failed,), None)
     inspection = inspect_bundle(bundle, policy)
     story = tell_story(product.path, inspection)
     checks = [*inspection.report.checks]
-    checks.append(_owner_check(row, story, inspection))
+    checks.append(_owner_check(session, story, inspection))
     checks.append(_completeness_check(session, inspection))
     return ProductAssessment(
         product, row, inspection, story, tuple(checks), bundle.checkpoint, pending=None
     )
 
 
-def _owner_check(row: Product, story: Story, inspection: Inspection) -> Check:
+def _owner_check(session: Session, story: Story, inspection: Inspection) -> Check:
+    """The products table names, for the product and each ancestor, the verified owner."""
     if not inspection.report.ok:
         return Check("owner", ok=False, detail="not checked: the evidence did not verify")
-    if story.owner is None:
-        return Check("owner", ok=False, detail="no signed commissioning event of the product")
-    if story.owner != row.owner_party_id:
-        return Check(
-            "owner",
-            ok=False,
-            detail=f"the database names {row.owner_party_id!r} as owner, but the signed "
-            f"commissioning event comes from a device of {story.owner!r}",
-        )
-    return Check("owner", ok=True, detail=f"commissioned by a device of {story.owner}")
+    lineage = [story.product, *story.ancestors()]
+    rows = session.execute(
+        select(col(Product.key), col(Product.owner_party_id)).where(col(Product.key).in_(lineage))
+    ).all()
+    stored = {str(key): str(owner) for key, owner in rows}
+    for key in lineage:
+        signed = story.owners.get(key)
+        if signed is None:
+            return Check("owner", ok=False, detail=f"no signed commissioning event of {key}")
+        if stored.get(key) != signed:
+            return Check(
+                "owner",
+                ok=False,
+                detail=f"the database names {stored.get(key)!r} as owner of {key}, but its "
+                f"signed commissioning event comes from a device of {signed!r}",
+            )
+    return Check(
+        "owner", ok=True, detail=f"{len(lineage)} product(s), each commissioned by its owner"
+    )
 
 
 def _completeness_check(session: Session, inspection: Inspection) -> Check:
