@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -42,6 +43,16 @@ def _service_url(env: str) -> str:
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{REQUIRE_ENV}=1 but {env} is not set", pytrace=False)
     pytest.skip(f"{env} is not set")
+
+
+def require_program(name: str) -> str:
+    """Return the path of the program ``name``; skip, or fail in CI, when it is not installed."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{REQUIRE_ENV}=1 but {name} is not installed", pytrace=False)
+    pytest.skip(f"{name} is not installed (scripts/test-services.sh installs it)")
 
 
 def _pg_server_url() -> str:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import Engine
 
-from tracecore.identifiers import ProductKey
+from traceapi.paths import raw_product_key
 from tracecore.storage.engine import session_scope
 from tracecore.storage.evidence import build_bundle
 
@@ -18,7 +18,7 @@ router = APIRouter(tags=["log"])
 
 @router.get("/v1/bundle/{key:path}", response_class=Response)
 def get_bundle(
-    key: str,
+    key: str,  # noqa: ARG001 (parsed from the raw path, escapes intact)
     request: Request,
     previous: Annotated[
         int | None,
@@ -26,7 +26,7 @@ def get_bundle(
     ] = None,
 ) -> Response:
     """The product's evidence bundle (agritrace-bundle/1), as a JSON download."""
-    product = ProductKey.parse(key)
+    product = raw_product_key(request, "/v1/bundle/")
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
         bundle = build_bundle(session, product, previous)

@@ -16,11 +16,12 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from traceapi.auth import Principal, authenticate
+from traceapi.paths import raw_product_key
 from traceapi.state import client_address, scan_salt
 from tracecore.errors import NotFound
 from tracecore.identifiers import ProductKey
@@ -42,7 +43,7 @@ class FeedbackIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rating: int = Field(ge=1, le=5)
+    rating: StrictInt = Field(ge=1, le=5)
     complaint: str | None = Field(default=None, max_length=2000)
 
 
@@ -105,9 +106,9 @@ async def _read_body(request: Request) -> tuple[FeedbackIn, str | None]:
         }
     },
 )
-async def post_feedback(key: str, request: Request) -> Response:
+async def post_feedback(key: str, request: Request) -> Response:  # noqa: ARG001 (raw path)
     """Rate a product 1-5 with an optional complaint (public, rate-limited per client)."""
-    product = ProductKey.parse(key)
+    product = raw_product_key(request, "/v1/feedback/")
     body, form_lang = await _read_body(request)
     settings: Settings = request.app.state.settings
     engine: Engine = request.app.state.engine

@@ -24,6 +24,7 @@ from sqlmodel import col, select
 
 from traceapi.i18n import Lang, choose_language
 from traceapi.pages import render
+from traceapi.paths import raw_product_key
 from tracecore.identifiers import ProductKey
 from tracecore.settings import Settings
 from tracecore.storage.engine import session_scope
@@ -68,9 +69,9 @@ Border = Annotated[int, Query(ge=0, le=20, description="quiet zone in modules")]
     response_class=Response,
     responses={200: {"content": {"image/svg+xml": {}}}},
 )
-def get_qr_svg(key: str, request: Request, scale: Scale = 4, border: Border = 4) -> Response:
+def get_qr_svg(key: str, request: Request, scale: Scale = 4, border: Border = 4) -> Response:  # noqa: ARG001 (parsed from the raw path)
     """The product's QR code (SVG) encoding its Digital Link URI."""
-    product = ProductKey.parse(key)
+    product = raw_product_key(request, "/qr/", ".svg")
     body = qr_svg(_uri(request, product), scale=scale, border=border)
     return Response(body, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
@@ -80,16 +81,16 @@ def get_qr_svg(key: str, request: Request, scale: Scale = 4, border: Border = 4)
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-def get_qr_png(key: str, request: Request, scale: Scale = 4, border: Border = 4) -> Response:
+def get_qr_png(key: str, request: Request, scale: Scale = 4, border: Border = 4) -> Response:  # noqa: ARG001 (parsed from the raw path)
     """The product's QR code (PNG) encoding its Digital Link URI."""
-    product = ProductKey.parse(key)
+    product = raw_product_key(request, "/qr/", ".png")
     body = qr_png(_uri(request, product), scale=scale, border=border)
     return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
 
 @router.get("/qr/{key:path}/labels", response_class=HTMLResponse)
 def get_labels(
-    key: str,
+    key: str,  # noqa: ARG001 (parsed from the raw path)
     request: Request,
     serials: Annotated[
         str | None, Query(max_length=20_000, description="comma-separated serials of the lot")
@@ -98,7 +99,7 @@ def get_labels(
     scale: Scale = 3,
 ) -> HTMLResponse:
     """A printable sheet of QR labels: one per serial of a lot, or one for the key."""
-    product = ProductKey.parse(key)
+    product = raw_product_key(request, "/qr/", "/labels")
     keys: list[ProductKey]
     if serials is not None:
         if product.lot is None or product.serial is not None:

@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from traceapi.chart import temperature_svg
 from traceapi.i18n import Lang, choose_language, step_label, text
 from traceapi.pages import render
+from traceapi.paths import raw_path
 from traceapi.state import client_address, scan_policy, scan_salt
 from traceapi.views import ScanOut, build_view, unknown_view
 from tracecore.errors import IdentifierError
@@ -112,13 +113,6 @@ def chart_series(story: Story) -> dict[str, list[SensorPoint]]:
     return series
 
 
-def _raw_key(request: Request) -> str:
-    """The path as the client sent it (percent-escapes intact, so ``%2F`` stays in a lot)."""
-    raw = request.scope.get("raw_path")
-    path = raw.decode("latin-1") if isinstance(raw, bytes) else request.url.path
-    return path.split("?", 1)[0]
-
-
 @router.get(
     "/01/{rest:path}",
     response_model=ScanOut,
@@ -138,7 +132,7 @@ def scan(
     """The product's verdict and story: HTML by default, JSON on ``Accept: application/json``."""
     as_json = wants_json(request.headers.get("accept"))
     language = choose_language(lang, request.headers.get("accept-language"))
-    raw = _raw_key(request)
+    raw = raw_path(request)
     try:
         key = ProductKey.parse(raw)
     except IdentifierError as exc:
