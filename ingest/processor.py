@@ -146,7 +146,7 @@ class _Sql:
         self.pair = f"({p}, {p})" if self.sqlite else f"(CAST({p} AS VARCHAR), CAST({p} AS BIGINT))"
         self.insert_log = (
             'INSERT INTO log_entries ("index", kind, raw, raw_sha256, entry, leaf_hash, '  # noqa: S608
-            f"device_id, seq, received_ms) VALUES ({', '.join([p] * 9)})"
+            f"device_id, seq, received_ms, step, time_ms) VALUES ({', '.join([p] * 11)})"
         )
         self.insert_link = (
             "INSERT INTO chain_links (product_key, pseq, log_index, prev_hash) "  # noqa: S608
@@ -854,6 +854,8 @@ class _Run:
                 message.device,
                 message.seq,
                 msg.received_ms,
+                message.step if isinstance(message, Event) else None,
+                message.time,
             )
         )
         for chain in chains:

@@ -55,6 +55,18 @@ def require_program(name: str) -> str:
     pytest.skip(f"{name} is not installed (scripts/test-services.sh installs it)")
 
 
+@pytest.fixture
+def zbarimg() -> str:
+    """The path of zbarimg (zbar-tools), the QR decoder the QR tests use."""
+    return require_program("zbarimg")
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The path of Debian's headless Chromium, for the browser test."""
+    return require_program("chromium")
+
+
 def _pg_server_url() -> str:
     return _service_url(PG_URL_ENV)
 

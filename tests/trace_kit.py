@@ -40,6 +40,8 @@ from tracecore.topics import up_topic
 __all__ = [
     "ADMIN",
     "CARTON",
+    "CLIMATE",
+    "COLLECT",
     "FARM",
     "FLOCK",
     "GTIN",

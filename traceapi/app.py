@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from traceapi.routes.bundle import router as bundle_router
 from traceapi.routes.feedback import router as feedback_router
+from traceapi.routes.inspect import router as inspect_router
 from traceapi.routes.log import router as log_router
 from traceapi.routes.ops import router as ops_router
 from traceapi.routes.qr import router as qr_router
@@ -139,6 +140,7 @@ def create_app(
     app.include_router(bundle_router)
     app.include_router(recalls_router)
     app.include_router(feedback_router)
+    app.include_router(inspect_router)
     app.include_router(qr_router)
     app.include_router(scan_router)
 

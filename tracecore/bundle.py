@@ -55,6 +55,7 @@ __all__ = [
     "Report",
     "inspect_bundle",
     "parse_bundle",
+    "parse_message_cached",
     "verify_bundle",
 ]
 
@@ -411,7 +412,7 @@ def _check_messages(bundle: Bundle, state: _State) -> str:
             raise BundleError(f"entry {item.index} has no device message")
         if hashlib.sha256(item.message).digest() != entry.msg:
             raise BundleError(f"the message of entry {item.index} does not hash to its entry")
-        signed = _parse_message_bytes(item.message)
+        signed = parse_message_cached(item.message)
         message = signed.message
         products = tuple(c.product for c in entry.chains)
         if (message.device, message.seq, message.products) != (entry.device, entry.seq, products):
@@ -496,7 +497,8 @@ def _parse_entry_bytes(entry: bytes) -> AnyEntry:
 
 
 @functools.lru_cache(maxsize=_MEMO_SIZE)
-def _parse_message_bytes(raw: bytes) -> SignedMessage:
+def parse_message_cached(raw: bytes) -> SignedMessage:
+    """:func:`tracecore.cose.parse_message`, memoized on the bytes (see the note above)."""
     return parse_message(raw)
 
 
@@ -504,7 +506,7 @@ def _parse_message_bytes(raw: bytes) -> SignedMessage:
 def _signature_failure(raw: bytes, key: bytes) -> str | None:
     """None if the COSE message ``raw`` verifies under ``key``, else the reason it does not."""
     try:
-        _parse_message_bytes(raw).verify(key)
+        parse_message_cached(raw).verify(key)
     except AgritraceError as exc:
         return str(exc)
     return None

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_program
 from sqlalchemy import Engine
 from trace_kit import CARTON, LOT, World, make_world
 
@@ -38,10 +37,9 @@ def _decode(zbarimg: str, image: Path) -> list[str]:
 @pytest.mark.parametrize("key", [LOT, CARTON, ProductKey.parse("01/06901234567892/10/A%2FB-1")])
 @pytest.mark.parametrize(("scale", "border"), [(4, 4), (2, 2), (10, 4)])
 def test_png_decodes_to_the_digital_link_uri(
-    world: World, tmp_path: Path, key: ProductKey, scale: int, border: int
+    world: World, tmp_path: Path, zbarimg: str, *, key: ProductKey, scale: int, border: int
 ) -> None:
     """Each PNG decodes (zbar) to {PUBLIC_URL}/{key}, whatever the scale and border."""
-    zbarimg = require_program("zbarimg")
     reply = world.client.get(f"/qr/{key.path}.png?scale={scale}&border={border}")
     assert reply.status_code == 200
     assert reply.headers["content-type"] == "image/png"

@@ -14,9 +14,10 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, inspect, text
 
 from traceapi.app import create_app
-from tracecore.keys import device_kid
+from tracecore.keys import SignerKey, device_kid
 from tracecore.settings import Settings
 from tracecore.storage import (
+    Product,
     create_party,
     issue_token,
     key_for,
@@ -75,7 +76,8 @@ def make_api(engine: Engine, admin_token: str | None, app_client: Any) -> Iterat
     """Yield an Api whose app runs its lifespan (migrations) on ``engine``."""
     settings = Settings(admin_token=None if admin_token is None else SecretStr(admin_token))
     clock = FakeClock(NOW)
-    with app_client(create_app(settings, engine, clock=clock)) as client:
+    log_vkey = SignerKey("registry.test/log", bytes(32)).verifier
+    with app_client(create_app(settings, engine, clock=clock, log_vkey=log_vkey)) as client:
         yield Api(client=client, engine=engine, clock=clock)
 
 
@@ -367,6 +369,7 @@ def test_admin_routes_closed_without_admin_token(
 # --- authorization matrix ----------------------------------------------------------------------
 
 PRINCIPALS = ("none", "wrong", "admin", "owner", "other", "inspector")
+MATRIX_PRODUCT = "01/06901234567892/10/MATRIX"
 
 #: Expected status per route for each principal, in the order of PRINCIPALS.
 MATRIX: dict[str, tuple[int, ...]] = {
@@ -385,6 +388,12 @@ MATRIX: dict[str, tuple[int, ...]] = {
     # Every party reads the feedback on its own products (none here); a party naming another
     # party is 403 (tested in test_feedback.py).
     "GET /v1/feedback": (401, 401, 200, 200, 200, 200),
+    # The inspector API: a party sees its own products (the product belongs to farm-1, the
+    # owner); it has no evidence yet, so its EPCIS export is 409 for whoever may see it.
+    "GET /v1/products": (401, 401, 200, 200, 200, 200),
+    "GET /v1/lineage/{key}": (401, 401, 200, 200, 403, 200),
+    "GET /v1/export/kde.csv": (401, 401, 200, 200, 200, 200),
+    "GET /v1/export/epcis/{key}": (401, 401, 409, 409, 403, 409),
 }
 
 
@@ -412,6 +421,7 @@ def test_authorization_matrix(api: Api) -> None:
         create_party(session, "farm-1", "Owner", "farm", NOW)
         create_party(session, "farm-2", "Other", "farm", NOW)
         create_party(session, "agency-1", "Agency", "inspector", NOW)
+        session.add(Product(key=MATRIX_PRODUCT, owner_party_id="farm-1", created_ms=NOW))
         tokens: dict[str, str | None] = {
             "none": None,
             "wrong": "at_" + "A" * 43,
@@ -443,7 +453,7 @@ def test_authorization_matrix(api: Api) -> None:
             body = {"reason": "test"}
         elif route == "POST /v1/recalls":
             body = {"product": "01/06901234567892/10/NONE", "reason": "test"}
-        path = template.replace("{party}", "farm-1")
+        path = template.replace("{party}", "farm-1").replace("{key}", MATRIX_PRODUCT)
         if "{device}" in path:
             path = path.replace("{device}", fresh_device())
         return method, path, body

@@ -172,6 +172,7 @@ class LogEntry(SQLModel, table=True):
         CheckConstraint('"index" >= 0', name="ck_log_entries_index"),
         CheckConstraint("length(raw_sha256) = 32", name="ck_log_entries_raw_sha256_length"),
         CheckConstraint("length(leaf_hash) = 32", name="ck_log_entries_leaf_hash_length"),
+        Index("ix_log_entries_step_time_ms", "step", "time_ms"),
     )
 
     index: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
@@ -186,6 +187,10 @@ class LogEntry(SQLModel, table=True):
     )
     seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # Search columns copied from the device message at ingest (the business step of an event,
+    # the device's time): for the inspector API's queries only, never evidence.
+    step: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
+    time_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class Product(SQLModel, table=True):

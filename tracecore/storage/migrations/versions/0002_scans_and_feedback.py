@@ -1,9 +1,11 @@
-"""Scans (copy detection) and buyer feedback.
+"""Scans (copy detection), buyer feedback, and search columns of log entries.
 
 Revision ID: 0002
 Revises: 0001
 
-Creates the ``scans`` and ``feedback`` tables of tracecore/storage/models.py (docs/storage.md).
+Creates the ``scans`` and ``feedback`` tables of tracecore/storage/models.py and adds the
+``step`` and ``time_ms`` search columns to ``log_entries`` (docs/storage.md). Entries logged
+before this revision keep NULL there: search by step finds only newer entries.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ depends_on: str | None = None
 
 def upgrade() -> None:
     """Apply this revision."""
+    op.add_column("log_entries", sa.Column("step", sa.String(length=32), nullable=True))
+    op.add_column("log_entries", sa.Column("time_ms", sa.BigInteger(), nullable=True))
+    op.create_index("ix_log_entries_step_time_ms", "log_entries", ["step", "time_ms"])
     op.create_table(
         "scans",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -57,3 +62,7 @@ def downgrade() -> None:
     op.drop_table("feedback")
     op.drop_index("ix_scans_product_key_at_ms", table_name="scans")
     op.drop_table("scans")
+    op.drop_index("ix_log_entries_step_time_ms", table_name="log_entries")
+    with op.batch_alter_table("log_entries") as batch_op:
+        batch_op.drop_column("time_ms")
+        batch_op.drop_column("step")
