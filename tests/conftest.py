@@ -180,7 +180,7 @@ class AppClient:
         return self.request("POST", url, **kwargs)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def app_client() -> type[AppClient]:
     """The :class:`AppClient` class: ``with app_client(app) as client: client.get(...)``."""
     return AppClient

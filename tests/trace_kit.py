@@ -45,6 +45,7 @@ __all__ = [
     "FARM",
     "FLOCK",
     "GTIN",
+    "LOG",
     "LOT",
     "ORIGIN",
     "PACKER",

@@ -12,13 +12,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from traceapi.routes.bundle import router as bundle_router
 from traceapi.routes.feedback import router as feedback_router
@@ -30,6 +33,7 @@ from traceapi.routes.recalls import router as recalls_router
 from traceapi.routes.registry import router as registry_router
 from traceapi.routes.scan import router as scan_router
 from traceapi.schemas import StatusOut
+from traceapi.views import unknown_view
 from tracecore.errors import (
     AgritraceError,
     Conflict,
@@ -84,6 +88,19 @@ async def _agritrace_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=code)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Answer HTTP errors as ``{"detail": ...}``; an unroutable ``/01...`` path as a scan would.
+
+    A path under /01 that no route matches (a control character in it, say) is still a scanned
+    code: it gets the scan's 404 answer with verdict ``unknown``.
+    """
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 (registered for this class only)
+    if exc.status_code == status.HTTP_404_NOT_FOUND and request.url.path.startswith("/01"):
+        body = unknown_view("not a product code").model_dump(mode="json")
+        return JSONResponse(body, status_code=exc.status_code)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     """Return a readable field path such as ``body.public_key``."""
     return ".".join(str(part) for part in loc) or "request"
@@ -134,6 +151,7 @@ def create_app(
     app.state.log_vkey = log_vkey
     app.add_exception_handler(AgritraceError, _agritrace_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(registry_router)
     app.include_router(ops_router)
     app.include_router(log_router)
@@ -143,6 +161,28 @@ def create_app(
     app.include_router(inspect_router)
     app.include_router(qr_router)
     app.include_router(scan_router)
+
+    def openapi() -> dict[str, Any]:
+        """The OpenAPI document, with errors described as this app sends them.
+
+        Every error here is ``{"detail": "<one readable message>"}`` (see _validation_error),
+        not FastAPI's default list of validation errors: say so, for the 422 answers that
+        FastAPI documents by itself.
+        """
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas["HTTPValidationError"] = {
+                "title": "Error",
+                "type": "object",
+                "properties": {"detail": {"type": "string", "title": "Detail"}},
+                "required": ["detail"],
+            }
+            schemas.pop("ValidationError", None)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/healthz")
     def healthz() -> StatusOut:

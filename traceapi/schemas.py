@@ -13,6 +13,7 @@ from tracecore.storage.models import DeviceKey, Party
 from tracecore.storage.registry import NAME_MAX_LENGTH, PUBLIC_KEY_LENGTH
 
 __all__ = [
+    "MAX_INT64",
     "DeviceCreate",
     "DeviceCreated",
     "DeviceOut",
@@ -27,6 +28,9 @@ __all__ = [
     "decode_public_key",
     "encode_bytes",
 ]
+
+#: The largest integer a query parameter may carry: a database BIGINT (SQLite and PostgreSQL).
+MAX_INT64 = 2**63 - 1
 
 PartyKind = Literal["farm", "packer", "processor", "carrier", "retailer", "lab", "inspector"]
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import Engine
 
 from traceapi.paths import raw_product_key
+from traceapi.schemas import MAX_INT64
 from tracecore.storage.engine import session_scope
 from tracecore.storage.evidence import build_bundle
 
@@ -22,7 +23,9 @@ def get_bundle(
     request: Request,
     previous: Annotated[
         int | None,
-        Query(ge=1, description="include a consistency proof from this older tree size"),
+        Query(
+            ge=1, le=MAX_INT64, description="include a consistency proof from this older tree size"
+        ),
     ] = None,
 ) -> Response:
     """The product's evidence bundle (agritrace-bundle/1), as a JSON download."""

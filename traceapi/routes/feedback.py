@@ -24,7 +24,7 @@ from traceapi.auth import Principal, authenticate
 from traceapi.paths import raw_product_key
 from traceapi.state import client_address, scan_salt
 from tracecore.errors import NotFound
-from tracecore.identifiers import ProductKey
+from tracecore.identifiers import ProductKey, parse_party_id
 from tracecore.settings import Settings
 from tracecore.storage.engine import session_scope
 from tracecore.storage.models import Feedback, Product
@@ -152,6 +152,8 @@ def list_feedback(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[FeedbackOut]:
     """Ratings and complaints, newest first (inspector, admin, or the owning party)."""
+    if party is not None:
+        party = parse_party_id(party)  # IdentifierError: 422 naming the rule
     if principal.role == "party":
         if party not in (None, principal.party_id):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "a party reads its own feedback only")

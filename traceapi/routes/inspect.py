@@ -29,10 +29,12 @@ from sqlmodel import Session, col, select
 
 from traceapi.auth import Principal, authenticate
 from traceapi.paths import raw_product_key
+from traceapi.schemas import MAX_INT64
 from traceapi.state import scan_policy
 from tracecore.bundle import parse_message_cached
 from tracecore.epcis import epcis_document
 from tracecore.errors import AgritraceError, NotFound
+from tracecore.identifiers import parse_party_id
 from tracecore.message import BUSINESS_STEPS, Event
 from tracecore.storage.engine import session_scope
 from tracecore.storage.evidence import MAX_LINEAGE, lineage
@@ -64,6 +66,15 @@ KDE_COLUMNS: Final = (
 )
 
 
+From = Annotated[
+    int | None, Query(alias="from", ge=0, le=MAX_INT64, description="ms since the Unix epoch")
+]
+To = Annotated[
+    int | None,
+    Query(alias="to", ge=0, le=MAX_INT64, description="ms since the Unix epoch, excluded"),
+]
+
+
 def _auditor(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
     """Any valid token; what a party token sees is narrowed by each route."""
     return principal
@@ -71,6 +82,8 @@ def _auditor(principal: Annotated[Principal, Depends(authenticate)]) -> Principa
 
 def _party_scope(principal: Principal, party: str | None) -> str | None:
     """The party filter in force: a party token is held to its own party."""
+    if party is not None:
+        party = parse_party_id(party)  # IdentifierError: 422 naming the rule
     if principal.role != "party":
         return party
     if party not in (None, principal.party_id):
@@ -101,11 +114,15 @@ def search_products(
     *,
     principal: Annotated[Principal, Depends(_auditor)],
     party: Annotated[str | None, Query(description="owning party id")] = None,
-    start: Annotated[int | None, Query(alias="from", ge=0, description="ms since epoch")] = None,
-    end: Annotated[int | None, Query(alias="to", ge=0, description="ms since epoch")] = None,
+    start: Annotated[
+        int | None, Query(alias="from", ge=0, le=MAX_INT64, description="ms since epoch")
+    ] = None,
+    end: Annotated[
+        int | None, Query(alias="to", ge=0, le=MAX_INT64, description="ms since epoch")
+    ] = None,
     step: Annotated[str | None, Query(description="has an event of this CBV step")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
 ) -> list[ProductRow]:
     """Find products by owner, time range and business step (inspector, admin, own party)."""
     party = _party_scope(principal, party)
@@ -290,8 +307,12 @@ def export_kde(
     *,
     principal: Annotated[Principal, Depends(_auditor)],
     party: Annotated[str | None, Query(description="events by or shipped to this party")] = None,
-    start: Annotated[int | None, Query(alias="from", ge=0, description="ms since epoch")] = None,
-    end: Annotated[int | None, Query(alias="to", ge=0, description="ms since epoch")] = None,
+    start: Annotated[
+        int | None, Query(alias="from", ge=0, le=MAX_INT64, description="ms since epoch")
+    ] = None,
+    end: Annotated[
+        int | None, Query(alias="to", ge=0, le=MAX_INT64, description="ms since epoch")
+    ] = None,
 ) -> Response:
     """Key data elements of every business event, as a CSV spreadsheet (inspector, admin)."""
     party = _party_scope(principal, party)

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy import Engine
 
 from traceapi.auth import Principal, forbidden, require_admin, require_admin_or_party
+from traceapi.schemas import MAX_INT64
 from tracecore.errors import RejectReason
 from tracecore.identifiers import parse_device_id
 from tracecore.storage.engine import session_scope
@@ -69,7 +70,9 @@ def get_rejections(
     reason: RejectReason | None = None,
     device: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 100,
-    before: Annotated[int | None, Query(ge=1, description="page: ids below this")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_INT64, description="page: ids below this")
+    ] = None,
 ) -> list[RejectionOut]:
     """List refused messages, newest first, with raw bytes in base64 (admin only)."""
     with session_scope(_engine(request)) as session:

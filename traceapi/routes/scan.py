@@ -114,7 +114,8 @@ def chart_series(story: Story) -> dict[str, list[SensorPoint]]:
 
 
 @router.get(
-    "/01/{rest:path}",
+    # "/01" and anything after it, so that every malformed code still gets the unknown answer.
+    "/01{rest:path}",
     response_model=ScanOut,
     responses=_RESPONSES,
     summary="Scan a product (GS1 Digital Link)",
