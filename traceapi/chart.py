@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Final
 
+from traceapi.pages import DISPLAY_TZ
 from tracecore.verdict import SensorPoint, downsample
 
 __all__ = ["temperature_svg"]
@@ -23,7 +24,8 @@ _COLOURS: Final = ("#1f6feb", "#8250df", "#1a7f37", "#bf8700", "#0a3069", "#6e77
 
 
 def _fmt_time(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%m-%d %H:%M")
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(DISPLAY_TZ)
+    return moment.strftime("%m-%d %H:%M")
 
 
 def temperature_svg(
@@ -35,7 +37,8 @@ def temperature_svg(
     """Return an SVG chart of ``series`` (name -> points in time order, in °C).
 
     ``limit`` draws a dashed line and marks every shown point above it; ``labels`` holds the
-    words ``limit`` and ``excursion`` in the page's language. Times are UTC.
+    words ``limit`` and ``excursion`` in the page's language. Times are China Standard Time
+    (UTC+8), as on the rest of the page.
     """
     shown = {name: downsample(points) for name, points in series.items() if points}
     values = [p.value for points in shown.values() for p in points]
@@ -73,7 +76,7 @@ def temperature_svg(
     parts.append(
         f'<text x="{_LEFT}" y="{_HEIGHT - 8}" font-size="11">{_fmt_time(start)}</text>'
         f'<text x="{_WIDTH - _RIGHT}" y="{_HEIGHT - 8}" font-size="11" '
-        f'text-anchor="end">{_fmt_time(end)} UTC</text>'
+        f'text-anchor="end">{_fmt_time(end)} UTC+8</text>'
     )
     if limit is not None:
         parts.append(

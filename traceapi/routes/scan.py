@@ -43,7 +43,7 @@ from tracecore.storage.trace import (
     record_scan,
     scan_stats,
 )
-from tracecore.verdict import SensorPoint, Story
+from tracecore.verdict import MAX_CHART_POINTS, SensorPoint, Story
 
 __all__ = ["chart_series", "cold_chain_limit", "router", "wants_json"]
 
@@ -188,9 +188,15 @@ def _answer(
     if as_json:
         return JSONResponse(view.model_dump(mode="json"), status_code=status_code, headers=headers)
     chart = ""
+    counts: dict[str, tuple[int, int]] = {}
     if story is not None:
+        series = chart_series(story)
+        counts = {
+            device: (min(len(points), MAX_CHART_POINTS), len(points))
+            for device, points in sorted(series.items())
+        }
         chart = temperature_svg(
-            chart_series(story),
+            series,
             limit=cold_chain_limit(story),
             labels={
                 "limit": text(language, "chart.limit"),
@@ -202,6 +208,7 @@ def _answer(
         lang=language,
         view=view,
         chart=Markup(chart),  # noqa: S704 (built from numbers and escaped text in chart.py)
+        chart_counts=counts,
         feedback=feedback,
         path=request.url.path,
         public_url=request.app.state.settings.public_url.rstrip("/"),
