@@ -20,7 +20,9 @@ import functools
 import hashlib
 import json
 import os
-from collections import defaultdict
+import struct
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,7 +55,9 @@ __all__ = [
     "Inspection",
     "Policy",
     "Report",
+    "bundle_digest",
     "inspect_bundle",
+    "inspect_bundle_memo",
     "parse_bundle",
     "parse_message_cached",
     "verify_bundle",
@@ -290,6 +294,61 @@ def verify_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) -
     The same as ``inspect_bundle(bundle, policy, previous).report``.
     """
     return inspect_bundle(bundle, policy, previous).report
+
+
+def bundle_digest(bundle: Bundle, policy: Policy, previous: str | None = None) -> bytes:
+    """SHA-256 over everything :func:`inspect_bundle` reads: the bundle, the policy, previous.
+
+    Two calls with the same digest get the same inspection (it is a pure function of these
+    inputs), which is what lets :func:`inspect_bundle_memo` answer repeated scans quickly.
+    """
+    # An injective encoding: every field's length first (fixed width), then the fields.
+    fields: list[bytes] = [str(policy.log).encode()]
+    for label, key in sorted(policy.witnesses.items()):
+        fields += [label.encode(), str(key).encode()]
+    fields += [
+        str(policy.quorum).encode(),
+        b"" if previous is None else b"p" + previous.encode(),
+        bundle.product.path.encode(),
+        bundle.checkpoint.encode(),
+    ]
+    for item in bundle.entries:
+        fields += [
+            item.index.to_bytes(8, "big"),
+            item.entry,
+            b"-" if item.message is None else b"m" + item.message,
+            b"-" if item.proof is None else b"p" + b"".join(item.proof),
+        ]
+    if bundle.consistency is not None:
+        fields += [str(bundle.consistency.old).encode(), b"".join(bundle.consistency.proof)]
+    digest = hashlib.sha256(struct.pack(f">Q{len(fields)}Q", len(fields), *map(len, fields)))
+    digest.update(b"".join(fields))
+    return digest.digest()
+
+
+_INSPECTIONS: OrderedDict[bytes, Inspection] = OrderedDict()
+_INSPECTIONS_LOCK = threading.Lock()
+_INSPECTIONS_SIZE: Final = 256
+
+
+def inspect_bundle_memo(bundle: Bundle, policy: Policy, previous: str | None = None) -> Inspection:
+    """:func:`inspect_bundle`, memoized on :func:`bundle_digest` (the last 256 bundles).
+
+    Sound for the same reason as the byte-level memos below: the key covers every input, so a
+    changed byte anywhere in the bundle is a different key and a fresh inspection.
+    """
+    key = bundle_digest(bundle, policy, previous)
+    with _INSPECTIONS_LOCK:
+        found = _INSPECTIONS.get(key)
+        if found is not None:
+            _INSPECTIONS.move_to_end(key)
+            return found
+    inspection = inspect_bundle(bundle, policy, previous)
+    with _INSPECTIONS_LOCK:
+        _INSPECTIONS[key] = inspection
+        while len(_INSPECTIONS) > _INSPECTIONS_SIZE:
+            _INSPECTIONS.popitem(last=False)
+    return inspection
 
 
 def inspect_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) -> Inspection:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from tracecore.errors import IdentifierError
@@ -302,6 +302,9 @@ class ProductKey:
     gtin: str
     lot: str | None = None
     serial: str | None = None
+    # The canonical path, computed once: keys are immutable and the path is their identity in
+    # every entry, chain and query (a scan of a long chain asks for it thousands of times).
+    _path: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
         """Validate every field; raise :class:`IdentifierError` on the first broken rule."""
@@ -324,6 +327,12 @@ class ProductKey:
             _check_value("lot", self.lot)
         if self.serial is not None:
             _check_value("serial", self.serial)
+        parts = [_AI_GTIN, self.gtin]
+        if self.lot is not None:
+            parts += [_AI_LOT, _encode(self.lot)]
+        if self.serial is not None:
+            parts += [_AI_SERIAL, _encode(self.serial)]
+        object.__setattr__(self, "_path", "/".join(parts))
 
     @classmethod
     def from_parts(cls, gtin: str, lot: str | None = None, serial: str | None = None) -> ProductKey:
@@ -389,12 +398,7 @@ class ProductKey:
         ``01/{gtin14}``, then ``/10/{lot}`` and/or ``/21/{serial}`` with every character outside
         the RFC 3986 §2.3 unreserved set percent-encoded in uppercase hex.
         """
-        parts = [_AI_GTIN, self.gtin]
-        if self.lot is not None:
-            parts += [_AI_LOT, _encode(self.lot)]
-        if self.serial is not None:
-            parts += [_AI_SERIAL, _encode(self.serial)]
-        return "/".join(parts)
+        return self._path
 
     def uri(self, base_url: str) -> str:
         """Return the GS1 Digital Link URI ``{base_url}/{path}``, e.g. for a QR code.

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tracecore.bundle import Check, Inspection
-from tracecore.logentry import DeviceRegistered, Recall
+from tracecore.logentry import DeviceMessageEntry, DeviceRegistered, Recall
 from tracecore.message import Event, Reading
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "decide",
     "downsample",
     "tell_story",
+    "tell_story_memo",
 ]
 
 #: At most this many points per sensor series go to a page or JSON answer (min/max buckets).
@@ -103,13 +104,15 @@ class Story:
     ``commissioning`` event names it; ``owner`` and ``created`` are the scanned product's owner
     and commissioning time (None if the evidence holds none). ``parents`` maps each product of
     the lineage to the products it came from; ``devices`` maps every device that signed an
-    entry to its party.
+    entry to its party. ``heads`` maps every product with a chain in the evidence to the log
+    index of its newest entry.
     """
 
     product: str
     owner: str | None
     created: int | None
     owners: Mapping[str, str]
+    heads: Mapping[str, int]
     events: tuple[StoryEvent, ...]
     readings: tuple[SensorPoint, ...]
     parents: Mapping[str, tuple[str, ...]]
@@ -193,12 +196,45 @@ def tell_story(product: str, inspection: Inspection) -> Story:
         owner=owners.get(product),
         created=created,
         owners=owners,
+        heads=_heads(inspection),
         events=tuple(sorted(events, key=lambda e: (e.time, e.index))),
         readings=tuple(sorted(readings, key=lambda r: (r.time, r.index))),
         parents=parents,
         devices=devices,
         recalls=tuple(r for r in recalls if lineage.intersection(r.products)),
     )
+
+
+_STORIES: dict[tuple[str, int], tuple[Inspection, Story]] = {}
+
+
+def tell_story_memo(product: str, inspection: Inspection) -> Story:
+    """:func:`tell_story`, remembered for the inspection object it was told from.
+
+    Inspections are immutable and memoized themselves (tracecore.bundle.inspect_bundle_memo), so
+    the same inspection object means the same content; the entry holds the inspection, so its
+    id cannot be reused while the entry lives.
+    """
+    key = (product, id(inspection))
+    found = _STORIES.get(key)
+    if found is not None and found[0] is inspection:
+        return found[1]
+    story = tell_story(product, inspection)
+    if len(_STORIES) >= 512:
+        _STORIES.pop(next(iter(_STORIES)))
+    _STORIES[key] = (inspection, story)
+    return story
+
+
+def _heads(inspection: Inspection) -> dict[str, int]:
+    """The log index of each product's newest entry in the inspected evidence."""
+    heads: dict[str, int] = {}
+    for index, entry in inspection.entries.items():
+        if isinstance(entry, DeviceMessageEntry):
+            for position in entry.chains:
+                path = position.product.path
+                heads[path] = max(index, heads.get(path, -1))
+    return heads
 
 
 def _all_ancestors(product: str, parents: Mapping[str, tuple[str, ...]]) -> set[str]:

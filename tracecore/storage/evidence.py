@@ -9,6 +9,10 @@ with :func:`tracecore.bundle.verify_bundle`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
@@ -43,6 +47,24 @@ def lineage(session: Session, product: str) -> list[str]:
     return seen
 
 
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """The columns of a log entry that a bundle needs."""
+
+    index: int
+    kind: str
+    entry: bytes
+    raw: bytes | None
+    device_id: str | None
+
+
+def _stored(rows: Iterable[Any]) -> list[_Stored]:
+    return [
+        _Stored(int(i), str(k), bytes(e), None if r is None else bytes(r), d)
+        for i, k, e, r, d in rows
+    ]
+
+
 def _names_any(entry: bytes, products: list[str]) -> bool:
     recall = parse_any_entry(entry)
     return isinstance(recall, Recall) and any(p.path in products for p in recall.products)
@@ -75,23 +97,37 @@ def build_bundle(session: Session, product: ProductKey, previous: int | None = N
     indexes = select(col(ChainLink.log_index)).where(
         col(ChainLink.product_key).in_(products), in_tree
     )
-    messages = session.scalars(
-        select(LogEntry).where(col(LogEntry.index).in_(indexes)).order_by(col(LogEntry.index))
-    ).all()
-    devices = sorted({row.device_id for row in messages if row.device_id is not None})
-    registry = session.scalars(
-        select(LogEntry)
-        .where(
-            col(LogEntry.device_id).in_(devices),
-            col(LogEntry.kind) != "device_message",
-            col(LogEntry.index) < size,
+    # Plain rows, not ORM objects: a long chain is thousands of entries per scan.
+    columns = (
+        col(LogEntry.index),
+        col(LogEntry.kind),
+        col(LogEntry.entry),
+        col(LogEntry.raw),
+        col(LogEntry.device_id),
+    )
+    messages = _stored(
+        session.execute(
+            select(*columns).where(col(LogEntry.index).in_(indexes)).order_by(col(LogEntry.index))
         )
-        .order_by(col(LogEntry.index))
-    ).all()
+    )
+    devices = sorted({row.device_id for row in messages if row.device_id is not None})
+    registry = _stored(
+        session.execute(
+            select(*columns)
+            .where(
+                col(LogEntry.device_id).in_(devices),
+                col(LogEntry.kind) != "device_message",
+                col(LogEntry.index) < size,
+            )
+            .order_by(col(LogEntry.index))
+        )
+    )
     recalls = [
         row
-        for row in session.scalars(
-            select(LogEntry).where(col(LogEntry.kind) == "recall", col(LogEntry.index) < size)
+        for row in _stored(
+            session.execute(
+                select(*columns).where(col(LogEntry.kind) == "recall", col(LogEntry.index) < size)
+            )
         )
         if _names_any(row.entry, products)
     ]

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from tracecore.bundle import Check, Inspection, Policy, inspect_bundle
+from tracecore.bundle import Check, Inspection, Policy, inspect_bundle_memo
 from tracecore.checkpoint import latest_checkpoint
 from tracecore.errors import AgritraceError
 from tracecore.identifiers import ProductKey
-from tracecore.logentry import DeviceMessageEntry
 from tracecore.storage.evidence import build_bundle
 from tracecore.storage.models import (
     ChainLink,
@@ -40,7 +39,7 @@ from tracecore.storage.models import (
     ProductParent,
     Scan,
 )
-from tracecore.verdict import Story, tell_story
+from tracecore.verdict import Story, tell_story_memo
 
 __all__ = [
     "ProductAssessment",
@@ -100,11 +99,11 @@ def assess_product(
         # or subtree hash means rows were deleted or edited.
         failed = Check("evidence", ok=False, detail=f"the stored evidence is incomplete: {exc}")
         return ProductAssessment(product, row, None, None, (failed,), None)
-    inspection = inspect_bundle(bundle, policy)
-    story = tell_story(product.path, inspection)
+    inspection = inspect_bundle_memo(bundle, policy)
+    story = tell_story_memo(product.path, inspection)
     checks = [*inspection.report.checks]
     checks.append(_owner_check(session, story, inspection))
-    checks.append(_completeness_check(session, inspection))
+    checks.append(_completeness_check(session, inspection, story))
     return ProductAssessment(
         product, row, inspection, story, tuple(checks), bundle.checkpoint, pending=None
     )
@@ -135,15 +134,11 @@ def _owner_check(session: Session, story: Story, inspection: Inspection) -> Chec
     )
 
 
-def _completeness_check(session: Session, inspection: Inspection) -> Check:
+def _completeness_check(session: Session, inspection: Inspection, story: Story) -> Check:
     if inspection.checkpoint is None:
         return Check("completeness", ok=False, detail="not checked: no verified checkpoint")
     size = inspection.checkpoint.size
-    heads: dict[str, int] = {}
-    for index, entry in inspection.entries.items():
-        if isinstance(entry, DeviceMessageEntry):
-            for position in entry.chains:
-                heads[position.product.path] = max(index, heads.get(position.product.path, -1))
+    heads = story.heads
     if not heads:
         return Check("completeness", ok=False, detail="no chain in the evidence")
     low = min(heads.values())
