@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="serve the trace and registry HTTP API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (each reads the settings from the environment); default 1",
+    )
     api.set_defaults(command=_api)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
@@ -199,7 +205,21 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
     from traceapi import create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    if args.workers < 1:
+        sys.stderr.write("agritrace api: --workers must be at least 1\n")
+        return 2
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        return 0
+    # Several processes: uvicorn imports the app factory in each one.
+    uvicorn.run(
+        "traceapi.app:app_from_environment",
+        factory=True,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+    )
     return 0
 
 

@@ -44,11 +44,11 @@ from tracecore.errors import (
     StorageError,
 )
 from tracecore.keys import VerifierKey
-from tracecore.settings import Settings
+from tracecore.settings import Settings, load_settings
 from tracecore.storage.engine import make_engine
 from tracecore.storage.migrate import upgrade
 
-__all__ = ["ERROR_STATUS", "create_app", "wall_clock_ms"]
+__all__ = ["ERROR_STATUS", "app_from_environment", "create_app", "wall_clock_ms"]
 
 #: HTTP status of each core error; the first matching class (in this order) wins.
 ERROR_STATUS: tuple[tuple[type[AgritraceError], int], ...] = (
@@ -199,3 +199,8 @@ def create_app(
         return StatusOut(status="ok")
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app for the ``AGRITRACE_*`` settings of the environment (uvicorn's factory)."""
+    return create_app(load_settings())

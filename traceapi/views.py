@@ -277,7 +277,23 @@ def _jsonable(value: object) -> Any:
     return value
 
 
+_SERIES: dict[int, tuple[Story, list[SeriesOut]]] = {}
+
+
 def _series(story: Story) -> list[SeriesOut]:
+    """The downsampled series of a story, remembered per story object (stories are immutable
+    and memoized by the inspection they come from)."""
+    found = _SERIES.get(id(story))
+    if found is not None and found[0] is story:
+        return found[1]
+    series = _compute_series(story)
+    if len(_SERIES) >= 512:
+        _SERIES.pop(next(iter(_SERIES)))
+    _SERIES[id(story)] = (story, series)
+    return series
+
+
+def _compute_series(story: Story) -> list[SeriesOut]:
     groups: dict[tuple[str, str, str], list[SensorPoint]] = defaultdict(list)
     for point in story.readings:
         groups[(point.device, point.type, point.uom)].append(point)

@@ -1,0 +1,1 @@
+"""Locust load tests (run headless; see docs/benchmarks.md and loadtests/scan.py)."""
