@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pyqrcode
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
@@ -157,6 +158,7 @@ class _Walkthrough:
             previous = await self._wait_for_checkpoint(http)
             await self._show_rejections(http)
             await self._verify_bundle(http, cartons[0], log_vkey, previous)
+            await self._show_pages(http, cartons)
         self._try_it(cartons[0], farm_auth)
 
     async def _register_parties(self, http: httpx.AsyncClient) -> None:
@@ -308,9 +310,19 @@ class _Walkthrough:
         if not report.ok:
             raise ConfigError("the demo's own bundle did not verify")
 
+    async def _show_pages(self, http: httpx.AsyncClient, cartons: list[ProductKey]) -> None:
+        """Scan the cartons as a buyer's phone would; print their pages and one QR code."""
+        _say("\n8. What a buyer sees after scanning (GET /{key}; HTML, or JSON on request):")
+        for carton in cartons:
+            reply = await http.get(f"/{carton.path}", headers={"Accept": "application/json"})
+            verdict = reply.json().get("verdict", "?")
+            _say(f"   {verdict:<9} {self.base}/{carton.path}   (English: add ?lang=en)")
+        _say(f"   the QR code of the first carton ({self.base}/qr/{cartons[0].path}.svg):")
+        _say(_qr_text(f"{self.base}/{cartons[0].path}"))
+
     def _try_it(self, carton: ProductKey, farm_auth: dict[str, str]) -> None:
         base, out = self.base, self.out
-        _say("\n8. Try it yourself:")
+        _say("\n9. Try it yourself:")
         _say(f"   agritrace verify {out / 'bundle.json'} --policy {out / 'policy.txt'}")
         _say(f"   curl -o bundle.json {base}/v1/bundle/{carton.path}")
         _say(f"   curl {base}/v1/log/checkpoint    curl {base}/metrics")
@@ -395,6 +407,22 @@ def _state(reply: httpx.Response) -> str:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _qr_text(uri: str, quiet: int = 2) -> str:
+    """The QR code of ``uri`` in half-block characters, two modules a line (as qrencode -t UTF8
+    draws it: light modules are the printed ones, for a dark terminal)."""
+    modules = pyqrcode.create(uri, error="M").code
+    width = len(modules[0]) + 2 * quiet
+    light = [[1] * width for _ in range(quiet)]
+    rows = light + [[1] * quiet + [1 - m for m in row] + [1] * quiet for row in modules] + light
+    if len(rows) % 2:
+        rows.append([0] * width)
+    glyphs = {(1, 1): "█", (1, 0): "▀", (0, 1): "▄", (0, 0): " "}
+    return "\n".join(
+        "   " + "".join(glyphs[(top, bottom)] for top, bottom in zip(upper, lower, strict=True))
+        for upper, lower in zip(rows[::2], rows[1::2], strict=True)
+    )
 
 
 def _say(line: str) -> None:

@@ -79,7 +79,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> dict[st
             "AGRITRACE_DATA_DIR": str(data),
             "AGRITRACE_DB_URL": "",
             "AGRITRACE_LOG_ORIGIN": _ORIGIN,
-            "AGRITRACE_LOAD_KEYS": f"{_CARTON.path},{_LOT.path}",
+            "AGRITRACE_LOAD_KEYS": (
+                f"{_CARTON.path},{_LOT.path}"
+                if args.key == "carton"
+                else f"{_LOT.path},{_CARTON.path}"
+            ),
         }
         server = subprocess.Popen(  # noqa: S603 (this interpreter, fixed arguments)
             [sys.executable, "-m", "agritrace", "api", "--port", str(port),
@@ -117,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--wait", default="0.5,1.5", help="think time: 'a,b' seconds, or 'c'")
     parser.add_argument("--workers", type=int, default=1, help="API server processes")
+    parser.add_argument(
+        "--key",
+        choices=("carton", "lot"),
+        default="carton",
+        help="scan the serialized carton (each scan is logged: a write) or the lot (read only)",
+    )
     return parser
 
 

@@ -126,8 +126,8 @@ class CheckpointOut(BaseModel):
 class ScansOut(BaseModel):
     """Scans of a serialized code (copy detection)."""
 
-    scans: int
-    clients: int
+    scans: int = Field(description="every scan of the code so far")
+    clients: int = Field(description="distinct clients within the window")
     first_ms: int | None
     first_place: str | None
     threshold: int

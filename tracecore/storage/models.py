@@ -50,6 +50,7 @@ __all__ = [
     "Receipt",
     "Rejection",
     "Scan",
+    "ScanClient",
     "Token",
 ]
 
@@ -407,6 +408,30 @@ class Scan(SQLModel, table=True):
     client: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     place: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
     at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ScanClient(SQLModel, table=True):
+    """Per product and client: when it first and last scanned the code, and how often.
+
+    Copy detection counts the clients seen within a window; this table keeps that count a
+    range over a handful of rows per genuine product, whatever the number of scans.
+    """
+
+    __tablename__ = "scan_clients"
+    __table_args__ = (
+        Index("ix_scan_clients_product_key_last_ms", "product_key", "last_ms"),
+        CheckConstraint("length(client) = 16", name="ck_scan_clients_client_length"),
+        CheckConstraint("scans >= 1", name="ck_scan_clients_scans"),
+    )
+
+    product_key: str = Field(
+        sa_column=Column(String(PRODUCT_KEY_LENGTH), ForeignKey("products.key"), primary_key=True)
+    )
+    client: bytes = Field(sa_column=Column(LargeBinary, primary_key=True))
+    first_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    scans: int = Field(sa_column=Column(Integer, nullable=False))
+    first_place: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
 
 
 class Feedback(SQLModel, table=True):

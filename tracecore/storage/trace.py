@@ -22,7 +22,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlmodel import Session, col
 
 from tracecore.bundle import Check, Inspection, Policy, inspect_bundle_memo
@@ -38,6 +38,7 @@ from tracecore.storage.models import (
     Product,
     ProductParent,
     Scan,
+    ScanClient,
 )
 from tracecore.verdict import Story, tell_story_memo
 
@@ -183,7 +184,8 @@ def client_hash(salt: bytes, client: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ScanStats:
-    """Scans of one product within a window."""
+    """Scans of one product: all ``scans`` ever, the distinct ``clients`` within the copy
+    window, and when and where (if the client said) the code was first scanned."""
 
     scans: int
     clients: int
@@ -191,27 +193,48 @@ class ScanStats:
     first_place: str | None
 
 
+_UPSERT_CLIENT = text(
+    # ON CONFLICT ... DO UPDATE: the same text on SQLite (>= 3.24) and PostgreSQL.
+    "INSERT INTO scan_clients (product_key, client, first_ms, last_ms, scans, first_place) "
+    "VALUES (:product, :client, :now, :now, 1, :place) "
+    "ON CONFLICT (product_key, client) DO UPDATE SET "
+    "last_ms = excluded.last_ms, scans = scan_clients.scans + 1"
+)
+
+
 def record_scan(
     session: Session, product: str, client: bytes, place: str | None, now_ms: int
 ) -> None:
-    """Log one scan of ``product`` (the session's commit makes it durable)."""
+    """Log one scan of ``product`` and count it for its client (durable at the commit)."""
     session.add(Scan(product_key=product, client=client, place=place, at_ms=now_ms))
+    session.execute(
+        _UPSERT_CLIENT, {"product": product, "client": client, "now": now_ms, "place": place}
+    )
 
 
 def scan_stats(session: Session, product: str, since_ms: int) -> ScanStats:
-    """Count the scans and distinct clients of ``product`` since ``since_ms``, and the first."""
-    recent = (col(Scan.product_key) == product, col(Scan.at_ms) >= since_ms)
-    scans, clients = session.execute(
-        select(func.count(), func.count(func.distinct(col(Scan.client)))).where(*recent)
-    ).one()
+    """The scans of ``product``: all of them, the distinct clients since ``since_ms``, the first.
+
+    Reads a few rows per client (scan_clients), never the whole scan log.
+    """
+    total = session.execute(
+        select(func.coalesce(func.sum(col(ScanClient.scans)), 0)).where(
+            col(ScanClient.product_key) == product
+        )
+    ).scalar_one()
+    clients = session.execute(
+        select(func.count()).where(
+            col(ScanClient.product_key) == product, col(ScanClient.last_ms) >= since_ms
+        )
+    ).scalar_one()
     first = session.execute(
-        select(col(Scan.at_ms), col(Scan.place))
-        .where(col(Scan.product_key) == product)
-        .order_by(col(Scan.at_ms), col(Scan.id))
+        select(col(ScanClient.first_ms), col(ScanClient.first_place))
+        .where(col(ScanClient.product_key) == product)
+        .order_by(col(ScanClient.first_ms), col(ScanClient.client))
         .limit(1)
     ).first()
     return ScanStats(
-        int(scans),
+        int(total),
         int(clients),
         None if first is None else int(first[0]),
         None if first is None else first[1],

@@ -3,7 +3,7 @@
 Revision ID: 0002
 Revises: 0001
 
-Creates the ``scans`` and ``feedback`` tables of tracecore/storage/models.py and adds the
+Creates the ``scans``, ``scan_clients`` and ``feedback`` tables of tracecore/storage/models.py and adds the
 ``step`` and ``time_ms`` search columns to ``log_entries`` (docs/storage.md). Entries logged
 before this revision keep NULL there: search by step finds only newer entries.
 """
@@ -39,6 +39,22 @@ def upgrade() -> None:
     )
     op.create_index("ix_scans_product_key_at_ms", "scans", ["product_key", "at_ms"])
     op.create_table(
+        "scan_clients",
+        sa.Column("product_key", sa.String(length=255), nullable=False),
+        sa.Column("client", sa.LargeBinary(), nullable=False),
+        sa.Column("first_ms", sa.BigInteger(), nullable=False),
+        sa.Column("last_ms", sa.BigInteger(), nullable=False),
+        sa.Column("scans", sa.Integer(), nullable=False),
+        sa.Column("first_place", sa.String(length=64), nullable=True),
+        sa.CheckConstraint("length(client) = 16", name="ck_scan_clients_client_length"),
+        sa.CheckConstraint("scans >= 1", name="ck_scan_clients_scans"),
+        sa.ForeignKeyConstraint(["product_key"], ["products.key"]),
+        sa.PrimaryKeyConstraint("product_key", "client"),
+    )
+    op.create_index(
+        "ix_scan_clients_product_key_last_ms", "scan_clients", ["product_key", "last_ms"]
+    )
+    op.create_table(
         "feedback",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("product_key", sa.String(length=255), nullable=False),
@@ -60,6 +76,8 @@ def downgrade() -> None:
     op.drop_index("ix_feedback_client_at_ms", table_name="feedback")
     op.drop_index("ix_feedback_product_key_at_ms", table_name="feedback")
     op.drop_table("feedback")
+    op.drop_index("ix_scan_clients_product_key_last_ms", table_name="scan_clients")
+    op.drop_table("scan_clients")
     op.drop_index("ix_scans_product_key_at_ms", table_name="scans")
     op.drop_table("scans")
     op.drop_index("ix_log_entries_step_time_ms", table_name="log_entries")
