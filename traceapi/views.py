@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -268,7 +269,7 @@ def _party(party_id: str, names: dict[str, str]) -> PartyRef:
 
 
 def _jsonable(value: object) -> Any:
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]

@@ -20,8 +20,7 @@ it comes from, so each can be proven with the product's evidence bundle.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -101,7 +100,7 @@ def _business_event(event: StoryEvent) -> dict[str, Any]:
     body["agritrace:device"] = event.device
     body["agritrace:party"] = event.party
     if event.data:
-        body["agritrace:data"] = json.loads(json.dumps(event.data, default=str))
+        body["agritrace:data"] = _plain(event.data)
     return body
 
 
@@ -140,6 +139,15 @@ def _reading_events(points: list[SensorPoint]) -> list[dict[str, Any]]:
             body["quantityList"] = ids["classes"]
         events.append(body)
     return events
+
+
+def _plain(value: object) -> Any:
+    """Signed ``data`` (frozen maps and tuples) as plain JSON values."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _safe(text: str) -> str:
