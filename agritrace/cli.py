@@ -136,16 +136,36 @@ def _parser() -> argparse.ArgumentParser:
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
     del settings  # offline: nothing of this installation is trusted or needed
-    from tracecore.bundle import Policy, parse_bundle, verify_bundle
+    from contracts import evaluate_story
+    from tracecore.bundle import Policy, inspect_bundle, parse_bundle
+    from tracecore.verdict import tell_story
 
     bundle = parse_bundle(_read(args.bundle))
     policy = Policy.parse(_read(args.policy).decode("utf-8", errors="replace"))
     previous = None
     if args.previous is not None:
         previous = _read(args.previous).decode("utf-8", errors="replace")
-    report = verify_bundle(bundle, policy, previous)
+    inspection = inspect_bundle(bundle, policy, previous)
+    report = inspection.report
     sys.stdout.write(report.render())
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    # Re-run the contracts on the verified content; compare with what the server claimed.
+    results = evaluate_story(tell_story(bundle.product.path, inspection), report.size)
+    claimed = set(bundle.contracts)
+    sys.stdout.write("contracts, re-run from the bundle:\n")
+    differ = 0
+    for result in results:
+        same = result.to_bytes() in claimed
+        differ += bool(bundle.contracts) and not same
+        mark = "" if not bundle.contracts else ("  (as the server says)" if same else "  DIFFERS")
+        reason = result.reasons[-1].text if result.reasons else ""
+        sys.stdout.write(f"  {result.status.value:<14} {result.contract:<22} {reason}{mark}\n")
+    differ += len(claimed - {result.to_bytes() for result in results})  # claims nobody re-made
+    if differ:
+        sys.stdout.write(f"CONTRACTS DIFFER: {differ} result(s) are not what the server claims\n")
+        return 1
+    return 0
 
 
 def _read(path: Path) -> bytes:

@@ -70,6 +70,16 @@ _ZH: Final[dict[str, str]] = {
     "unknown.hint": "请检查是否完整扫描了包装上的二维码。",
     "labels.title": "标签",
     "contracts": "合规检查",
+    "contract.pass": "合格",
+    "contract.fail": "不合格",
+    "contract.not_applicable": "不适用",
+    "contract.egg-cold-chain": "鸡蛋冷链 (≤7.2 °C)",
+    "contract.chilled-meat": "冷鲜肉温度",
+    "contract.drug-withdrawal": "兽药休药期",
+    "contract.brucellosis": "布鲁氏菌病检测",
+    "contract.egg-freshness": "鸡蛋新鲜度 (28 天)",
+    "contract.cold-chain-continuity": "冷链连续性",
+    "contract.custody": "交接记录",
 }
 
 _EN: Final[dict[str, str]] = {
@@ -128,6 +138,16 @@ _EN: Final[dict[str, str]] = {
     "unknown.hint": "Check that the whole QR code on the package was scanned.",
     "labels.title": "Labels",
     "contracts": "Compliance checks",
+    "contract.pass": "passed",
+    "contract.fail": "FAILED",
+    "contract.not_applicable": "not applicable",
+    "contract.egg-cold-chain": "Egg cold chain (≤ 7.2 °C)",
+    "contract.chilled-meat": "Chilled meat temperatures",
+    "contract.drug-withdrawal": "Drug withdrawal periods",
+    "contract.brucellosis": "Brucellosis testing",
+    "contract.egg-freshness": "Egg freshness (28 days)",
+    "contract.cold-chain-continuity": "Cold-chain continuity",
+    "contract.custody": "Custody hand-overs",
 }
 
 _CATALOGS: Final[dict[Lang, dict[str, str]]] = {"zh": _ZH, "en": _EN}

@@ -15,12 +15,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from contracts import evaluate_story
 from tracecore.storage.trace import ProductAssessment, ScanStats
 from tracecore.verdict import SensorPoint, Story, Verdict, decide, downsample
 
 __all__ = [
     "CheckOut",
     "CheckpointOut",
+    "ContractOut",
     "EventOut",
     "LineageOut",
     "PartyRef",
@@ -135,6 +137,25 @@ class ScansOut(BaseModel):
     window_hours: float
 
 
+class ReasonOut(BaseModel):
+    """One finding of a contract, with the log entries behind it."""
+
+    text: str
+    entries: list[int]
+
+
+class ContractOut(BaseModel):
+    """A contract's result for the product (docs/contracts.md)."""
+
+    id: str
+    version: int
+    source_sha256: str
+    status: Literal["pass", "fail", "not_applicable"]
+    log_size: int
+    reasons: list[ReasonOut]
+    measures: dict[str, int]
+
+
 class ScanOut(BaseModel):
     """The answer to a scan (design.md, "Trace API")."""
 
@@ -148,7 +169,7 @@ class ScanOut(BaseModel):
     lineage: LineageOut | None = None
     checkpoint: CheckpointOut | None = None
     scans: ScansOut | None = None
-    contracts: list[dict[str, Any]] = []
+    contracts: list[ContractOut] = []
     bundle_url: str | None = None
     pending: bool = False
 
@@ -253,6 +274,7 @@ def build_view(
             note=assessment.checkpoint,
         ),
         scans=scans_out,
+        contracts=_contracts(story, checkpoint.size) if checkpoint is not None else [],
         bundle_url=f"{public_url.rstrip('/')}/v1/bundle/{key.path}",
     )
 
@@ -276,6 +298,33 @@ def _jsonable(value: object) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     return value
+
+
+_CONTRACTS: dict[tuple[int, int], tuple[Story, list[ContractOut]]] = {}
+
+
+def _contracts(story: Story, log_size: int) -> list[ContractOut]:
+    """The contract results of a verified story, remembered per story object and log size."""
+    key = (id(story), log_size)
+    found = _CONTRACTS.get(key)
+    if found is not None and found[0] is story:
+        return found[1]
+    results = [
+        ContractOut(
+            id=r.contract,
+            version=r.version,
+            source_sha256=r.source_sha256,
+            status=r.status.value,
+            log_size=r.log_size,
+            reasons=[ReasonOut(text=x.text, entries=list(x.entries)) for x in r.reasons],
+            measures=dict(r.measures),
+        )
+        for r in evaluate_story(story, log_size)
+    ]
+    if len(_CONTRACTS) >= 512:
+        _CONTRACTS.pop(next(iter(_CONTRACTS)))
+    _CONTRACTS[key] = (story, results)
+    return results
 
 
 _SERIES: dict[int, tuple[Story, list[SeriesOut]]] = {}

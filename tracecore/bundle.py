@@ -97,6 +97,9 @@ class Bundle:
     checkpoint: str
     entries: tuple[BundleEntry, ...]
     consistency: Consistency | None = None
+    #: The server's contract results for the product (deterministic CBOR, docs/contracts.md):
+    #: claims, which ``agritrace verify`` recomputes and compares, never trusts.
+    contracts: tuple[bytes, ...] = ()
 
     def to_json(self) -> str:
         """Return the bundle as JSON text (docs/bundle.md)."""
@@ -119,6 +122,8 @@ class Bundle:
                 "old": self.consistency.old,
                 "proof": [_b64(h) for h in self.consistency.proof],
             }
+        if self.contracts:
+            doc["contracts"] = [_b64(result) for result in self.contracts]
         return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
 
 
@@ -144,11 +149,15 @@ def parse_bundle(text: str | bytes) -> Bundle:
                 old=_uint(raw.get("old"), "consistency.old"),
                 proof=_hashes(raw.get("proof"), "consistency.proof"),
             )
+        claimed = doc.get("contracts") or []
+        if not isinstance(claimed, list):
+            raise BundleError("'contracts' must be a list of base64 results")
+        contracts = tuple(_unb64(item, f"contracts[{n}]") for n, item in enumerate(claimed))
     except AgritraceError as exc:
         if isinstance(exc, BundleError):
             raise
         raise BundleError(str(exc)) from exc
-    return Bundle(product, checkpoint, entries, consistency)
+    return Bundle(product, checkpoint, entries, consistency, contracts)
 
 
 def _parse_entry(item: object, n: int) -> BundleEntry:

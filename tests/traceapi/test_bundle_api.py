@@ -240,3 +240,29 @@ def test_only_inspectors_and_the_admin_recall(site: Site) -> None:
     )
     assert admin.status_code == 404
     assert site.client.post("/v1/recalls", json=body).status_code == 401
+
+
+def test_verify_reruns_the_contracts_and_catches_a_forged_claim(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bundle carries the server's contract results; verify re-runs them and compares."""
+    text = _bundle(site, CARTON)
+    doc = json.loads(text)
+    assert len(doc["contracts"]) == 7
+    (tmp_path / "bundle.json").write_text(text)
+    policy = tmp_path / "policy.txt"
+    policy.write_text(f"log {LOG.verifier}\nwitness w {cosigner_verifier(WITNESS)}\nquorum 1\n")
+    assert cli(["verify", str(tmp_path / "bundle.json"), "--policy", str(policy)]) == 0
+    out = capsys.readouterr().out
+    assert "egg-cold-chain" in out
+    assert "(as the server says)" in out
+    assert "DIFFERS" not in out
+
+    import cbor2  # noqa: PLC0415 (only this forgery needs it)
+
+    forged = cbor2.loads(base64.b64decode(doc["contracts"][0]))
+    forged["status"] = "fail" if forged["status"] != "fail" else "pass"
+    doc["contracts"][0] = base64.b64encode(cbor2.dumps(forged, canonical=True)).decode()
+    (tmp_path / "forged.json").write_text(json.dumps(doc))
+    assert cli(["verify", str(tmp_path / "forged.json"), "--policy", str(policy)]) == 1
+    assert "CONTRACTS DIFFER" in capsys.readouterr().out

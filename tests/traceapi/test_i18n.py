@@ -63,3 +63,14 @@ def test_unknown_steps_read_as_their_name() -> None:
     assert i18n.step_label("en", "killing") == "Slaughtered"
     assert i18n.step_label("zh", "killing") == "屠宰"
     assert i18n.step_label("en", "stock_taking") == "stock taking"
+
+
+def test_every_contract_has_a_name_in_both_languages() -> None:
+    """The page names each contract and each status in Chinese and English."""
+    from contracts import CONTRACTS  # noqa: PLC0415 (only this test needs the registry)
+
+    for lang in i18n.LANGUAGES:
+        for contract in CONTRACTS:
+            assert i18n.text(lang, f"contract.{contract.id}")
+        for status in ("pass", "fail", "not_applicable"):
+            assert i18n.text(lang, f"contract.{status}")

@@ -163,3 +163,25 @@ def test_a_new_product_waits_for_its_checkpoint(world: World) -> None:
     after = world.client.get(f"/{LOT.path}", headers=JSON).json()
     assert after["readings"][0]["total"] == 6
     assert after["verdict"] == "verified"
+
+
+def test_contract_results_are_in_the_answer_and_on_the_page(world: World) -> None:
+    """A warm reading two days after laying fails the egg cold chain, in JSON and on the page."""
+    world.now[0] += 2 * 86_400_000
+    world.send(
+        CLIMATE,
+        lambda seq, time: Reading(
+            CLIMATE.name, seq, time, (LOT,), (Sensor("Temperature", 9.5, "CEL"),)
+        ),
+    )
+    world.checkpoint()
+    body = world.client.get(f"/{CARTON.path}", headers=JSON).json()
+    results = {c["id"]: c for c in body["contracts"]}
+    assert results["egg-cold-chain"]["status"] == "fail"
+    assert results["egg-cold-chain"]["measures"]["readings"] == 1
+    assert results["egg-cold-chain"]["log_size"] == body["checkpoint"]["size"]
+    assert results["brucellosis"]["status"] == "not_applicable"
+    assert all(len(c["source_sha256"]) == 64 for c in body["contracts"])
+    page = world.client.get(f"/{CARTON.path}?lang=en").text
+    assert "✗ Egg cold chain" in page
+    assert "Brucellosis" not in page  # not applicable: not shown

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import Engine
 
+from contracts import evaluate_story
 from traceapi.paths import raw_product_key
 from traceapi.schemas import MAX_INT64
+from traceapi.state import scan_policy
+from tracecore.bundle import inspect_bundle_memo
 from tracecore.storage.engine import session_scope
 from tracecore.storage.evidence import build_bundle
+from tracecore.verdict import tell_story_memo
 
 __all__ = ["router"]
 
@@ -33,6 +38,12 @@ def get_bundle(
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
         bundle = build_bundle(session, product, previous)
+    inspection = inspect_bundle_memo(bundle, scan_policy(request))
+    if inspection.report.ok:
+        # The server's contract results travel with the evidence; the verifier re-runs them.
+        story = tell_story_memo(product.path, inspection)
+        results = evaluate_story(story, inspection.report.size)
+        bundle = dataclasses.replace(bundle, contracts=tuple(r.to_bytes() for r in results))
     filename = product.path.replace("/", "_").replace("%", "")
     return Response(
         bundle.to_json(),
