@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ KEY = nacl.signing.SigningKey(hashlib.sha256(b"test_decoder_fuzz").digest())
 CALL_LIMIT_SECONDS = 0.5
 
 _BASE = settings(
-    deadline=timedelta(seconds=1),
+    deadline=None,  # wall-clock deadlines flake on a busy machine; check() bounds CPU time
     database=None,  # no .hypothesis directory in the repository
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -53,12 +52,14 @@ def fuzz(name: str, examples: int) -> settings:
 
 def check(raw: bytes) -> None:
     """The property: a SignedMessage or a MessageRejected, and verify behaves the same way."""
-    start = time.perf_counter()
+    # CPU time of this thread, not wall time: a decoder that loops or blows up on some input
+    # burns CPU; a busy machine (CI running beside other work) only stretches wall time.
+    start = time.thread_time()
     try:
         signed = parse_message(raw)
     except MessageRejected:
         signed = None
-    assert time.perf_counter() - start < CALL_LIMIT_SECONDS
+    assert time.thread_time() - start < CALL_LIMIT_SECONDS
     if signed is not None:
         assert isinstance(signed, SignedMessage)
         for public_key in PUBLIC_KEYS:
