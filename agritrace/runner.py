@@ -31,8 +31,10 @@ from ingest import (
     stop_on_signals,
 )
 from ingest.checkpointer import wall_clock_ms
+from ingest.contracting import run_contract_evaluator
 from ingest.witnessing import CheckpointCosigner, WitnessConfig, parse_witnesses
 from traceapi import create_app
+from tracecore.bundle import Policy
 from tracecore.errors import ConfigError
 from tracecore.keys import SignerKey, load_or_create_log_key
 from tracecore.mqtt import DEFAULT_EMBEDDED, BrokerAddress, embedded_broker
@@ -123,11 +125,22 @@ async def _main(
                 settings.checkpoint_seconds,
                 on_checkpoint=cosigner if witnesses else None,
             )
+            # Contracts of changed products run beside ingest, on what a checkpoint covers.
+            policy = Policy(log_key.verifier, {w.name: w.vkey for w in witnesses}, 0)
+            evaluator = functools.partial(
+                _contract_evaluator, policy=policy, interval_s=settings.contract_seconds
+            )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(
                     _stop_when_done(
                         run_ingest(
-                            proc, options, stop, companions={"log-checkpointer": checkpointer}
+                            proc,
+                            options,
+                            stop,
+                            companions={
+                                "log-checkpointer": checkpointer,
+                                "contract-evaluator": evaluator,
+                            },
                         ),
                         stop,
                     ),
@@ -140,6 +153,12 @@ async def _main(
                 for name, companion in companions.items():
                     tasks.create_task(_after_start(server, companion(engine, stop)), name=name)
     return 0
+
+
+async def _contract_evaluator(
+    engine: Engine, stop: asyncio.Event, *, policy: Policy, interval_s: float
+) -> None:
+    await run_contract_evaluator(engine, policy, interval_s, stop)
 
 
 @contextlib.asynccontextmanager

@@ -152,6 +152,10 @@ class _Sql:
             "INSERT INTO chain_links (product_key, pseq, log_index, prev_hash) "  # noqa: S608
             f"VALUES ({p}, {p}, {p}, {p})"
         )
+        self.queue_contracts = (
+            "INSERT INTO contract_queue (product_key, queued_ms) "  # noqa: S608
+            f"VALUES ({p}, {p}) ON CONFLICT (product_key) DO NOTHING"
+        )
         self.insert_receipt = (
             "INSERT INTO receipts (device_id, seq, log_index, raw) "  # noqa: S608
             f"VALUES ({p}, {p}, {p}, {p})"
@@ -930,6 +934,10 @@ class _Run:
             self._insert_edges()
         if self.link_rows:
             conn.exec_driver_sql(self.sql.insert_link, self.link_rows)
+            # The contracts of every product whose chain grew are evaluated again, by the
+            # contract evaluator, once a checkpoint covers these entries (ingest.contracting).
+            queued = sorted({row[0] for row in self.link_rows})
+            conn.exec_driver_sql(self.sql.queue_contracts, [(key, self.now_ms) for key in queued])
         self._write_parked()
         if self.rejections:
             conn.execute(_REJECTIONS.insert(), self.rejections)

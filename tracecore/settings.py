@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     verify_threads: int = Field(
         default=2, ge=1, le=64, description="ingest: threads checking signatures"
     )
+    contract_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="ingest: how often queued products' contracts run"
+    )
     copy_threshold: int = Field(
         default=5,
         ge=1,

@@ -36,6 +36,8 @@ __all__ = [
     "TOKEN_ROLES",
     "ChainLink",
     "Checkpoint",
+    "ContractQueue",
+    "ContractResult",
     "Cosignature",
     "Device",
     "DeviceKey",
@@ -455,3 +457,46 @@ class Feedback(SQLModel, table=True):
     complaint: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     client: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ContractQueue(SQLModel, table=True):
+    """A product whose chain changed since its contracts were last evaluated.
+
+    Ingest adds the products of each batch in the batch's transaction; the contract evaluator
+    takes them (and their descendants) once a signed checkpoint covers their entries.
+    """
+
+    __tablename__ = "contract_queue"
+
+    product_key: str = Field(
+        sa_column=Column(String(PRODUCT_KEY_LENGTH), ForeignKey("products.key"), primary_key=True)
+    )
+    queued_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ContractResult(SQLModel, table=True):
+    """The latest result of one contract for one product (docs/contracts.md).
+
+    ``result`` is the deterministic CBOR of the whole result (what ``agritrace verify``
+    compares); the other columns repeat parts of it for queries.
+    """
+
+    __tablename__ = "contract_results"
+    __table_args__ = (
+        Index("ix_contract_results_contract_status", "contract", "status"),
+        CheckConstraint(
+            "status IN ('pass', 'fail', 'not_applicable')", name="ck_contract_results_status"
+        ),
+        CheckConstraint("length(source_sha256) = 64", name="ck_contract_results_source_length"),
+    )
+
+    product_key: str = Field(
+        sa_column=Column(String(PRODUCT_KEY_LENGTH), ForeignKey("products.key"), primary_key=True)
+    )
+    contract: str = Field(sa_column=Column(String(64), primary_key=True))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    source_sha256: str = Field(sa_column=Column(String(64), nullable=False))
+    log_size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    result: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    evaluated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -1,0 +1,79 @@
+"""The contract evaluator: queued by ingest, evaluated once a checkpoint covers the entries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import cbor2
+import pytest
+from sqlalchemy import Engine, select
+from sqlmodel import col
+from trace_kit import CARTON, CLIMATE, FLOCK, LOG, LOT, World, make_world
+
+from ingest.contracting import evaluate_pending
+from tracecore.bundle import Policy
+from tracecore.message import Reading, Sensor
+from tracecore.storage import session_scope
+from tracecore.storage.models import ContractQueue, ContractResult
+
+POLICY = Policy(LOG.verifier, {}, 0)
+
+
+@pytest.fixture
+def world(engine: Engine, app_client: Any) -> Iterator[World]:
+    """The egg world of trace_kit (ingested, one checkpoint signed)."""
+    with make_world(engine, app_client) as built:
+        yield built
+
+
+def _queued(engine: Engine) -> set[str]:
+    with session_scope(engine) as session:
+        return set(session.scalars(select(col(ContractQueue.product_key))).all())
+
+
+def _results(engine: Engine) -> dict[tuple[str, str], ContractResult]:
+    with session_scope(engine) as session:
+        rows = session.scalars(select(ContractResult)).all()
+        session.expunge_all()
+        return {(r.product_key, r.contract): r for r in rows}
+
+
+def test_ingest_queues_and_the_evaluator_stores_results(world: World) -> None:
+    """Every product with new entries is queued; a round stores 7 results each and dequeues."""
+    assert _queued(world.engine) == {FLOCK.path, LOT.path, CARTON.path}
+    done = evaluate_pending(world.engine, POLICY, world.now[0])
+    assert (done.evaluated, done.waiting, done.results) == (3, 0, 21)
+    assert _queued(world.engine) == set()
+    results = _results(world.engine)
+    cold = results[(CARTON.path, "egg-cold-chain")]
+    assert cold.status == "pass"
+    assert cold.log_size == 10
+    decoded = cbor2.loads(cold.result)
+    assert decoded["product"] == CARTON.path
+    assert decoded["source"] == cold.source_sha256
+    assert results[(FLOCK.path, "egg-cold-chain")].status == "not_applicable"
+
+
+def test_a_change_to_the_lot_reevaluates_the_carton_after_the_checkpoint(world: World) -> None:
+    """A late warm reading of the lot waits for its checkpoint, then fails the carton too."""
+    evaluate_pending(world.engine, POLICY, world.now[0])
+    world.now[0] += 2 * 86_400_000
+    world.send(
+        CLIMATE,
+        lambda seq, time: Reading(
+            CLIMATE.name, seq, time, (LOT,), (Sensor("Temperature", 9.0, "CEL"),)
+        ),
+    )
+    assert _queued(world.engine) == {LOT.path}
+    waiting = evaluate_pending(world.engine, POLICY, world.now[0])
+    assert waiting.waiting >= 1  # the reading is not in a checkpoint yet
+    assert _queued(world.engine) == {LOT.path}
+    world.checkpoint()
+    done = evaluate_pending(world.engine, POLICY, world.now[0])
+    assert done.evaluated == 2  # the lot and the carton made from it
+    assert _queued(world.engine) == set()
+    results = _results(world.engine)
+    for key in (LOT, CARTON):
+        assert results[(key.path, "egg-cold-chain")].status == "fail"
+        assert results[(key.path, "egg-cold-chain")].log_size == 11
