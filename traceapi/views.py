@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from sqlmodel import Session
 
 from contracts import evaluate_story
-from tracecore.storage.trace import ProductAssessment, ScanStats
+from contracts.credit import Complaint, Failure, RecallFact, credit_score
+from tracecore.storage.trace import ProductAssessment, ScanStats, credit_facts
 from tracecore.verdict import SensorPoint, Story, Verdict, decide, downsample
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "ScansOut",
     "SeriesOut",
     "build_view",
+    "party_credit",
     "unknown_view",
 ]
 
@@ -156,6 +159,42 @@ class ContractOut(BaseModel):
     measures: dict[str, int]
 
 
+class DeductionOut(BaseModel):
+    """Points taken off a credit score, and why."""
+
+    points: int
+    reason: str
+
+
+class CreditOut(BaseModel):
+    """A producer's credit score over a window (docs/contracts.md)."""
+
+    party: str
+    score: int = Field(ge=0, le=100)
+    from_ms: int
+    to_ms: int
+    deductions: list[DeductionOut]
+
+
+def party_credit(session: Session, party: str, now_ms: int, days: int) -> CreditOut:
+    """The credit score of ``party`` over the ``days`` before ``now_ms``."""
+    start = now_ms - days * 86_400_000
+    facts = credit_facts(session, party, start, now_ms)
+    score = credit_score(
+        party,
+        failures=[Failure(p, c, n) for p, c, n in facts.failures],
+        recalls=[RecallFact(i, p, r) for i, p, r in facts.recalls],
+        complaints=[Complaint(i, p) for i, p in facts.complaints],
+    )
+    return CreditOut(
+        party=party,
+        score=score.score,
+        from_ms=start,
+        to_ms=now_ms,
+        deductions=[DeductionOut(points=d.points, reason=d.reason) for d in score.deductions],
+    )
+
+
 class ScanOut(BaseModel):
     """The answer to a scan (design.md, "Trace API")."""
 
@@ -170,6 +209,7 @@ class ScanOut(BaseModel):
     checkpoint: CheckpointOut | None = None
     scans: ScansOut | None = None
     contracts: list[ContractOut] = []
+    producer_credit: CreditOut | None = None
     bundle_url: str | None = None
     pending: bool = False
 

@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 from sqlalchemy import Engine
-from trace_kit import CARTON, CLIMATE, COLLECT, FARM, FLOCK, LOT, PACKER, T0, World, make_world
+from trace_kit import CARTON, CLIMATE, COLLECT, FARM, FLOCK, LOG, LOT, PACKER, T0, World, make_world
 
 from tracecore.message import Event, Reading, Sensor
 
@@ -176,3 +176,44 @@ def test_readings_after_shipping_are_in_the_story(world: World) -> None:
         for r in element["sensorReport"]
     ]
     assert 4.0 in values
+
+
+def test_contract_search_and_credit_score(world: World) -> None:
+    """Stored results are searchable; failures, recalls and complaints lower the farm's score."""
+    from ingest.contracting import evaluate_pending  # noqa: PLC0415 (the evaluator fills results)
+    from tracecore.bundle import Policy  # noqa: PLC0415
+
+    inspector = world.auth("inspector")
+    clean = world.client.get(f"/v1/parties/{FARM}/credit", headers=inspector).json()
+    assert clean["score"] == 100
+    world.now[0] += 2 * 86_400_000
+    world.send(
+        CLIMATE,
+        lambda seq, time: Reading(
+            CLIMATE.name, seq, time, (LOT,), (Sensor("Temperature", 9.0, "CEL"),)
+        ),
+    )
+    world.checkpoint()
+    evaluate_pending(world.engine, Policy(LOG.verifier, {}, 0), world.now[0])
+    failing = world.client.get(
+        "/v1/products?contract=egg-cold-chain&status=fail", headers=inspector
+    ).json()
+    assert [p["key"] for p in failing] == [LOT.path, CARTON.path]
+    world.client.post(f"/v1/feedback/{CARTON.path}", json={"rating": 1, "complaint": "warm"})
+    world.client.post(
+        "/v1/recalls", json={"product": LOT.path, "reason": "warm storage"}, headers=inspector
+    )
+    credit = world.client.get(f"/v1/parties/{FARM}/credit", headers=inspector).json()
+    assert [d["points"] for d in credit["deductions"]] == [10, 20, 2]
+    assert credit["score"] == 68
+    assert (
+        world.client.get(f"/v1/parties/{FARM}/credit", headers=world.auth("farm")).status_code
+        == 200
+    )
+    assert (
+        world.client.get(f"/v1/parties/{FARM}/credit", headers=world.auth("packer")).status_code
+        == 403
+    )
+    world.checkpoint()
+    page = world.client.get(f"/{CARTON.path}?lang=en").text
+    assert "68 / 100" in page

@@ -7,7 +7,8 @@
 * ``GET /v1/export/kde.csv?party=&from=&to=``: the key data elements of every business event
   by or to a party in a time range, one row an event, as a spreadsheet (UTF-8 CSV with BOM,
   ISO 8601 UTC times so that sorting by text sorts by time); each row names its log index;
-* ``GET /v1/export/epcis/{key}``: the product's verified story as an EPCIS 2.0 JSON-LD document.
+* ``GET /v1/export/epcis/{key}``: the product's verified story as an EPCIS 2.0 JSON-LD document;
+* ``GET /v1/parties/{id}/credit?days=``: a producer's credit score, deduction by deduction.
 
 A party token may use them for its own products only (``party`` defaults to, and must be, its
 own; the lineage and EPCIS of another party's product are 403).
@@ -31,6 +32,7 @@ from traceapi.auth import Principal, authenticate
 from traceapi.paths import raw_product_key
 from traceapi.schemas import MAX_INT64
 from traceapi.state import scan_policy
+from traceapi.views import CreditOut, party_credit
 from tracecore.bundle import parse_message_cached
 from tracecore.epcis import epcis_document
 from tracecore.errors import AgritraceError, NotFound
@@ -38,7 +40,15 @@ from tracecore.identifiers import parse_party_id
 from tracecore.message import BUSINESS_STEPS, Event
 from tracecore.storage.engine import session_scope
 from tracecore.storage.evidence import MAX_LINEAGE, lineage
-from tracecore.storage.models import ChainLink, Device, LogEntry, Product, ProductParent
+from tracecore.storage.models import (
+    ChainLink,
+    ContractResult,
+    Device,
+    LogEntry,
+    Party,
+    Product,
+    ProductParent,
+)
 from tracecore.storage.trace import assess_product
 from tracecore.verdict import decide
 
@@ -121,6 +131,13 @@ def search_products(
         int | None, Query(alias="to", ge=0, le=MAX_INT64, description="ms since epoch")
     ] = None,
     step: Annotated[str | None, Query(description="has an event of this CBV step")] = None,
+    contract: Annotated[
+        str | None, Query(max_length=64, description="with a stored result of this contract")
+    ] = None,
+    outcome: Annotated[
+        Literal["pass", "fail", "not_applicable"] | None,
+        Query(alias="status", description="... with this status (with contract=)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
 ) -> list[ProductRow]:
@@ -147,6 +164,13 @@ def search_products(
             query = query.where(col(Product.created_ms) >= start)
         if end is not None:
             query = query.where(col(Product.created_ms) < end)
+    if contract is not None or outcome is not None:
+        judged = select(col(ContractResult.product_key))
+        if contract is not None:
+            judged = judged.where(col(ContractResult.contract) == contract)
+        if outcome is not None:
+            judged = judged.where(col(ContractResult.status) == outcome)
+        query = query.where(col(Product.key).in_(judged))
     query = query.order_by(col(Product.created_ms), col(Product.key)).offset(offset).limit(limit)
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
@@ -369,3 +393,23 @@ def export_epcis(
         json.dumps(document, ensure_ascii=False, indent=1),
         media_type="application/ld+json",
     )
+
+
+@router.get("/parties/{party_id}/credit")
+def get_credit(
+    party_id: str,
+    request: Request,
+    *,
+    principal: Annotated[Principal, Depends(_auditor)],
+    days: Annotated[int, Query(ge=1, le=3660, description="the window, in days")] = 90,
+) -> CreditOut:
+    """A producer's credit score, explained (inspector, admin, or the party itself)."""
+    party = parse_party_id(party_id)
+    if principal.role == "party" and principal.party_id != party:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "a party sees its own score only")
+    engine: Engine = request.app.state.engine
+    now: int = request.app.state.clock()
+    with session_scope(engine) as session:
+        if session.get(Party, party) is None:
+            raise NotFound(f"no party {party}")
+        return party_credit(session, party, now, days)

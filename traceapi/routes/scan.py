@@ -30,7 +30,7 @@ from traceapi.i18n import Lang, choose_language, step_label, text
 from traceapi.pages import render
 from traceapi.paths import raw_path
 from traceapi.state import client_address, scan_policy, scan_salt
-from traceapi.views import ScanOut, build_view, unknown_view
+from traceapi.views import ScanOut, build_view, party_credit, unknown_view
 from tracecore.errors import IdentifierError
 from tracecore.identifiers import ProductKey
 from tracecore.settings import Settings
@@ -50,6 +50,8 @@ __all__ = ["chart_series", "cold_chain_limit", "router", "wants_json"]
 router = APIRouter(tags=["trace"])
 
 _HOUR_MS: Final = 3_600_000
+#: The window of the producer credit score shown on pages.
+CREDIT_DAYS: Final = 90
 _PLACE_MAX: Final = 64
 
 #: Responses of the scan route for the OpenAPI document.
@@ -161,6 +163,9 @@ def scan(
         ids = set() if story is None else {*story.devices.values(), *(r.by for r in story.recalls)}
         names = party_names(session, ids)
         children = children_of(session, key.path)
+        credit = None
+        if story is not None and story.owner is not None and assessment.ok:
+            credit = party_credit(session, story.owner, now, CREDIT_DAYS)
     view = build_view(
         assessment,
         public_url=settings.public_url,
@@ -171,6 +176,7 @@ def scan(
         window_hours=settings.copy_window_hours,
         step_label=lambda step: step_label(language, step),
     )
+    view.producer_credit = credit
     return _answer(view, 200, as_json, language, request, story=story, feedback=feedback)
 
 

@@ -29,9 +29,11 @@ from tracecore.bundle import Check, Inspection, Policy, inspect_bundle_memo
 from tracecore.checkpoint import latest_checkpoint
 from tracecore.errors import AgritraceError
 from tracecore.identifiers import ProductKey
+from tracecore.logentry import Recall, parse_any_entry
 from tracecore.storage.evidence import build_bundle
 from tracecore.storage.models import (
     ChainLink,
+    ContractResult,
     Feedback,
     LogEntry,
     Party,
@@ -43,11 +45,13 @@ from tracecore.storage.models import (
 from tracecore.verdict import Story, tell_story_memo
 
 __all__ = [
+    "CreditFacts",
     "ProductAssessment",
     "ScanStats",
     "assess_product",
     "children_of",
     "client_hash",
+    "credit_facts",
     "feedback_count_since",
     "party_names",
     "record_scan",
@@ -238,6 +242,65 @@ def scan_stats(session: Session, product: str, since_ms: int) -> ScanStats:
         int(clients),
         None if first is None else int(first[0]),
         None if first is None else first[1],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CreditFacts:
+    """A party's facts within a window, as stored: what credit scores are computed from.
+
+    ``failures`` are (product, contract, log size) of failed contract results evaluated in the
+    window; ``recalls`` (log index, product, reason) of recalls logged in the window naming one
+    of the party's products; ``complaints`` (feedback id, product).
+    """
+
+    failures: list[tuple[str, str, int]]
+    recalls: list[tuple[int, str, str]]
+    complaints: list[tuple[int, str]]
+
+
+def credit_facts(session: Session, party: str, start_ms: int, end_ms: int) -> CreditFacts:
+    """Gather ``party``'s contract failures, recalls and complaints in ``[start_ms, end_ms]``."""
+    owned = select(col(Product.key)).where(col(Product.owner_party_id) == party)
+    failures = session.execute(
+        select(
+            col(ContractResult.product_key),
+            col(ContractResult.contract),
+            col(ContractResult.log_size),
+        ).where(
+            col(ContractResult.status) == "fail",
+            col(ContractResult.product_key).in_(owned),
+            col(ContractResult.evaluated_ms) >= start_ms,
+            col(ContractResult.evaluated_ms) <= end_ms,
+        )
+    ).all()
+    mine = set(session.scalars(owned).all())
+    recalls: list[tuple[int, str, str]] = []
+    rows = session.execute(
+        select(col(LogEntry.index), col(LogEntry.entry)).where(
+            col(LogEntry.kind) == "recall",
+            col(LogEntry.received_ms) >= start_ms,
+            col(LogEntry.received_ms) <= end_ms,
+        )
+    ).all()
+    for index, entry in rows:
+        recall = parse_any_entry(bytes(entry))
+        if isinstance(recall, Recall):
+            recalls.extend(
+                (int(index), p.path, recall.reason) for p in recall.products if p.path in mine
+            )
+    complaints = session.execute(
+        select(col(Feedback.id), col(Feedback.product_key)).where(
+            col(Feedback.complaint).is_not(None),
+            col(Feedback.product_key).in_(owned),
+            col(Feedback.at_ms) >= start_ms,
+            col(Feedback.at_ms) <= end_ms,
+        )
+    ).all()
+    return CreditFacts(
+        [(str(p), str(c), int(n)) for p, c, n in failures],
+        recalls,
+        [(int(i), str(p)) for i, p in complaints],
     )
 
 
