@@ -12,10 +12,14 @@ import base64
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tracecore.errors import AgritraceError, ConfigError
 from tracecore.keys import VerifierKey
 from tracecore.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from tracecore.bundle import Bundle, Inspection
 
 __all__ = ["main"]
 
@@ -136,9 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
     del settings  # offline: nothing of this installation is trusted or needed
-    from contracts import evaluate_story
     from tracecore.bundle import Policy, inspect_bundle, parse_bundle
-    from tracecore.verdict import tell_story
 
     bundle = parse_bundle(_read(args.bundle))
     policy = Policy.parse(_read(args.policy).decode("utf-8", errors="replace"))
@@ -150,22 +152,68 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.write(report.render())
     if not report.ok:
         return 1
-    # Re-run the contracts on the verified content; compare with what the server claimed.
-    results = evaluate_story(tell_story(bundle.product.path, inspection), report.size)
-    claimed = set(bundle.contracts)
-    sys.stdout.write("contracts, re-run from the bundle:\n")
-    differ = 0
-    for result in results:
-        same = result.to_bytes() in claimed
-        differ += bool(bundle.contracts) and not same
-        mark = "" if not bundle.contracts else ("  (as the server says)" if same else "  DIFFERS")
+    return _rerun_contracts(bundle, inspection)
+
+
+def _rerun_contracts(bundle: Bundle, inspection: Inspection) -> int:
+    """Re-run the contracts on the verified content; compare with the server's claims.
+
+    A claimed result records the log size it saw: it is re-run on the entries below that size
+    (the product's history then), so a result stored a few checkpoints ago still compares.
+    """
+    import cbor2
+
+    from contracts import evaluate_story
+    from tracecore.verdict import tell_story
+
+    size = inspection.report.size
+    product = bundle.product.path
+    current = evaluate_story(tell_story(product, inspection), size)
+    sys.stdout.write(f"contracts, re-run from the bundle at size {size}:\n")
+    for result in current:
         reason = result.reasons[-1].text if result.reasons else ""
-        sys.stdout.write(f"  {result.status.value:<14} {result.contract:<22} {reason}{mark}\n")
-    differ += len(claimed - {result.to_bytes() for result in results})  # claims nobody re-made
+        sys.stdout.write(f"  {result.status.value:<14} {result.contract:<22} {reason}\n")
+    if not bundle.contracts:
+        return 0
+    differ = 0
+    at_size: dict[int, dict[str, bytes]] = {}
+    for claim in bundle.contracts:
+        try:
+            decoded = cbor2.loads(claim)
+        except (cbor2.CBORDecodeError, ValueError, TypeError):
+            decoded = None
+        if not isinstance(decoded, dict):
+            decoded = {}
+        name, seen = str(decoded.get("contract", "?")), decoded.get("log_size")
+        if not isinstance(seen, int) or not 0 < seen <= size:
+            differ += 1
+            sys.stdout.write(f"  DIFFERS {name}: the claimed log size {seen!r} is not 1..{size}\n")
+            continue
+        if seen not in at_size:
+            past = _prefix(inspection, seen)
+            results = evaluate_story(tell_story(product, past), seen)
+            at_size[seen] = {r.contract: r.to_bytes() for r in results}
+        if at_size[seen].get(name) == claim:
+            sys.stdout.write(f"  as the server says: {name} (stored at size {seen})\n")
+        else:
+            differ += 1
+            sys.stdout.write(f"  DIFFERS {name}: re-run at size {seen} gives another result\n")
     if differ:
         sys.stdout.write(f"CONTRACTS DIFFER: {differ} result(s) are not what the server claims\n")
         return 1
     return 0
+
+
+def _prefix(inspection: Inspection, size: int) -> Inspection:
+    """The verified content as it stood at ``size``: the entries below it (chains are
+    append-only, so this is the product's history then)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        inspection,
+        entries={i: e for i, e in inspection.entries.items() if i < size},
+        messages={i: m for i, m in inspection.messages.items() if i < size},
+    )
 
 
 def _read(path: Path) -> bytes:
