@@ -230,6 +230,7 @@ class _Walkthrough:
                         "commissioning",
                         parents=[lot],
                         location="gansu-hens-01/packing",
+                        data={"grade": "AA", "eggs_per_case": 360},
                         time_ms=now + 10_000,
                     )
                 )
@@ -315,8 +316,13 @@ class _Walkthrough:
         _say("\n8. What a buyer sees after scanning (GET /{key}; HTML, or JSON on request):")
         for carton in cartons:
             reply = await http.get(f"/{carton.path}", headers={"Accept": "application/json"})
-            verdict = reply.json().get("verdict", "?")
+            body = reply.json()
+            verdict = body.get("verdict", "?")
             _say(f"   {verdict:<9} {self.base}/{carton.path}   (English: add ?lang=en)")
+        judged = [c for c in body.get("contracts", []) if c["status"] != "not_applicable"]
+        if judged:
+            summary = ", ".join(f"{c['id']} {c['status']}" for c in judged)
+            _say(f"   contracts of the last carton: {summary}")
         _say(f"   the QR code of the first carton ({self.base}/qr/{cartons[0].path}.svg):")
         _say(_qr_text(f"{self.base}/{cartons[0].path}"))
 

@@ -128,7 +128,7 @@ async def _main(
             # Contracts of changed products run beside ingest, on what a checkpoint covers.
             policy = Policy(log_key.verifier, {w.name: w.vkey for w in witnesses}, 0)
             evaluator = functools.partial(
-                _contract_evaluator, policy=policy, interval_s=settings.contract_seconds
+                run_contract_evaluator, engine, policy, settings.contract_seconds
             )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(
@@ -153,12 +153,6 @@ async def _main(
                 for name, companion in companions.items():
                     tasks.create_task(_after_start(server, companion(engine, stop)), name=name)
     return 0
-
-
-async def _contract_evaluator(
-    engine: Engine, stop: asyncio.Event, *, policy: Policy, interval_s: float
-) -> None:
-    await run_contract_evaluator(engine, policy, interval_s, stop)
 
 
 @contextlib.asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import col
 from trace_kit import CARTON, CLIMATE, FLOCK, LOG, LOT, World, make_world
 
-from ingest.contracting import evaluate_pending
+from ingest.contracting import evaluate_pending, run_contract_evaluator
 from tracecore.bundle import Policy
 from tracecore.message import Reading, Sensor
 from tracecore.storage import session_scope
@@ -77,3 +78,23 @@ def test_a_change_to_the_lot_reevaluates_the_carton_after_the_checkpoint(world: 
     for key in (LOT, CARTON):
         assert results[(key.path, "egg-cold-chain")].status == "fail"
         assert results[(key.path, "egg-cold-chain")].log_size == 11
+
+
+def test_the_evaluator_task_runs_until_stopped(world: World) -> None:
+    """run_contract_evaluator works the queue on its interval and returns when stopped."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(
+                run_contract_evaluator(world.engine, POLICY, 0.05, stop), name="evaluator"
+            )
+            for _ in range(200):
+                if not _queued(world.engine):
+                    break
+                await asyncio.sleep(0.05)
+            stop.set()
+
+    asyncio.run(main())
+    assert _queued(world.engine) == set()
+    assert len(_results(world.engine)) == 21
