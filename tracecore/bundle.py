@@ -66,8 +66,9 @@ __all__ = [
 BUNDLE_FORMAT: Final = "agritrace-bundle/1"
 _VERIFY_THREADS: Final = max(1, min(4, os.cpu_count() or 1))
 _VERIFY_CHUNK: Final = 256
-#: Entries of the memo of each pure parse/verify step (about 1 KiB each).
-_MEMO_SIZE: Final = 65_536
+#: Entries of the memo of each pure parse/verify step (about 1 KiB each; 16 products of a
+#: thousand entries: more would make every full garbage collection of the API slower).
+_MEMO_SIZE: Final = 16_384
 MAX_BUNDLE_ENTRIES: Final = 1_000_000
 
 
@@ -338,6 +339,9 @@ def bundle_digest(bundle: Bundle, policy: Policy, previous: str | None = None) -
 _INSPECTIONS: OrderedDict[bytes, Inspection] = OrderedDict()
 _INSPECTIONS_LOCK = threading.Lock()
 _INSPECTIONS_SIZE: Final = 256
+# The digest of a bundle object already seen (the storage layer hands back the same object for
+# the same bytes); each entry holds the bundle and the policy, so their ids stay theirs.
+_DIGESTS: dict[int, tuple[Bundle, Policy, bytes]] = {}
 
 
 def inspect_bundle_memo(bundle: Bundle, policy: Policy, previous: str | None = None) -> Inspection:
@@ -346,7 +350,17 @@ def inspect_bundle_memo(bundle: Bundle, policy: Policy, previous: str | None = N
     Sound for the same reason as the byte-level memos below: the key covers every input, so a
     changed byte anywhere in the bundle is a different key and a fresh inspection.
     """
-    key = bundle_digest(bundle, policy, previous)
+    with _INSPECTIONS_LOCK:
+        known = _DIGESTS.get(id(bundle))
+    if known is not None and known[0] is bundle and known[1] is policy and previous is None:
+        key = known[2]
+    else:
+        key = bundle_digest(bundle, policy, previous)
+        if previous is None:
+            with _INSPECTIONS_LOCK:
+                _DIGESTS[id(bundle)] = (bundle, policy, key)
+                while len(_DIGESTS) > _INSPECTIONS_SIZE:
+                    _DIGESTS.pop(next(iter(_DIGESTS)))
     with _INSPECTIONS_LOCK:
         found = _INSPECTIONS.get(key)
         if found is not None:

@@ -9,8 +9,12 @@ with :func:`tracecore.bundle.verify_bundle`.
 
 from __future__ import annotations
 
+import hashlib
+import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlmodel import Session, col
@@ -46,21 +50,13 @@ def lineage(session: Session, product: str) -> list[str]:
     return seen
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    """The columns of a log entry that a bundle needs."""
-
-    index: int
-    kind: str
-    entry: bytes
-    raw: bytes | None
-    device_id: str | None
-
-
 _ENTRY_COLUMNS = 'SELECT "index", kind, entry, raw, device_id FROM log_entries WHERE '
 
+#: A stored log entry as the driver returns it: (index, kind, entry, raw, device_id).
+_Row = tuple[Any, ...]
 
-def _entries(session: Session, where: str, params: Sequence[object]) -> list[_Stored]:
+
+def _rows(session: Session, where: str, params: Sequence[object]) -> list[_Row]:
     """Log entries matching ``where`` (``?`` placeholders), read on the DB-API cursor.
 
     A long chain is thousands of rows per scan; the driver's plain tuples cost a third of
@@ -72,13 +68,9 @@ def _entries(session: Session, where: str, params: Sequence[object]) -> list[_St
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(_ENTRY_COLUMNS + where.replace("?", mark), tuple(params))
-        rows = cursor.fetchall()
+        return list(cursor.fetchall())
     finally:
         cursor.close()
-    return [
-        _Stored(int(i), str(k), bytes(e), None if r is None else bytes(r), d)
-        for i, k, e, r, d in rows
-    ]
 
 
 def _marks(count: int) -> str:
@@ -140,10 +132,10 @@ def build_bundle(session: Session, product: ProductKey, previous: int | None = N
         '"index" IN (SELECT log_index FROM chain_links '  # noqa: S608 (constant text, ? marks)
         f"WHERE product_key IN ({_marks(len(products))}) AND log_index < ?)"
     )
-    messages = _entries(session, in_chains, [*products, size])
-    devices = sorted({row.device_id for row in messages if row.device_id is not None})
+    messages = _rows(session, in_chains, [*products, size])
+    devices = sorted({row[4] for row in messages if row[4] is not None})
     registry = (
-        _entries(
+        _rows(
             session,
             f"device_id IN ({_marks(len(devices))}) AND kind <> 'device_message' AND \"index\" < ?",
             [*devices, size],
@@ -153,26 +145,72 @@ def build_bundle(session: Session, product: ProductKey, previous: int | None = N
     )
     recalls = [
         row
-        for row in _entries(session, "kind = 'recall' AND \"index\" < ?", [size])
-        if _names_any(row.entry, products)
+        for row in _rows(session, "kind = 'recall' AND \"index\" < ?", [size])
+        if _names_any(bytes(row[2]), products)
     ]
-    entries = sorted([*messages, *registry, *recalls], key=lambda row: row.index)
-    items = tuple(
-        BundleEntry(
-            index=row.index,
-            entry=row.entry,
-            message=row.raw if row.kind == "device_message" else None,
-            proof=(
-                _proof(session, checkpoint.root, row.index, size)
-                if row.index in heads or row.kind != "device_message"
-                else None
-            ),
-        )
-        for row in entries
-    )
+    rows = sorted([*messages, *registry, *recalls], key=lambda row: int(row[0]))
+    proofs = {
+        int(row[0]): _proof(session, checkpoint.root, int(row[0]), size)
+        for row in rows
+        if int(row[0]) in heads or row[1] != "device_message"
+    }
     consistency = None
     if previous is not None:
         if not 0 < previous <= size:
             raise ProofError(f"previous size must be between 1 and the checkpoint size {size}")
         consistency = Consistency(previous, tuple(consistency_proof(session, previous, size)))
-    return Bundle(product, served_note(session, checkpoint), items, consistency)
+    note = served_note(session, checkpoint)
+    return _assemble(product, note, rows, proofs, consistency)
+
+
+_BUNDLES: OrderedDict[bytes, Bundle] = OrderedDict()
+_BUNDLES_SIZE = 256
+_BUNDLES_LOCK = threading.Lock()
+
+
+def _assemble(
+    product: ProductKey,
+    note: str,
+    rows: list[_Row],
+    proofs: dict[int, tuple[bytes, ...]],
+    consistency: Consistency | None,
+) -> Bundle:
+    """The bundle of these rows; the same object again when every byte read is the same.
+
+    The key is a SHA-256 over everything the bundle holds, so an edited row is another key
+    (a fresh bundle, freshly verified): what is reused is only the objects, never a verdict.
+    """
+    fields: list[bytes] = [product.path.encode(), note.encode()]
+    for index, kind, entry, raw, _device in rows:
+        proof = proofs.get(int(index))
+        fields += [
+            int(index).to_bytes(8, "big"),
+            bytes(entry),
+            b"m" + bytes(raw) if kind == "device_message" and raw is not None else b"-",
+            b"-" if proof is None else b"p" + b"".join(proof),
+        ]
+    if consistency is not None:
+        fields += [str(consistency.old).encode(), b"".join(consistency.proof)]
+    digest = hashlib.sha256(struct.pack(f">Q{len(fields)}Q", len(fields), *map(len, fields)))
+    digest.update(b"".join(fields))
+    key = digest.digest()
+    with _BUNDLES_LOCK:
+        found = _BUNDLES.get(key)
+        if found is not None:
+            _BUNDLES.move_to_end(key)
+            return found
+    items = tuple(
+        BundleEntry(
+            index=int(index),
+            entry=bytes(entry),
+            message=bytes(raw) if kind == "device_message" and raw is not None else None,
+            proof=proofs.get(int(index)),
+        )
+        for index, kind, entry, raw, _device in rows
+    )
+    bundle = Bundle(product, note, items, consistency)
+    with _BUNDLES_LOCK:
+        _BUNDLES[key] = bundle
+        while len(_BUNDLES) > _BUNDLES_SIZE:
+            _BUNDLES.popitem(last=False)
+    return bundle
