@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="serve the trace and registry HTTP API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     api.add_argument(
         "--workers",
         type=int,
@@ -271,24 +272,23 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from agritrace.runner import reuse_port_socket, run_api_workers
     from traceapi import create_app
 
     if args.workers < 1:
         sys.stderr.write("agritrace api: --workers must be at least 1\n")
         return 2
+    if args.reuse_port:
+        # One of several processes: each has its own listening socket on the same port, and
+        # the kernel spreads new connections over them (SO_REUSEPORT). A shared socket, as
+        # uvicorn's own --workers uses, let one process take most keep-alive connections.
+        sock = reuse_port_socket(args.host, args.port)
+        uvicorn.run(create_app(settings), fd=sock.fileno(), log_level="warning")
+        return 0
     if args.workers == 1:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
         return 0
-    # Several processes: uvicorn imports the app factory in each one.
-    uvicorn.run(
-        "traceapi.app:app_from_environment",
-        factory=True,
-        workers=args.workers,
-        host=args.host,
-        port=args.port,
-        log_level="info",
-    )
-    return 0
+    return run_api_workers(args.host, args.port, args.workers)
 
 
 def _witness(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,7 +14,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -243,3 +247,51 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("amqtt", "transitions", "httpx", "alembic", "uvicorn.error"):
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` that other processes may bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_api_workers(host: str, port: int, workers: int) -> int:
+    """Run ``workers`` API processes on one port; stop them all on SIGTERM or SIGINT.
+
+    Each child is ``agritrace api --reuse-port`` with this process's environment (so the same
+    settings). A child that dies takes the others down: the exit status says so.
+    """
+    command = [sys.executable, "-m", "agritrace", "api", "--host", host, "--port", str(port)]
+    children = [
+        subprocess.Popen([*command, "--reuse-port"])  # noqa: S603 (this interpreter, our CLI)
+        for _ in range(workers)
+    ]
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        sys.stderr.write(f"agritrace api: {workers} processes on http://{host}:{port}\n")
+        while all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        if not stopping:
+            stop(signal.SIGTERM, None)
+        codes = [child.wait(30) for child in children]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return (
+        0 if stopping and all(code in (0, -signal.SIGTERM, -signal.SIGINT) for code in codes) else 1
+    )

@@ -95,8 +95,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> dict[st
         try:
             base = f"http://127.0.0.1:{port}"
             _wait_until_up(base)
-            # One scan first: the first one parses and verifies every message (then memoized).
-            httpx.get(f"{base}/{_CARTON.path}", headers={"Accept": "application/json"}, timeout=60)
+            # Warm every API process: a process's first scan of a product parses and verifies
+            # every message (later ones reuse that work). New connections land on the
+            # processes at random, so a few per process make sure each one got its first.
+            for _ in range(10 * args.workers):
+                for key in (_CARTON, _LOT):
+                    httpx.get(
+                        f"{base}/{key.path}", headers={"Accept": "application/json"}, timeout=60
+                    )
             runs = {
                 "scan, think time": ("JsonScanUser", args.wait),
                 "healthz, think time": ("HealthUser", args.wait),
