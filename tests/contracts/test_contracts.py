@@ -296,3 +296,25 @@ def test_custody(
 ) -> None:
     """The named party receives within 48 h; anything else is a broken hand-over."""
     assert Custody().evaluate(shipped(receive_after, receiver, later).history(CASE))[0] is status
+
+
+# --- not applicable ----------------------------------------------------------------------------
+
+BY_KIND = {
+    "egg-cold-chain": "flock",
+    "chilled-meat": "egg",
+    "drug-withdrawal": "flock",
+    "brucellosis": "egg",
+    "egg-freshness": "animal",
+    "cold-chain-continuity": "flock",
+    "custody": "egg (never shipped)",
+}
+
+
+@pytest.mark.parametrize(("contract", "kind"), sorted(BY_KIND.items()))
+def test_each_contract_is_not_applicable_outside_its_products(contract: str, kind: str) -> None:
+    """Every contract answers not_applicable for a product it does not judge."""
+    product = {"flock": FLOCK, "egg": CASE, "animal": COW}[kind.split(" ", maxsplit=1)[0]]
+    history = (cattle(30 * DAY) if kind == "animal" else eggs()).history(product)
+    results = {r.contract: r for r in evaluate(history, 5)}
+    assert results[contract].status is Status.NOT_APPLICABLE, results[contract].reasons

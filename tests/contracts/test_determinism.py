@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trace_kit import CARTON, CLIMATE, LOG, World, make_world
 
-from contracts import EggColdChain, Status, evaluate, evaluate_story
+from contracts import ChilledMeat, EggColdChain, Status, evaluate, evaluate_story
 from contracts.history import centi
 from tracecore.bundle import Policy, inspect_bundle, parse_bundle
 from tracecore.message import Reading, Sensor
@@ -122,3 +122,37 @@ def test_warmer_never_lowers_the_degree_minutes(
     before = EggColdChain().evaluate(_eggs(points).history(CASE))[2]["centidegree_minutes_above"]
     after = EggColdChain().evaluate(_eggs(raised).history(CASE))[2]["centidegree_minutes_above"]
     assert after >= before
+
+
+CUT_KEY, CARCASS_KEY = "01/06901234560039/10/CUT1", "01/06901234560022/21/KA1"
+
+
+def _cut(points: list[tuple[int, float]]) -> StoryBuilder:
+    b = StoryBuilder()
+    b.event(
+        T0,
+        "commissioning",
+        (CARCASS_KEY,),
+        parents=("01/06901234560015/21/A1",),
+        data={"hot_carcass_kg": 250.0},
+    )
+    b.reading(T0 + 1, (CARCASS_KEY,), 6.0)
+    b.event(T0 + HOUR, "commissioning", (CUT_KEY,), parents=(CARCASS_KEY,), data={"cut": "loin"})
+    for offset, celsius in sorted(points):
+        b.reading(T0 + 2 * HOUR + offset, (CUT_KEY,), celsius)
+    return b
+
+
+@settings(max_examples=200, deadline=None)
+@given(readings, st.integers(0, 59), st.floats(0.5, 10.0))
+def test_warmer_cuts_never_pass_where_colder_failed(
+    points: list[tuple[int, float]], which: int, warmer: float
+) -> None:
+    """Chilled meat is monotonic: raising a reading never turns a failing cut into a pass."""
+    index = which % len(points)
+    raised = [(t, c + warmer if n == index else c) for n, (t, c) in enumerate(points)]
+    before = ChilledMeat().evaluate(_cut(points).history(CUT_KEY))[0]
+    after = ChilledMeat().evaluate(_cut(raised).history(CUT_KEY))[0]
+    assert not (before is Status.FAIL and after is Status.PASS)
+    if all(centi(c) <= 400 for _, c in points):
+        assert before is Status.PASS
