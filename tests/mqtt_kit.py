@@ -9,6 +9,7 @@ test support: registering parties and devices straight in the database, running
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import secrets
 import signal
@@ -27,16 +28,23 @@ from sqlmodel import SQLModel
 from firmware_sim.device import Fleet, ResendPolicy
 from firmware_sim.outbox import Outbox
 from tracecore.backoff import Backoff
+from tracecore.cose import parse_message
 from tracecore.errors import KeyFileError
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey, generate_signer, read_log_key
+from tracecore.logentry import GENESIS_PREV, parse_entry
+from tracecore.merkle import leaf_hash
 from tracecore.mqtt import BrokerAddress
+from tracecore.receipt import parse_receipt
 from tracecore.settings import Settings
 from tracecore.storage import create_party, register_device, session_scope
 
 __all__ = [
     "DAY_MS",
     "IngestProcess",
+    "check_chains_and_log",
+    "check_exactly_once",
+    "check_receipts",
     "count_rows",
     "free_port",
     "lot",
@@ -228,3 +236,70 @@ class IngestProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def check_exactly_once(engine: Engine, sent: dict[tuple[str, int], bytes], per_device: int) -> None:
+    """Every sent message is logged once with its exact bytes; each device has seq 1..n."""
+    log = SQLModel.metadata.tables["log_entries"]
+    devices = sorted({device for device, _ in sent})
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(log.c.device_id, log.c.seq, log.c.raw).where(log.c.device_id.in_(devices))
+        ).all()
+    stored = collections.Counter((row.device_id, row.seq) for row in rows)
+    assert len(rows) == len(sent)
+    assert max(stored.values()) == 1
+    seqs: dict[str, set[int]] = collections.defaultdict(set)
+    for row in rows:
+        seqs[row.device_id].add(row.seq)
+        assert row.raw == sent[row.device_id, row.seq]
+    assert all(s == set(range(1, per_device + 1)) for s in seqs.values())
+    assert len(seqs) == len({device for device, _ in sent})
+
+
+def check_chains_and_log(engine: Engine) -> None:
+    """No index gap, every leaf hash right, every product chain intact from the entry bytes."""
+    log = SQLModel.metadata.tables["log_entries"]
+    links = SQLModel.metadata.tables["chain_links"]
+    with engine.connect() as conn:
+        entries = conn.execute(
+            select(log.c.index, log.c.kind, log.c.entry, log.c.leaf_hash).order_by(log.c.index)
+        ).all()
+        chain_rows = conn.execute(
+            select(links.c.product_key, links.c.pseq, links.c.log_index).order_by(
+                links.c.product_key, links.c.pseq
+            )
+        ).all()
+    assert [row.index for row in entries] == list(range(len(entries))), "index gap in the log"
+    by_index = {row.index: row for row in entries}
+    for row in entries:
+        assert row.leaf_hash == leaf_hash(row.entry)
+    chains: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
+    for row in chain_rows:
+        chains[row.product_key].append((row.pseq, row.log_index))
+    assert chains
+    for product, positions in chains.items():
+        assert [pseq for pseq, _ in positions] == list(range(1, len(positions) + 1)), product
+        prev = GENESIS_PREV
+        for pseq, index in positions:
+            entry_bytes = by_index[index].entry
+            entry = parse_entry(entry_bytes)
+            (position,) = [c for c in entry.chains if c.product.path == product]
+            assert position.pseq == pseq
+            assert position.prev == prev, f"{product} pseq {pseq}: chain broken"
+            prev = leaf_hash(entry_bytes)
+
+
+def check_receipts(fleets: list[Fleet], sent: dict[tuple[str, int], bytes], log_key: bytes) -> None:
+    """Every device holds a verified receipt for every message; the outboxes are empty."""
+    held: set[tuple[str, int]] = set()
+    for fleet in fleets:
+        assert fleet.outbox.pending_count() == 0
+        for stored in fleet.outbox.receipts():
+            receipt = parse_receipt(stored.raw)
+            receipt.verify(log_key)
+            assert receipt.matches(parse_message(sent[stored.device_id, stored.seq]))
+            held.add((stored.device_id, stored.seq))
+        assert fleet.stats.bad_receipts == 0
+        fleet.outbox.close()
+    assert held == set(sent)

@@ -19,7 +19,6 @@ end:
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import signal
 import time
@@ -28,6 +27,9 @@ from pathlib import Path
 import pytest
 from mqtt_kit import (
     IngestProcess,
+    check_chains_and_log,
+    check_exactly_once,
+    check_receipts,
     lot,
     make_fleet,
     provision,
@@ -36,18 +38,12 @@ from mqtt_kit import (
     wait_for_log_key,
     wipe_session,
 )
-from sqlalchemy import Engine, select
-from sqlmodel import SQLModel
 
 from firmware_sim.device import Fleet
-from tracecore.cose import parse_message
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey, read_log_key
-from tracecore.logentry import GENESIS_PREV, parse_entry
-from tracecore.merkle import leaf_hash
 from tracecore.message import Sensor
 from tracecore.mqtt import BrokerAddress
-from tracecore.receipt import parse_receipt
 from tracecore.settings import Settings
 from tracecore.storage import make_engine, upgrade
 
@@ -89,9 +85,9 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
         assert kills >= 2
         assert len(sent) == total
         log_key = read_log_key(tmp_path / "data" / "keys", Settings().log_origin).public_key
-        _check_exactly_once(engine, sent)
-        _check_chains_and_log(engine)
-        _check_receipts(fleets, sent, log_key)
+        check_exactly_once(engine, sent, READINGS + 1)
+        check_chains_and_log(engine)
+        check_receipts(fleets, sent, log_key)
     finally:
         process.kill()
         engine.dispose()
@@ -172,69 +168,3 @@ async def _send(fleets: list[Fleet], sent: dict[tuple[str, int], bytes]) -> None
             seq, raw = await device.send_reading(products, sensors)
             sent[device.id, seq] = raw
         await asyncio.sleep(0.08)  # spread the stream over ~10 s, so the kills hit mid-stream
-
-
-def _check_exactly_once(engine: Engine, sent: dict[tuple[str, int], bytes]) -> None:
-    log = SQLModel.metadata.tables["log_entries"]
-    devices = sorted({device for device, _ in sent})
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(log.c.device_id, log.c.seq, log.c.raw).where(log.c.device_id.in_(devices))
-        ).all()
-    stored = collections.Counter((row.device_id, row.seq) for row in rows)
-    assert len(rows) == len(sent)
-    assert max(stored.values()) == 1
-    seqs: dict[str, set[int]] = collections.defaultdict(set)
-    for row in rows:
-        seqs[row.device_id].add(row.seq)
-        assert row.raw == sent[row.device_id, row.seq]
-    assert all(s == set(range(1, READINGS + 2)) for s in seqs.values())
-    assert len(seqs) == DEVICES
-
-
-def _check_chains_and_log(engine: Engine) -> None:
-    log = SQLModel.metadata.tables["log_entries"]
-    links = SQLModel.metadata.tables["chain_links"]
-    with engine.connect() as conn:
-        entries = conn.execute(
-            select(log.c.index, log.c.kind, log.c.entry, log.c.leaf_hash).order_by(log.c.index)
-        ).all()
-        chain_rows = conn.execute(
-            select(links.c.product_key, links.c.pseq, links.c.log_index).order_by(
-                links.c.product_key, links.c.pseq
-            )
-        ).all()
-    assert [row.index for row in entries] == list(range(len(entries))), "index gap in the log"
-    by_index = {row.index: row for row in entries}
-    for row in entries:
-        assert row.leaf_hash == leaf_hash(row.entry)
-    chains: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
-    for row in chain_rows:
-        chains[row.product_key].append((row.pseq, row.log_index))
-    assert chains
-    for product, positions in chains.items():
-        assert [pseq for pseq, _ in positions] == list(range(1, len(positions) + 1)), product
-        prev = GENESIS_PREV
-        for pseq, index in positions:
-            entry_bytes = by_index[index].entry
-            entry = parse_entry(entry_bytes)
-            (position,) = [c for c in entry.chains if c.product.path == product]
-            assert position.pseq == pseq
-            assert position.prev == prev, f"{product} pseq {pseq}: chain broken"
-            prev = leaf_hash(entry_bytes)
-
-
-def _check_receipts(
-    fleets: list[Fleet], sent: dict[tuple[str, int], bytes], log_key: bytes
-) -> None:
-    held: set[tuple[str, int]] = set()
-    for fleet in fleets:
-        assert fleet.outbox.pending_count() == 0
-        for stored in fleet.outbox.receipts():
-            receipt = parse_receipt(stored.raw)
-            receipt.verify(log_key)
-            assert receipt.matches(parse_message(sent[stored.device_id, stored.seq]))
-            held.add((stored.device_id, stored.seq))
-        assert fleet.stats.bad_receipts == 0
-        fleet.outbox.close()
-    assert held == set(sent)
