@@ -1,1 +1,3 @@
-"""Locust load tests (run headless; see docs/benchmarks.md and loadtests/scan.py)."""
+"""Locust load tests, run headless (docs/benchmarks.md): ``scan.py`` (buyers scanning codes,
+HTML and JSON, unknown codes, QR images, and /healthz as the baseline) and ``devices.py``
+(device gateways publishing signed readings over MQTT and timing their receipts)."""
