@@ -7,8 +7,9 @@ products, adds their descendants (a lot's readings matter to every carton packed
 for each one whose entries a signed checkpoint covers: verifies its evidence exactly as a scan
 does (:func:`tracecore.storage.trace.assess_product`), runs the contracts, stores the results
 (``contract_results``, one row per product and contract, with the log size they saw) and takes it
-off the queue. A product not yet in a checkpoint stays queued for the next round; one whose
-evidence does not verify is logged and stays queued (its results would be meaningless).
+off the queue. A product not yet in a checkpoint stays queued for a later round, as does one
+whose evidence does not verify (logged: its results would be meaningless); either goes to the
+back of the queue, so it never holds up the products queued after it.
 
 The work runs in a worker thread, in its own transactions, so ingestion never waits for it.
 """
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import Engine, delete, func, select, text, update
 from sqlmodel import Session, col
 
 from contracts import evaluate_story
@@ -128,9 +129,18 @@ def evaluate_pending(
             else:
                 waiting += 1
     done = [key for key in queued if key in set(evaluated)]
-    if done:
-        with session_scope(engine) as session:
+    later = [key for key in queued if key not in set(evaluated)]
+    with session_scope(engine) as session:
+        if done:
             session.execute(delete(ContractQueue).where(col(ContractQueue.product_key).in_(done)))
+        if later:
+            # To the back of the queue: a product that cannot be evaluated yet (or whose
+            # evidence fails) must not hold up the products queued after it.
+            session.execute(
+                update(ContractQueue)
+                .where(col(ContractQueue.product_key).in_(later))
+                .values(queued_ms=now_ms)
+            )
     return EvaluationRound(len(evaluated), waiting, written)
 
 

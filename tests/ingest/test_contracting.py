@@ -8,7 +8,7 @@ from typing import Any
 
 import cbor2
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlmodel import col
 from trace_kit import CARTON, CLIMATE, FLOCK, LOG, LOT, World, make_world
 
@@ -16,7 +16,7 @@ from ingest.contracting import evaluate_pending, run_contract_evaluator
 from tracecore.bundle import Policy
 from tracecore.message import Reading, Sensor
 from tracecore.storage import session_scope
-from tracecore.storage.models import ContractQueue, ContractResult
+from tracecore.storage.models import ContractQueue, ContractResult, Product
 
 POLICY = Policy(LOG.verifier, {}, 0)
 
@@ -98,3 +98,24 @@ def test_the_evaluator_task_runs_until_stopped(world: World) -> None:
     asyncio.run(main())
     assert _queued(world.engine) == set()
     assert len(_results(world.engine)) == 21
+
+
+def test_a_product_that_fails_verification_does_not_block_the_queue(world: World) -> None:
+    """A tampered product is logged and sent to the back; the others are evaluated."""
+    with session_scope(world.engine) as session:
+        session.execute(
+            update(Product)
+            .where(col(Product.key) == CARTON.path)
+            .values(owner_party_id="gansu-pack-01")
+        )
+        session.execute(
+            update(ContractQueue)
+            .where(col(ContractQueue.product_key) == CARTON.path)
+            .values(queued_ms=0)
+        )
+    first = evaluate_pending(world.engine, POLICY, world.now[0], batch=1)
+    assert (first.evaluated, first.waiting) == (0, 1)  # the carton: its owner check fails
+    second = evaluate_pending(world.engine, POLICY, world.now[0], batch=1)
+    assert second.evaluated >= 1  # the product queued after it went ahead
+    assert CARTON.path in _queued(world.engine)
+    assert FLOCK.path not in _queued(world.engine)
