@@ -52,6 +52,7 @@ __all__ = [
     "T0",
     "World",
     "make_world",
+    "populate",
     "signer",
 ]
 
@@ -182,3 +183,9 @@ def make_world(
         )
         world.checkpoint()
         yield world
+
+
+def populate(engine: Engine, app_client: Any) -> None:
+    """Leave the world of :func:`make_world` in the database (for a server started later)."""
+    with make_world(engine, app_client):
+        return

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import uvicorn
 from pydantic import SecretStr
-from trace_kit import ADMIN, LOG, ORIGIN, make_world
+from trace_kit import ADMIN, LOG, ORIGIN, populate
 
 from traceapi.app import create_app
 from tracecore.settings import Settings
@@ -33,8 +33,7 @@ def live_api(tmp_path_factory: pytest.TempPathFactory, app_client: Any) -> Itera
     directory: Path = tmp_path_factory.mktemp("fuzz")
     engine = make_engine(f"sqlite:///{directory / 'agritrace.sqlite3'}")
     upgrade(engine)
-    with make_world(engine, app_client):
-        pass  # leaves the world in the database
+    populate(engine, app_client)
     config = Settings(admin_token=SecretStr(ADMIN), log_origin=ORIGIN, data_dir=directory)
     app = create_app(config, engine, log_vkey=LOG.verifier)
     port = _free_port()
