@@ -24,14 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, delete, func, select, text, update
-from sqlmodel import Session, col
+from sqlmodel import col
 
 from contracts import evaluate_story
 from tracecore.bundle import Policy
 from tracecore.errors import AgritraceError
 from tracecore.identifiers import ProductKey
 from tracecore.storage.engine import session_scope
-from tracecore.storage.models import ChainLink, ContractQueue, ProductParent
+from tracecore.storage.evidence import descendants
+from tracecore.storage.models import ChainLink, ContractQueue
 from tracecore.storage.trace import assess_product
 
 __all__ = ["EvaluationRound", "evaluate_pending", "run_contract_evaluator"]
@@ -59,20 +60,6 @@ class EvaluationRound:
     results: int
 
 
-def _descendants(session: Session, products: list[str]) -> list[str]:
-    seen = set(products)
-    frontier = list(products)
-    while frontier:
-        children = session.scalars(
-            select(col(ProductParent.product_key)).where(
-                col(ProductParent.parent_key).in_(frontier)
-            )
-        ).all()
-        frontier = sorted(set(children) - seen)
-        seen.update(frontier)
-    return sorted(seen)
-
-
 def evaluate_pending(
     engine: Engine, policy: Policy, now_ms: int, batch: int = 200
 ) -> EvaluationRound:
@@ -87,7 +74,7 @@ def evaluate_pending(
         )
         if not queued:
             return EvaluationRound(0, 0, 0)
-        products = _descendants(session, queued)
+        products = sorted({*queued, *descendants(session, queued)})
     evaluated: list[str] = []
     waiting = written = 0
     for key in products:

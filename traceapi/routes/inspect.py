@@ -39,7 +39,7 @@ from tracecore.errors import AgritraceError, NotFound
 from tracecore.identifiers import parse_party_id
 from tracecore.message import BUSINESS_STEPS, Event
 from tracecore.storage.engine import session_scope
-from tracecore.storage.evidence import MAX_LINEAGE, lineage
+from tracecore.storage.evidence import descendants, lineage
 from tracecore.storage.models import (
     ChainLink,
     ContractResult,
@@ -190,22 +190,6 @@ class LineageOut(BaseModel):
     forward: list[str] = Field(description="children, or all descendants with depth=all")
 
 
-def _descendants(session: Session, product: str) -> list[str]:
-    seen = [product]
-    frontier = [product]
-    while frontier:
-        children = session.scalars(
-            select(col(ProductParent.product_key)).where(
-                col(ProductParent.parent_key).in_(frontier)
-            )
-        ).all()
-        frontier = sorted(set(children) - set(seen))
-        seen.extend(frontier)
-        if len(seen) > MAX_LINEAGE:
-            raise NotFound(f"{product} has more than {MAX_LINEAGE} descendants")
-    return seen[1:]
-
-
 @router.get("/lineage/{key:path}")
 def get_lineage(
     key: str,  # noqa: ARG001 (parsed from the raw path, escapes intact)
@@ -235,7 +219,7 @@ def get_lineage(
                 )
         if direction in ("forward", "both"):
             if depth == "all":
-                forward = _descendants(session, product.path)
+                forward = descendants(session, [product.path])
             else:
                 forward = sorted(
                     session.scalars(

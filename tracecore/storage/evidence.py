@@ -27,7 +27,7 @@ from tracecore.logentry import Recall, parse_any_entry
 from tracecore.storage.models import ChainLink, Product, ProductParent
 from tracecore.storage.tree import consistency_proof, inclusion_proof
 
-__all__ = ["MAX_LINEAGE", "build_bundle", "lineage"]
+__all__ = ["MAX_LINEAGE", "build_bundle", "descendants", "lineage"]
 
 #: The most products one bundle covers (the product and its ancestors).
 MAX_LINEAGE = 10_000
@@ -97,6 +97,24 @@ def _proof(session: Session, root: bytes, index: int, size: int) -> tuple[bytes,
             _PROOFS.pop(next(iter(_PROOFS)))
         _PROOFS[key] = found
     return found
+
+
+def descendants(session: Session, products: list[str]) -> list[str]:
+    """Every product made, directly or not, from any of ``products`` (breadth first, each once;
+    ``products`` themselves excluded)."""
+    seen = list(products)
+    frontier = list(products)
+    while frontier:
+        children = session.scalars(
+            select(col(ProductParent.product_key)).where(
+                col(ProductParent.parent_key).in_(frontier)
+            )
+        ).all()
+        frontier = sorted(set(children) - set(seen))
+        seen.extend(frontier)
+        if len(seen) > MAX_LINEAGE:
+            raise NotFound(f"{products} have more than {MAX_LINEAGE} descendants")
+    return seen[len(products) :]
 
 
 def _names_any(entry: bytes, products: list[str]) -> bool:
