@@ -136,7 +136,63 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("name")
     show.set_defaults(command=_keys_show)
     _add_sim_parser(commands)
+    _add_broker_parser(commands)
     return parser
+
+
+def _add_broker_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``agritrace broker-auth``: mosquitto credentials and ACL (agritrace/mosquitto.py)."""
+    broker = commands.add_parser(
+        "broker-auth",
+        help="write mosquitto's password file and ACL: each gateway publishes only as its devices",
+    )
+    broker.add_argument("--out", type=Path, required=True, help="directory for passwd, acl")
+    broker.add_argument(
+        "--scenario",
+        action="append",
+        choices=("egg", "beef"),
+        default=[],
+        help="the simulator's gateways of this scenario (repeatable)",
+    )
+    broker.add_argument("--farms", type=int, default=1, help="farms of each --scenario")
+    broker.add_argument("--prefix", default="", help="as given to agritrace sim")
+    broker.add_argument(
+        "--registry",
+        action="store_true",
+        help="also every device registered in the database (AGRITRACE_DB_URL), by party",
+    )
+    broker.set_defaults(command=_broker_auth)
+
+
+def _broker_auth(args: argparse.Namespace, settings: Settings) -> int:
+    from agritrace.mosquitto import write_broker_auth
+    from firmware_sim.scenarios import ScenarioConfig, build_scenario
+
+    parties: dict[str, set[str]] = {}
+    for name in args.scenario:
+        scenario = build_scenario(name, ScenarioConfig(farms=args.farms, prefix=args.prefix), 0)
+        for spec in scenario.devices:
+            parties.setdefault(spec.party, set()).add(spec.id)
+    if args.registry:
+        from sqlmodel import select
+
+        from tracecore.storage import Device, make_engine, session_scope
+
+        engine = make_engine(settings.database_url)
+        try:
+            with session_scope(engine) as session:
+                for device in session.exec(select(Device)).all():
+                    parties.setdefault(device.party_id, set()).add(device.id)
+        finally:
+            engine.dispose()
+    if not parties:
+        raise ConfigError("broker-auth: name a --scenario or pass --registry")
+    passwords = write_broker_auth(args.out, parties)
+    sys.stderr.write(
+        f"wrote {args.out / 'passwd'} and {args.out / 'acl'}: {len(passwords)} users "
+        f"({len(parties)} gateways and ingest); passwords in {args.out / 'passwords'}/\n"
+    )
+    return 0
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -371,6 +427,13 @@ def _add_sim_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
                 "--settle", type=float, default=60.0, help="max s to wait for the last receipts"
             )
             action.add_argument(
+                "--broker-passwords",
+                type=Path,
+                default=None,
+                metavar="DIR",
+                help="log each party's gateway in as gw-PARTY with the password in DIR/gw-PARTY",
+            )
+            action.add_argument(
                 "--fault", action="append", default=[], metavar="NAME[:RATE]", help="repeatable"
             )
 
@@ -429,6 +492,7 @@ def _sim_run(args: argparse.Namespace, settings: Settings) -> int:
         settle_s=args.settle,
         faults=parse_faults(args.fault),
         progress=sys.stderr,
+        broker_passwords=args.broker_passwords,
     )
     summary = asyncio.run(run_simulation(options))
     sys.stderr.write(summary.render())

@@ -41,6 +41,7 @@ from agritrace.runner import (
 )
 from firmware_sim.device import Fleet, load_or_create_device_key
 from firmware_sim.outbox import Outbox
+from firmware_sim.sim import SimOptions, run_simulation
 from tracecore.bundle import Policy, parse_bundle, verify_bundle
 from tracecore.errors import ConfigError
 from tracecore.identifiers import ProductKey
@@ -58,6 +59,13 @@ __all__ = ["run_demo"]
 EGG_GTIN = "06901234567892"
 WITNESS_NAME = "demo-witness"
 SETTLE_SECONDS = 60
+INSPECTOR = "gansu-amr"
+# The scenarios run at this many scenario seconds per wall second, for this many wall seconds
+# each: enough for every step from farm to shop, and the demo still shows its pages within a
+# minute. The egg run makes some cold-store readings too warm, so one product fails a contract.
+SCENARIO_SPEED = 7_200
+SCENARIO_SECONDS = 8.0
+SCENARIOS = (("egg", 0.15), ("beef", 0.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +139,7 @@ class _Walkthrough:
         self.out = settings.data_dir / "demo"
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self.admin = {"Authorization": f"Bearer {token}"}
+        self.recalled = ""
 
     async def run(self, engine: Engine, stop: asyncio.Event) -> None:
         del engine
@@ -159,7 +168,9 @@ class _Walkthrough:
             await self._show_rejections(http)
             await self._verify_bundle(http, cartons[0], log_vkey, previous)
             await self._show_pages(http, cartons)
-        self._try_it(cartons[0], farm_auth)
+            await self._supply_chains(http)
+            pages = await self._three_pages(http)
+        self._try_it(cartons[0], farm_auth, pages)
 
     async def _register_parties(self, http: httpx.AsyncClient) -> None:
         _say("\n1. Parties, registered by the administrator (POST /v1/parties):")
@@ -326,12 +337,116 @@ class _Walkthrough:
         _say(f"   the QR code of the first carton ({self.base}/qr/{cartons[0].path}.svg):")
         _say(_qr_text(f"{self.base}/{cartons[0].path}"))
 
-    def _try_it(self, carton: ProductKey, farm_auth: dict[str, str]) -> None:
+    async def _supply_chains(self, http: httpx.AsyncClient) -> None:
+        """Run the egg and the beef scenarios of firmware_sim at accelerated time."""
+        _say(
+            f"\n9. Two Gansu supply chains at {SCENARIO_SPEED:,}x speed "
+            f"({SCENARIO_SECONDS:.0f} s each; scenario time: "
+            f"{SCENARIO_SECONDS * SCENARIO_SPEED / 3600:.0f} h):"
+        )
+        token = self.admin["Authorization"].removeprefix("Bearer ")
+        for name, excursions in SCENARIOS:
+            options = SimOptions(
+                scenario=name,
+                api=self.base,
+                broker=self.broker,
+                data_dir=self.settings.data_dir,
+                admin_token=token,
+                speed=SCENARIO_SPEED,
+                duration_s=SCENARIO_SECONDS,
+                excursion_rate=excursions,
+                settle_s=SETTLE_SECONDS / 2,
+            )
+            summary = await run_simulation(options)
+            if summary.pending or summary.unexpected_rejections:
+                raise ConfigError(f"the {name} scenario did not settle:\n{summary.render()}")
+            warm = f", {excursions:.0%} of cold-chain readings too warm" if excursions else ""
+            _say(
+                f"   {name:<4} {summary.receipted:>4} signed messages receipted, "
+                f"{summary.products} products{warm}"
+            )
+        inspector = await self._inspector_token(http)
+        # An animal that went to slaughter: recalling it recalls its carcass and cuts at once.
+        found = await self._search(http, inspector, "/v1/products?step=killing&limit=1")
+        animal = str(found[0]["key"])
+        reply = await http.post(
+            "/v1/recalls",
+            json={"product": animal, "reason": "兽药残留超标 drug residue above the limit (demo)"},
+            headers=inspector,
+        )
+        _expect(reply, 201)
+        _say(f"   an inspector of {INSPECTOR} recalled the animal {animal} (POST /v1/recalls)")
+        self.recalled = animal
+
+    async def _inspector_token(self, http: httpx.AsyncClient) -> dict[str, str]:
+        body = {"id": INSPECTOR, "name": "甘肃省市场监督管理局 Gansu AMR", "kind": "inspector"}
+        _expect(await http.post("/v1/parties", json=body, headers=self.admin), 201, 409)
+        reply = await http.post(f"/v1/parties/{INSPECTOR}/tokens", headers=self.admin)
+        _expect(reply, 201)
+        return {"Authorization": f"Bearer {reply.json()['token']}"}
+
+    async def _search(
+        self, http: httpx.AsyncClient, auth: dict[str, str], query: str
+    ) -> list[dict[str, object]]:
+        """The products an inspector's search finds, waiting for checkpoint and contracts."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            reply = await http.get(query, headers=auth)
+            _expect(reply, 200)
+            rows: list[dict[str, object]] = reply.json()
+            if rows:
+                return rows
+            if time.monotonic() > deadline:
+                raise ConfigError(f"nothing found by {query} within {SETTLE_SECONDS} s")
+            await asyncio.sleep(0.5)
+
+    async def _three_pages(self, http: httpx.AsyncClient) -> dict[str, str]:
+        """Find a product with an excursion, a recalled one and a clean one; print their pages."""
+        inspector = await self._inspector_token(http)
+        want = {
+            "excursion": ("egg-cold-chain", "fail", "integrity verified, cold chain broken"),
+            "clean": ("egg-cold-chain", "pass", "verified, every contract passed"),
+        }
+        pages: dict[str, str] = {}
+        _say("\n10. Three products as a buyer sees them (the verdict is computed at each scan):")
+        for label, (contract, status, meaning) in want.items():
+            rows = await self._search(
+                http,
+                inspector,
+                f"/v1/products?contract={contract}&status={status}&limit=200",
+            )
+            keys = [str(row["key"]) for row in rows]
+            # A serialized case or carton when there is one: what a buyer holds.
+            keys.sort(key=lambda key: ("/21/" not in key, key))
+            pages[label] = await self._page(http, keys[0], label, meaning)
+        reply = await http.get(
+            f"/v1/lineage/{self.recalled}?direction=forward&depth=all", headers=inspector
+        )
+        _expect(reply, 200)
+        made_from = [str(key) for key in reply.json()["forward"]]
+        shown = made_from[-1] if made_from else self.recalled
+        pages["recalled"] = await self._page(
+            http, shown, "recalled", "made from the recalled animal"
+        )
+        _say(f"   the QR code of the clean one ({self.base}/qr/{pages['clean']}.svg):")
+        _say(_qr_text(f"{self.base}/{pages['clean']}"))
+        return pages
+
+    async def _page(self, http: httpx.AsyncClient, key: str, label: str, meaning: str) -> str:
+        reply = await http.get(f"/{key}", headers={"Accept": "application/json"})
+        _expect(reply, 200)
+        verdict = reply.json()["verdict"]
+        _say(f"   {label:<9} {verdict:<9} {self.base}/{key}")
+        _say(f"   {'':<9} {meaning}")
+        return key
+
+    def _try_it(self, carton: ProductKey, farm_auth: dict[str, str], pages: dict[str, str]) -> None:
         base, out = self.base, self.out
-        _say("\n9. Try it yourself:")
+        _say("\n11. Try it yourself:")
         _say(f"   agritrace verify {out / 'bundle.json'} --policy {out / 'policy.txt'}")
         _say(f"   curl -o bundle.json {base}/v1/bundle/{carton.path}")
         _say(f"   curl {base}/v1/log/checkpoint    curl {base}/metrics")
+        _say(f"   curl -H 'Accept: application/json' {base}/{pages['excursion']}")
         gaps = f"{base}/v1/devices/{COLLECT}/gaps"
         _say(f"   curl -H 'Authorization: {farm_auth['Authorization']}' {gaps}")
         _say(

@@ -128,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", default="0.5,1.5", help="think time: 'a,b' seconds, or 'c'")
     parser.add_argument("--workers", type=int, default=1, help="API server processes")
     parser.add_argument(
+        "--spawn-rate",
+        type=int,
+        default=10,
+        help="users started per second; statistics count from when all are running",
+    )
+    parser.add_argument(
         "--key",
         choices=("carton", "lot"),
         default="carton",
@@ -228,7 +234,8 @@ def _locust(
     locustfile = Path(__file__).parents[1] / "loadtests" / "scan.py"
     subprocess.run(  # noqa: S603 (the venv's locust, fixed arguments)
         [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless",
-         "-u", str(args.users), "-r", str(args.users), "-t", f"{args.seconds}s",
+         "-u", str(args.users), "-r", str(args.spawn_rate), "--reset-stats",
+         "-t", f"{args.seconds + args.users // args.spawn_rate}s",
          "--host", base, "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING", user],
         env={**env, "AGRITRACE_LOAD_WAIT": wait},
         check=False,

@@ -27,7 +27,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, TextIO
 
@@ -212,6 +212,21 @@ class SimOptions:
     fault_settings: FaultSettings = field(default_factory=FaultSettings)
     progress: TextIO | None = None
     progress_every_s: float = 1.0
+    # A directory of per-gateway MQTT passwords (``gw-{party}``, as agritrace broker-auth
+    # writes them): each party's gateway then logs in as itself, as the broker's ACL requires.
+    broker_passwords: Path | None = None
+
+    def broker_for(self, party: str) -> BrokerAddress:
+        """The broker address ``party``'s gateway connects with."""
+        if self.broker_passwords is None:
+            return self.broker
+        user = f"gw-{party}"
+        path = self.broker_passwords / user
+        try:
+            password = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"no MQTT password for {user} in {self.broker_passwords}") from exc
+        return replace(self.broker, username=user, password=password)
 
 
 @dataclass(slots=True)
@@ -391,7 +406,7 @@ def _open_fleets(
             outbox = stack.enter_context(Outbox(options.data_dir / "sim" / f"{spec.party}.outbox"))
             # One gateway per party: its own MQTT session, stable across runs.
             fleet = Fleet(
-                options.broker,
+                options.broker_for(spec.party),
                 outbox,
                 log_key,
                 client_id=f"sim-{spec.party}",

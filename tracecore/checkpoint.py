@@ -16,11 +16,11 @@ transaction.
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
-from sqlmodel import col, select
 
 from tracecore.keys import SignerKey
 from tracecore.note import CheckpointBody, append_signatures, sign_note
-from tracecore.storage.models import Checkpoint, Cosignature
+from tracecore.storage.models import Checkpoint
+from tracecore.storage.rawsql import fetch_all, fetch_one
 from tracecore.storage.tree import integrate, log_size, root_at
 
 __all__ = ["checkpoint_text", "latest_checkpoint", "make_checkpoint", "served_note"]
@@ -31,10 +31,20 @@ def checkpoint_text(origin: str, size: int, root: bytes) -> str:
     return CheckpointBody(origin, size, root).format()
 
 
+_LATEST = "SELECT size, root, note, created_ms FROM checkpoints ORDER BY size DESC LIMIT 1"
+_COSIGNATURES = "SELECT line FROM cosignatures WHERE checkpoint_size = ? ORDER BY witness"
+
+
 def latest_checkpoint(session: Session) -> Checkpoint | None:
-    """Return the checkpoint of the largest size, or None before the first one."""
-    statement = select(Checkpoint).order_by(col(Checkpoint.size).desc()).limit(1)
-    return session.execute(statement).scalars().first()
+    """Return the checkpoint of the largest size (a detached row), or None before the first.
+
+    Every scan asks this; it is read on the driver's cursor (:mod:`tracecore.storage.rawsql`).
+    """
+    row = fetch_one(session, _LATEST)
+    if row is None:
+        return None
+    size, root, note, created_ms = row
+    return Checkpoint(size=int(size), root=bytes(root), note=str(note), created_ms=int(created_ms))
 
 
 def make_checkpoint(
@@ -65,10 +75,5 @@ def served_note(session: Session, checkpoint: Checkpoint) -> str:
     The log's own signature line comes first, then one tlog-cosignature/v1 line per witness in
     the order of the witness names (C2SP signed-note: verifiers ignore lines of unknown keys).
     """
-    statement = (
-        select(Cosignature)
-        .where(col(Cosignature.checkpoint_size) == checkpoint.size)
-        .order_by(col(Cosignature.witness))
-    )
-    lines = [row.line for row in session.execute(statement).scalars()]
+    lines = [str(line) for (line,) in fetch_all(session, _COSIGNATURES, [checkpoint.size])]
     return append_signatures(checkpoint.note, lines) if lines else checkpoint.note

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from markupsafe import Markup
 from sqlalchemy import Engine
 
@@ -152,13 +152,6 @@ def scan(
         if assessment is None:
             view = unknown_view(f"{key.path} is not registered")
             return _answer(view, 404, as_json, language, request)
-        stats = None
-        if key.serial is not None:
-            client = client_hash(scan_salt(request), client_address(request))
-            record_scan(session, key.path, client, (place or "").strip() or None, now)
-            session.flush()
-            window_ms = int(settings.copy_window_hours * _HOUR_MS)
-            stats = scan_stats(session, key.path, now - window_ms)
         story = assessment.story
         ids = set() if story is None else {*story.devices.values(), *(r.by for r in story.recalls)}
         names = party_names(session, ids)
@@ -166,6 +159,15 @@ def scan(
         credit = None
         if story is not None and story.owner is not None and assessment.ok:
             credit = party_credit(session, story.owner, now, CREDIT_DAYS)
+    stats = None
+    if key.serial is not None:
+        # A transaction of its own, as short as can be: on SQLite the scan's write holds the
+        # database's one write lock, which every other API process and ingest wait for.
+        client = client_hash(scan_salt(request), client_address(request))
+        with session_scope(engine) as session:
+            record_scan(session, key.path, client, (place or "").strip() or None, now)
+            window_ms = int(settings.copy_window_hours * _HOUR_MS)
+            stats = scan_stats(session, key.path, now - window_ms)
     view = build_view(
         assessment,
         public_url=settings.public_url,
@@ -192,7 +194,7 @@ def _answer(
 ) -> Response:
     headers = {"Vary": "Accept, Accept-Language", "Cache-Control": "no-store"}
     if as_json:
-        return JSONResponse(view.model_dump(mode="json"), status_code=status_code, headers=headers)
+        return Response(view.model_dump_json(), status_code, headers, media_type="application/json")
     chart = ""
     counts: dict[str, tuple[int, int]] = {}
     if story is not None:

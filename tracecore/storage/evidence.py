@@ -14,46 +14,52 @@ import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
-from sqlalchemy import func, select
-from sqlmodel import Session, col
+from sqlalchemy.orm import Session
 
 from tracecore.bundle import Bundle, BundleEntry, Consistency
 from tracecore.checkpoint import latest_checkpoint, served_note
 from tracecore.errors import NotFound, ProofError
 from tracecore.identifiers import ProductKey
 from tracecore.logentry import Recall, parse_any_entry
-from tracecore.storage.models import ChainLink, Product, ProductParent
+from tracecore.storage.models import REGISTRY_WHERE, Checkpoint
+from tracecore.storage.rawsql import Row, fetch_all, fetch_one, marks
 from tracecore.storage.tree import consistency_proof, inclusion_proof
 
-__all__ = ["MAX_LINEAGE", "build_bundle", "descendants", "lineage"]
+__all__ = ["MAX_LINEAGE", "build_bundle", "bundle_at", "descendants", "lineage"]
 
 #: The most products one bundle covers (the product and its ancestors).
 MAX_LINEAGE = 10_000
 
 
+_PARENTS = "SELECT parent_key FROM product_parents WHERE product_key IN ({})"
+_CHILDREN = "SELECT product_key FROM product_parents WHERE parent_key IN ({})"
+
+
+def _walk(session: Session, start: list[str], query: str, what: str) -> list[str]:
+    """``start`` and every product reached from it by ``query`` (breadth first, each once)."""
+    seen = list(start)
+    known = set(seen)
+    frontier = list(start)
+    while frontier:
+        found = fetch_all(session, query.format(marks(len(frontier))), frontier)
+        frontier = sorted({str(key) for (key,) in found} - known)
+        seen.extend(frontier)
+        known.update(frontier)
+        if len(seen) > MAX_LINEAGE:
+            raise NotFound(f"{', '.join(start)} has more than {MAX_LINEAGE} {what}")
+    return seen
+
+
 def lineage(session: Session, product: str) -> list[str]:
     """Return ``product`` and all its ancestors (breadth first, each once)."""
-    seen = [product]
-    frontier = [product]
-    while frontier:
-        parents = session.scalars(
-            select(col(ProductParent.parent_key)).where(
-                col(ProductParent.product_key).in_(frontier)
-            )
-        ).all()
-        frontier = sorted(set(parents) - set(seen))
-        seen.extend(frontier)
-        if len(seen) > MAX_LINEAGE:
-            raise NotFound(f"{product} has more than {MAX_LINEAGE} ancestors")
-    return seen
+    return _walk(session, [product], _PARENTS, "ancestors")
 
 
 _ENTRY_COLUMNS = 'SELECT "index", kind, entry, raw, device_id FROM log_entries WHERE '
 
 #: A stored log entry as the driver returns it: (index, kind, entry, raw, device_id).
-_Row = tuple[Any, ...]
+_Row = Row
 
 
 def _rows(session: Session, where: str, params: Sequence[object]) -> list[_Row]:
@@ -63,18 +69,16 @@ def _rows(session: Session, where: str, params: Sequence[object]) -> list[_Row]:
     what SQLAlchemy rows do (bench/scan.py). ``where`` is a constant of this module; values
     travel only as parameters.
     """
-    connection = session.connection()
-    mark = "?" if connection.dialect.name == "sqlite" else "%s"
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(_ENTRY_COLUMNS + where.replace("?", mark), tuple(params))
-        return list(cursor.fetchall())
-    finally:
-        cursor.close()
+    return fetch_all(session, _ENTRY_COLUMNS + where, params)
 
 
-def _marks(count: int) -> str:
-    return ", ".join("?" * count)
+# Both use the partial index ix_log_entries_registry (tracecore.storage.models.REGISTRY_WHERE).
+_REGISTRY_KINDS = ("device_registered", "key_rotated", "key_revoked")
+_RECALLS_WHERE = f'{REGISTRY_WHERE} AND kind = ? AND "index" < ?'
+_HEADS = (
+    "SELECT product_key, MAX(log_index) FROM chain_links "
+    "WHERE product_key IN ({}) AND log_index < ? GROUP BY product_key"
+)
 
 
 _PROOFS: dict[tuple[bytes, int, int], tuple[bytes, ...]] = {}
@@ -102,19 +106,7 @@ def _proof(session: Session, root: bytes, index: int, size: int) -> tuple[bytes,
 def descendants(session: Session, products: list[str]) -> list[str]:
     """Every product made, directly or not, from any of ``products`` (breadth first, each once;
     ``products`` themselves excluded)."""
-    seen = list(products)
-    frontier = list(products)
-    while frontier:
-        children = session.scalars(
-            select(col(ProductParent.product_key)).where(
-                col(ProductParent.parent_key).in_(frontier)
-            )
-        ).all()
-        frontier = sorted(set(children) - set(seen))
-        seen.extend(frontier)
-        if len(seen) > MAX_LINEAGE:
-            raise NotFound(f"{products} have more than {MAX_LINEAGE} descendants")
-    return seen[len(products) :]
+    return _walk(session, list(products), _CHILDREN, "descendants")[len(products) :]
 
 
 def _names_any(entry: bytes, products: list[str]) -> bool:
@@ -130,40 +122,49 @@ def build_bundle(session: Session, product: ProductKey, previous: int | None = N
     :class:`NotFound` for an unknown product or one with no entry in a checkpoint yet, and
     :class:`ProofError` for a ``previous`` size outside ``1..size``.
     """
-    if session.get(Product, product.path) is None:
+    if fetch_one(session, _PRODUCT, [product.path]) is None:
         raise NotFound(f"no product {product.path}")
     checkpoint = latest_checkpoint(session)
     if checkpoint is None:
         raise NotFound("the log has no checkpoint yet; retry in a few seconds")
+    return bundle_at(session, product, checkpoint, previous)
+
+
+_PRODUCT = 'SELECT 1 FROM products WHERE "key" = ?'
+
+
+def bundle_at(
+    session: Session, product: ProductKey, checkpoint: Checkpoint, previous: int | None = None
+) -> Bundle:
+    """Return the evidence bundle of ``product``, a known product, as of ``checkpoint``.
+
+    :func:`build_bundle` without its two lookups, for a caller that has made them already.
+    """
     size = checkpoint.size
     products = lineage(session, product.path)
-    in_tree = col(ChainLink.log_index) < size
-    head_rows = session.execute(
-        select(col(ChainLink.product_key), func.max(col(ChainLink.log_index)))
-        .where(col(ChainLink.product_key).in_(products), in_tree)
-        .group_by(col(ChainLink.product_key))
-    ).all()
+    head_rows = fetch_all(session, _HEADS.format(marks(len(products))), [*products, size])
     heads = {int(index) for _, index in head_rows}
-    if product.path not in {key for key, _ in head_rows}:
+    if product.path not in {str(key) for key, _ in head_rows}:
         raise NotFound(f"{product.path} has no entry in a checkpoint yet; retry in a few seconds")
     in_chains = (
         '"index" IN (SELECT log_index FROM chain_links '  # noqa: S608 (constant text, ? marks)
-        f"WHERE product_key IN ({_marks(len(products))}) AND log_index < ?)"
+        f"WHERE product_key IN ({marks(len(products))}) AND log_index < ?)"
     )
     messages = _rows(session, in_chains, [*products, size])
     devices = sorted({row[4] for row in messages if row[4] is not None})
     registry = (
         _rows(
             session,
-            f"device_id IN ({_marks(len(devices))}) AND kind <> 'device_message' AND \"index\" < ?",
-            [*devices, size],
+            f"{REGISTRY_WHERE} AND kind IN ({marks(len(_REGISTRY_KINDS))}) "
+            f'AND device_id IN ({marks(len(devices))}) AND "index" < ?',
+            [*_REGISTRY_KINDS, *devices, size],
         )
         if devices
         else []
     )
     recalls = [
         row
-        for row in _rows(session, "kind = 'recall' AND \"index\" < ?", [size])
+        for row in _rows(session, _RECALLS_WHERE, ["recall", size])
         if _names_any(bytes(row[2]), products)
     ]
     rows = sorted([*messages, *registry, *recalls], key=lambda row: int(row[0]))

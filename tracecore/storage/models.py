@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -33,6 +34,7 @@ __all__ = [
     "ID_LENGTH",
     "PARTY_KINDS",
     "PRODUCT_KEY_LENGTH",
+    "REGISTRY_WHERE",
     "TOKEN_ROLES",
     "ChainLink",
     "Checkpoint",
@@ -165,6 +167,11 @@ class DeviceKey(SQLModel, table=True):
     revoke_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
+#: The predicate of the partial index ``ix_log_entries_registry``; a query that should use the
+#: index repeats it word for word (SQLite only uses a partial index whose WHERE terms it finds).
+REGISTRY_WHERE = "kind <> 'device_message'"
+
+
 class LogEntry(SQLModel, table=True):
     """One leaf of the Merkle log; ``index`` is assigned by the single-writer sequencer."""
 
@@ -176,6 +183,16 @@ class LogEntry(SQLModel, table=True):
         CheckConstraint("length(raw_sha256) = 32", name="ck_log_entries_raw_sha256_length"),
         CheckConstraint("length(leaf_hash) = 32", name="ck_log_entries_leaf_hash_length"),
         Index("ix_log_entries_step_time_ms", "step", "time_ms"),
+        # Registry entries and recalls, which every bundle reads, among millions of device
+        # messages: a partial index holds only them, so ingest pays nothing for it.
+        Index(
+            "ix_log_entries_registry",
+            "kind",
+            "device_id",
+            "index",
+            sqlite_where=text(REGISTRY_WHERE),
+            postgresql_where=text(REGISTRY_WHERE),
+        ),
     )
 
     index: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
@@ -443,6 +460,13 @@ class Feedback(SQLModel, table=True):
     __table_args__ = (
         Index("ix_feedback_product_key_at_ms", "product_key", "at_ms"),
         Index("ix_feedback_client_at_ms", "client", "at_ms"),
+        # Credit scores read the complaints of a window (tracecore.storage.trace.credit_facts).
+        Index(
+            "ix_feedback_complaints_at_ms",
+            "at_ms",
+            sqlite_where=text("complaint IS NOT NULL"),
+            postgresql_where=text("complaint IS NOT NULL"),
+        ),
         CheckConstraint("rating >= 1 AND rating <= 5", name="ck_feedback_rating"),
         CheckConstraint("length(client) = 16", name="ck_feedback_client_length"),
     )
@@ -484,6 +508,7 @@ class ContractResult(SQLModel, table=True):
     __tablename__ = "contract_results"
     __table_args__ = (
         Index("ix_contract_results_contract_status", "contract", "status"),
+        Index("ix_contract_results_status_evaluated_ms", "status", "evaluated_ms"),
         CheckConstraint(
             "status IN ('pass', 'fail', 'not_applicable')", name="ck_contract_results_status"
         ),

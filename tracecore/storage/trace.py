@@ -22,7 +22,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from tracecore.bundle import Check, Inspection, Policy, inspect_bundle_memo
@@ -30,18 +30,9 @@ from tracecore.checkpoint import latest_checkpoint
 from tracecore.errors import AgritraceError
 from tracecore.identifiers import ProductKey
 from tracecore.logentry import Recall, parse_any_entry
-from tracecore.storage.evidence import build_bundle
-from tracecore.storage.models import (
-    ChainLink,
-    ContractResult,
-    Feedback,
-    LogEntry,
-    Party,
-    Product,
-    ProductParent,
-    Scan,
-    ScanClient,
-)
+from tracecore.storage.evidence import bundle_at
+from tracecore.storage.models import REGISTRY_WHERE, Feedback, Product
+from tracecore.storage.rawsql import execute, fetch_all, fetch_one, marks
 from tracecore.verdict import Story, tell_story_memo
 
 __all__ = [
@@ -57,6 +48,28 @@ __all__ = [
     "record_scan",
     "scan_stats",
 ]
+
+
+# The scan's queries, run on the driver's cursor (tracecore.storage.rawsql: the ORM's own cost
+# was most of a scan's time).
+_PRODUCT_COLUMNS = (
+    "key",
+    "kind",
+    "owner_party_id",
+    "created_ms",
+    "commissioned_index",
+    "holder_party_id",
+    "pending_party_id",
+)
+_PRODUCT = (
+    'SELECT "key", kind, owner_party_id, created_ms, commissioned_index, holder_party_id, '
+    'pending_party_id FROM products WHERE "key" = ?'
+)
+_FIRST_LINK = "SELECT MIN(log_index) FROM chain_links WHERE product_key = ?"
+_OWNERS = 'SELECT "key", owner_party_id FROM products WHERE "key" IN ({})'
+_COUNT_ENTRIES = 'SELECT COUNT(*) FROM log_entries WHERE "index" >= ? AND "index" < ?'
+_CHILDREN = "SELECT product_key FROM product_parents WHERE parent_key = ?"
+_NAMES = "SELECT id, name FROM parties WHERE id IN ({})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,18 +100,17 @@ def assess_product(
     session: Session, product: ProductKey, policy: Policy
 ) -> ProductAssessment | None:
     """Check ``product``'s stored evidence now; None for a product the database does not know."""
-    row = session.get(Product, product.path)
-    if row is None:
+    found = fetch_one(session, _PRODUCT, [product.path])
+    if found is None:
         return None
+    row = Product(**dict(zip(_PRODUCT_COLUMNS, found, strict=True)))
     checkpoint = latest_checkpoint(session)
-    first = session.execute(
-        select(func.min(col(ChainLink.log_index))).where(col(ChainLink.product_key) == product.path)
-    ).scalar()
+    (first,) = fetch_one(session, _FIRST_LINK, [product.path]) or (None,)
     if checkpoint is None or first is None or first >= checkpoint.size:
         pending = "recorded, waiting for the next signed checkpoint; retry in a few seconds"
         return ProductAssessment(product, row, None, None, (), None, pending=pending)
     try:
-        bundle = build_bundle(session, product)
+        bundle = bundle_at(session, product, checkpoint)
     except AgritraceError as exc:
         # The product is in a checkpoint, so its evidence must be assemblable: a missing leaf
         # or subtree hash means rows were deleted or edited.
@@ -119,9 +131,7 @@ def _owner_check(session: Session, story: Story, inspection: Inspection) -> Chec
     if not inspection.report.ok:
         return Check("owner", ok=False, detail="not checked: the evidence did not verify")
     lineage = [story.product, *story.ancestors()]
-    rows = session.execute(
-        select(col(Product.key), col(Product.owner_party_id)).where(col(Product.key).in_(lineage))
-    ).all()
+    rows = fetch_all(session, _OWNERS.format(marks(len(lineage))), lineage)
     stored = {str(key): str(owner) for key, owner in rows}
     for key in lineage:
         signed = story.owners.get(key)
@@ -147,11 +157,7 @@ def _completeness_check(session: Session, inspection: Inspection, story: Story) 
     if not heads:
         return Check("completeness", ok=False, detail="no chain in the evidence")
     low = min(heads.values())
-    stored = session.execute(
-        select(func.count())
-        .select_from(LogEntry)
-        .where(col(LogEntry.index) >= low, col(LogEntry.index) < size)
-    ).scalar_one()
+    (stored,) = fetch_one(session, _COUNT_ENTRIES, [low, size]) or (0,)
     if stored != size - low:
         return Check(
             "completeness",
@@ -164,20 +170,14 @@ def _completeness_check(session: Session, inspection: Inspection, story: Story) 
 
 def children_of(session: Session, product: str) -> list[str]:
     """The products made from ``product`` (one step forward), sorted."""
-    return sorted(
-        session.scalars(
-            select(col(ProductParent.product_key)).where(col(ProductParent.parent_key) == product)
-        ).all()
-    )
+    return sorted(str(key) for (key,) in fetch_all(session, _CHILDREN, [product]))
 
 
 def party_names(session: Session, ids: set[str]) -> dict[str, str]:
     """Display names of the parties ``ids`` (registry data: shown next to the verified id)."""
     if not ids:
         return {}
-    rows = session.execute(
-        select(col(Party.id), col(Party.name)).where(col(Party.id).in_(sorted(ids)))
-    ).all()
+    rows = fetch_all(session, _NAMES.format(marks(len(ids))), sorted(ids))
     return {str(party_id): str(name) for party_id, name in rows}
 
 
@@ -197,12 +197,21 @@ class ScanStats:
     first_place: str | None
 
 
-_UPSERT_CLIENT = text(
+_INSERT_SCAN = "INSERT INTO scans (product_key, client, place, at_ms) VALUES (?, ?, ?, ?)"
+_UPSERT_CLIENT = (
     # ON CONFLICT ... DO UPDATE: the same text on SQLite (>= 3.24) and PostgreSQL.
     "INSERT INTO scan_clients (product_key, client, first_ms, last_ms, scans, first_place) "
-    "VALUES (:product, :client, :now, :now, 1, :place) "
+    "VALUES (?, ?, ?, ?, 1, ?) "
     "ON CONFLICT (product_key, client) DO UPDATE SET "
     "last_ms = excluded.last_ms, scans = scan_clients.scans + 1"
+)
+_SCAN_COUNTS = (
+    "SELECT COALESCE(SUM(scans), 0), COALESCE(SUM(CASE WHEN last_ms >= ? THEN 1 ELSE 0 END), 0) "
+    "FROM scan_clients WHERE product_key = ?"
+)
+_FIRST_SCAN = (
+    "SELECT first_ms, first_place FROM scan_clients WHERE product_key = ? "
+    "ORDER BY first_ms, client LIMIT 1"
 )
 
 
@@ -210,10 +219,8 @@ def record_scan(
     session: Session, product: str, client: bytes, place: str | None, now_ms: int
 ) -> None:
     """Log one scan of ``product`` and count it for its client (durable at the commit)."""
-    session.add(Scan(product_key=product, client=client, place=place, at_ms=now_ms))
-    session.execute(
-        _UPSERT_CLIENT, {"product": product, "client": client, "now": now_ms, "place": place}
-    )
+    execute(session, _INSERT_SCAN, [product, client, place, now_ms])
+    execute(session, _UPSERT_CLIENT, [product, client, now_ms, now_ms, place])
 
 
 def scan_stats(session: Session, product: str, since_ms: int) -> ScanStats:
@@ -221,22 +228,8 @@ def scan_stats(session: Session, product: str, since_ms: int) -> ScanStats:
 
     Reads a few rows per client (scan_clients), never the whole scan log.
     """
-    total = session.execute(
-        select(func.coalesce(func.sum(col(ScanClient.scans)), 0)).where(
-            col(ScanClient.product_key) == product
-        )
-    ).scalar_one()
-    clients = session.execute(
-        select(func.count()).where(
-            col(ScanClient.product_key) == product, col(ScanClient.last_ms) >= since_ms
-        )
-    ).scalar_one()
-    first = session.execute(
-        select(col(ScanClient.first_ms), col(ScanClient.first_place))
-        .where(col(ScanClient.product_key) == product)
-        .order_by(col(ScanClient.first_ms), col(ScanClient.client))
-        .limit(1)
-    ).first()
+    total, clients = fetch_one(session, _SCAN_COUNTS, [since_ms, product]) or (0, 0)
+    first = fetch_one(session, _FIRST_SCAN, [product])
     return ScanStats(
         int(total),
         int(clients),
@@ -259,48 +252,41 @@ class CreditFacts:
     complaints: list[tuple[int, str]]
 
 
+# CROSS JOIN keeps SQLite's join order (PostgreSQL plans it freely): from the window's few
+# failures and complaints to their products, never from every product of the party.
+_FAILURES = (
+    "SELECT r.product_key, r.contract, r.log_size FROM contract_results r CROSS JOIN products p "
+    "WHERE r.status = 'fail' AND r.evaluated_ms >= ? AND r.evaluated_ms <= ? "
+    'AND p."key" = r.product_key AND p.owner_party_id = ?'
+)
+_RECALLS = (
+    'SELECT "index", entry FROM log_entries '  # noqa: S608 (constant text, ? marks)
+    f"WHERE {REGISTRY_WHERE} AND kind = 'recall' AND received_ms >= ? AND received_ms <= ?"
+)
+_OWNED = 'SELECT "key" FROM products WHERE owner_party_id = ? AND "key" IN ({})'
+_COMPLAINTS = (
+    "SELECT f.id, f.product_key FROM feedback f CROSS JOIN products p "
+    "WHERE f.complaint IS NOT NULL AND f.at_ms >= ? AND f.at_ms <= ? "
+    'AND p."key" = f.product_key AND p.owner_party_id = ?'
+)
+
+
 def credit_facts(session: Session, party: str, start_ms: int, end_ms: int) -> CreditFacts:
     """Gather ``party``'s contract failures, recalls and complaints in ``[start_ms, end_ms]``."""
-    owned = select(col(Product.key)).where(col(Product.owner_party_id) == party)
-    failures = session.execute(
-        select(
-            col(ContractResult.product_key),
-            col(ContractResult.contract),
-            col(ContractResult.log_size),
-        ).where(
-            col(ContractResult.status) == "fail",
-            col(ContractResult.product_key).in_(owned),
-            col(ContractResult.evaluated_ms) >= start_ms,
-            col(ContractResult.evaluated_ms) <= end_ms,
-        )
-    ).all()
-    mine = set(session.scalars(owned).all())
-    recalls: list[tuple[int, str, str]] = []
-    rows = session.execute(
-        select(col(LogEntry.index), col(LogEntry.entry)).where(
-            col(LogEntry.kind) == "recall",
-            col(LogEntry.received_ms) >= start_ms,
-            col(LogEntry.received_ms) <= end_ms,
-        )
-    ).all()
-    for index, entry in rows:
+    failures = fetch_all(session, _FAILURES, [start_ms, end_ms, party])
+    named: list[tuple[int, str, str]] = []
+    for index, entry in fetch_all(session, _RECALLS, [start_ms, end_ms]):
         recall = parse_any_entry(bytes(entry))
         if isinstance(recall, Recall):
-            recalls.extend(
-                (int(index), p.path, recall.reason) for p in recall.products if p.path in mine
-            )
-    complaints = session.execute(
-        select(col(Feedback.id), col(Feedback.product_key)).where(
-            col(Feedback.complaint).is_not(None),
-            col(Feedback.product_key).in_(owned),
-            col(Feedback.at_ms) >= start_ms,
-            col(Feedback.at_ms) <= end_ms,
-        )
-    ).all()
+            named.extend((int(index), p.path, recall.reason) for p in recall.products)
+    paths = sorted({path for _, path, _ in named})
+    owned = fetch_all(session, _OWNED.format(marks(len(paths))), [party, *paths]) if paths else []
+    mine = {str(key) for (key,) in owned}
+    complaints = fetch_all(session, _COMPLAINTS, [start_ms, end_ms, party])
     return CreditFacts(
-        [(str(p), str(c), int(n)) for p, c, n in failures],
-        recalls,
-        [(int(i), str(p)) for i, p in complaints],
+        sorted((str(p), str(c), int(n)) for p, c, n in failures),
+        [fact for fact in named if fact[1] in mine],
+        sorted((int(i), str(p)) for i, p in complaints),
     )
 
 
