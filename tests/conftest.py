@@ -56,6 +56,12 @@ def require_program(name: str) -> str:
 
 
 @pytest.fixture
+def mosquitto_programs() -> tuple[str, str]:
+    """The paths of mosquitto and mosquitto_passwd (Debian package mosquitto)."""
+    return require_program("mosquitto"), require_program("mosquitto_passwd")
+
+
+@pytest.fixture
 def zbarimg() -> str:
     """The path of zbarimg (zbar-tools), the QR decoder the QR tests use."""
     return require_program("zbarimg")

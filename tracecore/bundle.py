@@ -282,6 +282,7 @@ class _State:
     leaves: dict[int, bytes] = field(default_factory=dict)
     messages: dict[int, SignedMessage] = field(default_factory=dict)
     chains: dict[str, list[tuple[int, int, bytes]]] | None = None
+    lineage: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,9 +401,9 @@ def inspect_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) 
         checks.run("messages", lambda: _check_messages(bundle, state))
         checks.run("keys", lambda: _check_keys(state))
         checks.run("chains", lambda: _check_chains(bundle, state))
-        checks.run("lineage", lambda: _check_lineage(state))
+        checks.run("lineage", lambda: _check_lineage(bundle, state))
         checks.run("inclusion", lambda: _check_inclusion(bundle, state))
-        checks.run("recalls", lambda: _recalls(state))
+        checks.run("recalls", lambda: _recalls(bundle, state))
     size = state.body.size if state.body is not None else 0
     report = Report(bundle.product.path, size, tuple(checks.items))
     return Inspection(report, state.body, state.entries, state.messages)
@@ -608,13 +609,39 @@ def _chains(state: _State) -> dict[str, list[tuple[int, int, bytes]]]:
     return chains
 
 
+def _lineage(bundle: Bundle, state: _State) -> frozenset[str]:
+    """The bundle's product and every ancestor its signed events name, transitively.
+
+    A message may also name products outside the lineage (one shipping event for many cases):
+    the bundle holds such a product's entries only where they touch the lineage, so its chain
+    is partial by nature and is not what the bundle proves.
+    """
+    if state.lineage is not None:
+        return state.lineage
+    parents: dict[str, set[str]] = defaultdict(set)
+    for signed in state.messages.values():
+        if isinstance(signed.message, Event) and signed.message.parents:
+            for product in signed.message.products:
+                parents[product.path].update(p.path for p in signed.message.parents)
+    lineage = {bundle.product.path}
+    frontier = [bundle.product.path]
+    while frontier:
+        for parent in parents.get(frontier.pop(), ()):
+            if parent not in lineage:
+                lineage.add(parent)
+                frontier.append(parent)
+    state.lineage = frozenset(lineage)
+    return state.lineage
+
+
 def _check_chains(bundle: Bundle, state: _State) -> str:
     chains = _chains(state)
     if bundle.product.path not in chains:
         raise BundleError(f"the bundle has no entry of {bundle.product.path}")
-    for product, links in chains.items():
+    lineage = _lineage(bundle, state)
+    for product in sorted(lineage & set(chains)):
         previous_leaf, previous_index = GENESIS_PREV, -1
-        for expected_pseq, (pseq, index, prev) in enumerate(links, 1):
+        for expected_pseq, (pseq, index, prev) in enumerate(chains[product], 1):
             if pseq != expected_pseq:
                 raise BundleError(f"{product}: position {expected_pseq} is missing")
             if prev != previous_leaf:
@@ -624,28 +651,23 @@ def _check_chains(bundle: Bundle, state: _State) -> str:
             if index <= previous_index:
                 raise BundleError(f"{product}: position {pseq} is at index {index}, out of order")
             previous_leaf, previous_index = state.leaves[index], index
-    return f"{len(chains)} product chains intact"
+    return f"{len(lineage & set(chains))} product chains intact"
 
 
-def _check_lineage(state: _State) -> str:
-    chains = _chains(state)
-    parents: set[str] = set()
-    for signed in state.messages.values():
-        if isinstance(signed.message, Event):
-            parents.update(p.path for p in signed.message.parents)
-    missing = sorted(parents - set(chains))
+def _check_lineage(bundle: Bundle, state: _State) -> str:
+    missing = sorted(_lineage(bundle, state) - set(_chains(state)))
     if missing:
         raise BundleError(f"parent chains missing from the bundle: {', '.join(missing)}")
-    return f"{len(parents)} parent(s), all with their chains"
+    return f"{len(_lineage(bundle, state)) - 1} ancestor(s), all with their chains"
 
 
-def _recalls(state: _State) -> str:
+def _recalls(bundle: Bundle, state: _State) -> str:
     """Report the recalls in the bundle (they are proven by the inclusion check)."""
-    chains = _chains(state)
+    lineage = _lineage(bundle, state)
     found = [
         f"RECALLED {', '.join(p.path for p in e.products)} by {e.by}: {e.reason}"
         for _, e in sorted(state.entries.items())
-        if isinstance(e, Recall) and any(p.path in chains for p in e.products)
+        if isinstance(e, Recall) and any(p.path in lineage for p in e.products)
     ]
     return "; ".join(found) if found else "no recall of the product or its ancestors"
 
@@ -653,7 +675,8 @@ def _recalls(state: _State) -> str:
 def _check_inclusion(bundle: Bundle, state: _State) -> str:
     if state.body is None:
         raise BundleError("no verified checkpoint to prove inclusion against")
-    heads = {links[-1][1] for links in _chains(state).values()}
+    chains = _chains(state)
+    heads = {chains[product][-1][1] for product in _lineage(bundle, state) if product in chains}
     required = heads | {
         i for i, e in state.entries.items() if not isinstance(e, DeviceMessageEntry)
     }

@@ -25,10 +25,17 @@ def _run(data: Path, capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().out
 
 
+def _pages(out: str) -> dict[str, tuple[str, str]]:
+    """The demo's three product pages: label → (verdict, URL)."""
+    found = re.findall(r"^   (excursion|clean|recalled) +(\w+) +(http://\S+)$", out, re.MULTILINE)
+    return {label: (verdict, url) for label, verdict, url in found}
+
+
 def test_demo_runs_the_pipeline_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Registration, MQTT traffic with receipts, a cosigned checkpoint, a verified bundle; twice."""
+    """Registration, MQTT traffic with receipts, a cosigned checkpoint, a verified bundle, the
+    egg and beef scenarios, a recall and three product pages; twice."""
     monkeypatch.delenv("AGRITRACE_ADMIN_TOKEN", raising=False)
     monkeypatch.delenv("AGRITRACE_MQTT_URL", raising=False)
     first = _run(tmp_path, capsys)
@@ -38,11 +45,19 @@ def test_demo_runs_the_pipeline_and_resumes(
     assert "— demo-witness " in first
     assert first.rstrip().count("VERIFIED") == 1
     assert (tmp_path / "admin-token").stat().st_mode & 0o077 == 0
+    pages = _pages(first)
+    assert pages["excursion"][0] == "verified"
+    assert pages["clean"][0] == "verified"
+    assert pages["recalled"][0] == "recalled"
+    assert "/R1" in pages["clean"][1]  # the scenarios' first run
 
     second = _run(tmp_path, capsys)
     assert len(re.findall(r"  found again\b", second)) == 4
     assert "-2/21/C0001" in second  # a new lot each run
     assert re.search(r"consistency  the log at (\d+) extends the previous checkpoint at 10", second)
+    again = _pages(second)
+    assert again["recalled"][0] == "recalled"
+    assert all("/R2" in url for _, url in again.values())  # this run's products, not the last
 
     # What the demo saved verifies on its own, as `agritrace verify` would.
     out = tmp_path / "demo"

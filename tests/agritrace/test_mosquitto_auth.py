@@ -14,7 +14,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import require_program
 from mqtt_kit import free_port
 
 from agritrace.cli import main
@@ -28,9 +27,11 @@ DEV_A, DEV_B = "dev-aaa", "dev-bbb"
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+def broker(
+    tmp_path: Path, mosquitto_programs: tuple[str, str]
+) -> Iterator[tuple[int, dict[str, str]]]:
     """A mosquitto of its own with the password file and ACL of two gateways and ingest."""
-    binary = require_program("mosquitto")
+    binary = mosquitto_programs[0]
     passwords = write_broker_auth(tmp_path, {FARM_A: [DEV_A], FARM_B: [DEV_B]})
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
@@ -166,9 +167,11 @@ def test_devices_cannot_publish_receipts_or_log_in_wrongly(
         assert listener.received == []
 
 
-def test_password_line_matches_mosquitto_passwd(tmp_path: Path) -> None:
+def test_password_line_matches_mosquitto_passwd(
+    tmp_path: Path, mosquitto_programs: tuple[str, str]
+) -> None:
     """Our PBKDF2-SHA512 line is what mosquitto_passwd writes for the same salt."""
-    tool = require_program("mosquitto_passwd")
+    tool = mosquitto_programs[1]
     path = tmp_path / "passwd"
     subprocess.run([tool, "-c", "-b", str(path), "gw-x", "s3cret"], check=True)  # noqa: S603
     user, _, stored = path.read_text().strip().partition(":")

@@ -7,9 +7,23 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine
-from trace_kit import CARTON, CLIMATE, FARM, FLOCK, GTIN, LOT, T0, World, make_world
+from trace_kit import (
+    CARTON,
+    CLIMATE,
+    COLLECT,
+    FARM,
+    FLOCK,
+    GTIN,
+    LOG,
+    LOT,
+    T0,
+    World,
+    make_world,
+)
 
-from tracecore.message import Reading, Sensor
+from tracecore.bundle import Policy, parse_bundle, verify_bundle
+from tracecore.identifiers import ProductKey
+from tracecore.message import Event, Reading, Sensor
 
 JSON = {"Accept": "application/json"}
 
@@ -185,3 +199,35 @@ def test_contract_results_are_in_the_answer_and_on_the_page(world: World) -> Non
     page = world.client.get(f"/{CARTON.path}?lang=en").text
     assert "✗ Egg cold chain" in page
     assert "Brucellosis" not in page  # not applicable: not shown
+
+
+def test_products_named_in_one_message_each_verify_alone(world: World) -> None:
+    """Two lots commissioned in one event, their cartons shipped in one: each verifies.
+
+    Each carton's bundle holds the other carton's shipping entry but not the rest of its chain;
+    that partial chain is context, not what the bundle proves (a scenario run found this).
+    """
+    lot2 = ProductKey.parse(f"01/{GTIN}/10/L261128")
+    carton2 = ProductKey.parse(f"01/{GTIN}/10/L261128/21/C0001")
+    lot3 = ProductKey.parse(f"01/{GTIN}/10/L261129")
+    world.send(
+        COLLECT,
+        lambda seq, time: Event(
+            COLLECT.name, seq, time, (lot2, lot3), "commissioning", parents=(FLOCK,)
+        ),
+    )
+    world.send(
+        COLLECT,
+        lambda seq, time: Event(
+            COLLECT.name, seq, time, (carton2,), "commissioning", parents=(lot2,)
+        ),
+    )
+    world.send(
+        COLLECT, lambda seq, time: Event(COLLECT.name, seq, time, (CARTON, carton2), "shipping")
+    )
+    world.checkpoint()
+    for key in (CARTON, carton2, lot3):
+        body = world.client.get(f"/{key.path}", headers=JSON).json()
+        assert body["verdict"] == "verified", (key, body["checks"])
+        bundle = parse_bundle(world.client.get(f"/v1/bundle/{key.path}").text)
+        assert verify_bundle(bundle, Policy(LOG.verifier, {}, 0)).ok
