@@ -134,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     new.set_defaults(command=_keys_new)
     show = key_commands.add_parser("show", help="print the vkey and device kid of key NAME")
     show.add_argument("name")
+    show.add_argument(
+        "--cosigner",
+        action="store_true",
+        help="print the witness cosignature vkey (for AGRITRACE_WITNESSES) instead",
+    )
     show.set_defaults(command=_keys_show)
     _add_sim_parser(commands)
     _add_broker_parser(commands)
@@ -300,6 +305,11 @@ def _keys_show(args: argparse.Namespace, settings: Settings) -> int:
         key = read_log_key(settings.keys_dir, settings.log_origin)
     else:
         key = read_key_file(settings.keys_dir, args.name)
+    if args.cosigner:
+        from tracecore.note import cosigner_verifier
+
+        print(cosigner_verifier(key))
+        return 0
     _print_key(key.verifier)
     return 0
 

@@ -62,6 +62,8 @@ def acl_text(gateways: Mapping[str, Iterable[str]]) -> str:
         f"user {INGEST_USER}",
         f"topic read {UP_WILDCARD}",
         f"topic write {TOPIC_PREFIX}/+/{RECEIPT_SUFFIX}",
+        # For health checks: is the broker up and does it take ingest's password?
+        "topic read $SYS/broker/uptime",
         "",
     ]
     for user in sorted(gateways):
