@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck imports unit clean
+.PHONY: demo test lint typecheck imports unit bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "agritrace needs Python 3.11, found " + sys.version' 
@@ -32,6 +32,10 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck imports unit
+
+# Every benchmark (about 25 min on two cores); writes the tables into docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

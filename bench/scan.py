@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -66,8 +66,16 @@ class LocustResult:
     p99: float
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> dict[str, LocustResult]:
-    """Run the benchmark; print a table to ``out``; return the results by run name."""
+def main(
+    argv: Sequence[str] | None = None,
+    out: TextIO = sys.stdout,
+    before_stop: Callable[[int], None] | None = None,
+) -> dict[str, LocustResult]:
+    """Run the benchmark; print a table to ``out``; return the results by run name.
+
+    ``before_stop`` is called with the API server's process id after the last run, before the
+    server stops (``python -m bench`` reads the processes' peak memory there).
+    """
     args = _parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as directory:
         data = Path(directory)
@@ -113,6 +121,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> dict[st
             for label, (user, wait) in runs.items():
                 out.write(f"locust: {label} ({args.users} users, {args.seconds} s) ...\n")
                 results[label] = _locust(base, user, wait, args=args, env=env, data=data)
+            if before_stop is not None:
+                before_stop(server.pid)
         finally:
             server.terminate()
             server.wait(30)
