@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -530,3 +532,22 @@ def test_key_for_unknown(engine: Engine) -> None:
             key_for(session, "dev-1", b"\x00" * 7, T0)
         with pytest.raises(UnknownKey):
             key_for(session, "nobody", device_kid(other), T0)
+
+
+def test_processes_migrating_a_fresh_database_at_once_all_succeed(db_url: str) -> None:
+    """Four processes upgrade the same new database together (API workers starting side by
+    side): each exits 0 and the schema is at the head once."""
+    script = "import sys; from tracecore.storage import upgrade; upgrade(sys.argv[1])"
+    processes = [
+        subprocess.Popen(  # noqa: S603 (this interpreter, a fixed script)
+            [sys.executable, "-c", script, db_url], stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    failures = []
+    for process in processes:
+        _, err = process.communicate(timeout=120)
+        if process.returncode:
+            failures.append(err[-2000:])
+    assert not failures, failures[0]
+    assert current_revision(db_url) == head_revision()

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tracecore.errors import StorageError
 from tracecore.storage.engine import make_engine
+from tracecore.storage.logwriter import write_transaction
 
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "current_revision", "head_revision", "upgrade"]
 
@@ -74,10 +75,13 @@ def upgrade(engine_or_url: Engine | str | URL, revision: str = "head") -> None:
     engine, owned = _engine(engine_or_url)
     config = alembic_config()
     try:
-        with engine.begin() as connection:
+        # Under the log's single-writer lock: several processes starting at once (the API's
+        # workers, ingest next to it) each migrate, and without the lock two of them would
+        # both create the tables of a fresh database, and one would fail.
+        with write_transaction(engine) as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, StorageError) as exc:
         raise StorageError(f"schema migration failed: {exc}") from exc
     finally:
         if owned:
