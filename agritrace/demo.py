@@ -143,6 +143,7 @@ class _Walkthrough:
         self.admin = {"Authorization": f"Bearer {token}"}
         self.recalled = ""
         self.since = 0
+        self.inspector: dict[str, str] = {}
 
     async def run(self, engine: Engine, stop: asyncio.Event) -> None:
         del engine
@@ -382,11 +383,15 @@ class _Walkthrough:
         self.recalled = animal
 
     async def _inspector_token(self, http: httpx.AsyncClient) -> dict[str, str]:
+        """The Authorization header of the demo's market supervisor (one token per run)."""
+        if self.inspector:
+            return self.inspector
         body = {"id": INSPECTOR, "name": "甘肃省市场监督管理局 Gansu AMR", "kind": "inspector"}
         _expect(await http.post("/v1/parties", json=body, headers=self.admin), 201, 409)
         reply = await http.post(f"/v1/parties/{INSPECTOR}/tokens", headers=self.admin)
         _expect(reply, 201)
-        return {"Authorization": f"Bearer {reply.json()['token']}"}
+        self.inspector = {"Authorization": f"Bearer {reply.json()['token']}"}
+        return self.inspector
 
     async def _search(
         self, http: httpx.AsyncClient, auth: dict[str, str], query: str
@@ -476,9 +481,16 @@ class _Walkthrough:
         raise ConfigError(f"no meat product with an excursion within {SETTLE_SECONDS} s")
 
     async def _page(self, http: httpx.AsyncClient, key: str, label: str, meaning: str) -> str:
-        reply = await http.get(f"/{key}", headers={"Accept": "application/json"})
-        _expect(reply, 200)
-        verdict = reply.json()["verdict"]
+        """Scan ``key`` and print its verdict; the recalled one once a checkpoint holds the
+        recall (the verdict is computed from signed evidence only)."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            reply = await http.get(f"/{key}", headers={"Accept": "application/json"})
+            _expect(reply, 200)
+            verdict = reply.json()["verdict"]
+            if label != "recalled" or verdict == "recalled" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
         failed = [c["id"] for c in reply.json()["contracts"] if c["status"] == "fail"]
         if label == "clean" and (verdict != "verified" or failed):
             raise ConfigError(f"the clean product {key} is {verdict}, failing {failed}")
