@@ -162,6 +162,11 @@ def _add_broker_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     broker.add_argument("--farms", type=int, default=1, help="farms of each --scenario")
     broker.add_argument("--prefix", default="", help="as given to agritrace sim")
     broker.add_argument(
+        "--per-device",
+        action="store_true",
+        help="one login per device (named by its id) instead of one per party's gateway",
+    )
+    broker.add_argument(
         "--registry",
         action="store_true",
         help="also every device registered in the database (AGRITRACE_DB_URL), by party",
@@ -192,7 +197,7 @@ def _broker_auth(args: argparse.Namespace, settings: Settings) -> int:
             engine.dispose()
     if not parties:
         raise ConfigError("broker-auth: name a --scenario or pass --registry")
-    passwords = write_broker_auth(args.out, parties)
+    passwords = write_broker_auth(args.out, parties, per_device=args.per_device)
     sys.stderr.write(
         f"wrote {args.out / 'passwd'} and {args.out / 'acl'}: {len(passwords)} users "
         f"({len(parties)} gateways and ingest); passwords in {args.out / 'passwords'}/\n"

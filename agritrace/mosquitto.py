@@ -75,16 +75,23 @@ def acl_text(gateways: Mapping[str, Iterable[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_broker_auth(directory: Path, parties: Mapping[str, Iterable[str]]) -> dict[str, str]:
+def write_broker_auth(
+    directory: Path, parties: Mapping[str, Iterable[str]], *, per_device: bool = False
+) -> dict[str, str]:
     """Write ``passwd``, ``acl`` and ``passwords/{user}`` for the gateways of ``parties``
     (party → device ids) and for ingest, into ``directory``.
 
-    A user whose password file exists keeps its password (a rerun adds gateways, it does not
-    lock out the running ones). Returns user → password.
+    With ``per_device`` every device is a user of its own (named by its id) that may use only
+    its own topics: for devices that each hold their own connection instead of sharing their
+    party's gateway. A user whose password file exists keeps its password (a rerun adds users,
+    it does not lock out the running ones). Returns user → password.
     """
     secrets_dir = directory / "passwords"
     secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    gateways = {gateway_user(party): list(devices) for party, devices in parties.items()}
+    if per_device:
+        gateways = {device: [device] for devices in parties.values() for device in devices}
+    else:
+        gateways = {gateway_user(party): list(devices) for party, devices in parties.items()}
     passwords: dict[str, str] = {}
     for user in [INGEST_USER, *sorted(gateways)]:
         path = secrets_dir / user

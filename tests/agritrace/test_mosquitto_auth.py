@@ -193,3 +193,17 @@ def test_broker_auth_command_keeps_existing_passwords(tmp_path: Path) -> None:
     assert "user gw-lanzhou-abattoir\n" in acl
     assert f"topic write {up_topic('abattoir-line')}\n" in acl
     assert all((out / "passwords" / user).stat().st_mode & 0o077 == 0 for user in second)
+
+
+def test_per_device_logins_use_only_their_own_topics(tmp_path: Path) -> None:
+    """--per-device: each device is its own user, with its own two topics and nothing else."""
+    out = tmp_path / "broker"
+    assert main(["broker-auth", "--out", str(out), "--scenario", "beef", "--per-device"]) == 0
+    acl = (out / "acl").read_text()
+    block = acl.split("user abattoir-line\n", 1)[1].split("\n\n", 1)[0]
+    assert block.splitlines() == [
+        f"topic write {up_topic('abattoir-line')}",
+        f"topic read {receipt_topic('abattoir-line')}",
+    ]
+    assert (out / "passwords" / "abattoir-line").exists()
+    assert not any(p.name.startswith("gw-") for p in (out / "passwords").iterdir())
