@@ -162,9 +162,7 @@ def _broker(url: str | None) -> Iterator[str]:
         yield url
         return
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = scan_bench.free_port()
     with tempfile.TemporaryDirectory() as directory:
         conf = Path(directory) / "mosquitto.conf"
         conf.write_text(
@@ -176,7 +174,7 @@ def _broker(url: str | None) -> Iterator[str]:
         )
         try:
             deadline = time.monotonic() + 10
-            while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            while not _listening(port):
                 if time.monotonic() > deadline:
                     raise RuntimeError("mosquitto did not start")
                 time.sleep(0.05)
@@ -184,6 +182,11 @@ def _broker(url: str | None) -> Iterator[str]:
         finally:
             process.terminate()
             process.wait(10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _peak_rss_tree(pid: int) -> list[float]:

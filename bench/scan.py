@@ -46,7 +46,7 @@ from tracecore.storage import create_party, make_engine, register_device, sessio
 from tracecore.storage.logwriter import append_registry_entry, log_session
 from tracecore.topics import up_topic
 
-__all__ = ["LocustResult", "main"]
+__all__ = ["LocustResult", "free_port", "main"]
 
 _ORIGIN = "bench.scan/log"
 _LOT = ProductKey.parse("01/06901234567892/10/BENCH1")
@@ -81,7 +81,7 @@ def main(
         data = Path(directory)
         out.write(f"setup: a lot with {args.entries:,} readings ...\n")
         _populate(data, args.entries)
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "AGRITRACE_DATA_DIR": str(data),
@@ -218,7 +218,8 @@ def _populate(data: Path, entries: int) -> None:
         engine.dispose()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]

@@ -4,15 +4,13 @@ Without a Docker daemon CI cannot start the stack, so this checks its structure:
 issue 8 asks for, every ``agritrace`` command line parses with the real CLI parser, every
 ``AGRITRACE_*`` variable is a setting, references between services and volumes resolve, and
 the broker config matches what ``agritrace broker-auth`` writes. Where a Docker client with
-compose exists, ``docker compose config`` must accept the file too.
+compose exists, .ci/run also has ``docker compose config`` check the file.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any, Final
 
@@ -162,23 +160,3 @@ def test_dockerfile_installs_every_package() -> None:
     assert packages <= copied, packages - copied
     assert 'ENTRYPOINT ["agritrace"]' in dockerfile
     assert "FROM python:3.11" in dockerfile
-
-
-def test_docker_compose_accepts_the_file() -> None:
-    """``docker compose config`` (where a Docker client with compose is installed)."""
-    docker = shutil.which("docker")
-    if (
-        docker is None
-        or subprocess.run(  # noqa: S603
-            [docker, "compose", "version"], capture_output=True, check=False
-        ).returncode
-    ):
-        pytest.skip("no docker compose here; the structural tests above cover the file")
-    result = subprocess.run(  # noqa: S603
-        [docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"AGRITRACE_ADMIN_TOKEN": "compose-config-check", "PATH": "/usr/bin:/bin"},
-    )
-    assert result.returncode == 0, result.stderr

@@ -670,10 +670,11 @@ def _check_chains(bundle: Bundle, state: _State) -> str:
 
 
 def _check_lineage(bundle: Bundle, state: _State) -> str:
-    missing = sorted(_lineage(bundle, state) - set(_chains(state)))
+    lineage = _lineage(bundle, state)
+    missing = sorted(lineage - set(_chains(state)))
     if missing:
         raise BundleError(f"parent chains missing from the bundle: {', '.join(missing)}")
-    return f"{len(_lineage(bundle, state)) - 1} ancestor(s), all with their chains"
+    return f"{len(lineage) - 1} ancestor(s), all with their chains"
 
 
 def _recalls(bundle: Bundle, state: _State) -> str:

@@ -45,7 +45,7 @@ def broker(
     process = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)  # noqa: S603
     try:
         deadline = time.monotonic() + 10
-        while not _refuses_or_accepts(port):
+        while not _listening(port):
             assert time.monotonic() < deadline, "mosquitto did not start"
             time.sleep(0.05)
         yield port, passwords
@@ -54,7 +54,7 @@ def broker(
         process.wait(10)
 
 
-def _refuses_or_accepts(port: int) -> bool:
+def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
@@ -107,6 +107,18 @@ def _client(port: int, user: str | None, password: str | None = None) -> Iterato
         client.close()
 
 
+@contextlib.contextmanager
+def _ingest_and_gateway(port: int, passwords: dict[str, str]) -> Iterator[tuple[_Client, _Client]]:
+    """Ingest and farm-a's gateway, both logged in."""
+    with (
+        _client(port, INGEST_USER, passwords[INGEST_USER]) as ingest,
+        _client(port, "gw-farm-a", passwords["gw-farm-a"]) as gateway,
+    ):
+        assert ingest.accepted()
+        assert gateway.accepted()
+        yield ingest, gateway
+
+
 def _wait_for(client: _Client, payload: bytes) -> None:
     deadline = time.monotonic() + 5
     while payload not in [p for _, p in client.received]:
@@ -116,13 +128,7 @@ def _wait_for(client: _Client, payload: bytes) -> None:
 
 def test_gateway_publishes_only_under_its_own_devices(broker: tuple[int, dict[str, str]]) -> None:
     """farm-a's gateway reaches ingest as dev-aaa; as dev-bbb the broker drops it."""
-    port, passwords = broker
-    with (
-        _client(port, INGEST_USER, passwords[INGEST_USER]) as ingest,
-        _client(port, "gw-farm-a", passwords["gw-farm-a"]) as gateway,
-    ):
-        assert ingest.accepted()
-        assert gateway.accepted()
+    with _ingest_and_gateway(*broker) as (ingest, gateway):
         ingest.subscribe("$share/ingest/agritrace/v1/devices/+/up")  # as ingest subscribes
         gateway.publish(up_topic(DEV_B), b"forged")
         gateway.publish(up_topic(DEV_A), b"own")
@@ -132,13 +138,7 @@ def test_gateway_publishes_only_under_its_own_devices(broker: tuple[int, dict[st
 
 def test_gateway_reads_only_its_own_receipts(broker: tuple[int, dict[str, str]]) -> None:
     """A receipt for dev-bbb never reaches farm-a's gateway; one for dev-aaa does."""
-    port, passwords = broker
-    with (
-        _client(port, INGEST_USER, passwords[INGEST_USER]) as ingest,
-        _client(port, "gw-farm-a", passwords["gw-farm-a"]) as gateway,
-    ):
-        assert ingest.accepted()
-        assert gateway.accepted()
+    with _ingest_and_gateway(*broker) as (ingest, gateway):
         gateway.subscribe("agritrace/v1/devices/+/receipt")
         ingest.publish(receipt_topic(DEV_B), b"not yours")
         ingest.publish(receipt_topic(DEV_A), b"yours")

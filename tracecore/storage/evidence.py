@@ -58,11 +58,8 @@ def lineage(session: Session, product: str) -> list[str]:
 
 _ENTRY_COLUMNS = 'SELECT "index", kind, entry, raw, device_id FROM log_entries WHERE '
 
-#: A stored log entry as the driver returns it: (index, kind, entry, raw, device_id).
-_Row = Row
 
-
-def _rows(session: Session, where: str, params: Sequence[object]) -> list[_Row]:
+def _rows(session: Session, where: str, params: Sequence[object]) -> list[Row]:
     """Log entries matching ``where`` (``?`` placeholders), read on the DB-API cursor.
 
     A long chain is thousands of rows per scan; the driver's plain tuples cost a third of
@@ -190,7 +187,7 @@ _BUNDLES_LOCK = threading.Lock()
 def _assemble(
     product: ProductKey,
     note: str,
-    rows: list[_Row],
+    rows: list[Row],
     proofs: dict[int, tuple[bytes, ...]],
     consistency: Consistency | None,
 ) -> Bundle:
