@@ -2,7 +2,9 @@
 
 This is the only package allowed to import the services (ingest, traceapi, witness,
 firmware_sim); they never import each other. Settings come from ``AGRITRACE_*`` environment
-variables; a few flags override them for one run.
+variables; a few flags override them for one run. The commands that serve the API take the public
+URL from their ``--host`` and ``--port`` when ``AGRITRACE_PUBLIC_URL`` is unset
+(agritrace/address.py).
 """
 
 from __future__ import annotations
@@ -343,12 +345,15 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from agritrace.address import serving_settings
     from agritrace.runner import reuse_port_socket, run_api_workers
     from traceapi import create_app
 
     if args.workers < 1:
         sys.stderr.write("agritrace api: --workers must be at least 1\n")
         return 2
+    # Each worker process derives the same URL: it runs this function with the same arguments.
+    settings = serving_settings(settings, args.host, args.port)
     if args.reuse_port:
         # One of several processes: each has its own listening socket on the same port, and
         # the kernel spreads new connections over them (SO_REUSEPORT). A shared socket, as
@@ -387,8 +392,10 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     _exit_on_early_sigterm()
+    from agritrace.address import serving_settings
     from agritrace.runner import run_service
 
+    settings = serving_settings(settings, args.host, args.port)
     return run_service(settings, api=(args.host, args.port))
 
 
@@ -408,8 +415,10 @@ def _exit_on_early_sigterm() -> None:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from agritrace.address import serving_settings
     from agritrace.demo import run_demo
 
+    settings = serving_settings(settings, args.host, args.port)
     return run_demo(settings, host=args.host, port=args.port, serve=not args.no_serve)
 
 
