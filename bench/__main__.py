@@ -291,7 +291,8 @@ def _scan_table(
     rows = [
         (
             f"**Scans** (`python -m bench.scan --workers 3`): {users} locust users, {seconds} s "
-            "per run, JSON scans with 0.5 to 1.5 s think time, then no think time for capacity; "
+            "per run, JSON scans and the product page (HTML, zh) with 0.5 to 1.5 s think time, "
+            "then no think time for capacity; "
             "`/healthz` in the same command as the baseline.\n"
         ),
         "| product | run | req/s | p50 ms | p95 ms | p99 ms | capacity ratio to /healthz |",

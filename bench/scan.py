@@ -12,9 +12,12 @@ loadtests/scan.py) runs four times in this command:
 
 1. ``JsonScanUser`` with think time (``--wait``, default 0.5-1.5 s): latency p50/p95/p99 of
    JSON scans as buyers cause them;
-2. ``HealthUser`` with the same think time: the baseline latency;
-3. and 4. both again with no think time: the most requests per second each can get, and their
-   ratio (scans per second / healthz per second).
+2. ``PageScanUser`` with the same think time: the product page (HTML, Chinese) a phone opens;
+3. ``HealthUser`` with the same think time: the baseline latency;
+4. and 5. JSON scans and healthz again with no think time: the most requests per second each
+   can get, and their ratio (scans per second / healthz per second).
+
+It also prints the size of the product page (HTML with its inline SVG).
 """
 
 from __future__ import annotations
@@ -111,8 +114,12 @@ def main(
                     httpx.get(
                         f"{base}/{key.path}", headers={"Accept": "application/json"}, timeout=60
                     )
+            first = env["AGRITRACE_LOAD_KEYS"].split(",", 1)[0]
+            page = httpx.get(f"{base}/{first}", headers={"Accept-Language": "zh-CN"}, timeout=60)
+            out.write(f"page: {len(page.content):,} bytes of HTML and SVG ({first})\n")
             runs = {
                 "scan, think time": ("JsonScanUser", args.wait),
+                "page, think time": ("PageScanUser", args.wait),
                 "healthz, think time": ("HealthUser", args.wait),
                 "scan, no wait": ("JsonScanUser", "0"),
                 "healthz, no wait": ("HealthUser", "0"),

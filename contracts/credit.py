@@ -65,10 +65,19 @@ class Weights:
 
 @dataclass(frozen=True, slots=True)
 class Deduction:
-    """Points taken off, and why."""
+    """Points taken off, and why: ``reason`` in words, and the facts for a page to show.
+
+    ``kind`` is ``failure`` (``contract`` failed for ``products``), ``recall`` (the recall at
+    log ``entry`` of ``products``) or ``complaints`` (``count`` complaints).
+    """
 
     points: int
     reason: str
+    kind: str = ""
+    contract: str = ""
+    products: tuple[str, ...] = ()
+    entry: int | None = None
+    count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,15 +106,36 @@ def credit_score(
         points = min(weights.failure * len(items), weights.failure_cap_per_contract)
         products = ", ".join(f.product for f in items[:5]) + (" ..." if len(items) > 5 else "")
         deductions.append(
-            Deduction(points, f"{contract} failed for {len(items)} product(s): {products}")
+            Deduction(
+                points,
+                f"{contract} failed for {len(items)} product(s): {products}",
+                kind="failure",
+                contract=contract,
+                products=tuple(f.product for f in items),
+                count=len(items),
+            )
         )
     deductions.extend(
-        Deduction(weights.recall, f"recall (entry {r.index}) of {r.product}: {r.reason}")
+        Deduction(
+            weights.recall,
+            f"recall (entry {r.index}) of {r.product}: {r.reason}",
+            kind="recall",
+            products=(r.product,),
+            entry=r.index,
+            count=1,
+        )
         for r in sorted(set(recalls), key=lambda r: (r.index, r.product))
     )
     complaint_list = sorted(set(complaints), key=lambda c: c.id)
     if complaint_list:
         points = min(weights.complaint * len(complaint_list), weights.complaint_cap)
-        deductions.append(Deduction(points, f"{len(complaint_list)} buyer complaint(s)"))
+        deductions.append(
+            Deduction(
+                points,
+                f"{len(complaint_list)} buyer complaint(s)",
+                kind="complaints",
+                count=len(complaint_list),
+            )
+        )
     total = sum(d.points for d in deductions)
     return CreditScore(party, max(0, 100 - total), tuple(deductions))

@@ -84,13 +84,29 @@ PLACES: Final = (
 
 @dataclass(frozen=True, slots=True)
 class PartySpec:
-    """A party of the scenario: id, names in Simplified Chinese and English, kind, place."""
+    """A party of the scenario: id, names in Simplified Chinese and English, kind, place.
+
+    ``place`` and ``place_en`` name the city or county (in Gansu); ``licence`` is a made-up
+    registration number, marked ``SIM`` so that nobody takes it for a real one.
+    """
 
     id: str
     name_zh: str
     name_en: str
     kind: str
     place: str
+    place_en: str = ""
+    licence: str = ""
+
+    def profile(self) -> dict[str, str]:
+        """The public profile registered with ``POST /v1/parties`` (docs/registry-api.md)."""
+        return {
+            "name": self.name_zh,
+            "name_en": self.name_en,
+            "place": f"甘肃省{self.place}",
+            "place_en": f"{self.place_en}, Gansu" if self.place_en else "Gansu",
+            "licence": self.licence,
+        }
 
     @property
     def name(self) -> str:
@@ -100,11 +116,34 @@ class PartySpec:
 
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
-    """A device gateway of a party and what it does."""
+    """A device gateway of a party, what it does and where it is (Chinese, English)."""
 
     id: str
     party: str
     role: str
+    place_zh: str = ""
+    place_en: str = ""
+
+
+# Where a device of each role stands, as its party would name it (chart legends, pages).
+_DEVICE_PLACES: Final = {
+    "goods-in scanner": ("超市收货口", "supermarket goods-in"),
+    "display case logger": ("超市冷柜", "supermarket display case"),
+    "hen house": ("鸡舍", "hen house"),
+    "collection counter": ("集蛋线", "egg collection line"),
+    "grading and packing line": ("分级包装线", "grading and packing line"),
+    "flock health records": ("兽医室", "vet room"),
+    "cold store logger": ("养殖场冷库", "farm cold store"),
+    "reefer truck": ("冷藏车", "refrigerated truck"),
+    "lab bench": ("检测实验室", "laboratory"),
+    "lairage scanner": ("待宰圈", "lairage"),
+    "slaughter line": ("屠宰线", "slaughter line"),
+    "chiller probe": ("胴体冷却间", "carcass chiller"),
+    "cutting room": ("分割车间", "cutting room"),
+    "ear-tag reader": ("养殖场大门", "farm gate"),
+    "feed station": ("饲喂站", "feed station"),
+    "vet terminal": ("兽医终端", "vet terminal"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +237,16 @@ class _Builder:
         self.rng = random.Random(f"{name}:{config.seed}")  # noqa: S311 (simulation, not crypto)
         self.scenario = Scenario(name)
 
-    def party(self, pid: str, zh: str, en: str, kind: str, place: str) -> str:
+    def party(self, pid: str, zh: str, en: str, kind: str, place: tuple[str, str]) -> str:
         full = self.config.prefix + pid
-        self.scenario.parties.append(PartySpec(full, zh, en, kind, place))
+        licence = f"SIM-{kind.upper()}-{len(self.scenario.parties) + 1:04d}"
+        self.scenario.parties.append(PartySpec(full, zh, en, kind, place[0], place[1], licence))
         return full
 
-    def device(self, did: str, party: str, role: str) -> str:
+    def device(self, did: str, party: str, role: str, place: tuple[str, str] | None = None) -> str:
         full = self.config.prefix + did
-        self.scenario.devices.append(DeviceSpec(full, party, role))
+        zh, en = place or _DEVICE_PLACES.get(role.split(":", maxsplit=1)[0], ("", ""))
+        self.scenario.devices.append(DeviceSpec(full, party, role, zh, en))
         return full
 
     def add(self, planned: Planned) -> None:
@@ -270,10 +311,18 @@ def build_egg(config: ScenarioConfig, span_ms: int) -> Scenario:
     """The egg scenario; see the module docstring and docs/scenarios.md."""
     b = _Builder("egg", config, span_ms)
     carrier = b.party(
-        "gansu-coldchain", "甘肃冷链物流", "Gansu Cold Chain Logistics", "carrier", "兰州"
+        "gansu-coldchain",
+        "甘肃冷链物流",
+        "Gansu Cold Chain Logistics",
+        "carrier",
+        ("兰州", "Lanzhou"),
     )
     retailer = b.party(
-        "lanzhou-mart", "兰州惠民超市", "Lanzhou Huimin Supermarket", "retailer", "兰州"
+        "lanzhou-mart",
+        "兰州惠民超市",
+        "Lanzhou Huimin Supermarket",
+        "retailer",
+        ("兰州", "Lanzhou"),
     )
     dock = b.device("lanzhou-mart-dock", retailer, "goods-in scanner: receiving, retail_selling")
     chiller = b.device("lanzhou-mart-chiller", retailer, "display case logger: Temperature")
@@ -285,10 +334,18 @@ def build_egg(config: ScenarioConfig, span_ms: int) -> Scenario:
 def _egg_farm(b: _Builder, i: int, *, carrier: str, retailer: str, dock: str, chiller: str) -> None:
     cfg, rng = b.config, b.rng
     zh, en, _ = _place(i - 1)
-    farm = b.party(f"egg-farm-{i:02d}", f"{zh}蛋鸡养殖场", f"{en} laying-hen farm", "farm", zh)
+    farm = b.party(
+        f"egg-farm-{i:02d}", f"{zh}蛋鸡养殖场", f"{en} laying-hen farm", "farm", (zh, en)
+    )
     houses = (1, 2)
     climate = {
-        h: b.device(f"egg{i:02d}-house{h}-climate", farm, "hen house: T, RH") for h in houses
+        h: b.device(
+            f"egg{i:02d}-house{h}-climate",
+            farm,
+            "hen house: T, RH",
+            (f"{h}号鸡舍", f"hen house {h}"),
+        )
+        for h in houses
     }
     collect = b.device(f"egg{i:02d}-collect", farm, "collection counter: commissioning")
     grader = b.device(f"egg{i:02d}-grader", farm, "grading and packing line: cases")
@@ -320,8 +377,8 @@ def _egg_farm(b: _Builder, i: int, *, carrier: str, retailer: str, dock: str, ch
 
         b.readings(climate[h], [flocks[h]], (MINUTE_MS, b.span_ms), 5 * MINUTE_MS, house)
     if i == 1:
-        # The treated flock: eggs of house 2 laid in the next 7 days are under withdrawal; its
-        # lots still go to retail, so that the withdrawal contract has something to catch.
+        # The treated flock: eggs of house 2 laid in the next 7 days are under withdrawal; cases
+        # of its lots are still sold (below), so that the withdrawal contract has a case to catch.
         b.event(
             5 * HOUR_MS,
             vet,
@@ -330,9 +387,12 @@ def _egg_farm(b: _Builder, i: int, *, carrier: str, retailer: str, dock: str, ch
             location=f"{farm}/house-2",
             data={"treatment": {"drug": "oxytetracycline", "dose": 2.5, "withdrawal_days": 7}},
         )
+    # A quarter of each house's cases is sold on the evening of packing: house 2's too, so that
+    # on farm 1 eggs laid during the withdrawal reach retail (docs/scenarios.md).
+    per_lot = max(1, cfg.cases_per_lot // 4)
     for day in range(_days(b.span_ms)):
         d0 = day * DAY_MS
-        lots, cases = [], []
+        lots, cases, sold = [], [], []
         for h in houses:
             lot = ProductKey.from_parts(EGG_GTIN, lot=f"R{cfg.run}F{i}D{day}H{h}")
             count = 360 * cfg.cases_per_lot
@@ -361,6 +421,7 @@ def _egg_farm(b: _Builder, i: int, *, carrier: str, retailer: str, dock: str, ch
             )
             lots.append(lot)
             cases.extend(packed)
+            sold.extend(packed[:per_lot])
         b.event(
             d0 + 7 * HOUR_MS + 30 * MINUTE_MS,
             store,
@@ -414,7 +475,6 @@ def _egg_farm(b: _Builder, i: int, *, carrier: str, retailer: str, dock: str, ch
             10 * MINUTE_MS,
             lambda _at: (b.cold(3.0, 6.5, COLD_CHAIN_LIMIT_C),),
         )
-        sold = cases[: max(1, len(cases) // 4)]
         b.event(
             d0 + 20 * HOUR_MS + rng.randrange(30) * MINUTE_MS,
             dock,
@@ -435,24 +495,32 @@ def build_beef(config: ScenarioConfig, span_ms: int) -> Scenario:
     """The beef (and sheep) scenario; see the module docstring and docs/scenarios.md."""
     b = _Builder("beef", config, span_ms)
     carrier = b.party(
-        "gansu-coldchain", "甘肃冷链物流", "Gansu Cold Chain Logistics", "carrier", "兰州"
+        "gansu-coldchain",
+        "甘肃冷链物流",
+        "Gansu Cold Chain Logistics",
+        "carrier",
+        ("兰州", "Lanzhou"),
     )
     retailer = b.party(
-        "lanzhou-mart", "兰州惠民超市", "Lanzhou Huimin Supermarket", "retailer", "兰州"
+        "lanzhou-mart",
+        "兰州惠民超市",
+        "Lanzhou Huimin Supermarket",
+        "retailer",
+        ("兰州", "Lanzhou"),
     )
     lab = b.party(
         "gansu-vet-lab",
         "甘肃省动物疫病预防控制中心",
         "Gansu Animal Disease Control Center",
         "lab",
-        "兰州",
+        ("兰州", "Lanzhou"),
     )
     abattoir = b.party(
         "lanzhou-abattoir",
         "兰州肉类联合加工厂",
         "Lanzhou meat processing plant",
         "processor",
-        "兰州",
+        ("兰州", "Lanzhou"),
     )
     roles = {
         "bench": b.device("vetlab-bench", lab, "lab bench: receiving samples, test results"),
@@ -510,7 +578,7 @@ def _beef_farm(b: _Builder, i: int, parties: Mapping[str, str], roles: Mapping[s
     cfg, rng = b.config, b.rng
     zh, en, county = _place(i + 1)
     farm = b.party(
-        f"beef-farm-{i:02d}", f"{zh}牛羊养殖场", f"{en} cattle and sheep farm", "farm", zh
+        f"beef-farm-{i:02d}", f"{zh}牛羊养殖场", f"{en} cattle and sheep farm", "farm", (zh, en)
     )
     gate = b.device(f"beef{i:02d}-gate", farm, "ear-tag reader: commissioning, shipping")
     feed = b.device(f"beef{i:02d}-feed", farm, "feed station: rations")

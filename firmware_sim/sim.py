@@ -157,8 +157,13 @@ async def provision(
     state = SimState.load(state_path) or SimState(api=str(http.base_url), log_vkey=str(vkey))
     state.log_vkey = str(vkey)
     for party in scenario.parties:
-        body = {"id": party.id, "name": party.name, "kind": party.kind}
-        _check(await http.post("/v1/parties", json=body, headers=admin), 201, 409)
+        body = {"id": party.id, "kind": party.kind, **party.profile()}
+        reply = await http.post("/v1/parties", json=body, headers=admin)
+        _check(reply, 201, 409)
+        if reply.status_code == 409:
+            # Registered by an earlier run (perhaps before profiles existed): bring it up to date.
+            profile = {k: v for k, v in body.items() if k not in ("id", "kind")}
+            _check(await http.patch(f"/v1/parties/{party.id}", json=profile, headers=admin), 200)
         state.parties[party.id] = party.name
         if party.id not in state.tokens:
             reply = await http.post(f"/v1/parties/{party.id}/tokens", headers=admin)
@@ -167,10 +172,16 @@ async def provision(
     for device in scenario.devices:
         key = load_or_create_device_key(keys_dir, device.id)
         public = base64.b64encode(key.public_key).decode()
-        body = {"id": device.id, "party": device.party, "public_key": public}
+        device_body: dict[str, str | None] = {
+            "id": device.id,
+            "party": device.party,
+            "public_key": public,
+            "place": device.place_zh or None,
+            "place_en": device.place_en or None,
+        }
         # The party registers its own devices, with its own token (docs/registry-api.md).
         auth = {"Authorization": f"Bearer {state.tokens[device.party]}"}
-        reply = await http.post("/v1/devices", json=body, headers=auth)
+        reply = await http.post("/v1/devices", json=device_body, headers=auth)
         _check(reply, 201, 409)
         if reply.status_code == 409:
             reply = await http.get(f"/v1/devices/{device.id}", headers=admin)

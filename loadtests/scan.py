@@ -14,6 +14,9 @@ is the one ``JsonScanUser`` scans). User classes:
 ``JsonScanUser``
     JSON scans (``Accept: application/json``) of one product, a buyer's app reading the answer
     and pausing ``AGRITRACE_LOAD_WAIT`` seconds (``a,b``: uniform between; ``0``: none).
+``PageScanUser``
+    the product page (HTML, Chinese) of the same product, as a phone's browser opens it, with
+    the same pacing.
 ``MixedScanUser``
     what a crowd of buyers does: known keys as HTML and JSON, unknown keys (404), QR images.
 ``HealthUser``
@@ -28,7 +31,7 @@ from typing import Final
 
 from locust import FastHttpUser, between, constant, task
 
-__all__ = ["HealthUser", "JsonScanUser", "MixedScanUser"]
+__all__ = ["HealthUser", "JsonScanUser", "MixedScanUser", "PageScanUser"]
 
 KEYS: Final = [k for k in os.environ.get("AGRITRACE_LOAD_KEYS", "").split(",") if k]
 _JSON: Final = {"Accept": "application/json"}
@@ -60,6 +63,22 @@ class JsonScanUser(FastHttpUser):
             f"/{_key()}", headers=_JSON, name="/{key} json", catch_response=True
         ) as response:
             if response.status_code != 200 or '"verdict":"verified"' not in response.text:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+
+
+class PageScanUser(FastHttpUser):
+    """Opens one product's page in Chinese, as a phone's browser does after a scan."""
+
+    wait_time = _wait()
+
+    @task
+    def scan_page(self) -> None:
+        """GET /{key} as HTML; anything but a 200 verified page counts as a failure."""
+        headers = {"Accept": "text/html", "Accept-Language": "zh-CN"}
+        with self.client.get(
+            f"/{_key()}", headers=headers, name="/{key} html", catch_response=True
+        ) as response:
+            if response.status_code != 200 or 'data-verdict="verified"' not in response.text:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (Debian packages) and starts the real services the tests use: PostgreSQL and
 # mosquitto, both on loopback only; installs the real tools some tests drive: zbarimg (decodes
-# the QR codes) and headless Chromium (loads the product page). Run as root on a Debian machine; prints the environment
+# the QR codes) and headless Chromium (loads the product page) with the Noto CJK fonts. Run as root on a Debian machine; prints the environment
 # variables that point the tests at them. Safe to run twice.
 set -euo pipefail
 
@@ -15,6 +15,8 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitt
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v zbarimg >/dev/null || need+=(zbar-tools)
 command -v chromium >/dev/null || need+=(chromium)
+# Chinese text in the screenshots of the zh pages (a phone has these fonts; a server has not).
+fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need+=(fonts-noto-cjk)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2
   apt-get update -qq

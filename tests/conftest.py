@@ -4,6 +4,11 @@
 ``postgres``; a fresh database created on the server named by ``AGRITRACE_TEST_PG_URL`` and
 dropped after the test). Without that variable the postgres case is skipped, unless
 ``AGRITRACE_REQUIRE_SERVICES=1``, in which case it fails loudly.
+
+The same goes for the real tools some tests drive: programs on ``PATH`` (zbarimg, chromium,
+java) and the page checkers scripts/test-tools.sh installs, axe-core's ``axe.min.js`` and the Nu
+Html Checker's ``vnu.jar`` (``AGRITRACE_AXE_JS`` and ``AGRITRACE_VNU_JAR``, by default under
+``build/tools``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +37,10 @@ __all__: list[str] = []
 PG_URL_ENV = "AGRITRACE_TEST_PG_URL"
 MQTT_URL_ENV = "AGRITRACE_TEST_MQTT_URL"
 REQUIRE_ENV = "AGRITRACE_REQUIRE_SERVICES"
+AXE_ENV = "AGRITRACE_AXE_JS"
+VNU_ENV = "AGRITRACE_VNU_JAR"
+#: Where scripts/test-tools.sh installs the page checkers (npm packages axe-core and vnu-jar).
+TOOLS = Path(__file__).resolve().parents[1] / "build" / "tools" / "node_modules"
 
 EngineFactory = Callable[[], Engine]
 
@@ -55,6 +65,16 @@ def require_program(name: str) -> str:
     pytest.skip(f"{name} is not installed (scripts/test-services.sh installs it)")
 
 
+def require_file(env: str, default: Path, what: str) -> Path:
+    """Return the file named by ``env`` (else ``default``); skip, or fail in CI, when missing."""
+    path = Path(os.environ.get(env) or default)
+    if path.is_file():
+        return path
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{REQUIRE_ENV}=1 but {what} is not at {path} (set {env})", pytrace=False)
+    pytest.skip(f"{what} is not at {path} (scripts/test-tools.sh installs it; or set {env})")
+
+
 @pytest.fixture
 def mosquitto_programs() -> tuple[str, str]:
     """The paths of mosquitto and mosquitto_passwd (Debian package mosquitto)."""
@@ -67,10 +87,23 @@ def zbarimg() -> str:
     return require_program("zbarimg")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def chromium() -> str:
-    """The path of Debian's headless Chromium, for the browser test."""
+    """The path of Debian's headless Chromium, for the browser tests."""
     return require_program("chromium")
+
+
+@pytest.fixture(scope="session")
+def axe_js() -> Path:
+    """axe-core's ``axe.min.js`` (npm axe-core 4.x), the accessibility rules run in Chromium."""
+    return require_file(AXE_ENV, TOOLS / "axe-core" / "axe.min.js", "axe-core (axe.min.js)")
+
+
+@pytest.fixture(scope="session")
+def vnu_jar() -> tuple[str, Path]:
+    """The ``java`` program and the Nu Html Checker's ``vnu.jar`` (npm vnu-jar; Java >= 17)."""
+    jar = require_file(VNU_ENV, TOOLS / "vnu-jar" / "build" / "dist" / "vnu.jar", "vnu.jar")
+    return require_program("java"), jar
 
 
 def _pg_server_url() -> str:

@@ -32,6 +32,7 @@ from traceapi.routes.qr import router as qr_router
 from traceapi.routes.recalls import router as recalls_router
 from traceapi.routes.registry import router as registry_router
 from traceapi.routes.scan import router as scan_router
+from traceapi.routes.stall import router as stall_router
 from traceapi.schemas import StatusOut
 from traceapi.views import unknown_view
 from tracecore.errors import (
@@ -160,6 +161,7 @@ def create_app(
     app.include_router(feedback_router)
     app.include_router(inspect_router)
     app.include_router(qr_router)
+    app.include_router(stall_router)
     app.include_router(scan_router)
 
     def openapi() -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tracecore.errors import KeyFileError
 from tracecore.storage.models import DeviceKey, Party
-from tracecore.storage.registry import NAME_MAX_LENGTH, PUBLIC_KEY_LENGTH
+from tracecore.storage.registry import NAME_MAX_LENGTH, PUBLIC_KEY_LENGTH, PartyProfile, Place
 
 __all__ = [
     "MAX_INT64",
@@ -23,6 +23,7 @@ __all__ = [
     "PartyCreate",
     "PartyKind",
     "PartyOut",
+    "PartyUpdate",
     "StatusOut",
     "TokenOut",
     "decode_public_key",
@@ -59,12 +60,43 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PartyCreate(_Body):
+class _Profile(_Body):
+    """The optional public profile of a party (shown on product and stall pages)."""
+
+    name_en: str | None = Field(
+        default=None, max_length=NAME_MAX_LENGTH, description="English name"
+    )
+    place: str | None = Field(
+        default=None,
+        max_length=NAME_MAX_LENGTH,
+        description="county and province, e.g. 甘肃省临夏县",
+    )
+    place_en: str | None = Field(
+        default=None, max_length=NAME_MAX_LENGTH, description="the place in English"
+    )
+    licence: str | None = Field(
+        default=None,
+        max_length=NAME_MAX_LENGTH,
+        description="business registration or licence number a buyer can look up",
+    )
+
+    def profile(self) -> PartyProfile:
+        """The profile as the registry takes it."""
+        return PartyProfile(self.name_en, Place(self.place, self.place_en), self.licence)
+
+
+class PartyCreate(_Profile):
     """Body of ``POST /v1/parties``."""
 
     id: str = Field(description="party id, [a-z0-9-]{3,64}")
-    name: str = Field(min_length=1, max_length=NAME_MAX_LENGTH)
+    name: str = Field(min_length=1, max_length=NAME_MAX_LENGTH, description="name (Chinese)")
     kind: PartyKind
+
+
+class PartyUpdate(_Profile):
+    """Body of ``PATCH /v1/parties/{id}``: the profile replaces the stored one."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX_LENGTH)
 
 
 class PartyOut(BaseModel):
@@ -74,11 +106,24 @@ class PartyOut(BaseModel):
     name: str
     kind: str
     created_ms: int
+    name_en: str | None = None
+    place: str | None = None
+    place_en: str | None = None
+    licence: str | None = None
 
     @classmethod
     def of(cls, party: Party) -> PartyOut:
         """Build the response from the stored row."""
-        return cls(id=party.id, name=party.name, kind=party.kind, created_ms=party.created_ms)
+        return cls(
+            id=party.id,
+            name=party.name,
+            kind=party.kind,
+            created_ms=party.created_ms,
+            name_en=party.name_en,
+            place=party.place,
+            place_en=party.place_en,
+            licence=party.licence,
+        )
 
 
 class TokenOut(BaseModel):
@@ -95,6 +140,12 @@ class DeviceCreate(_Body):
     id: str = Field(description="device id, [a-z0-9-]{3,64}")
     party: str = Field(description="id of the owning party")
     public_key: str = Field(description="raw 32-byte Ed25519 public key, standard base64")
+    place: str | None = Field(
+        default=None, max_length=NAME_MAX_LENGTH, description="where it is, e.g. 冷库"
+    )
+    place_en: str | None = Field(
+        default=None, max_length=NAME_MAX_LENGTH, description="the place in English"
+    )
 
 
 class DeviceCreated(BaseModel):

@@ -75,7 +75,7 @@ class EventOut(BaseModel):
     index: int = Field(description="log index of the entry")
     time_ms: int
     step: str = Field(description="CBV 2.0 business step")
-    label: str = Field(description="the step in the page's language")
+    label: str = Field(description="what the event was, in the page's language")
     device: str
     party: PartyRef
     products: list[str]
@@ -160,10 +160,15 @@ class ContractOut(BaseModel):
 
 
 class DeductionOut(BaseModel):
-    """Points taken off a credit score, and why."""
+    """Points taken off a credit score, and why (docs/contracts.md, "Credit")."""
 
     points: int
     reason: str
+    kind: Literal["failure", "recall", "complaints"] = Field(description="what was counted")
+    contract: str | None = Field(default=None, description="the failed contract (failure)")
+    products: list[str] = Field(default=[], description="the products concerned")
+    entry: int | None = Field(default=None, description="log index of the recall (recall)")
+    count: int = Field(default=0, description="products failed, or complaints")
 
 
 class CreditOut(BaseModel):
@@ -191,7 +196,18 @@ def party_credit(session: Session, party: str, now_ms: int, days: int) -> Credit
         score=score.score,
         from_ms=start,
         to_ms=now_ms,
-        deductions=[DeductionOut(points=d.points, reason=d.reason) for d in score.deductions],
+        deductions=[
+            DeductionOut(
+                points=d.points,
+                reason=d.reason,
+                kind=d.kind,
+                contract=d.contract or None,
+                products=list(d.products),
+                entry=d.entry,
+                count=d.count,
+            )
+            for d in score.deductions
+        ],
     )
 
 
@@ -230,7 +246,7 @@ def build_view(
     window_hours: float,
     step_label: Any,
 ) -> ScanOut:
-    """Build the scan answer; ``step_label(step)`` names a business step in the page's language."""
+    """Build the scan answer; ``step_label(step, data)`` names an event in the page's language."""
     key = assessment.product
     story = assessment.story
     suspect = scans is not None and scans.clients > threshold
@@ -284,7 +300,7 @@ def build_view(
                 index=e.index,
                 time_ms=e.time,
                 step=e.step,
-                label=step_label(e.step),
+                label=step_label(e.step, e.data),
                 device=e.device,
                 party=_party(e.party, names),
                 products=list(e.products),

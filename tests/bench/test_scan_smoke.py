@@ -19,6 +19,7 @@ def test_scan_benchmark_runs_with_locust() -> None:
     )
     assert set(results) == {
         "scan, think time",
+        "page, think time",
         "healthz, think time",
         "scan, no wait",
         "healthz, no wait",
@@ -27,3 +28,4 @@ def test_scan_benchmark_runs_with_locust() -> None:
         assert result.requests > 0, label
         assert result.failures == 0, label
     assert "throughput ratio scan / healthz" in out.getvalue()
+    assert " bytes of HTML and SVG " in out.getvalue()

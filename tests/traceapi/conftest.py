@@ -1,19 +1,22 @@
-"""Fixtures of the trace API tests: a real uvicorn server over the egg world."""
+"""Fixtures of the trace API tests: real uvicorn servers over the egg world and the pages world."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from pydantic import SecretStr
-from trace_kit import ADMIN, LOG, ORIGIN, populate
+from trace_kit import ADMIN, LOG, ORIGIN, PAGE_VARIANTS, PageVariant, make_pages_world, populate
 
 from traceapi.app import create_app
 from tracecore.settings import Settings
@@ -27,20 +30,14 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def live_api(tmp_path_factory: pytest.TempPathFactory, app_client: Any) -> Iterator[str]:
-    """The base URL of a uvicorn server on loopback over the egg world (SQLite)."""
-    directory: Path = tmp_path_factory.mktemp("fuzz")
-    engine = make_engine(f"sqlite:///{directory / 'agritrace.sqlite3'}")
-    upgrade(engine)
-    populate(engine, app_client)
-    config = Settings(admin_token=SecretStr(ADMIN), log_origin=ORIGIN, data_dir=directory)
-    app = create_app(config, engine, log_vkey=LOG.verifier)
+@contextlib.contextmanager
+def _serve(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port; yield its base URL once it answers."""
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
-    thread = threading.Thread(target=server.run, name="fuzz-uvicorn", daemon=True)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -50,7 +47,65 @@ def live_api(tmp_path_factory: pytest.TempPathFactory, app_client: Any) -> Itera
                 break
         except httpx.HTTPError:
             time.sleep(0.1)
-    yield base
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def live_api(tmp_path_factory: pytest.TempPathFactory, app_client: Any) -> Iterator[str]:
+    """The base URL of a uvicorn server on loopback over the egg world (SQLite)."""
+    directory: Path = tmp_path_factory.mktemp("fuzz")
+    engine = make_engine(f"sqlite:///{directory / 'agritrace.sqlite3'}")
+    upgrade(engine)
+    populate(engine, app_client)
+    config = Settings(admin_token=SecretStr(ADMIN), log_origin=ORIGIN, data_dir=directory)
+    app = create_app(config, engine, log_vkey=LOG.verifier)
+    with _serve(app) as base:
+        yield base
     engine.dispose()
+
+
+@dataclass(frozen=True)
+class PagesSite:
+    """A server over trace_kit's pages world: its base URL and every public page variant."""
+
+    base: str
+    variants: dict[str, PageVariant]
+
+    def url(self, variant: str, query: str = "") -> str:
+        """The absolute URL of ``variant``'s page, with ``query`` (``lang=fr``) if given."""
+        return f"{self.base}{self.variants[variant].path}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def pages_site(tmp_path_factory: pytest.TempPathFactory, app_client: Any) -> Iterator[PagesSite]:
+    """A uvicorn server over the world of every public page variant (SQLite, built once).
+
+    Its clock stays at the world's last moment, so that pages (dates, the producer credit
+    window) look the same on every run.
+    """
+    directory: Path = tmp_path_factory.mktemp("pages")
+    engine = make_engine(f"sqlite:///{directory / 'agritrace.sqlite3'}")
+    upgrade(engine)
+    with make_pages_world(engine, app_client) as world:
+        now = world.now[0]
+    config = Settings(admin_token=SecretStr(ADMIN), log_origin=ORIGIN, data_dir=directory)
+    app = create_app(config, engine, clock=lambda: now, log_vkey=LOG.verifier)
+    with _serve(app) as base:
+        yield PagesSite(base, dict(PAGE_VARIANTS))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def fetch_page(pages_site: PagesSite) -> Callable[[str, str], httpx.Response]:
+    """A factory: ``fetch_page(variant, language)`` GETs the variant's page as a browser would
+    ask for it in that language (Accept-Language)."""
+
+    def fetch(variant: str, language: str) -> httpx.Response:
+        headers = {"Accept": "text/html,*/*;q=0.8", "Accept-Language": language}
+        return httpx.get(pages_site.url(variant), headers=headers, timeout=30)
+
+    return fetch

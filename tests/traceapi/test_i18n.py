@@ -6,6 +6,7 @@ import pytest
 
 from traceapi import i18n
 from traceapi.routes.scan import wants_json
+from traceapi.vocabulary import event_name
 
 
 def test_both_catalogs_have_the_same_words() -> None:
@@ -58,11 +59,11 @@ def test_wants_json(accept: str | None, expected: bool) -> None:
     assert wants_json(accept) is expected
 
 
-def test_unknown_steps_read_as_their_name() -> None:
-    """A CBV step without a label is shown as its words, never dropped."""
-    assert i18n.step_label("en", "killing") == "Slaughtered"
-    assert i18n.step_label("zh", "killing") == "屠宰"
-    assert i18n.step_label("en", "stock_taking") == "stock taking"
+def test_steps_read_as_words() -> None:
+    """A CBV step is named in the page's language; one without a label reads as its words."""
+    assert event_name("en", "killing", None) == "Slaughtered"
+    assert event_name("zh", "killing", None) == "屠宰"
+    assert event_name("en", "future_step", None) == "Future step"
 
 
 def test_every_contract_has_a_name_in_both_languages() -> None:

@@ -216,4 +216,4 @@ def test_contract_search_and_credit_score(world: World) -> None:
     )
     world.checkpoint()
     page = world.client.get(f"/{CARTON.path}?lang=en").text
-    assert "68 / 100" in page
+    assert "Credit 68/100" in page

@@ -412,7 +412,7 @@ def test_log_routes_are_public(engine: Engine, client: Any) -> None:
     checkpoint_at(engine)
     paths = client.app.openapi()["paths"]
     log_routes = sorted(path for path in paths if path.startswith("/v1/log/"))
-    assert len(log_routes) == 7
+    assert len(log_routes) == 8
     concrete = {
         "/v1/log/entries/{index}": "/v1/log/entries/3",
         "/v1/log/tile/entries/{rest}": "/v1/log/tile/entries/000",

@@ -122,7 +122,43 @@ def test_create_party(api: Api) -> None:
         "POST", "/v1/parties", ADMIN, {"id": "farm-1", "name": "Farm", "kind": "farm"}
     )
     assert response.status_code == 201
-    assert response.json() == {"id": "farm-1", "name": "Farm", "kind": "farm", "created_ms": NOW}
+    assert response.json() == {
+        "id": "farm-1",
+        "name": "Farm",
+        "kind": "farm",
+        "created_ms": NOW,
+        "name_en": None,
+        "place": None,
+        "place_en": None,
+        "licence": None,
+    }
+
+
+def test_party_profile_is_set_and_replaced(api: Api, farm_token: str) -> None:
+    """A party gives its public profile at creation and changes it; bad text is refused."""
+    body = {
+        "id": "farm-3",
+        "name": " 临夏蛋鸡养殖场 ",
+        "kind": "farm",
+        "name_en": "Linxia laying-hen farm",
+        "place": "甘肃省临夏州临夏县",
+        "place_en": "Linxia County, Gansu",
+        "licence": "91622921MA71H2KX1Q",
+    }
+    created = api.call("POST", "/v1/parties", ADMIN, body)
+    assert created.status_code == 201
+    assert created.json()["name"] == "临夏蛋鸡养殖场"
+    assert created.json()["licence"] == "91622921MA71H2KX1Q"
+    # The profile given replaces the stored one: fields left out are cleared.
+    patched = api.call("PATCH", "/v1/parties/farm-3", ADMIN, {"place": "甘肃省兰州市"})
+    assert patched.status_code == 200
+    assert (patched.json()["place"], patched.json()["licence"]) == ("甘肃省兰州市", None)
+    assert patched.json()["name"] == "临夏蛋鸡养殖场"  # no name given: kept
+    bad = api.call("PATCH", "/v1/parties/farm-3", ADMIN, {"place": "a\u0000b"})
+    assert bad.status_code == 422
+    assert "control characters" in bad.json()["detail"]
+    assert api.call("PATCH", "/v1/parties/nobody", ADMIN, {}).status_code == 404
+    assert api.call("PATCH", "/v1/parties/farm-3", farm_token, {}).status_code == 403
 
 
 def test_create_party_duplicate(api: Api) -> None:
@@ -375,6 +411,7 @@ MATRIX_PRODUCT = "01/06901234567892/10/MATRIX"
 MATRIX: dict[str, tuple[int, ...]] = {
     "POST /v1/parties": (401, 401, 201, 403, 403, 403),
     "POST /v1/parties/{party}/tokens": (401, 401, 201, 403, 403, 403),
+    "PATCH /v1/parties/{party}": (401, 401, 200, 200, 403, 403),
     "POST /v1/devices": (401, 401, 201, 201, 403, 403),
     "POST /v1/devices/{device}/keys": (401, 401, 201, 201, 403, 403),
     "POST /v1/devices/{device}/revoke": (401, 401, 200, 200, 403, 403),
@@ -410,7 +447,8 @@ def test_matrix_covers_every_registry_route(api: Api) -> None:
         # The public routes read no token: the log and bundles (test_log_api.py,
         # test_bundle_api.py), scans and QR codes (test_scan.py, test_qr.py) and posting
         # feedback (test_feedback.py) are called without one there.
-        if not path.startswith(("/v1/log/", "/v1/bundle/", "/01", "/qr/", "/v1/feedback/"))
+        # Stall pages (/p/, test_stall.py) are public too.
+        if not path.startswith(("/v1/log/", "/v1/bundle/", "/01", "/qr/", "/v1/feedback/", "/p/"))
     }
     assert served == set(MATRIX)
 
@@ -446,6 +484,8 @@ def test_authorization_matrix(api: Api) -> None:
         body: dict[str, Any] | None = None
         if route == "POST /v1/parties":
             body = {"id": f"party-{n}", "name": "New", "kind": "packer"}
+        elif route == "PATCH /v1/parties/{party}":
+            body = {"place": "甘肃省临夏州临夏县", "place_en": "Linxia County, Gansu"}
         elif route == "POST /v1/devices":
             body = {"id": f"new-{n}", "party": "farm-1", "public_key": b64(new_key())}
         elif route.endswith("/keys"):

@@ -100,13 +100,13 @@ def test_page_speaks_chinese_by_default_and_english_on_request(world: World) -> 
 
 
 def test_page_draws_the_temperature_chart_with_the_excursion(world: World) -> None:
-    """The SVG has the 7.2 °C egg limit, marks 8.4 °C, and leaves out the 21 °C hen house."""
+    """The SVG has the 7.2 °C egg limit, shades the 8.4 °C excursion, leaves out the hen house."""
     page = world.client.get(f"/{LOT.path}?lang=en").text
     assert "<svg" in page
     assert "limit 7.2 °C" in page
-    assert page.count("<circle") == 1
-    assert "excursion 8.4 °C" in page
-    assert "21.0" not in page.split("<svg", 1)[1].split("</svg>", 1)[0]
+    assert page.count('fill="#ffcecb"') == 1  # one excursion band
+    assert "above 7.2 °C" in page.split('id="coldchain"', 1)[1].split("</p>", 1)[0]
+    assert ">21<" not in page.split("<svg", 1)[1].split("</svg>", 1)[0]
     flock_page = world.client.get(f"/{FLOCK.path}?lang=en").text
     assert "limit" not in flock_page.split("<svg", 1)[1].split("</svg>", 1)[0]
 
@@ -197,7 +197,7 @@ def test_contract_results_are_in_the_answer_and_on_the_page(world: World) -> Non
     assert results["brucellosis"]["status"] == "not_applicable"
     assert all(len(c["source_sha256"]) == 64 for c in body["contracts"])
     page = world.client.get(f"/{CARTON.path}?lang=en").text
-    assert "✗ Egg cold chain" in page
+    assert '<td class="fail"><span aria-hidden="true">✖ </span>Egg cold chain' in page
     assert "Brucellosis" not in page  # not applicable: not shown
 
 
@@ -231,3 +231,17 @@ def test_products_named_in_one_message_each_verify_alone(world: World) -> None:
         assert body["verdict"] == "verified", (key, body["checks"])
         bundle = parse_bundle(world.client.get(f"/v1/bundle/{key.path}").text)
         assert verify_bundle(bundle, Policy(LOG.verifier, {}, 0)).ok
+
+
+def test_page_policy_download_verifies_the_bundle(world: World) -> None:
+    """The page's policy and bundle downloads are what `agritrace verify` needs, and verify."""
+    page = world.client.get(f"/{CARTON.path}?lang=en").text
+    assert '/v1/log/policy" download="policy.txt"' in page
+    assert f'/v1/bundle/{CARTON.path}" download="bundle.json"' in page
+    text = world.client.get("/v1/log/policy").text
+    policy = Policy.parse(text)
+    assert policy.log == LOG.verifier
+    assert text.startswith("#")  # it says to compare the keys with their owners'
+    bundle = world.client.get(f"/v1/bundle/{CARTON.path}").text
+    report = verify_bundle(parse_bundle(bundle), policy)
+    assert report.ok, report.render()

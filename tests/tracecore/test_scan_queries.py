@@ -10,13 +10,13 @@ from trace_kit import CARTON, FARM, LOG, make_world
 
 from tracecore.bundle import Policy
 from tracecore.storage import make_engine, upgrade
-from tracecore.storage.trace import assess_product, credit_facts, scan_stats
+from tracecore.storage.trace import assess_product, credit_facts, recent_products, scan_stats
 
 #: For each table that grows with the log, the products or the scans: how a plan may reach its
 #: rows. Anything else (a SCAN, a range over all indexes) is a walk whose cost grows with it.
 _ALLOWED: Final = {
-    "log_entries": ("(index=?)", "ix_log_entries_registry (kind=?"),
-    "chain_links": ("(product_key=?",),
+    "log_entries": ("(index=?)", "ix_log_entries_registry (kind=?", "(device_id=?)"),
+    "chain_links": ("(product_key=?", "ix_chain_links_log_index (log_index=?)"),
     "merkle_nodes": ("(level=? AND idx=?)",),
     "products": ("(key=?)",),
     "product_parents": ("(product_key=?)",),
@@ -30,7 +30,8 @@ _COMPLETENESS: Final = 'SELECT COUNT(*) FROM log_entries WHERE "index" >='
 
 
 def test_scan_queries_never_walk_a_growing_table(tmp_path: Path, app_client: Any) -> None:
-    """Every SELECT of assess_product, scan_stats and credit_facts reaches rows by a key."""
+    """Every SELECT of assess_product, scan_stats, credit_facts and the stall page's
+    recent_products reaches rows by a key."""
     engine = make_engine(f"sqlite:///{tmp_path / 'plans.sqlite3'}")
     upgrade(engine)
     with make_world(engine, app_client):
@@ -46,6 +47,7 @@ def test_scan_queries_never_walk_a_growing_table(tmp_path: Path, app_client: Any
             assert assessment.ok
             scan_stats(session, CARTON.path, 0)
             credit_facts(session, FARM, 0, 2**62)
+            assert CARTON.path in recent_products(session, FARM, 12)
         dbapi.set_trace_callback(None)
         selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
         assert len(selects) >= 10

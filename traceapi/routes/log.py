@@ -4,6 +4,8 @@ Everything under ``/v1/log`` is what the latest signed checkpoint commits to, so
 verify every answer against it (docs/log.md):
 
 * ``GET /v1/log/vkey``: the log's C2SP vkey (text/plain);
+* ``GET /v1/log/policy``: a trust policy for ``agritrace verify`` (docs/bundle.md) with the log's
+  vkey and the witnesses this server is configured with (text/plain);
 * ``GET /v1/log/checkpoint``: the latest checkpoint, a C2SP signed note with the log's signature
   and the witnesses' tlog-cosignature/v1 lines (text/plain; 404 before the first one);
 * ``GET /v1/log/proof/inclusion?index=&size=`` and ``GET /v1/log/proof/consistency?old=&new=``:
@@ -31,7 +33,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
-from traceapi.state import log_vkey
+from traceapi.state import log_vkey, scan_policy
 from tracecore import tiles
 from tracecore.cbor import decode_strict
 from tracecore.checkpoint import latest_checkpoint, served_note
@@ -109,6 +111,20 @@ def _checkpoint_size(engine: Engine) -> int:
 def get_vkey(request: Request) -> Response:
     """The log's C2SP signed-note verifier key, one line of text/plain."""
     return Response(str(log_vkey(request)) + "\n", media_type=TEXT)
+
+
+@router.get("/policy", response_class=Response)
+def get_policy(request: Request) -> Response:
+    """A trust policy for ``agritrace verify``: the log's vkey, the witnesses, a quorum of all."""
+    policy = scan_policy(request)
+    lines = [
+        "# The trust policy of this server (docs/bundle.md). It is only as trustworthy as the",
+        "# place you got it from: compare each key with the one its owner publishes.",
+        f"log {policy.log}",
+        *(f"witness {name} {vkey}" for name, vkey in sorted(policy.witnesses.items())),
+        f"quorum {len(policy.witnesses)}",
+    ]
+    return Response("\n".join(lines) + "\n", media_type=TEXT)
 
 
 @router.get("/checkpoint", response_class=Response)

@@ -30,7 +30,7 @@ from tracecore.settings import Settings
 from tracecore.storage.engine import session_scope
 from tracecore.storage.models import Product
 
-__all__ = ["MAX_LABELS", "qr_png", "qr_svg", "router"]
+__all__ = ["MAX_LABELS", "Border", "Scale", "qr_png", "qr_svg", "router"]
 
 router = APIRouter(tags=["qr"])
 

@@ -23,6 +23,7 @@ from traceapi.schemas import (
     KeyRotate,
     PartyCreate,
     PartyOut,
+    PartyUpdate,
     TokenOut,
     decode_public_key,
     encode_bytes,
@@ -32,6 +33,7 @@ from tracecore.logentry import DeviceRegistered, KeyRevoked, KeyRotated
 from tracecore.storage.engine import session_scope
 from tracecore.storage.logwriter import append_registry_entry, log_session
 from tracecore.storage.registry import (
+    Place,
     create_party,
     device_keys,
     get_device,
@@ -39,6 +41,7 @@ from tracecore.storage.registry import (
     register_device,
     revoke_key,
     rotate_key,
+    update_party,
 )
 
 __all__ = ["router"]
@@ -73,8 +76,21 @@ def _check_owner(engine: Engine, principal: Principal, device_id: str) -> None:
 def post_party(body: PartyCreate, request: Request, _admin: Admin) -> PartyOut:
     """Create a party (admin only)."""
     with session_scope(_engine(request)) as session:
-        party = create_party(session, body.id, body.name, body.kind, _now_ms(request))
+        party = create_party(
+            session, body.id, body.name, body.kind, _now_ms(request), profile=body.profile()
+        )
         return PartyOut.of(party)
+
+
+@router.patch("/parties/{party_id}")
+def patch_party(
+    party_id: str, body: PartyUpdate, request: Request, principal: AdminOrParty
+) -> PartyOut:
+    """Replace a party's public profile (admin or the party itself)."""
+    if not principal.may_act_for(party_id):
+        raise forbidden("a party token may change its own party's profile only")
+    with session_scope(_engine(request)) as session:
+        return PartyOut.of(update_party(session, party_id, body.name, body.profile()))
 
 
 @router.post("/parties/{party_id}/tokens", status_code=status.HTTP_201_CREATED)
@@ -93,7 +109,9 @@ def post_device(body: DeviceCreate, request: Request, principal: AdminOrParty) -
     public_key = decode_public_key(body.public_key)
     now = _now_ms(request)
     with log_session(_engine(request)) as session:
-        key = register_device(session, body.id, body.party, public_key, now)
+        key = register_device(
+            session, body.id, body.party, public_key, now, place=Place(body.place, body.place_en)
+        )
         # design.md: registrations are log entries, so the key history is provable.
         entry = DeviceRegistered(key.device_id, body.party, key.public_key, key.valid_from_ms, now)
         append_registry_entry(session, entry, now)

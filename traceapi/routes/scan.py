@@ -18,6 +18,8 @@ The path is a GS1 Digital Link path (``/01/{gtin}/10/{lot}``, ``/01/{gtin}/21/{s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -25,27 +27,38 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from markupsafe import Markup
 from sqlalchemy import Engine
 
-from traceapi.chart import temperature_svg
-from traceapi.i18n import Lang, choose_language, step_label, text
-from traceapi.pages import render
+from traceapi.chart import COLOURS, ChartText, hourly_table, temperature_svg
+from traceapi.i18n import Lang, choose_language, text
+from traceapi.pages import format_time, render
 from traceapi.paths import raw_path
 from traceapi.state import client_address, scan_policy, scan_salt
+from traceapi.summary import (
+    Summary,
+    chart_series,
+    duration,
+    origin_party,
+    story_parties,
+    summarise,
+)
 from traceapi.views import ScanOut, build_view, party_credit, unknown_view
+from traceapi.vocabulary import event_name, pick
 from tracecore.errors import IdentifierError
 from tracecore.identifiers import ProductKey
 from tracecore.settings import Settings
 from tracecore.storage.engine import session_scope
 from tracecore.storage.trace import (
+    PartyInfo,
     assess_product,
     children_of,
     client_hash,
-    party_names,
+    device_places,
+    party_profiles,
     record_scan,
     scan_stats,
 )
-from tracecore.verdict import MAX_CHART_POINTS, SensorPoint, Story
+from tracecore.verdict import Story
 
-__all__ = ["chart_series", "cold_chain_limit", "router", "wants_json"]
+__all__ = ["router", "wants_json"]
 
 router = APIRouter(tags=["trace"])
 
@@ -81,40 +94,6 @@ def wants_json(accept: str | None) -> bool:
     return best["application/json"] > best["text/html"]
 
 
-def cold_chain_limit(story: Story) -> float | None:
-    """The temperature limit drawn on the product's chart (°C), by what the product is.
-
-    Only food made from something has one: a flock or a live animal (a product without
-    parents) has none. Meat cuts 4 °C and carcasses 7 °C (EU Reg. 853/2004 Annex III §I.VII;
-    GB/T 40466-2021 chilled meat), eggs 7.2 °C (US FDA 21 CFR 118.4(e)); None when the evidence
-    says neither. Whether the limit was kept is the contracts' verdict, not the chart's.
-    """
-    if not story.parents.get(story.product):
-        return None
-    steps = {e.step for e in story.events}
-    if "killing" in steps:
-        own = [e for e in story.events if story.product in e.products]
-        return 4.0 if any("cut" in (e.data or {}) for e in own) else 7.0
-    egg_words = {"eggs_per_case", "hens"}
-    if "collecting" in steps or any(egg_words & set(e.data or {}) for e in story.events):
-        return 7.2
-    return None
-
-
-def chart_series(story: Story) -> dict[str, list[SensorPoint]]:
-    """The temperature series (°C) of the chart, one per device.
-
-    They are the readings of the product and of its ancestors that are food themselves (have
-    parents): a hen house or a live animal is not held to the food's cold-chain limit.
-    """
-    food = {story.product} | {a for a in story.ancestors() if story.parents.get(a)}
-    series: dict[str, list[SensorPoint]] = {}
-    for point in story.readings:
-        if point.type == "Temperature" and point.uom == "CEL" and food.intersection(point.products):
-            series.setdefault(point.device, []).append(point)
-    return series
-
-
 @router.get(
     # "/01" and anything after it, so that every malformed code still gets the unknown answer.
     "/01{rest:path}",
@@ -125,7 +104,13 @@ def chart_series(story: Story) -> dict[str, list[SensorPoint]]:
 def scan(
     rest: str,  # noqa: ARG001 (the raw path is parsed instead: escapes like %2F stay intact)
     request: Request,
-    lang: Annotated[Lang | None, Query(description="page language: zh or en")] = None,
+    lang: Annotated[
+        str | None,
+        Query(
+            max_length=16,
+            description="page language: zh or en; anything else falls back to Accept-Language",
+        ),
+    ] = None,
     place: Annotated[
         str | None,
         Query(max_length=_PLACE_MAX, description="coarse place of the scan, e.g. a city"),
@@ -153,12 +138,13 @@ def scan(
             view = unknown_view(f"{key.path} is not registered")
             return _answer(view, 404, as_json, language, request)
         story = assessment.story
-        ids = set() if story is None else {*story.devices.values(), *(r.by for r in story.recalls)}
-        names = party_names(session, ids)
+        profiles = party_profiles(session, set() if story is None else story_parties(story))
+        places = device_places(session, set() if story is None else set(story.devices))
         children = children_of(session, key.path)
         credit = None
-        if story is not None and story.owner is not None and assessment.ok:
-            credit = party_credit(session, story.owner, now, CREDIT_DAYS)
+        producer = None if story is None else origin_party(story)
+        if producer is not None and assessment.ok:
+            credit = party_credit(session, producer, now, CREDIT_DAYS)
     stats = None
     if key.serial is not None:
         # A transaction of its own, as short as can be: on SQLite the scan's write holds the
@@ -171,15 +157,26 @@ def scan(
     view = build_view(
         assessment,
         public_url=settings.public_url,
-        names=names,
+        names={party: info.name for party, info in profiles.items()},
         children=children,
         scans=stats,
         threshold=settings.copy_threshold,
         window_hours=settings.copy_window_hours,
-        step_label=lambda step: step_label(language, step),
+        step_label=lambda step, data: event_name(language, step, data),
     )
     view.producer_credit = credit
-    return _answer(view, 200, as_json, language, request, story=story, feedback=feedback)
+    page = Page(story, profiles, places, children)
+    return _answer(view, 200, as_json, language, request, page=page, feedback=feedback)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What the HTML page needs beyond the JSON view: the story and the registry's profiles."""
+
+    story: Story | None
+    profiles: Mapping[str, PartyInfo]
+    places: Mapping[str, tuple[str | None, str | None]]
+    children: list[str]
 
 
 def _answer(
@@ -189,36 +186,83 @@ def _answer(
     language: Lang,
     request: Request,
     *,
-    story: Story | None = None,
+    page: Page | None = None,
     feedback: str | None = None,
 ) -> Response:
     headers = {"Vary": "Accept, Accept-Language", "Cache-Control": "no-store"}
     if as_json:
         return Response(view.model_dump_json(), status_code, headers, media_type="application/json")
-    chart = ""
-    counts: dict[str, tuple[int, int]] = {}
-    if story is not None:
-        series = chart_series(story)
-        counts = {
-            device: (min(len(points), MAX_CHART_POINTS), len(points))
-            for device, points in sorted(series.items())
-        }
-        chart = temperature_svg(
-            series,
-            limit=cold_chain_limit(story),
-            labels={
-                "limit": text(language, "chart.limit"),
-                "excursion": text(language, "chart.excursion"),
-            },
+    public_url = request.app.state.settings.public_url.rstrip("/")
+    context: dict[str, object] = {
+        "view": view,
+        "feedback": feedback,
+        "path": request.url.path,
+        "public_url": public_url,
+    }
+    story = None if page is None else page.story
+    if (
+        page is not None
+        and story is not None
+        and view.verdict != "integrity_failure"
+        and not view.pending
+    ):
+        summary = summarise(
+            story,
+            lang=language,
+            contracts=[(c.id, c.status) for c in view.contracts],
+            profiles=page.profiles,
+            places=page.places,
+            children=page.children,
         )
+        context["summary"] = summary
+        context.update(chart_context(story, summary, language))
+    if page is not None:
+        context["recall_parties"] = {
+            pid: info.name_en if language == "en" and info.name_en else pick(language, info.name)
+            for pid, info in page.profiles.items()
+        }
     html = render(
-        "product.html" if view.product is not None else "unknown.html",
-        lang=language,
-        view=view,
-        chart=Markup(chart),  # noqa: S704 (built from numbers and escaped text in chart.py)
-        chart_counts=counts,
-        feedback=feedback,
-        path=request.url.path,
-        public_url=request.app.state.settings.public_url.rstrip("/"),
+        "product.html" if view.product is not None else "unknown.html", lang=language, **context
     )
     return HTMLResponse(html, status_code=status_code, headers=headers)
+
+
+def chart_context(story: Story, summary: Summary, language: Lang) -> dict[str, object]:
+    """The chart, its legend and its table for the page (empty when there are no readings)."""
+    series = chart_series(story)
+    if not series:
+        return {}
+    limit = summary.cold_chain.limit
+    times = [p.time for points in series.values() for p in points]
+    values = {
+        "series": len(series),
+        "start": format_time(min(times)),
+        "end": format_time(max(times)),
+        "limit": f"{limit:g}" if limit is not None else "",
+    }
+    words = ChartText(
+        title=text(language, "chart.title"),
+        description=text(
+            language, "chart.desc" if limit is not None else "chart.desc_nolimit", **values
+        ),
+        limit=text(language, "chart.limit"),
+    )
+    svg = temperature_svg(
+        series,
+        limit=limit,
+        names=summary.series_names,
+        excursions=[
+            (e.start_ms, e.end_ms, duration(language, e.minutes))
+            for e in summary.cold_chain.excursions
+        ],
+        text=words,
+    )
+    legend = [
+        (COLOURS[n % len(COLOURS)], summary.series_names.get(device, device), len(points))
+        for n, (device, points) in enumerate(sorted(series.items()))
+    ]
+    return {
+        "chart": Markup(svg),  # noqa: S704 (built from numbers and escaped text in chart.py)
+        "chart_legend": legend,
+        "chart_table": hourly_table(series, summary.series_names),
+    }

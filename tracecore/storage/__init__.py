@@ -28,6 +28,8 @@ from tracecore.storage.models import (
 )
 from tracecore.storage.registry import (
     IssuedToken,
+    PartyProfile,
+    Place,
     TokenGrant,
     create_party,
     current_key,
@@ -42,6 +44,7 @@ from tracecore.storage.registry import (
     revoke_key,
     revoke_token,
     rotate_key,
+    update_party,
     validate_public_key,
 )
 
@@ -59,6 +62,8 @@ __all__ = [
     "ParkedMessage",
     "ParkedProduct",
     "Party",
+    "PartyProfile",
+    "Place",
     "Product",
     "ProductParent",
     "Receipt",
@@ -83,6 +88,7 @@ __all__ = [
     "rotate_key",
     "session_scope",
     "storage_errors",
+    "update_party",
     "upgrade",
     "validate_public_key",
 ]

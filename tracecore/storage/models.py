@@ -94,6 +94,12 @@ class Party(SQLModel, table=True):
     name: str = Field(sa_column=Column(Text, nullable=False))
     kind: str = Field(sa_column=Column(String(16), nullable=False))
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # The public profile (docs/registry-api.md): shown on product and stall pages beside the
+    # verified party id. ``name`` is the Chinese (or only) name.
+    name_en: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    place: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    place_en: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    licence: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class Token(SQLModel, table=True):
@@ -131,6 +137,9 @@ class Device(SQLModel, table=True):
         sa_column=Column(String(ID_LENGTH), ForeignKey("parties.id"), nullable=False)
     )
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # Where the device is, as the party names it ("冷库", "cold store"): chart legends.
+    place: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    place_en: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class DeviceKey(SQLModel, table=True):

@@ -41,6 +41,8 @@ __all__ = [
     "PUBLIC_KEY_LENGTH",
     "TOKEN_PREFIX",
     "IssuedToken",
+    "PartyProfile",
+    "Place",
     "TokenGrant",
     "create_party",
     "current_key",
@@ -55,6 +57,7 @@ __all__ = [
     "revoke_key",
     "revoke_token",
     "rotate_key",
+    "update_party",
     "validate_public_key",
 ]
 
@@ -116,6 +119,45 @@ def _check_name(name: str) -> str:
     return stripped
 
 
+class Place(NamedTuple):
+    """Where a device is, as its party names it, in Chinese and English (either may be None)."""
+
+    zh: str | None = None
+    en: str | None = None
+
+
+class PartyProfile(NamedTuple):
+    """The public profile of a party, shown on product and stall pages (all optional).
+
+    ``name_en`` is the English name (``Party.name`` is the Chinese or only one), ``place`` the
+    county and province in Chinese and English, ``licence`` the registration or licence
+    (营业执照, 动物防疫条件合格证 or 食品经营许可证 number) that a buyer can look up.
+    """
+
+    name_en: str | None = None
+    place: Place = Place()
+    licence: str | None = None
+
+
+def _check_text(what: str, value: str | None) -> str | None:
+    """Return the stripped text (None for None or blank), refusing long or control text."""
+    if value is None or not value.strip():
+        return None
+    stripped = value.strip()
+    if len(stripped) > NAME_MAX_LENGTH:
+        raise IdentifierError(f"{what} must be at most {NAME_MAX_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in stripped):
+        raise IdentifierError(f"{what} must not hold control characters")
+    return stripped
+
+
+def _apply_profile(party: Party, profile: PartyProfile) -> None:
+    party.name_en = _check_text("name_en", profile.name_en)
+    party.place = _check_text("place", profile.place.zh)
+    party.place_en = _check_text("place_en", profile.place.en)
+    party.licence = _check_text("licence", profile.licence)
+
+
 def _check_kind(kind: str) -> str:
     """Return ``kind`` if it is one of :data:`PARTY_KINDS`."""
     if kind not in PARTY_KINDS:
@@ -137,7 +179,15 @@ def get_party(session: Session, party_id: str) -> Party:
     return party
 
 
-def create_party(session: Session, party_id: str, name: str, kind: str, now_ms: int) -> Party:
+def create_party(
+    session: Session,
+    party_id: str,
+    name: str,
+    kind: str,
+    now_ms: int,
+    *,
+    profile: PartyProfile = PartyProfile(),  # noqa: B008 (an immutable tuple)
+) -> Party:
     """Create the party ``party_id`` of ``kind`` named ``name``; raise Conflict if it exists."""
     party = Party(
         id=parse_party_id(party_id),
@@ -145,8 +195,23 @@ def create_party(session: Session, party_id: str, name: str, kind: str, now_ms: 
         kind=_check_kind(kind),
         created_ms=now_ms,
     )
+    _apply_profile(party, profile)
     if session.get(Party, party.id) is not None:
         raise Conflict(f"party {party.id!r} exists already")
+    session.add(party)
+    _flush(session)
+    return party
+
+
+def update_party(session: Session, party_id: str, name: str | None, profile: PartyProfile) -> Party:
+    """Replace the public profile of ``party_id`` (and its name, unless None); return the party.
+
+    Raises NotFound for an unknown party, IdentifierError for a bad value.
+    """
+    party = get_party(session, party_id)
+    if name is not None:
+        party.name = _check_name(name)
+    _apply_profile(party, profile)
     session.add(party)
     _flush(session)
     return party
@@ -243,9 +308,17 @@ def _new_key(session: Session, device_id: str, public_key: bytes, now_ms: int) -
 
 
 def register_device(
-    session: Session, device_id: str, party_id: str, public_key: bytes, now_ms: int
+    session: Session,
+    device_id: str,
+    party_id: str,
+    public_key: bytes,
+    now_ms: int,
+    *,
+    place: Place = Place(),  # noqa: B008 (an immutable tuple)
 ) -> DeviceKey:
     """Register a device of a party with its first key, valid from ``now_ms``; return the key.
+
+    ``place`` is where the device is, as the party names it (shown on charts).
 
     Raises NotFound for an unknown party, Conflict for an existing device or a public key that
     is registered already (to any device), KeyFileError for an unusable key.
@@ -255,7 +328,15 @@ def register_device(
     validate_public_key(public_key)
     if session.get(Device, device_id) is not None:
         raise Conflict(f"device {device_id!r} exists already")
-    session.add(Device(id=device_id, party_id=party.id, created_ms=now_ms))
+    session.add(
+        Device(
+            id=device_id,
+            party_id=party.id,
+            created_ms=now_ms,
+            place=_check_text("place", place.zh),
+            place_en=_check_text("place_en", place.en),
+        )
+    )
     _flush(session)  # the device row first: the key's foreign key points at it
     key = _new_key(session, device_id, public_key, now_ms)
     _flush(session)

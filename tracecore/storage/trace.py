@@ -37,14 +37,17 @@ from tracecore.verdict import Story, tell_story_memo
 
 __all__ = [
     "CreditFacts",
+    "PartyInfo",
     "ProductAssessment",
     "ScanStats",
     "assess_product",
     "children_of",
     "client_hash",
     "credit_facts",
+    "device_places",
     "feedback_count_since",
-    "party_names",
+    "party_profiles",
+    "recent_products",
     "record_scan",
     "scan_stats",
 ]
@@ -69,7 +72,12 @@ _FIRST_LINK = "SELECT MIN(log_index) FROM chain_links WHERE product_key = ?"
 _OWNERS = 'SELECT "key", owner_party_id FROM products WHERE "key" IN ({})'
 _COUNT_ENTRIES = 'SELECT COUNT(*) FROM log_entries WHERE "index" >= ? AND "index" < ?'
 _CHILDREN = "SELECT product_key FROM product_parents WHERE parent_key = ?"
-_NAMES = "SELECT id, name FROM parties WHERE id IN ({})"
+_PROFILES = "SELECT id, name, kind, name_en, place, place_en, licence FROM parties WHERE id IN ({})"
+_DEVICE_PLACES = "SELECT id, place, place_en FROM devices WHERE id IN ({})"
+_PARTY_DEVICES = "SELECT id FROM devices WHERE party_id = ?"
+# Through the unique (device_id, seq) index: a device's newest entries, never all of them.
+_DEVICE_NEWEST = 'SELECT "index" FROM log_entries WHERE device_id = ? ORDER BY seq DESC LIMIT ?'
+_LINKED = "SELECT product_key, log_index FROM chain_links WHERE log_index IN ({})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,12 +181,57 @@ def children_of(session: Session, product: str) -> list[str]:
     return sorted(str(key) for (key,) in fetch_all(session, _CHILDREN, [product]))
 
 
-def party_names(session: Session, ids: set[str]) -> dict[str, str]:
-    """Display names of the parties ``ids`` (registry data: shown next to the verified id)."""
+@dataclass(frozen=True, slots=True)
+class PartyInfo:
+    """A party's registered public profile (registry data: shown beside the verified id)."""
+
+    id: str
+    name: str
+    kind: str
+    name_en: str | None = None
+    place: str | None = None
+    place_en: str | None = None
+    licence: str | None = None
+
+
+def party_profiles(session: Session, ids: set[str]) -> dict[str, PartyInfo]:
+    """The registered profiles of the parties ``ids`` that exist."""
     if not ids:
         return {}
-    rows = fetch_all(session, _NAMES.format(marks(len(ids))), sorted(ids))
-    return {str(party_id): str(name) for party_id, name in rows}
+    rows = fetch_all(session, _PROFILES.format(marks(len(ids))), sorted(ids))
+    return {
+        str(row[0]): PartyInfo(*(None if v is None else str(v) for v in row))  # type: ignore[arg-type]
+        for row in rows
+    }
+
+
+def device_places(session: Session, ids: set[str]) -> dict[str, tuple[str | None, str | None]]:
+    """Where the devices ``ids`` are, as ``(Chinese, English)`` names (registry data)."""
+    if not ids:
+        return {}
+    rows = fetch_all(session, _DEVICE_PLACES.format(marks(len(ids))), sorted(ids))
+    return {
+        str(device): (None if zh is None else str(zh), None if en is None else str(en))
+        for device, zh, en in rows
+    }
+
+
+def recent_products(session: Session, party: str, limit: int, depth: int = 200) -> list[str]:
+    """The products ``party``'s devices signed records of most recently, newest first.
+
+    Only each device's ``depth`` newest log entries are read (the unique index on device and
+    sequence number), so the cost does not grow with the party's history.
+    """
+    indexes: list[int] = []
+    for (device,) in fetch_all(session, _PARTY_DEVICES, [party]):
+        indexes.extend(int(i) for (i,) in fetch_all(session, _DEVICE_NEWEST, [device, depth]))
+    newest: dict[str, int] = {}
+    for start in range(0, len(indexes), 500):
+        chunk = indexes[start : start + 500]
+        for key, index in fetch_all(session, _LINKED.format(marks(len(chunk))), chunk):
+            newest[str(key)] = max(newest.get(str(key), -1), int(index))
+    ordered = sorted(newest.items(), key=lambda item: (-item[1], item[0]))
+    return [key for key, _ in ordered[:limit]]
 
 
 def client_hash(salt: bytes, client: str) -> bytes:
