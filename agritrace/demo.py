@@ -9,6 +9,10 @@ log key comes back. A tampered copy is published too and lands in the rejections
 witness has cosigned a checkpoint, the demo downloads a carton's evidence bundle and verifies it
 offline against a trust policy, exactly as ``agritrace verify`` does.
 
+Links and QR codes it prints use ``settings.public_url``: the CLI sets it to the address the API
+binds unless ``AGRITRACE_PUBLIC_URL`` is configured (agritrace/address.py). The demo itself talks
+to the API at the bound address, whatever the public one is.
+
 A second run reuses the data directory: keys, parties and devices are found again, sequence
 numbers keep counting up, the log keeps growing, and every run adds a new lot.
 """
@@ -33,6 +37,7 @@ import pyqrcode
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from agritrace.address import local_url
 from agritrace.runner import (
     configure_logging,
     quiet_server,
@@ -75,12 +80,49 @@ class _Party:
     id: str
     name: str
     kind: str
+    name_en: str
+    place: str
+    place_en: str
+    licence: str
+
+    def body(self) -> dict[str, str]:
+        """The body of ``POST /v1/parties``: id, kind, name and public profile."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "name": self.name,
+            "name_en": self.name_en,
+            "place": self.place,
+            "place_en": self.place_en,
+            "licence": self.licence,
+        }
 
 
 PARTIES = (
-    _Party("gansu-hens-01", "临夏蛋鸡养殖场 Linxia laying-hen farm", "farm"),
-    _Party("lanzhou-pack", "兰州禽蛋包装厂 Lanzhou egg packing plant", "packer"),
+    _Party(
+        "gansu-hens-01",
+        "临夏蛋鸡养殖场",
+        "farm",
+        "Linxia laying-hen farm",
+        "甘肃省临夏州临夏县",
+        "Linxia County, Gansu",
+        "SIM-FARM-0001",
+    ),
+    _Party(
+        "lanzhou-pack",
+        "兰州禽蛋包装厂",
+        "packer",
+        "Lanzhou egg packing plant",
+        "甘肃省兰州市",
+        "Lanzhou, Gansu",
+        "SIM-PACKER-0002",
+    ),
 )
+#: Where the demo's two devices stand (chart legends and pages).
+DEVICE_PLACES = {
+    "hens01-collect": ("集蛋线", "egg collection line"),
+    "hens01-house1-climate": ("1号鸡舍", "hen house 1"),
+}
 FARM = PARTIES[0].id
 CLIMATE = "hens01-house1-climate"
 COLLECT = "hens01-collect"
@@ -103,7 +145,7 @@ def run_demo(settings: Settings, *, host: str, port: int, serve: bool) -> int:
         [(settings.log_origin, log_key.verifier)],
         settings.data_dir / f"witness-{WITNESS_NAME}.db",
     )
-    witness_url = f"http://{host}:{witness_port}"
+    witness_url = local_url(host, witness_port)
     settings = settings.model_copy(
         update={
             "admin_token": _admin_token(settings),
@@ -112,7 +154,7 @@ def run_demo(settings: Settings, *, host: str, port: int, serve: bool) -> int:
     )
     embedded = BrokerAddress(DEFAULT_EMBEDDED.host, _free_port(DEFAULT_EMBEDDED.host, 1883))
     broker = BrokerAddress.parse(settings.mqtt_url) if settings.mqtt_url else embedded
-    walkthrough = _Walkthrough(settings, broker, f"http://{host}:{port}", serve=serve)
+    walkthrough = _Walkthrough(settings, broker, local_url(host, port), serve=serve)
 
     async def witness_server(engine: Engine, stop: asyncio.Event) -> None:
         del engine
@@ -132,11 +174,12 @@ class _Walkthrough:
     """The steps the demo shows, run as a companion task of the service."""
 
     def __init__(
-        self, settings: Settings, broker: BrokerAddress, base: str, *, serve: bool
+        self, settings: Settings, broker: BrokerAddress, local: str, *, serve: bool
     ) -> None:
         self.settings = settings
         self.broker = broker
-        self.base = base
+        self.local = local  # where this process reaches the API
+        self.base = settings.public_url.rstrip("/")  # what links and QR codes carry
         self.serve = serve
         self.out = settings.data_dir / "demo"
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
@@ -153,7 +196,9 @@ class _Walkthrough:
             stop.set()  # a failed walkthrough ends the demo with the error, never hangs
             raise
         if self.serve:
-            _say(f"\nEverything keeps running at {self.base} (API docs: {self.base}/docs).")
+            _say(f"\nEverything keeps running at {self.local} (API docs: {self.local}/docs).")
+            if self.base != self.local:
+                _say(f"Links and QR codes use AGRITRACE_PUBLIC_URL: {self.base}")
             _say("Ctrl-C stops it; run `make demo` again and the log keeps growing.")
         else:
             stop.set()
@@ -161,7 +206,7 @@ class _Walkthrough:
     async def _steps(self, stop: asyncio.Event) -> None:
         self.out.mkdir(exist_ok=True)
         _say(f"agritrace demo: data in {self.settings.data_dir.resolve()}")
-        async with httpx.AsyncClient(base_url=self.base, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=self.local, timeout=10) as http:
             log_vkey = VerifierKey.parse((await _get(http, "/v1/log/vkey")).text)
             _say(f"log key (pinned by every device): {log_vkey}")
             await self._register_parties(http)
@@ -173,15 +218,21 @@ class _Walkthrough:
             await self._verify_bundle(http, cartons[0], log_vkey, previous)
             await self._show_pages(http, cartons)
             await self._supply_chains(http)
-            pages = await self._three_pages(http)
+            pages = await self._four_pages(http)
         self._try_it(cartons[0], farm_auth, pages)
 
     async def _register_parties(self, http: httpx.AsyncClient) -> None:
         _say("\n1. Parties, registered by the administrator (POST /v1/parties):")
         for party in PARTIES:
-            body = {"id": party.id, "name": party.name, "kind": party.kind}
-            reply = await http.post("/v1/parties", json=body, headers=self.admin)
+            reply = await http.post("/v1/parties", json=party.body(), headers=self.admin)
             _expect(reply, 201, 409)
+            if reply.status_code == 409:
+                # Registered by an earlier run: keep its public profile up to date.
+                profile = {k: v for k, v in party.body().items() if k not in ("id", "kind")}
+                _expect(
+                    await http.patch(f"/v1/parties/{party.id}", json=profile, headers=self.admin),
+                    200,
+                )
             _say(f"   {party.id:<22} {party.kind:<7} {_state(reply)}  {party.name}")
 
     async def _farm_token(self, http: httpx.AsyncClient) -> dict[str, str]:
@@ -199,10 +250,13 @@ class _Walkthrough:
         for device in (COLLECT, CLIMATE):
             key = load_or_create_device_key(self.settings.keys_dir, device)
             keys[device] = key
+            place, place_en = DEVICE_PLACES[device]
             body = {
                 "id": device,
                 "party": FARM,
                 "public_key": base64.b64encode(key.public_key).decode(),
+                "place": place,
+                "place_en": place_en,
             }
             reply = await http.post("/v1/devices", json=body, headers=farm_auth)
             _expect(reply, 201, 409)
@@ -329,17 +383,20 @@ class _Walkthrough:
     async def _show_pages(self, http: httpx.AsyncClient, cartons: list[ProductKey]) -> None:
         """Scan the cartons as a buyer's phone would; print their pages and one QR code."""
         _say("\n8. What a buyer sees after scanning (GET /{key}; HTML, or JSON on request):")
+        uris = []
         for carton in cartons:
             reply = await http.get(f"/{carton.path}", headers={"Accept": "application/json"})
+            _expect(reply, 200)
             body = reply.json()
-            verdict = body.get("verdict", "?")
-            _say(f"   {verdict:<9} {self.base}/{carton.path}   (English: add ?lang=en)")
+            # The link as the server makes it (its QR codes carry the same), not a guess of ours.
+            uris.append(body["product"]["uri"])
+            _say(f"   {body['verdict']:<9} {uris[-1]}   (English: add ?lang=en)")
         judged = [c for c in body.get("contracts", []) if c["status"] != "not_applicable"]
         if judged:
             summary = ", ".join(f"{c['id']} {c['status']}" for c in judged)
             _say(f"   contracts of the last carton: {summary}")
         _say(f"   the QR code of the first carton ({self.base}/qr/{cartons[0].path}.svg):")
-        _say(_qr_text(f"{self.base}/{cartons[0].path}"))
+        _say(_qr_text(uris[0]))
 
     async def _supply_chains(self, http: httpx.AsyncClient) -> None:
         """Run the egg and the beef scenarios of firmware_sim at accelerated time."""
@@ -349,7 +406,7 @@ class _Walkthrough:
         for name, speed, excursions in SCENARIOS:
             options = SimOptions(
                 scenario=name,
-                api=self.base,
+                api=self.local,
                 broker=self.broker,
                 data_dir=self.settings.data_dir,
                 admin_token=token,
@@ -408,23 +465,18 @@ class _Walkthrough:
                 raise ConfigError(f"nothing found by {query} within {SETTLE_SECONDS} s")
             await asyncio.sleep(0.5)
 
-    async def _three_pages(self, http: httpx.AsyncClient) -> dict[str, str]:
-        """Find a product with an excursion, a recalled one and a clean one; print their pages."""
+    async def _four_pages(self, http: httpx.AsyncClient) -> dict[str, tuple[str, str]]:
+        """Find a product with an excursion, a clean one, one failing a contract and a recalled
+        one; print their pages and the stall page of the shop. Return label → (key, link)."""
         inspector = await self._inspector_token(http)
-        _say("\n10. Three products as a buyer sees them (the verdict is computed at each scan):")
-        pages: dict[str, str] = {}
+        _say("\n10. Four products as a buyer sees them (the verdict is computed at each scan):")
+        pages: dict[str, tuple[str, str]] = {}
         key, meaning = await self._excursion(http, inspector)
         pages["excursion"] = await self._page(http, key, "excursion", meaning)
-        rows = await self._search(
-            http,
-            inspector,
-            f"/v1/products?contract=egg-cold-chain&status=pass&from={self.since}&limit=1000",
-        )
-        # A serialized egg case: what a buyer holds in the shop.
-        cases = sorted(str(row["key"]) for row in rows if "/21/" in str(row["key"]))
-        pages["clean"] = await self._page(
-            http, (cases or [str(rows[0]["key"])])[0], "clean", "verified, every contract passed"
-        )
+        key = await self._clean(http, inspector)
+        pages["clean"] = await self._page(http, key, "clean", "verified, every contract passed")
+        key, meaning = await self._failing(http, inspector)
+        pages["failing"] = await self._page(http, key, "failing", meaning)
         reply = await http.get(
             f"/v1/lineage/{self.recalled}?direction=forward&depth=all", headers=inspector
         )
@@ -434,9 +486,75 @@ class _Walkthrough:
         pages["recalled"] = await self._page(
             http, shown, "recalled", "made from the recalled animal"
         )
-        _say(f"   the QR code of the clean one ({self.base}/qr/{pages['clean']}.svg):")
-        _say(_qr_text(f"{self.base}/{pages['clean']}"))
+        pages["stall"] = await self._stall(http, pages["clean"][0])
+        clean, link = pages["clean"]
+        _say(f"   the QR code of the clean one ({self.base}/qr/{clean}.svg):")
+        _say(_qr_text(link))
         return pages
+
+    async def _stall(self, http: httpx.AsyncClient, key: str) -> tuple[str, str]:
+        """The stall page of the shop that received ``key``: one stall, one code (一摊一码)."""
+        scan = await http.get(f"/{key}", headers={"Accept": "application/json"})
+        _expect(scan, 200)
+        events = scan.json()["events"]
+        steps = ("retail_selling", "receiving")
+        seller = next(
+            (str(e["party"]["id"]) for e in reversed(events) if e["step"] in steps),
+            str(scan.json()["product"]["owner"]["id"]),
+        )
+        reply = await http.get(f"/p/{seller}", headers={"Accept": "application/json"})
+        _expect(reply, 200)
+        stall = reply.json()
+        url = str(stall["url"])
+        _say(f"   stall     {stall['credit']['score']:>3}/100   {url}")
+        _say(
+            f"   {'':<19} the shop's own page and QR code, {len(stall['products'])} recent "
+            f"products with their verdicts; printable label: {url}/label"
+        )
+        return seller, url
+
+    async def _clean(self, http: httpx.AsyncClient, inspector: dict[str, str]) -> str:
+        """A serialized egg case (what a buyer holds in the shop) that fails no contract.
+
+        Cases of the treated flock pass the egg cold chain too, but fail drug-withdrawal once
+        sold; so each candidate is scanned.
+        """
+        rows = await self._search(
+            http,
+            inspector,
+            f"/v1/products?contract=egg-cold-chain&status=pass&from={self.since}&limit=1000",
+        )
+        keys = [str(row["key"]) for row in rows]
+        for key in sorted(k for k in keys if "/21/" in k) or keys:
+            scan = await http.get(f"/{key}", headers={"Accept": "application/json"})
+            _expect(scan, 200)
+            body = scan.json()
+            if body["verdict"] == "verified" and all(
+                c["status"] != "fail" for c in body["contracts"]
+            ):
+                return key
+        raise ConfigError("no egg product of this run passes every contract")
+
+    async def _failing(self, http: httpx.AsyncClient, inspector: dict[str, str]) -> tuple[str, str]:
+        """An egg case of the treated flock sold during its withdrawal, and the contract's reason.
+
+        The evidence is genuine, so its verdict stays ``verified``: the contract result is what
+        tells the buyer (and the inspector) that these eggs should not have been sold.
+        """
+        query = f"/v1/products?contract=drug-withdrawal&status=fail&from={self.since}&limit=1000"
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            rows = await self._search(http, inspector, query)
+            for key in sorted(str(row["key"]) for row in rows if "/21/" in str(row["key"])):
+                scan = await http.get(f"/{key}", headers={"Accept": "application/json"})
+                _expect(scan, 200)
+                for result in scan.json()["contracts"]:
+                    if result["id"] == "drug-withdrawal" and result["status"] == "fail":
+                        reason = result["reasons"][0]["text"] if result["reasons"] else ""
+                        return key, f"drug-withdrawal contract fails: {reason}"
+            if time.monotonic() > deadline:
+                raise ConfigError(f"no egg case failing drug-withdrawal within {SETTLE_SECONDS} s")
+            await asyncio.sleep(0.5)
 
     async def _excursion(
         self, http: httpx.AsyncClient, inspector: dict[str, str]
@@ -478,9 +596,11 @@ class _Walkthrough:
             await asyncio.sleep(0.5)
         raise ConfigError(f"no meat product with an excursion within {SETTLE_SECONDS} s")
 
-    async def _page(self, http: httpx.AsyncClient, key: str, label: str, meaning: str) -> str:
-        """Scan ``key`` and print its verdict; the recalled one once a checkpoint holds the
-        recall (the verdict is computed from signed evidence only)."""
+    async def _page(
+        self, http: httpx.AsyncClient, key: str, label: str, meaning: str
+    ) -> tuple[str, str]:
+        """Scan ``key`` and print its verdict and link; the recalled one once a checkpoint holds
+        the recall (the verdict is computed from signed evidence only). Return key and link."""
         deadline = time.monotonic() + SETTLE_SECONDS
         while True:
             reply = await http.get(f"/{key}", headers={"Accept": "application/json"})
@@ -492,17 +612,20 @@ class _Walkthrough:
         failed = [c["id"] for c in reply.json()["contracts"] if c["status"] == "fail"]
         if label == "clean" and (verdict != "verified" or failed):
             raise ConfigError(f"the clean product {key} is {verdict}, failing {failed}")
-        _say(f"   {label:<9} {verdict:<9} {self.base}/{key}")
+        uri: str = reply.json()["product"]["uri"]
+        _say(f"   {label:<9} {verdict:<9} {uri}")
         _say(f"   {'':<19} {meaning}")
-        return key
+        return key, uri
 
-    def _try_it(self, carton: ProductKey, farm_auth: dict[str, str], pages: dict[str, str]) -> None:
+    def _try_it(
+        self, carton: ProductKey, farm_auth: dict[str, str], pages: dict[str, tuple[str, str]]
+    ) -> None:
         base, out = self.base, self.out
         _say("\n11. Try it yourself:")
         _say(f"   agritrace verify {out / 'bundle.json'} --policy {out / 'policy.txt'}")
         _say(f"   curl -o bundle.json {base}/v1/bundle/{carton.path}")
         _say(f"   curl {base}/v1/log/checkpoint    curl {base}/metrics")
-        _say(f"   curl -H 'Accept: application/json' {base}/{pages['excursion']}")
+        _say(f"   curl -H 'Accept: application/json' {pages['failing'][1]}")
         gaps = f"{base}/v1/devices/{COLLECT}/gaps"
         _say(f"   curl -H 'Authorization: {farm_auth['Authorization']}' {gaps}")
         _say(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agritrace.cli import main
+from traceapi import create_app
 from tracecore.bundle import Policy, parse_bundle, verify_bundle
+from tracecore.settings import load_settings
 
 
 def _free_port() -> int:
@@ -19,26 +22,43 @@ def _free_port() -> int:
         return port
 
 
-def _run(data: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    args = ["--data-dir", str(data), "demo", "--no-serve", "--port", str(_free_port())]
+def _run(data: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, int]:
+    """Run the demo once at a free port; return its output and the port."""
+    port = _free_port()
+    args = ["--data-dir", str(data), "demo", "--no-serve", "--port", str(port)]
     assert main(args) == 0
-    return capsys.readouterr().out
+    return capsys.readouterr().out, port
 
 
 def _pages(out: str) -> dict[str, tuple[str, str]]:
-    """The demo's three product pages: label → (verdict, URL)."""
-    found = re.findall(r"^   (excursion|clean|recalled) +(\w+) +(http://\S+)$", out, re.MULTILINE)
+    """The demo's four product pages: label → (verdict, URL)."""
+    found = re.findall(
+        r"^   (excursion|clean|failing|recalled) +(\w+) +(http://\S+)$", out, re.MULTILINE
+    )
     return {label: (verdict, url) for label, verdict, url in found}
 
 
+def _contracts(data: Path, app_client: Any, url: str) -> dict[str, str]:
+    """Scan the product of ``url`` again on the demo's data: contract id → status."""
+    path = url.split("/", 3)[3]
+    with app_client(create_app(load_settings(data_dir=data))) as client:
+        reply = client.get(f"/{path}", headers={"Accept": "application/json"})
+    assert reply.status_code == 200
+    return {c["id"]: c["status"] for c in reply.json()["contracts"]}
+
+
 def test_demo_runs_the_pipeline_and_resumes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    app_client: Any,
 ) -> None:
     """Registration, MQTT traffic with receipts, a cosigned checkpoint, a verified bundle, the
-    egg and beef scenarios, a recall and three product pages; twice."""
+    egg and beef scenarios, a recall and four product pages at the demo's port; twice."""
     monkeypatch.delenv("AGRITRACE_ADMIN_TOKEN", raising=False)
     monkeypatch.delenv("AGRITRACE_MQTT_URL", raising=False)
-    first = _run(tmp_path, capsys)
+    monkeypatch.delenv("AGRITRACE_PUBLIC_URL", raising=False)
+    first, port = _run(tmp_path, capsys)
     assert len(re.findall(r"  registered\b", first)) == 4
     assert "8 messages signed and all receipted" in first
     assert "refused and kept: bad_signature" in first
@@ -50,8 +70,31 @@ def test_demo_runs_the_pipeline_and_resumes(
     assert pages["clean"][0] == "verified"
     assert pages["recalled"][0] == "recalled"
     assert "/R1" in pages["clean"][1]  # the scenarios' first run
+    # Genuine evidence, so verified; the contract is what catches the sale during withdrawal.
+    assert pages["failing"][0] == "verified"
+    assert "drug-withdrawal contract fails: eggs collected" in first
+    assert re.search(r"/R1F1D\d+H2/21/C\d+$", pages["failing"][1])  # the treated house
+    assert _contracts(tmp_path, app_client, pages["failing"][1])["drug-withdrawal"] == "fail"
+    clean = _contracts(tmp_path, app_client, pages["clean"][1])
+    assert clean["drug-withdrawal"] == "pass"
+    assert "fail" not in clean.values()
+    # Links, QR codes and bundle URLs follow --port when AGRITRACE_PUBLIC_URL is unset.
+    here = f"http://127.0.0.1:{port}/"
+    assert all(url.startswith(here) for _, url in pages.values())
+    assert f"the QR code of the clean one ({here}qr/" in first
+    assert f"curl -o bundle.json {here}v1/bundle/" in first
+    assert "127.0.0.1:8000" not in first
+    # The stall page of the shop that sold the clean case, with its QR label (一摊一码).
+    stall = re.search(rf"^   stall +\d+/100 +({here}p/\S+)$", first, re.MULTILINE)
+    assert stall is not None, first
+    path = stall.group(1).removeprefix(here)
+    with app_client(create_app(load_settings(data_dir=tmp_path))) as client:
+        reply = client.get(f"/{path}", headers={"Accept": "application/json"})
+    assert reply.status_code == 200
+    assert reply.json()["kind"] == "retailer"
+    assert reply.json()["products"]
 
-    second = _run(tmp_path, capsys)
+    second, _ = _run(tmp_path, capsys)
     assert len(re.findall(r"  found again\b", second)) == 4
     assert "-2/21/C0001" in second  # a new lot each run
     assert re.search(r"consistency  the log at (\d+) extends the previous checkpoint at 10", second)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from contracts import Status, evaluate_story
 from firmware_sim.scenarios import (
     BEEF_CUTS_GTIN,
     COLD_CHAIN_LIMIT_C,
@@ -14,6 +15,9 @@ from firmware_sim.scenarios import (
     build_scenario,
 )
 from ingest.rights import Outcome, ProductState, decide
+from tracecore.verdict import SensorPoint, Story, StoryEvent
+
+T0 = 1_700_000_000_000
 
 
 def _replay(scenario: Scenario) -> dict[str, ProductState]:
@@ -24,7 +28,7 @@ def _replay(scenario: Scenario) -> dict[str, ProductState]:
     for seq, planned in enumerate(scenario.timeline, 1):
         assert planned.at_ms >= last_time.get(planned.device, 0)
         last_time[planned.device] = planned.at_ms
-        message = planned.message(seq, 1_700_000_000_000 + planned.at_ms)
+        message = planned.message(seq, T0 + planned.at_ms)
         party = scenario.party_of(planned.device)
         keys = [k.path for k in (*planned.products, *planned.parents)]
         decision = decide(message, party, {k: state.get(k) for k in keys}, parties)
@@ -104,3 +108,81 @@ def test_reproducible_with_a_seed_and_new_keys_per_run() -> None:
     assert all(p.id.startswith("t1-") for p in prefixed.parties)
     names = {p.name for p in prefixed.parties}
     assert any("兰州" in name and "Lanzhou" in name for name in names)
+
+
+def _story(scenario: Scenario, product: str) -> Story:
+    """What a bundle of ``product`` holds: the entries naming it or an ancestor (device time =
+    scenario time, as at ``--speed 1``)."""
+    parents: dict[str, tuple[str, ...]] = {}
+    for planned in scenario.timeline:
+        for key in planned.products:
+            if planned.parents:
+                parents[key.path] = tuple(p.path for p in planned.parents)
+    lineage, frontier = {product}, [product]
+    while frontier:
+        frontier = [p for key in frontier for p in parents.get(key, ()) if p not in lineage]
+        lineage.update(frontier)
+    devices = {d.id: d.party for d in scenario.devices}
+    events: list[StoryEvent] = []
+    readings: list[SensorPoint] = []
+    for index, planned in enumerate(scenario.timeline, 1):
+        keys = tuple(k.path for k in planned.products)
+        if lineage.isdisjoint(keys):
+            continue
+        time, device = T0 + planned.at_ms, planned.device
+        if planned.step is None:
+            readings.extend(
+                SensorPoint(index, time, device, keys, s.type, float(s.value), s.uom)
+                for s in planned.sensors
+            )
+            continue
+        events.append(
+            StoryEvent(
+                index,
+                time,
+                planned.step,
+                device,
+                devices[device],
+                keys,
+                tuple(p.path for p in planned.parents),
+                planned.location,
+                planned.data,
+            )
+        )
+    return Story(
+        product=product,
+        owner=None,
+        created=None,
+        owners={},
+        heads={},
+        events=tuple(sorted(events, key=lambda e: (e.time, e.index))),
+        readings=tuple(sorted(readings, key=lambda r: (r.time, r.index))),
+        parents=parents,
+        devices=devices,
+        recalls=(),
+    )
+
+
+def _withdrawal(scenario: Scenario, case: str) -> tuple[Status, str]:
+    """The drug-withdrawal status of ``case`` and its first reason."""
+    results = {r.contract: r for r in evaluate_story(_story(scenario, case), 1)}
+    result = results["drug-withdrawal"]
+    return result.status, result.reasons[0].text
+
+
+def test_eggs_of_the_treated_flock_reach_retail_and_fail_withdrawal() -> None:
+    """On farm 1, sold cases of house 2 laid within the 7-day withdrawal fail drug-withdrawal;
+    sold cases of house 1, and unsold ones of house 2, pass."""
+    scenario = build_scenario("egg", ScenarioConfig(), 2 * DAY_MS)
+    sold = {k.path for p in scenario.timeline if p.step == "retail_selling" for k in p.products}
+    for day in (0, 1):
+        lot = f"01/{EGG_GTIN}/10/R1F1D{day}"
+        treated, untreated, unsold = f"{lot}H2/21/C001", f"{lot}H1/21/C001", f"{lot}H2/21/C020"
+        assert {treated, untreated} <= sold
+        assert unsold not in sold
+        status, reason = _withdrawal(scenario, treated)
+        assert status is Status.FAIL
+        assert "during the 7-day withdrawal of oxytetracycline" in reason
+        assert "sold at entry" in reason
+        assert _withdrawal(scenario, untreated)[0] is Status.PASS
+        assert _withdrawal(scenario, unsold)[0] is Status.PASS
