@@ -196,7 +196,7 @@ _ZH: Final[dict[str, str]] = {
     "stall.deduction.failure": "{contract}不合格（{n} 件产品）",
     "stall.deduction.recall": "产品召回（日志序号 {entry}）",
     "stall.deduction.complaints": "{n} 条买家投诉",
-    "stall.feedback_hint": "打开产品页面可以评价或投诉。",
+    "stall.feedback_product": "哪件产品",
     "stall.qr_alt": "{name} 的摊位二维码",
     "stall.print": "打印标签",
 }
@@ -383,7 +383,7 @@ _EN: Final[dict[str, str]] = {
     "stall.deduction.failure": "{contract} failed ({n} products)",
     "stall.deduction.recall": "Product recall (log entry {entry})",
     "stall.deduction.complaints": "{n} buyer complaints",
-    "stall.feedback_hint": "Open a product's page to rate it or complain.",
+    "stall.feedback_product": "Which product",
     "stall.qr_alt": "QR code of {name}'s stall",
     "stall.print": "Print a label",
 }

@@ -28,6 +28,8 @@ from traceapi.vocabulary import (
     product_label,
     term,
 )
+from tracecore.errors import IdentifierError
+from tracecore.identifiers import ProductKey, parse_party_id
 from tracecore.storage.trace import PartyInfo
 from tracecore.verdict import SensorPoint, Story, StoryEvent
 
@@ -255,10 +257,19 @@ class _Context:
         return (en or zh) if self.lang == "en" else (zh or en)
 
     def link(self, kind: str, value: str) -> tuple[str, str | None]:
-        if kind == "party":
-            view = self.party(value)
-            return view.name, view.href
-        return product_label(self.lang, value), f"/{value}?lang={self.lang}"
+        """A party id or product key in signed data as a name and a link to its page.
+
+        The text comes from a device, so only a well-formed id or key becomes a link (and
+        then to its canonical path on this site): anything else is shown as plain text.
+        """
+        try:
+            if kind == "party":
+                view = self.party(parse_party_id(value))
+                return view.name, view.href
+            key = ProductKey.parse(value)
+        except IdentifierError:
+            return value, None
+        return product_label(self.lang, key.path), f"/{key.path}?lang={self.lang}"
 
     def t(self, key: str, **values: object) -> str:
         return text(self.lang, key, **values)
@@ -478,25 +489,53 @@ def _stage_kind(ctx: _Context, event: StoryEvent, party_kind: str) -> str:
     return "farm"
 
 
+# The order of a food supply chain, for stages whose signed times overlap or run backwards (two
+# devices' clocks a few seconds apart, or accelerated simulations): farm before slaughter
+# before the truck before the shop. Stages of the same rank keep their time order.
+_RANK: Final = {
+    "farm": 0,
+    "tests": 1,
+    "packing": 2,
+    "coldstore": 3,
+    "slaughter": 4,
+    "cutting": 5,
+    "processing": 6,
+    "carrier": 7,
+    "retailer": 8,
+    "inspector": 9,
+}
+
+
+def _grouped(ctx: _Context) -> list[tuple[str, str, list[StoryEvent]]]:
+    """The story's events grouped into stages ``(kind, party, events)``, in journey order.
+
+    A stage is one party doing one kind of work; a dispatch (shipping, loading) belongs to the
+    stage of the party handing the goods over.
+    """
+    groups: dict[tuple[str, str], list[StoryEvent]] = {}
+    last: dict[str, tuple[str, str]] = {}
+    for event in ctx.story.events:
+        info = ctx.profiles.get(event.party)
+        key = (_stage_kind(ctx, event, info.kind if info else ""), event.party)
+        if event.step in _HAND_OVER and event.party in last:
+            key = last[event.party]
+        groups.setdefault(key, []).append(event)
+        last[event.party] = key
+    ordered = sorted(groups.items(), key=lambda item: (_RANK.get(item[0][0], 6), item[1][0].time))
+    return [(kind, party, events) for (kind, party), events in ordered]
+
+
 def _stages(ctx: _Context, series: Mapping[str, Sequence[SensorPoint]]) -> list[Stage]:
     story = ctx.story
     lineage = {story.product, *story.ancestors()}
-    raw: list[tuple[str, str, list[StoryEvent]]] = []  # kind, party, events
-    for event in story.events:
-        party = event.party
-        info = ctx.profiles.get(party)
-        kind = _stage_kind(ctx, event, info.kind if info else "")
-        # A dispatch belongs to the stage of the party handing the goods over.
-        hand_over = event.step in _HAND_OVER
-        if raw and raw[-1][1] == party and (hand_over or raw[-1][0] == kind):
-            raw[-1][2].append(event)
-        else:
-            raw.append((kind, party, [event]))
+    raw = _grouped(ctx)
+    starts = sorted(events[0].time for _, _, events in raw)
     stages: list[Stage] = []
     points = sorted((p for s in series.values() for p in s), key=lambda p: p.time)
-    for n, (kind, party, events) in enumerate(raw):
+    for kind, party, events in raw:
         start = events[0].time
-        end = raw[n + 1][2][0].time if n + 1 < len(raw) else None
+        # The party's readings from this stage's start until another stage starts.
+        end = next((t for t in starts if t > start), None)
         mine = [
             p.value
             for p in points

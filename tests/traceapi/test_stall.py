@@ -95,3 +95,22 @@ def test_stall_qr_decodes_to_the_stall_page(pages_site: Any, zbarimg: str, tmp_p
     label = _get(pages_site, f"/p/{RETAILER}/label?lang=zh").text
     assert "<svg" in label
     assert "兰州惠民超市" in label
+
+
+def test_stall_feedback_form_rates_one_of_its_products(pages_site: Any) -> None:
+    """The form posts a rating for a listed product and comes back to the stall with thanks."""
+    body = _get(pages_site, f"/p/{RETAILER}", **JSON).json()
+    product = body["products"][0]["key"]
+    page = _get(pages_site, f"/p/{RETAILER}?lang=en").text
+    assert f'action="/p/{RETAILER}/feedback"' in page
+    assert f'<option value="{product}">' in page
+    form = {"product": product, "rating": "4", "complaint": "", "lang": "en"}
+    sent = httpx.post(f"{pages_site.base}/p/{RETAILER}/feedback", data=form, timeout=30)
+    assert sent.status_code == 303
+    assert sent.headers["location"] == f"/p/{RETAILER}?lang=en&feedback=thanks"
+    # A product the stall does not show is refused: feedback counts against its owner's credit.
+    other = {**form, "product": "01/06901234567892/10/L999999"}
+    refused = httpx.post(f"{pages_site.base}/p/{RETAILER}/feedback", data=other, timeout=30)
+    assert refused.status_code == 422
+    thanks = _get(pages_site, f"/p/{RETAILER}?lang=en&feedback=thanks").text
+    assert "Thank you" in thanks

@@ -228,3 +228,15 @@ def test_excursions_run_until_the_first_reading_back_under(
     assert excursions({"d": points}, 7.2) == [
         Excursion("d", a * MINUTE, b * MINUTE, peak) for a, b, peak in found
     ]
+
+
+def test_journey_keeps_the_supply_chain_order_when_clocks_disagree() -> None:
+    """A cold store whose clock runs behind the grader's still comes after packing."""
+    chain = egg_chain()
+    stored = next(e for e in chain.events if e.step == "storing")
+    chain.events[chain.events.index(stored)] = StoryEvent(
+        stored.index, T0 + 6 * HOUR + 50 * MINUTE, "storing", "store", "egg-farm",
+        stored.products, (), None, None,
+    )  # fmt: skip
+    kinds = [s.kind for s in _summary(chain).stages]
+    assert kinds == ["farm", "packing", "coldstore", "carrier", "retailer"]

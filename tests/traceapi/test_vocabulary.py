@@ -7,6 +7,7 @@ import re
 import pytest
 
 from traceapi.i18n import LANGUAGES, Lang
+from traceapi.summary import _Context
 from traceapi.vocabulary import (
     FIELDS,
     STEPS,
@@ -18,6 +19,7 @@ from traceapi.vocabulary import (
     sensor_name,
     term,
 )
+from tracecore.verdict import Story
 
 # What the simulator's scenarios and docs/protocol.md put into ``data``.
 FEED = {
@@ -38,6 +40,7 @@ TEST = {
         "sample": "01/06901234570037/21/S262060200101001",
     }
 }
+LOT_KEY = "01/06901234567892/10/L1"
 PROGRAMMING = re.compile(r"[{}\[\]]|': |\": |\bTrue\b|\bFalse\b|\bNone\b")
 
 
@@ -115,3 +118,27 @@ def test_every_field_has_both_labels() -> None:
     for key, field in FIELDS.items():
         assert re.search("[\u4e00-\u9fff]", field.zh), key
         assert re.fullmatch("[A-Z][A-Za-z .()]*", field.en), key
+
+
+@pytest.mark.parametrize(
+    "value", ["//evil.example/x", "javascript:alert(1)", "../../v1/admin", "01/123/10/L1"]
+)
+def test_device_text_never_becomes_a_foreign_link(value: str) -> None:
+    """A product or party field holding anything but a well-formed key is shown, not linked."""
+    story = Story(
+        product=LOT_KEY,
+        owner=None,
+        created=None,
+        owners={},
+        heads={},
+        events=(),
+        readings=(),
+        parents={},
+        devices={},
+        recalls=(),
+    )
+    summary_link = _Context("en", story, {}, {}).link
+    for kind in ("product", "party"):
+        assert summary_link(kind, value) == (value, None)
+    text, href = summary_link("product", "01/06901234567892/10/L1")
+    assert (text, href) == ("lot L1", "/01/06901234567892/10/L1?lang=en")

@@ -30,7 +30,7 @@ from tracecore.storage.engine import session_scope
 from tracecore.storage.models import Feedback, Product
 from tracecore.storage.trace import client_hash, feedback_count_since
 
-__all__ = ["FeedbackIn", "FeedbackOut", "router"]
+__all__ = ["FeedbackIn", "FeedbackOut", "read_feedback_form", "router", "store_feedback"]
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
@@ -68,24 +68,64 @@ def _out(row: Feedback) -> FeedbackOut:
     )
 
 
-async def _read_body(request: Request) -> tuple[FeedbackIn, str | None]:
-    """Parse the JSON or form body; return it and the page language of a form post."""
+_INVALID: Final = "rating must be an integer 1-5; complaint at most 2000 characters"
+
+
+async def read_feedback_form(request: Request) -> tuple[FeedbackIn, str, dict[str, list[str]]]:
+    """Parse a URL-encoded feedback form: the feedback, the page language, every field."""
     raw = await request.body()
     if len(raw) > _MAX_BODY:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "the body is too large")
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
-        if kind == "application/x-www-form-urlencoded":
-            form = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
-            complaint = (form.get("complaint") or [""])[0].strip() or None
-            rating = (form.get("rating") or [""])[0]
-            lang = (form.get("lang") or [""])[0]
-            body = FeedbackIn(rating=int(rating) if rating.isdigit() else 0, complaint=complaint)
-            return body, lang if lang in ("zh", "en") else "zh"
+        form = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
+        complaint = (form.get("complaint") or [""])[0].strip() or None
+        rating = (form.get("rating") or [""])[0]
+        lang = (form.get("lang") or [""])[0]
+        body = FeedbackIn(rating=int(rating) if rating.isdigit() else 0, complaint=complaint)
+    except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, _INVALID) from exc
+    return body, lang if lang in ("zh", "en") else "zh", form
+
+
+async def _read_body(request: Request) -> tuple[FeedbackIn, str | None]:
+    """Parse the JSON or form body; return it and the page language of a form post."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        body, lang, _ = await read_feedback_form(request)
+        return body, lang
+    raw = await request.body()
+    if len(raw) > _MAX_BODY:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "the body is too large")
+    try:
         return FeedbackIn.model_validate(json.loads(raw)), None
     except (ValidationError, ValueError, UnicodeDecodeError) as exc:
-        detail = "rating must be an integer 1-5; complaint at most 2000 characters"
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, _INVALID) from exc
+
+
+def store_feedback(request: Request, product: ProductKey, body: FeedbackIn) -> FeedbackOut | None:
+    """Store a buyer's feedback on ``product``; None when the client is over its hourly limit.
+
+    Raises NotFound for a product nobody registered.
+    """
+    settings: Settings = request.app.state.settings
+    engine: Engine = request.app.state.engine
+    now: int = request.app.state.clock()
+    client = client_hash(scan_salt(request), client_address(request))
+    with session_scope(engine) as session:
+        if session.get(Product, product.path) is None:
+            raise NotFound(f"no product {product.path}")
+        if feedback_count_since(session, client, now - _HOUR_MS) >= settings.feedback_per_hour:
+            return None
+        row = Feedback(
+            product_key=product.path,
+            rating=body.rating,
+            complaint=body.complaint,
+            client=client,
+            at_ms=now,
+        )
+        session.add(row)
+        session.flush()
+        return _out(row)
 
 
 @router.post(
@@ -111,31 +151,16 @@ async def post_feedback(key: str, request: Request) -> Response:  # noqa: ARG001
     product = raw_product_key(request, "/v1/feedback/")
     body, form_lang = await _read_body(request)
     settings: Settings = request.app.state.settings
-    engine: Engine = request.app.state.engine
-    now: int = request.app.state.clock()
-    client = client_hash(scan_salt(request), client_address(request))
     page = f"/{product.path}?lang={form_lang}&feedback="
-    with session_scope(engine) as session:
-        if session.get(Product, product.path) is None:
-            raise NotFound(f"no product {product.path}")
-        if feedback_count_since(session, client, now - _HOUR_MS) >= settings.feedback_per_hour:
-            if form_lang is not None:
-                return RedirectResponse(page + "limited", status.HTTP_303_SEE_OTHER)
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                f"at most {settings.feedback_per_hour} submissions an hour",
-                headers={"Retry-After": "3600"},
-            )
-        row = Feedback(
-            product_key=product.path,
-            rating=body.rating,
-            complaint=body.complaint,
-            client=client,
-            at_ms=now,
+    out = store_feedback(request, product, body)
+    if out is None:
+        if form_lang is not None:
+            return RedirectResponse(page + "limited", status.HTTP_303_SEE_OTHER)
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"at most {settings.feedback_per_hour} submissions an hour",
+            headers={"Retry-After": "3600"},
         )
-        session.add(row)
-        session.flush()
-        out = _out(row)
     if form_lang is not None:
         return RedirectResponse(page + "thanks", status.HTTP_303_SEE_OTHER)
     return Response(out.model_dump_json(), status.HTTP_201_CREATED, media_type="application/json")

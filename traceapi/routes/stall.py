@@ -3,23 +3,26 @@
 A buyer at a market stall scans the stall's own QR code and sees who sells there: the name,
 registration or licence and place (registry data), the credit score with every deduction
 explained, the products the party's devices signed records of most recently with their
-verdicts (each checked now, as a scan checks it), and the feedback form of those products.
-``GET /p/{party}/qr.svg`` (and ``.png``) is the code, ``GET /p/{party}/label`` a printable
-label. JSON on ``Accept: application/json``, as for product scans.
+verdicts (each checked now, as a scan checks it), and a feedback form: the buyer picks one of
+those products, rates it and may complain (``POST /p/{party}/feedback``, stored as feedback on
+that product, with the same hourly limit as the product page's form). ``GET /p/{party}/qr.svg``
+(and ``.png``) is the code, ``GET /p/{party}/label`` a printable label. JSON on
+``Accept: application/json``, as for product scans.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.responses import HTMLResponse, RedirectResponse
 from markupsafe import Markup
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from traceapi.i18n import Lang, choose_language
 from traceapi.pages import render
+from traceapi.routes.feedback import read_feedback_form, store_feedback
 from traceapi.routes.qr import Border, Scale, qr_png, qr_svg
 from traceapi.routes.scan import CREDIT_DAYS, wants_json
 from traceapi.state import scan_policy
@@ -116,7 +119,12 @@ def _stall(request: Request, info: PartyInfo, language: Lang) -> StallOut:
 
 
 @router.get("/p/{party_id}", response_model=StallOut, summary="A party's public page (stall)")
-def stall(party_id: str, request: Request, lang: LangQuery = None) -> Response:
+def stall(
+    party_id: str,
+    request: Request,
+    lang: LangQuery = None,
+    feedback: Annotated[str | None, Query(max_length=16, include_in_schema=False)] = None,
+) -> Response:
     """The stall page: who sells here, their credit and recent products; JSON on Accept."""
     language = choose_language(lang, request.headers.get("accept-language"))
     as_json = wants_json(request.headers.get("accept"))
@@ -130,8 +138,35 @@ def stall(party_id: str, request: Request, lang: LangQuery = None) -> Response:
     out = _stall(request, info, language)
     if as_json:
         return Response(out.model_dump_json(), 200, headers, media_type="application/json")
-    html = render("stall.html", lang=language, stall=out, path=request.url.path)
+    html = render("stall.html", lang=language, stall=out, path=request.url.path, feedback=feedback)
     return HTMLResponse(html, headers=headers)
+
+
+@router.post(
+    "/p/{party_id}/feedback",
+    status_code=status.HTTP_303_SEE_OTHER,
+    responses={303: {"description": "back to the stall page"}, 404: {}, 422: {}},
+)
+async def stall_feedback(party_id: str, request: Request) -> Response:
+    """The stall page's form: rate one of the stall's recent products (public, rate-limited)."""
+    info = _party(request, party_id)
+    if info is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such party")
+    body, lang, form = await read_feedback_form(request)
+    key = (form.get("product") or [""])[0]
+    engine: Engine = request.app.state.engine
+    with session_scope(engine) as session:
+        recent = recent_products(session, info.id, RECENT)
+    if key not in recent:
+        # Only what the stall shows: feedback counts against the product's owner's credit.
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "product must be one of the stall's products"
+        )
+    stored = store_feedback(request, ProductKey.parse_canonical(key), body)
+    outcome = "thanks" if stored is not None else "limited"
+    return RedirectResponse(
+        f"/p/{info.id}?lang={lang}&feedback={outcome}", status.HTTP_303_SEE_OTHER
+    )
 
 
 @router.get("/p/{party_id}/qr.svg", response_class=Response)
