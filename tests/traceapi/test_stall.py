@@ -114,3 +114,12 @@ def test_stall_feedback_form_rates_one_of_its_products(pages_site: Any) -> None:
     assert refused.status_code == 422
     thanks = _get(pages_site, f"/p/{RETAILER}?lang=en&feedback=thanks").text
     assert "Thank you" in thanks
+
+
+@pytest.mark.parametrize("path", [f"/p/{RETAILER}", f"/p/{RETAILER}/label"])
+def test_unsupported_language_falls_back_to_the_browsers(pages_site: Any, path: str) -> None:
+    """``?lang=fr`` on a stall page or label is the page in Accept-Language's language."""
+    page = _get(pages_site, path + "?lang=fr", **{"Accept-Language": "en-GB,en;q=0.9"})
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<html lang="en">' in page.text

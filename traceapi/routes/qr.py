@@ -22,7 +22,7 @@ from markupsafe import Markup
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from traceapi.i18n import Lang, choose_language
+from traceapi.i18n import choose_language
 from traceapi.pages import render
 from traceapi.paths import raw_product_key
 from tracecore.identifiers import ProductKey
@@ -95,7 +95,9 @@ def get_labels(
     serials: Annotated[
         str | None, Query(max_length=20_000, description="comma-separated serials of the lot")
     ] = None,
-    lang: Annotated[Lang | None, Query()] = None,
+    lang: Annotated[
+        str | None, Query(max_length=16, description="zh or en (else Accept-Language)")
+    ] = None,
     scale: Scale = 3,
 ) -> HTMLResponse:
     """A printable sheet of QR labels: one per serial of a lot, or one for the key."""
