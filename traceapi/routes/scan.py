@@ -56,7 +56,7 @@ from tracecore.storage.trace import (
     record_scan,
     scan_stats,
 )
-from tracecore.verdict import Story
+from tracecore.verdict import MAX_CHART_POINTS, Story
 
 __all__ = ["router", "wants_json"]
 
@@ -215,7 +215,7 @@ def _answer(
             children=page.children,
         )
         context["summary"] = summary
-        context.update(chart_context(story, summary, language))
+        context.update(_chart_context(story, summary, language))
     if page is not None:
         context["recall_parties"] = {
             pid: info.name_en if language == "en" and info.name_en else pick(language, info.name)
@@ -227,7 +227,7 @@ def _answer(
     return HTMLResponse(html, status_code=status_code, headers=headers)
 
 
-def chart_context(story: Story, summary: Summary, language: Lang) -> dict[str, object]:
+def _chart_context(story: Story, summary: Summary, language: Lang) -> dict[str, object]:
     """The chart, its legend and its table for the page (empty when there are no readings)."""
     series = chart_series(story)
     if not series:
@@ -258,7 +258,12 @@ def chart_context(story: Story, summary: Summary, language: Lang) -> dict[str, o
         text=words,
     )
     legend = [
-        (COLOURS[n % len(COLOURS)], summary.series_names.get(device, device), len(points))
+        (
+            COLOURS[n % len(COLOURS)],
+            summary.series_names.get(device, device),
+            min(len(points), MAX_CHART_POINTS),  # downsampled to this many (min/max buckets)
+            len(points),
+        )
         for n, (device, points) in enumerate(sorted(series.items()))
     ]
     return {
