@@ -139,7 +139,8 @@ def scan(
             return _answer(view, 404, as_json, language, request)
         story = assessment.story
         profiles = party_profiles(session, set() if story is None else story_parties(story))
-        places = device_places(session, set() if story is None else set(story.devices))
+        # Device places name chart series on the page only: a JSON scan does not read them.
+        places = {} if as_json or story is None else device_places(session, set(story.devices))
         children = children_of(session, key.path)
         credit = None
         producer = None if story is None else origin_party(story)
