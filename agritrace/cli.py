@@ -346,7 +346,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from agritrace.address import serving_settings
-    from agritrace.runner import reuse_port_socket, run_api_workers
+    from agritrace.runner import freeze_startup_heap, reuse_port_socket, run_api_workers
     from traceapi import create_app
 
     if args.workers < 1:
@@ -359,10 +359,14 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
         # the kernel spreads new connections over them (SO_REUSEPORT). A shared socket, as
         # uvicorn's own --workers uses, let one process take most keep-alive connections.
         sock = reuse_port_socket(args.host, args.port)
-        uvicorn.run(create_app(settings), fd=sock.fileno(), log_level="warning")
+        app = create_app(settings)
+        freeze_startup_heap()
+        uvicorn.run(app, fd=sock.fileno(), log_level="warning")
         return 0
     if args.workers == 1:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        app = create_app(settings)
+        freeze_startup_heap()
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
         return 0
     return run_api_workers(args.host, args.port, args.workers)
 
