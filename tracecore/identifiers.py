@@ -57,6 +57,7 @@ _HEX: Final = frozenset("0123456789abcdefABCDEF")
 
 _GTIN_LENGTHS: Final = (8, 12, 13, 14)  # GS1 General Specifications §3.3.2: GTIN-8/12/13/14
 _GTIN14_LENGTH: Final = 14
+_DOT_SEGMENTS: Final = frozenset({".", ".."})  # RFC 3986 §3.3, §5.2.4
 _VALUE_MAX_LENGTH: Final = 20  # GS1 General Specifications, AI (10) and AI (21): format X..20
 _CHECK_BODY_MAX_LENGTH: Final = 17  # the longest GS1 key with a check digit (SSCC, 18 digits)
 
@@ -169,7 +170,9 @@ def parse_party_id(text: str) -> str:
 
 
 def _check_value(name: str, value: str) -> None:
-    """Check a decoded lot or serial: 1-20 characters of AI 82 (GS1 Gen Specs Figure 7.11-1)."""
+    """Check a decoded lot or serial: 1-20 characters of AI 82 (GS1 Gen Specs Figure 7.11-1),
+    and not a dot segment ``.`` or ``..`` (RFC 3986 §5.2.4).
+    """
     if not 1 <= len(value) <= _VALUE_MAX_LENGTH:
         raise IdentifierError(
             f"{name} must be 1-{_VALUE_MAX_LENGTH} characters, got {len(value)} ({_show(value)})"
@@ -180,6 +183,15 @@ def _check_value(name: str, value: str) -> None:
                 f"{name} may only hold characters of GS1 AI encodable character set 82 "
                 f"(A-Z a-z 0-9 and !\"%&'()*+,-./:;<=>?_), got {char!r} in {_show(value)}"
             )
+    if value in _DOT_SEGMENTS:
+        # RFC 3986 §5.2.4 (remove_dot_segments): a client resolving the key's URI drops a "."
+        # segment and a ".." with the segment before it, so "01/{gtin}/10/.." would reach
+        # "/01/{gtin}", another resource. Browsers treat %2E like "." (WHATWG URL, "single-dot
+        # / double-dot URL path segment"), so the decoded value is checked. docs/identifiers.md
+        raise IdentifierError(
+            f"{name} must not be {value!r}: a '.' or '..' path segment is removed or climbs "
+            "one level when a browser resolves the URI (RFC 3986 §5.2.4)"
+        )
 
 
 def _encode(value: str) -> str:
@@ -361,7 +373,8 @@ class ProductKey:
 
         Raises :class:`IdentifierError` naming the broken rule: query or fragment, empty or
         trailing segment, unknown, repeated or misordered AI, missing lot and serial, bad GTIN,
-        malformed escape, character outside AI 82, or a value longer than 20 characters.
+        malformed escape, character outside AI 82, a value longer than 20 characters, or a lot
+        or serial that is a dot segment ``.`` or ``..`` (also when spelled ``%2E``).
         """
         path = text[1:] if text.startswith("/") else text
         gtin, lot, serial = _split_path(path)

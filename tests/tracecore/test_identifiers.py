@@ -415,6 +415,33 @@ def test_parse_canonical_rejects_other_spellings(text: str, canonical: str) -> N
         ProductKey.parse_canonical(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"01/{G}/10/..",
+        f"01/{G}/10/.",
+        f"01/{G}/21/..",
+        f"01/{G}/10/L/21/.",
+        f"01/{G}/10/%2E%2E",  # browsers decode %2E before removing dot segments
+        f"01/{G}/10/.%2e",
+        f"01/{G}/21/%2E",
+    ],
+)
+def test_parse_refuses_dot_segments(text: str) -> None:
+    """A lot or serial '.' or '..' is refused: a browser would resolve its URI elsewhere."""
+    with pytest.raises(IdentifierError, match=re.escape("RFC 3986 §5.2.4")):
+        ProductKey.parse(text)
+    with pytest.raises(IdentifierError, match=r"must not be '\.\.?'"):
+        ProductKey.parse_canonical(text)
+
+
+@pytest.mark.parametrize("value", ["...", ".a", "a.", "..b", "a..b"])
+def test_values_with_dots_that_are_not_dot_segments_stay_valid(value: str) -> None:
+    """Only a value that is exactly '.' or '..' is a dot segment; other dots are fine."""
+    key = ProductKey.from_parts(G, lot=value, serial=value)
+    assert ProductKey.parse_canonical(key.path) == key
+
+
 def test_uri_joins_base_and_path() -> None:
     """uri() puts exactly one slash between the base URL and the canonical path."""
     key = ProductKey.from_parts("4006381333931", "L/1", "S")
@@ -464,6 +491,8 @@ def test_product_key_is_frozen() -> None:
         (lambda: ProductKey(G, lot="L", serial="\n"), "character set 82"),
         (lambda: ProductKey(6901234567892, lot="L"), "gtin must be a str"),  # type: ignore[arg-type]
         (lambda: ProductKey(G, lot=7), "lot must be a str"),  # type: ignore[arg-type]
+        (lambda: ProductKey(G, lot=".."), "lot must not be '..'"),
+        (lambda: ProductKey.from_parts(G, serial="."), "serial must not be '.'"),
     ],
 )
 def test_construction_validates(build: Callable[[], ProductKey], message: str) -> None:
@@ -474,7 +503,10 @@ def test_construction_validates(build: Callable[[], ProductKey], message: str) -
 
 # --- properties -------------------------------------------------------------------------------
 
-ai82_values = st.text(alphabet=AI82_REFERENCE, min_size=1, max_size=20)
+# "." and ".." are dot segments, refused (test_parse_refuses_dot_segments).
+ai82_values = st.text(alphabet=AI82_REFERENCE, min_size=1, max_size=20).filter(
+    lambda value: value not in (".", "..")
+)
 
 
 @st.composite
