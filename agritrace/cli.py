@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agritrace.tokens import add_token_parser
 from tracecore.errors import AgritraceError, ConfigError
 from tracecore.keys import VerifierKey
 from tracecore.settings import Settings, load_settings
@@ -49,6 +50,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+_PORT_MAX = 65_535  # TCP ports are 16-bit (RFC 9293 §3.1)
+
+
+def _port(text: str) -> int:
+    """The argparse type of ``--port``: a TCP port 1-65535.
+
+    Checked here because the server does not: uvloop's ``create_server`` (uvicorn's loop) takes
+    the port modulo 2**16, so 99999 bound 34463. Port 0 asks the OS for any free port, which the
+    public URL derived from ``--port`` (agritrace/address.py) could not name.
+    """
+    rule = f"must be a TCP port 1-{_PORT_MAX}"
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{rule}, got {text!r}") from None
+    if not 1 <= port <= _PORT_MAX:
+        raise argparse.ArgumentTypeError(f"{rule}, got {port}")
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agritrace",
@@ -64,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the whole system locally with sample farms")
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--port", type=_port, default=8000)
     demo.add_argument(
         "--no-serve", action="store_true", help="run the walkthrough, then exit (for scripts)"
     )
@@ -72,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
 
     api = commands.add_parser("api", help="serve the trace and registry HTTP API")
     api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--port", type=_port, default=8000)
     api.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     api.add_argument(
         "--workers",
@@ -92,12 +113,12 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run ingest and the API in one process")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.set_defaults(command=_serve)
 
     witness = commands.add_parser("witness", help="run a C2SP tlog-witness for the log")
     witness.add_argument("--host", default="127.0.0.1")
-    witness.add_argument("--port", type=int, default=8100)
+    witness.add_argument("--port", type=_port, default=8100)
     witness.add_argument(
         "--log-vkey",
         action="append",
@@ -144,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(command=_keys_show)
     _add_sim_parser(commands)
     _add_broker_parser(commands)
+    add_token_parser(commands)
     return parser
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agritrace.cli import main
+from agritrace.cli import _parser, main
 from tracecore.keys import VerifierKey, read_key_file
 
 
@@ -66,3 +66,25 @@ def test_the_log_key_is_named_after_the_origin(
     assert (tmp_path / "keys" / "log.key").exists()
     assert main(["--data-dir", str(tmp_path), "keys", "show", "log"]) == 0
     assert capsys.readouterr().out.strip() == str(vkey)
+
+
+@pytest.mark.parametrize("command", ["api", "serve", "demo", "witness"])
+@pytest.mark.parametrize("port", ["99999", "65536", "0", "-1", "80x", ""])
+def test_port_outside_1_to_65535_is_refused(
+    command: str, port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--port must be a TCP port 1-65535: anything else exits 2 naming the rule."""
+    extra = ["--log-vkey", "x"] if command == "witness" else []
+    # Parse only: a port that passed would start a server.
+    with pytest.raises(SystemExit) as exited:
+        _parser().parse_args([command, "--port", port, *extra])
+    assert exited.value.code == 2
+    assert "argument --port: must be a TCP port 1-65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["api", "serve", "demo", "witness"])
+@pytest.mark.parametrize("port", [1, 8000, 65535])
+def test_ports_1_to_65535_are_accepted(command: str, port: int) -> None:
+    """The bounds themselves are valid ports."""
+    extra = ["--log-vkey", "x"] if command == "witness" else []
+    assert _parser().parse_args([command, "--port", str(port), *extra]).port == port
