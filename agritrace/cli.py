@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,12 +43,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.data_dir is not None:
             overrides["data_dir"] = args.data_dir
         settings = load_settings(**overrides)
+        if command is not _verify:  # verify is offline: it reads no data directory
+            problem = _data_dir_problem(settings.data_dir)
+            if problem is not None:
+                sys.stderr.write(f"agritrace: {problem}\n")
+                return 2
         return command(args, settings)
     except AgritraceError as exc:
         sys.stderr.write(f"agritrace: {exc}\n")
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _data_dir_problem(path: Path) -> str | None:
+    """Say what is wrong with the data directory ``path`` for this user, or None if nothing is.
+
+    It may be missing (the commands create it), but then the nearest existing ancestor must be
+    a directory. Checked before any command, so a wrong ``--data-dir`` is one line naming the
+    path instead of a traceback from the first file operation deep inside a command.
+    """
+    where = f"data directory {path} (--data-dir or AGRITRACE_DATA_DIR)"
+    existing = path
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        is_dir = existing.is_dir()
+    except OSError as exc:  # a parent directory this user may not search
+        return f"{where} cannot be reached: {exc.strerror}"
+    if not is_dir:
+        if existing == path:
+            return f"{where} is not a directory"
+        return f"{where} cannot be created: {existing} is not a directory"
+    if existing == path and not os.access(path, os.R_OK | os.X_OK):
+        return f"{where} is not readable by this user"
+    return None
 
 
 _PORT_MAX = 65_535  # TCP ports are 16-bit (RFC 9293 §3.1)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,47 @@ def test_ports_1_to_65535_are_accepted(command: str, port: int) -> None:
     """The bounds themselves are valid ports."""
     extra = ["--log-vkey", "x"] if command == "witness" else []
     assert _parser().parse_args([command, "--port", str(port), *extra]).port == port
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m agritrace ARGS`` in a fresh process; return its outcome."""
+    return subprocess.run(  # noqa: S603 (this interpreter, our CLI)
+        [sys.executable, "-m", "agritrace", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", [["keys", "new", "gw-1"], ["keys", "show", "log"], ["migrate"]])
+@pytest.mark.parametrize("below", ["", "sub/dir"])
+def test_a_data_dir_that_is_a_file_is_one_line_and_exit_2(
+    tmp_path: Path, command: list[str], below: str
+) -> None:
+    """--data-dir naming a file (or a path below one) exits 2 with one line, no traceback."""
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    data_dir = a_file / below if below else a_file
+    result = _run_cli("--data-dir", str(data_dir), *command)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"agritrace: data directory {data_dir} (--data-dir")
+    expected = "is not a directory" if data_dir == a_file else f"{a_file} is not a directory"
+    assert lines[0].endswith(expected)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
+def test_an_unreadable_data_dir_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A data directory this user may not read exits 2 saying so."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o000)
+    try:
+        result = _run_cli("--data-dir", str(locked), "keys", "show", "log")
+    finally:
+        locked.chmod(0o700)
+    assert result.returncode == 2
+    where = f"data directory {locked} (--data-dir or AGRITRACE_DATA_DIR)"
+    assert result.stderr.splitlines() == [f"agritrace: {where} is not readable by this user"]
