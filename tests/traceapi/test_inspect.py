@@ -12,8 +12,23 @@ from typing import Any
 import jsonschema
 import pytest
 from sqlalchemy import Engine
-from trace_kit import CARTON, CLIMATE, COLLECT, FARM, FLOCK, LOG, LOT, PACKER, T0, World, make_world
+from trace_kit import (
+    CARTON,
+    CLIMATE,
+    COLLECT,
+    FARM,
+    FLOCK,
+    GTIN,
+    LOG,
+    LOT,
+    PACKER,
+    T0,
+    World,
+    make_world,
+)
 
+from traceapi.routes.inspect import _spreadsheet_text
+from tracecore.identifiers import ProductKey
 from tracecore.message import Event, Reading, Sensor
 
 SCHEMA = Path(__file__).parents[3] / "shared" / "vectors" / "epcis" / "EPCIS-JSON-Schema.json"
@@ -217,3 +232,60 @@ def test_contract_search_and_credit_score(world: World) -> None:
     world.checkpoint()
     page = world.client.get(f"/{CARTON.path}?lang=en").text
     assert "Credit 68/100" in page
+
+
+def test_kde_csv_cells_are_never_live_formulas(world: World) -> None:
+    """Device text starting = + - @ TAB CR (or ') gets one ' in front; numbers stay numbers."""
+    formula = '=HYPERLINK("http://evil.example","x")'
+    lots = {"=2+5": formula, "%A1": "@SUM(1)", "+x": "'=1", "-y": "-2", "ok": "临夏 Linxia"}
+    for lot, location in lots.items():
+        key = ProductKey.from_parts(GTIN, lot=lot, serial="-1")
+        world.send(
+            COLLECT,
+            lambda seq, time, key=key, location=location: Event(
+                COLLECT.name,
+                seq,
+                time,
+                (key,),
+                "commissioning",
+                location=location,
+                data={"net_kg": -3.5},
+            ),
+        )
+    world.checkpoint()
+    reply = world.client.get(f"/v1/export/kde.csv?party={FARM}", headers=world.auth("admin"))
+    rows = {
+        r["product"]: r
+        for r in csv.DictReader(io.StringIO(reply.content.decode("utf-8-sig")))
+        if r["serial"] == "'-1"
+    }
+    assert len(rows) == len(lots)
+    exported = {r["lot"]: r["location"] for r in rows.values()}
+    assert exported == {
+        "'=2+5": "'" + formula,
+        "%A1": "'@SUM(1)",
+        "'+x": "''=1",  # a leading ' is escaped too: drop exactly one to get the value
+        "'-y": "'-2",
+        "ok": "临夏 Linxia",
+    }
+    for row in rows.values():
+        assert row["traceability_lot"].startswith(f"{GTIN}/")  # starts with a digit: as it is
+        assert (row["quantity"], row["unit"]) == ("-3.5", "KGM")  # a number stays a number
+        assert row["product"].startswith("01/")
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ("\t=1", "'\t=1"),  # TAB and CR: OWASP lists them; devices cannot send them today
+        ("\r=1", "'\r=1"),
+        ("=1", "'=1"),
+        ("'", "''"),
+        ("a=1", "a=1"),
+        ("", ""),
+    ],
+)
+def test_spreadsheet_text_quotes_formula_starts_only(value: str, cell: str) -> None:
+    """Each OWASP formula start (and ') gets one quote; the value is the cell minus that quote."""
+    assert _spreadsheet_text(value) == cell
+    assert (cell[1:] if cell.startswith("'") else cell) == value

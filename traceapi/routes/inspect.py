@@ -245,6 +245,24 @@ _QUANTITY_FIELDS: Final = (
 )
 
 
+# OWASP "CSV Injection": a cell starting with one of these is a formula to Excel, LibreOffice
+# and Google Sheets (=HYPERLINK(...) from a device's location would be live). "'" is added
+# so that the one quote put in front is always the one to remove (docs/inspection.md).
+_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _spreadsheet_text(value: str) -> str:
+    """Return ``value`` safe as a spreadsheet text cell: prefixed with ``'`` when it could be
+    read as a formula.
+
+    A value starting with ``= + - @``, TAB or CR (OWASP CSV injection guidance), or with ``'``
+    itself, gets one ``'`` in front; anything else is unchanged. The exact value is the cell
+    without its first character when that is ``'``. Numbers are not passed through here: a
+    numeric column keeps ``-3.5`` a number.
+    """
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
 def _kde_rows(
     session: Session, party: str | None, start: int | None, end: int | None
 ) -> Iterator[list[Any]]:
@@ -286,7 +304,9 @@ def _kde_rows(
                     status.HTTP_413_CONTENT_TOO_LARGE,
                     f"more than {_MAX_EXPORT_ROWS} rows: narrow the time range",
                 )
-            yield [
+            # Text from devices goes through _spreadsheet_text; quantity and log_index are
+            # numbers (from int/float only) and stay numbers, "-3.5" included.
+            text = [
                 _iso(message.time),
                 message.step,
                 f"{key.gtin}/{key.lot}" if key.lot is not None else "",
@@ -294,13 +314,19 @@ def _kde_rows(
                 key.gtin,
                 key.lot or "",
                 key.serial or "",
-                quantity,
-                unit,
+            ]
+            more = [
                 message.location or "",
                 device_party,
                 to_party,
                 " ".join(p.path for p in message.parents),
                 message.device,
+            ]
+            yield [
+                *(_spreadsheet_text(cell) for cell in text),
+                quantity,
+                unit,
+                *(_spreadsheet_text(cell) for cell in more),
                 entry.index,
             ]
 
