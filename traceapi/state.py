@@ -86,11 +86,25 @@ def _load_or_create_salt(path: Path) -> bytes:
 
 
 def client_address(request: Request) -> str:
-    """The client's address; the first X-Forwarded-For hop only when configured to trust it."""
+    """The client's address: the socket's peer, or behind ``Settings.proxy_hops`` proxies the
+    X-Forwarded-For entry the outermost proxy added.
+
+    Each proxy appends the address it received the request from, so with N proxies the N-th
+    entry from the right is the client as the outermost proxy saw it; everything left of it
+    came from the client and can be anything (werkzeug ProxyFix ``x_for=N`` counts the same
+    way). A header with fewer entries did not pass all the proxies: the peer is used then.
+    """
+    peer = request.client.host if request.client is not None else "unknown"
     settings: Settings = request.app.state.settings
-    if settings.trust_forwarded:
-        forwarded = request.headers.get("x-forwarded-for", "")
-        first = forwarded.split(",")[0].strip()
-        if first:
-            return first
-    return request.client.host if request.client is not None else "unknown"
+    hops = settings.proxy_hops
+    if hops == 0:
+        return peer
+    # RFC 9110 §5.3: several header lines are one comma-separated list, in order.
+    entries = [
+        entry.strip()
+        for line in request.headers.getlist("x-forwarded-for")
+        for entry in line.split(",")
+    ]
+    if len(entries) < hops or not entries[-hops]:
+        return peer
+    return entries[-hops]

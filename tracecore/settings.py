@@ -68,10 +68,28 @@ class Settings(BaseSettings):
     feedback_per_hour: int = Field(
         default=5, ge=1, le=1000, description="feedback: submissions per client and hour"
     )
+    trusted_proxies: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="reverse proxies in front of the API; the client address is the "
+        "X-Forwarded-For entry this many places from the right (0: the socket's peer)",
+    )
     trust_forwarded: bool = Field(
         default=False,
-        description="take the client address from X-Forwarded-For (only behind a proxy)",
+        description="deprecated: means trusted_proxies=1 when that is 0",
     )
+
+    @property
+    def proxy_hops(self) -> int:
+        """How many reverse proxies in front of the API append to X-Forwarded-For.
+
+        ``trusted_proxies``; when that is 0, 1 for the deprecated ``trust_forwarded``
+        (docs/configuration.md).
+        """
+        if self.trusted_proxies:
+            return self.trusted_proxies
+        return 1 if self.trust_forwarded else 0
 
     @property
     def keys_dir(self) -> Path:

@@ -64,6 +64,29 @@ def test_feedback_is_rate_limited_per_client(world: World) -> None:
     assert world.client.post(f"/v1/feedback/{CARTON.path}", json={"rating": 4}).status_code == 201
 
 
+def test_a_spoofed_leftmost_forwarded_entry_does_not_lift_the_limit(
+    engine: Engine, app_client: Any
+) -> None:
+    """Behind one proxy, a client that varies the entries it sends itself is still one client."""
+    with make_world(engine, app_client, feedback_per_hour=5, trusted_proxies=1) as world:
+        codes = [
+            world.client.post(
+                f"/v1/feedback/{CARTON.path}",
+                json={"rating": 1},
+                headers={"X-Forwarded-For": f"198.51.100.{n}, 203.0.113.7"},
+            ).status_code
+            for n in range(30)
+        ]
+        assert codes == [201] * 5 + [429] * 25
+        # A different client (as the proxy saw it) has its own allowance.
+        other = world.client.post(
+            f"/v1/feedback/{CARTON.path}",
+            json={"rating": 1},
+            headers={"X-Forwarded-For": "203.0.113.8"},
+        )
+        assert other.status_code == 201
+
+
 @pytest.mark.parametrize(
     "body",
     [{"rating": 0}, {"rating": 6}, {"rating": "5"}, {"rating": 3, "complaint": "x" * 2001}, {}],

@@ -163,6 +163,40 @@ def test_copy_detection_counts_distinct_clients_behind_a_trusted_proxy(
         assert body["scans"]["first_ms"] == T0 + 9_000 + 60_000
 
 
+@pytest.mark.parametrize(
+    "proxies", [{"trusted_proxies": 1}, {"trust_forwarded": True}, {"trusted_proxies": 2}]
+)
+def test_a_spoofed_leftmost_forwarded_entry_is_not_a_new_client(
+    engine: Engine, app_client: Any, proxies: dict[str, Any]
+) -> None:
+    """Behind proxies that append, entries the client wrote itself do not make new clients."""
+    with make_world(engine, app_client, copy_threshold=2, **proxies) as world:
+        hops = world.client.app.state.settings.proxy_hops
+        # The client's own X-Forwarded-For, then what each proxy appended: the client as the
+        # outermost proxy saw it, then the inner proxies.
+        appended = ["203.0.113.7"] + [f"10.0.0.{n}" for n in range(1, hops)]
+        verdicts = []
+        for n in range(6):
+            world.now[0] += 60_000
+            spoofed = f"198.51.100.{n}"
+            reply = world.client.get(
+                f"/{CARTON.path}",
+                headers={**JSON, "X-Forwarded-For": ", ".join([spoofed, *appended])},
+            )
+            verdicts.append(reply.json()["verdict"])
+        assert verdicts == ["verified"] * 6
+        assert reply.json()["scans"]["clients"] == 1
+        # Two more real clients (as the outermost proxy saw them) pass the threshold of 2.
+        for client in ("203.0.113.8", "203.0.113.9"):
+            world.now[0] += 60_000
+            forwarded = ", ".join(["198.51.100.1", client, *appended[1:]])
+            reply = world.client.get(
+                f"/{CARTON.path}", headers={**JSON, "X-Forwarded-For": forwarded}
+            )
+        assert reply.json()["verdict"] == "suspect_copy"
+        assert reply.json()["scans"]["clients"] == 3
+
+
 def test_a_new_product_waits_for_its_checkpoint(world: World) -> None:
     """A reading after the last checkpoint is not in the answer until the next checkpoint."""
     world.send(
