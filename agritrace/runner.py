@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 
 from ingest import (
     IngestConfig,
+    IngestStats,
     Processor,
     ServiceOptions,
     run_checkpointer,
@@ -39,16 +40,19 @@ from ingest.checkpointer import wall_clock_ms
 from ingest.contracting import run_contract_evaluator
 from ingest.witnessing import CheckpointCosigner, WitnessConfig, parse_witnesses
 from traceapi import create_app
+from tracecore.backoff import Backoff
 from tracecore.bundle import Policy
-from tracecore.errors import ConfigError
+from tracecore.errors import ConfigError, DatabaseUnavailable
 from tracecore.keys import SignerKey, load_or_create_log_key
 from tracecore.mqtt import DEFAULT_EMBEDDED, BrokerAddress, embedded_broker
 from tracecore.settings import Settings
 from tracecore.storage import make_engine, upgrade
+from tracecore.storage.engine import durability_problems
 
 __all__ = [
     "Companion",
     "configure_logging",
+    "migrate_when_available",
     "quiet_server",
     "run_service",
     "serve_until_stopped",
@@ -84,16 +88,20 @@ def run_service(
     if created:
         _log.warning("created a new log key in %s: %s", settings.keys_dir, log_key.verifier)
     witnesses = parse_witnesses(settings.witnesses)
-    return asyncio.run(
-        _main(
-            settings,
-            log_key,
-            witnesses=witnesses,
-            api=api,
-            embedded=embedded,
-            companions=companions or {},
+    try:
+        return asyncio.run(
+            _main(
+                settings,
+                log_key,
+                witnesses=witnesses,
+                api=api,
+                embedded=embedded,
+                companions=companions or {},
+            )
         )
-    )
+    except* ConfigError as group:
+        # Found after start (the database's durability, say): the CLI reports it in one line.
+        raise group.exceptions[0] from None
 
 
 async def _main(
@@ -106,19 +114,83 @@ async def _main(
     companions: Mapping[str, Companion],
 ) -> int:
     stop = asyncio.Event()
+    stats = IngestStats()
     with stop_on_signals(stop):
-        async with (
-            _broker(settings, embedded) as broker,
-            _processor(settings, log_key) as (engine, proc),
-            httpx.AsyncClient() as http,
-        ):
-            options = ServiceOptions(
-                broker=broker,
-                client_id=settings.ingest_client_id,
-                shared=settings.ingest_shared,
-                batch_size=settings.batch_size,
-                linger_ms=settings.linger_ms,
-            )
+        async with _broker(settings, embedded) as broker, _engine(settings) as engine:
+            server = None
+            app = None
+            if api is not None:
+                # The API comes up at once, database or not: it answers 503 (with Retry-After)
+                # for what needs the database until ingest below has migrated it.
+                app = create_app(settings, engine, migrate=False, ingest=stats)
+                server = quiet_server(app, *api)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(
+                    _stop_when_done(
+                        _ingest(
+                            settings,
+                            engine=engine,
+                            log_key=log_key,
+                            witnesses=witnesses,
+                            broker=broker,
+                            stop=stop,
+                            stats=stats,
+                            app=app,
+                        ),
+                        stop,
+                    ),
+                    name="ingest",
+                )
+                if server is not None:
+                    tasks.create_task(serve_until_stopped(server, stop), name="api")
+                for name, companion in companions.items():
+                    tasks.create_task(_after_start(server, companion(engine, stop)), name=name)
+    return 0
+
+
+async def _ingest(
+    settings: Settings,
+    *,
+    engine: Engine,
+    log_key: SignerKey,
+    witnesses: list[WitnessConfig],
+    broker: BrokerAddress,
+    stop: asyncio.Event,
+    stats: IngestStats,
+    app: Any,
+) -> None:
+    """Wait for the database, migrate it, check it keeps commits, then run ingest until stop."""
+    if not await migrate_when_available(engine, stop):
+        return
+    if app is not None:
+        app.state.schema_ready = True
+    problems = await asyncio.to_thread(durability_problems, engine)
+    if problems:
+        # A receipt tells a device to forget its message: it must not outlive the commit.
+        raise ConfigError(
+            "the database does not keep commits through a power loss: "
+            + "; ".join(problems)
+            + ' (docs/operations.md, "Durability")'
+        )
+    options = ServiceOptions(
+        broker=broker,
+        client_id=settings.ingest_client_id,
+        shared=settings.ingest_shared,
+        batch_size=settings.batch_size,
+        linger_ms=settings.linger_ms,
+    )
+    processor = Processor(
+        engine,
+        log_key,
+        IngestConfig(
+            batch_size=settings.batch_size,
+            linger_ms=settings.linger_ms,
+            park_ms=round(settings.park_hours * 3_600_000),
+            verify_threads=settings.verify_threads,
+        ),
+    )
+    try:
+        async with httpx.AsyncClient() as http:
             # The log checkpointer runs as a companion task of ingest (same TaskGroup, same
             # stop event); each new checkpoint goes to the witnesses of AGRITRACE_WITNESSES.
             cosigner = CheckpointCosigner(engine, witnesses, http, wall_clock_ms)
@@ -135,29 +207,40 @@ async def _main(
             evaluator = functools.partial(
                 run_contract_evaluator, engine, policy, settings.contract_seconds
             )
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(
-                    _stop_when_done(
-                        run_ingest(
-                            proc,
-                            options,
-                            stop,
-                            companions={
-                                "log-checkpointer": checkpointer,
-                                "contract-evaluator": evaluator,
-                            },
-                        ),
-                        stop,
-                    ),
-                    name="ingest",
-                )
-                server = None
-                if api is not None:
-                    server = quiet_server(create_app(settings, engine), *api)
-                    tasks.create_task(serve_until_stopped(server, stop), name="api")
-                for name, companion in companions.items():
-                    tasks.create_task(_after_start(server, companion(engine, stop)), name=name)
-    return 0
+            await run_ingest(
+                processor,
+                options,
+                stop,
+                companions={"log-checkpointer": checkpointer, "contract-evaluator": evaluator},
+                stats=stats,
+            )
+    finally:
+        processor.close()
+
+
+async def migrate_when_available(
+    engine: Engine, stop: asyncio.Event, *, initial_s: float = 0.5, cap_s: float = 10.0
+) -> bool:
+    """Migrate the schema, waiting (capped, jittered backoff) while the database is unavailable.
+
+    Returns True once migrated, False when ``stop`` was set first. Errors other than an
+    unavailable database (a refused migration step, a bad URL) propagate.
+    """
+    backoff = Backoff(initial=initial_s, cap=cap_s)
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(upgrade, engine)
+        except DatabaseUnavailable as exc:
+            delay = backoff.next_delay()
+            if backoff.failures == 1 or backoff.failures % 10 == 0:
+                _log.warning("database unavailable (%s); trying again in %.1f s", exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            continue
+        if backoff.failures:
+            _log.warning("database available again; schema migrated")
+        return True
+    return False
 
 
 @contextlib.asynccontextmanager
@@ -171,28 +254,11 @@ async def _broker(settings: Settings, embedded: BrokerAddress) -> AsyncIterator[
 
 
 @contextlib.asynccontextmanager
-async def _processor(
-    settings: Settings, log_key: SignerKey
-) -> AsyncIterator[tuple[Engine, Processor]]:
+async def _engine(settings: Settings) -> AsyncIterator[Engine]:
+    """The database engine of the block (connecting lazily: the database may be down now)."""
     engine = make_engine(settings.database_url)
     try:
-        # Migrate before anything else touches the database (the API's own startup migration
-        # then finds nothing to do, and two migrations never race in one process).
-        await asyncio.to_thread(upgrade, engine)
-        processor = Processor(
-            engine,
-            log_key,
-            IngestConfig(
-                batch_size=settings.batch_size,
-                linger_ms=settings.linger_ms,
-                park_ms=round(settings.park_hours * 3_600_000),
-                verify_threads=settings.verify_threads,
-            ),
-        )
-        try:
-            yield engine, processor
-        finally:
-            processor.close()
+        yield engine
     finally:
         engine.dispose()
 

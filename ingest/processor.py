@@ -26,6 +26,7 @@ sequencing and all writes run under it.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +40,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     func,
     select,
 )
@@ -47,7 +49,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel
 
 from ingest.rights import COMMISSIONING, Decision, Outcome, ProductState, decide
-from tracecore.cose import SignedMessage, parse_message
+from tracecore.cose import MAX_MESSAGE_BYTES, SignedMessage, parse_message
 from tracecore.errors import (
     MalformedMessage,
     MessageRejected,
@@ -64,6 +66,7 @@ from tracecore.receipt import Receipt, sign_receipt
 from tracecore.storage import models as _models  # noqa: F401  (registers the tables)
 from tracecore.storage.engine import storage_errors
 from tracecore.storage.logwriter import write_transaction
+from tracecore.storage.models import REJECTION_PREFIX_BYTES
 from tracecore.topics import device_from_up_topic
 
 __all__ = [
@@ -111,6 +114,16 @@ class IngestConfig:
     park_ms: int = 24 * 3_600_000  # AGRITRACE_PARK_HOURS (design.md: up to 24 h)
     max_clock_skew_ms: int = 5 * 60_000  # design.md: 5 min ahead of the server
     verify_threads: int = 2
+    # AGRITRACE_MAX_MESSAGE_BYTES: a larger payload is refused as too_large unread, whatever
+    # the broker lets through (docs/protocol.md §6; at least the 16 KiB limit of §4).
+    max_message_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        """Refuse a message limit below the protocol's, which would refuse valid messages."""
+        if self.max_message_bytes < MAX_MESSAGE_BYTES:
+            raise ValueError(
+                f"max_message_bytes must be at least {MAX_MESSAGE_BYTES} (docs/protocol.md)"
+            )
 
 
 @dataclass
@@ -215,6 +228,111 @@ def _check_key(row: Any, device: str, kid: bytes, at_ms: int) -> bytes:
     return bytes(row.public_key)
 
 
+def _topic_device(topic: str) -> str | None:
+    """The device an up topic names, or None (for the device column of a rejection only)."""
+    try:
+        return device_from_up_topic(topic)
+    except MalformedMessage:
+        return None
+
+
+class _Rejections:
+    """The refusals of one transaction, stored bounded (docs/storage.md, "rejections").
+
+    Rows are keyed by (topic, reason, SHA-256 of the whole payload): the same bytes refused
+    again for the same reason on the same topic count on the existing row (``received_count``,
+    ``last_received_ms``) instead of adding a copy, so a device resending a refused message
+    cannot grow the table. A different reason gets its own row: each refusal keeps its reason.
+    A ``too_large`` payload keeps only its first :data:`REJECTION_PREFIX_BYTES` bytes; every
+    other refused payload was within the message limit and is kept whole.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, bytes], dict[str, Any]] = {}
+
+    def add(
+        self,
+        *,
+        raw: bytes,
+        topic: str,
+        received_ms: int,
+        reason: RejectReason,
+        detail: str,
+        device: str | None,
+        seq: int | None,
+    ) -> None:
+        """Count one refusal of ``raw``: a new row, or one more on this batch's row."""
+        sha = hashlib.sha256(raw).digest()
+        key = (topic, reason.value, sha)
+        row = self.rows.get(key)
+        if row is not None:
+            row["received_count"] += 1
+            row["received_ms"] = min(row["received_ms"], received_ms)
+            row["last_received_ms"] = max(row["last_received_ms"], received_ms)
+            return
+        self.rows[key] = {
+            "raw": raw[:REJECTION_PREFIX_BYTES] if reason is RejectReason.TOO_LARGE else raw,
+            "raw_length": len(raw),
+            "raw_sha256": sha,
+            "topic": topic,
+            "reason": reason.value,
+            "detail": detail,
+            "device_id": device,
+            "seq": seq,
+            "received_ms": received_ms,
+            "received_count": 1,
+            "last_received_ms": received_ms,
+        }
+
+    def write(self, conn: Connection) -> None:
+        """Store the rows: add to the stored row of the same key, else insert.
+
+        Runs under the ingest write lock (every writer of ``rejections`` holds it), so no
+        other transaction adds a row of the same key between the look-up and the write.
+        """
+        if not self.rows:
+            return
+        stored: dict[tuple[str, str, bytes], int] = {}
+        shas = sorted({key[2] for key in self.rows})
+        for start in range(0, len(shas), 500):
+            for row_id, topic, reason, sha in conn.execute(
+                select(
+                    _REJECTIONS.c.id,
+                    _REJECTIONS.c.topic,
+                    _REJECTIONS.c.reason,
+                    _REJECTIONS.c.raw_sha256,
+                )
+                .where(_REJECTIONS.c.raw_sha256.in_(shas[start : start + 500]))
+                .order_by(_REJECTIONS.c.id)
+            ):
+                stored.setdefault((topic, reason, bytes(sha)), row_id)
+        updates = [
+            {
+                "b_id": stored[key],
+                "b_count": row["received_count"],
+                "b_last": row["last_received_ms"],
+            }
+            for key, row in self.rows.items()
+            if key in stored
+        ]
+        inserts = [row for key, row in self.rows.items() if key not in stored]
+        if updates:
+            last = _REJECTIONS.c.last_received_ms
+            conn.execute(
+                _REJECTIONS.update()
+                .where(_REJECTIONS.c.id == bindparam("b_id"))
+                .values(
+                    received_count=_REJECTIONS.c.received_count + bindparam("b_count"),
+                    last_received_ms=case(
+                        (last < bindparam("b_last"), bindparam("b_last")), else_=last
+                    ),
+                ),
+                updates,
+            )
+        if inserts:
+            conn.execute(_REJECTIONS.insert(), inserts)
+
+
 _Checked: TypeAlias = tuple[Inbound, SignedMessage, str]  # message, parsed, device's party
 
 
@@ -285,8 +403,19 @@ class Processor:
             return result
         run = _Run(self._pool, self._signing_key, self.config, result, now_ms)
         topics: list[tuple[Inbound, str]] = []
-        for inbound in batch:  # rule 1 for the topic
-            try:
+        limit = self.config.max_message_bytes
+        for inbound in batch:
+            if len(inbound.payload) > limit:  # rule 0: never parsed, only a prefix is kept
+                run.reject_raw(
+                    inbound,
+                    RejectReason.TOO_LARGE,
+                    f"message is {len(inbound.payload)} bytes, more than this service's "
+                    f"{limit}-byte limit (not read)",
+                    _topic_device(inbound.topic),
+                    None,
+                )
+                continue
+            try:  # rule 1 for the topic
                 topics.append((inbound, device_from_up_topic(inbound.topic)))
             except MalformedMessage as exc:
                 run.reject_raw(inbound, RejectReason.MALFORMED, exc.detail, None, None)
@@ -320,25 +449,23 @@ class Processor:
                 .order_by(_PARKED_PRODUCTS.c.product_key)
             ):
                 waiting[parked_id].append(key)
-            rejections = []
+            rejections = _Rejections()
             for row in rows:
                 keys = ", ".join(repr(key) for key in waiting[row.id]) or "(none recorded)"
-                rejections.append(
-                    {
-                        "raw": row.raw,
-                        "topic": row.topic,
-                        "reason": RejectReason.UNKNOWN_PRODUCT.value,
-                        "detail": (
-                            f"no commissioning of {keys} arrived within "
-                            f"{(row.expires_ms - row.received_ms) / 3_600_000:g} h "
-                            f"(parked at {row.received_ms}, expired at {row.expires_ms})"
-                        ),
-                        "device_id": row.device_id,
-                        "seq": row.seq,
-                        "received_ms": row.received_ms,
-                    }
+                rejections.add(
+                    raw=bytes(row.raw),
+                    topic=row.topic,
+                    received_ms=row.received_ms,
+                    reason=RejectReason.UNKNOWN_PRODUCT,
+                    detail=(
+                        f"no commissioning of {keys} arrived within "
+                        f"{(row.expires_ms - row.received_ms) / 3_600_000:g} h "
+                        f"(parked at {row.received_ms}, expired at {row.expires_ms})"
+                    ),
+                    device=row.device_id,
+                    seq=row.seq,
                 )
-            conn.execute(_REJECTIONS.insert(), rejections)
+            rejections.write(conn)
             conn.execute(_PARKED_PRODUCTS.delete().where(_PARKED_PRODUCTS.c.parked_id.in_(ids)))
             conn.execute(_PARKED.delete().where(_PARKED.c.id.in_(ids)))
             self._before_commit(conn)
@@ -364,7 +491,7 @@ class _Run:
         self.now_ms = now_ms
         self.conn: Connection
         self.sql: _Sql
-        self.rejections: list[dict[str, Any]] = []
+        self.rejections = _Rejections()
         # State, loaded once per batch and updated in memory as messages are accepted.
         self.device_party: dict[str, str | None] = {}
         self.products: dict[str, ProductState | None] = {}
@@ -426,16 +553,14 @@ class _Run:
         device: str | None,
         seq: int | None,
     ) -> None:
-        self.rejections.append(
-            {
-                "raw": raw,
-                "topic": topic,
-                "reason": reason.value,
-                "detail": detail,
-                "device_id": device,
-                "seq": seq,
-                "received_ms": received_ms,
-            }
+        self.rejections.add(
+            raw=raw,
+            topic=topic,
+            received_ms=received_ms,
+            reason=reason,
+            detail=detail,
+            device=device,
+            seq=seq,
         )
         self.result.rejected[reason] += 1
 
@@ -939,8 +1064,7 @@ class _Run:
             queued = sorted({row[0] for row in self.link_rows})
             conn.exec_driver_sql(self.sql.queue_contracts, [(key, self.now_ms) for key in queued])
         self._write_parked()
-        if self.rejections:
-            conn.execute(_REJECTIONS.insert(), self.rejections)
+        self.rejections.write(conn)
         receipt_bytes = [raw for future in self.sign_futures for raw in future.result()]
         if receipt_bytes:
             conn.exec_driver_sql(

@@ -19,6 +19,15 @@
     Periodically rejects parked messages whose wait for their product's commissioning expired.
 plus any *companion* tasks the caller passes (the log checkpointer goes here).
 
+Database outages (docs/operations.md, "Outages"). When a batch fails because the database is
+unavailable (:class:`~tracecore.errors.DatabaseUnavailable`), the batcher keeps that batch and
+retries it with capped, jittered backoff for as long as the outage lasts; the retries are the
+probe that notices the recovery. Meanwhile the connection unsubscribes, so the broker stops
+handing this worker messages it could only hold in memory (devices keep theirs in their outboxes
+and resend), while receipts of batches committed before the outage still go out. When a retry
+commits, the connection subscribes again. :class:`IngestStats` says which state the service is
+in (``database_up``, ``broker_connected``) for health checks and metrics.
+
 No-loss argument. aiomqtt 2.x (paho underneath) sends the PUBACK for a QoS 1 message as soon as
 it is read from the socket, *before* our code sees it, and it offers no way to delay it. So the
 broker's PUBACK promises nothing: a message acknowledged to the broker may die with this process
@@ -51,7 +60,7 @@ from paho.mqtt.properties import Properties
 
 from ingest.processor import BatchResult, Inbound
 from tracecore.backoff import Backoff
-from tracecore.errors import RejectReason
+from tracecore.errors import DatabaseUnavailable, RejectReason
 from tracecore.mqtt import BrokerAddress
 from tracecore.topics import UP_WILDCARD, receipt_topic
 
@@ -112,7 +121,12 @@ class ServiceOptions:
     session_expiry_s: int = 7 * 24 * 3600
     reconnect_initial_s: float = 0.5
     reconnect_cap_s: float = 30.0
+    #: Failures of a batch for a reason other than an unavailable database before ingest gives
+    #: up (a bug, not an outage: the process exits and its supervisor restarts it).
     process_attempts: int = 5
+    #: First and longest wait between retries of a batch while the database is unavailable.
+    outage_retry_initial_s: float = 0.5
+    outage_retry_cap_s: float = 10.0
     keepalive_s: int = 30
 
     def __post_init__(self) -> None:
@@ -121,6 +135,8 @@ class ServiceOptions:
             raise ValueError("batch_size >= 1, linger_ms >= 0 and queue_batches >= 1 required")
         if self.process_attempts < 1 or self.expire_interval_s <= 0:
             raise ValueError("process_attempts >= 1 and expire_interval_s > 0 required")
+        if not 0 < self.outage_retry_initial_s <= self.outage_retry_cap_s:
+            raise ValueError("0 < outage_retry_initial_s <= outage_retry_cap_s required")
 
 
 @dataclass(slots=True)
@@ -140,6 +156,17 @@ class IngestStats:
     receipts_dropped: int = 0
     connects: int = 0
     last_commit_ms: int = 0
+    #: False from the first batch that failed on an unavailable database until one commits.
+    database_up: bool = True
+    #: When the current database outage began (ms since the epoch); None while it is up.
+    database_down_since_ms: int | None = None
+    #: Database outages seen, and batch attempts that failed during them.
+    database_outages: int = 0
+    database_retries: int = 0
+    #: True while a broker connection is open and subscribed (or deliberately unsubscribed).
+    broker_connected: bool = False
+    #: Messages received but dropped uncommitted (shutdown during an outage); devices resend.
+    abandoned: int = 0
 
     def add(self, result: BatchResult) -> None:
         """Count the outcome of one committed batch."""
@@ -183,9 +210,11 @@ async def run_ingest(
 
     ``companions`` are extra named tasks run in the same TaskGroup until ``stop`` (the log
     checkpointer belongs here); each gets the ``stop`` event. ``stats`` may be passed to
-    observe progress while the service runs. If the processor keeps failing
-    (``options.process_attempts`` times in a row) the error propagates: the process should
-    exit and be restarted, and the devices resend what was not receipted.
+    observe progress while the service runs. While the database is unavailable the service
+    waits and retries for as long as it takes (see the module docstring). If the processor keeps
+    failing for another reason (``options.process_attempts`` times in a row) the error
+    propagates: the process should exit and be restarted, and the devices resend what was not
+    receipted.
     """
     service = _Service(processor, options, stop, stats or IngestStats(), clock)
     async with asyncio.TaskGroup() as tasks:
@@ -243,6 +272,10 @@ class _Service:
         self.published_all = asyncio.Event()
         # One processor call at a time: the batcher and the expirer share one writer.
         self.processor_lock = asyncio.Lock()
+        # Complementary: exactly one is set. The connection waits on either to (un)subscribe.
+        self.database_up = asyncio.Event()
+        self.database_up.set()
+        self.database_down = asyncio.Event()
 
     # -- the broker connection -------------------------------------------------------------------
 
@@ -295,15 +328,19 @@ class _Service:
                         client.pending_calls_threshold = 1_000_000
                         # Subscribing again on every connect is harmless with a persistent
                         # session and repairs a session the broker has forgotten.
-                        await client.subscribe(topic, qos=1)
+                        # While the database is down the subscription waits for it (see
+                        # _follow_database); receipts can go out meanwhile.
+                        if self.database_up.is_set():
+                            await client.subscribe(topic, qos=1)
                         self.client = client
                         self.stats.connects += 1
+                        self.stats.broker_connected = True
                         self.connected.set()
                         backoff.reset()
                         _log.info(
                             "ingest connected to %s, subscribed to %s", self.options.broker, topic
                         )
-                        await self._read_until_stop(client)
+                        await self._read_until_stop(client, topic)
                         # Stopping: what was received is queued; wait until its receipts are
                         # out before closing the connection they go through.
                         self.reading_done.set()
@@ -325,6 +362,7 @@ class _Service:
                     )
                 finally:
                     self.client = None
+                    self.stats.broker_connected = False
                     self.connected.clear()
                 if not self.stop.is_set():
                     delay = backoff.next_delay()
@@ -333,17 +371,44 @@ class _Service:
         finally:
             self.reading_done.set()
 
-    async def _read_until_stop(self, client: aiomqtt.Client) -> None:
+    async def _read_until_stop(self, client: aiomqtt.Client, topic: str) -> None:
         """Move messages into ``inbound`` until ``stop``; then take what is already buffered."""
         async with asyncio.TaskGroup() as tasks:
             reader = tasks.create_task(self._read(client), name="ingest-read")
-            tasks.create_task(_cancel_on(self.stop, reader), name="ingest-read-stop")
+            follower = tasks.create_task(
+                self._follow_database(client, topic), name="ingest-follow-database"
+            )
+            tasks.create_task(_cancel_on(self.stop, reader, follower), name="ingest-read-stop")
+        messages = client.messages
+        if not self.database_up.is_set():
+            # Stopping during an outage: nothing more will commit, so the buffered messages
+            # are left to the devices' resends (none of them has a receipt).
+            self.stats.abandoned += len(messages)
+            return
         # The reader was cancelled by the stop. Messages still in aiomqtt's buffer have been
         # PUBACKed already: hand them to the batcher too instead of waiting for resends.
-        messages = client.messages
         iterator = aiter(messages)
         while len(messages) > 0:
             await self._enqueue(await anext(iterator))
+
+    async def _follow_database(self, client: aiomqtt.Client, topic: str) -> None:
+        """Unsubscribe while the database is unavailable; subscribe again once it is back.
+
+        Subscribed, the broker would push messages that can only pile up in this process's
+        memory (aiomqtt's buffer is unbounded, see ``__init__``). Unsubscribed, a publish finds
+        no ingest subscriber and the device keeps it in its outbox and resends it later.
+        """
+        subscribed = self.database_up.is_set()
+        while True:
+            if subscribed:
+                await self.database_down.wait()
+                await client.unsubscribe(topic)
+                _log.warning("ingest: database unavailable; unsubscribed from %s", topic)
+            else:
+                await self.database_up.wait()
+                await client.subscribe(topic, qos=1)
+                _log.info("ingest: database back; subscribed to %s again", topic)
+            subscribed = not subscribed
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -372,6 +437,16 @@ class _Service:
                 if batch is None:
                     break
                 result = await self._process(batch)
+                if result is None:
+                    # Stopped during a database outage: this batch and what is queued behind it
+                    # never committed and have no receipts; their devices resend them.
+                    self.stats.abandoned += len(batch) + self.inbound.qsize()
+                    _log.warning(
+                        "ingest: stopping during a database outage; %d messages not committed "
+                        "(their devices will resend them)",
+                        len(batch) + self.inbound.qsize(),
+                    )
+                    break
                 if result.receipts:
                     await self.outbound.put(result.receipts)
             await self.expirer_done.wait()  # its receipts (if any) go before the end marker
@@ -403,14 +478,26 @@ class _Service:
                 break
         return batch
 
-    async def _process(self, batch: list[Inbound]) -> BatchResult:
+    async def _process(self, batch: list[Inbound]) -> BatchResult | None:
+        """Commit ``batch``; return its result, or None when stopped during a database outage."""
         backoff = Backoff(initial=0.5, cap=self.options.reconnect_cap_s)
+        outage = Backoff(
+            initial=self.options.outage_retry_initial_s, cap=self.options.outage_retry_cap_s
+        )
         attempt = 0
         while True:
             attempt += 1
             try:
                 async with self.processor_lock:
                     result = await asyncio.to_thread(self.processor.process, batch, self.clock())
+            except DatabaseUnavailable as exc:
+                # Not the batch's fault: keep it and wait out the outage, however long.
+                attempt = 0
+                self._database_failed(exc)
+                await _sleep_unless(self.stop, outage.next_delay())
+                if self.stop.is_set():
+                    return None
+                continue
             except Exception:
                 if attempt >= self.options.process_attempts:
                     raise
@@ -423,8 +510,32 @@ class _Service:
                 )
                 await asyncio.sleep(delay)
                 continue
+            self._database_back()
             self._account(batch, result)
             return result
+
+    def _database_failed(self, exc: DatabaseUnavailable) -> None:
+        stats = self.stats
+        stats.database_retries += 1
+        if stats.database_up:
+            stats.database_up = False
+            stats.database_down_since_ms = self.clock()
+            stats.database_outages += 1
+            self.database_up.clear()
+            self.database_down.set()
+            _log.error("ingest: database unavailable, holding the batch and retrying: %s", exc)
+        elif stats.database_retries % 30 == 0:
+            _log.warning("ingest: database still unavailable: %s", exc)
+
+    def _database_back(self) -> None:
+        stats = self.stats
+        if not stats.database_up:
+            down_s = (self.clock() - (stats.database_down_since_ms or self.clock())) / 1000
+            _log.warning("ingest: database back after %.1f s; committing again", down_s)
+            stats.database_up = True
+            stats.database_down_since_ms = None
+            self.database_down.clear()
+            self.database_up.set()
 
     def _account(self, batch: list[Inbound], result: BatchResult) -> None:
         self.stats.batches += 1
@@ -441,8 +552,14 @@ class _Service:
                 await _sleep_unless(self.stop, self.options.expire_interval_s)
                 if self.stop.is_set():
                     return
-                async with self.processor_lock:
-                    result = await asyncio.to_thread(self.processor.expire_parked, self.clock())
+                try:
+                    async with self.processor_lock:
+                        result = await asyncio.to_thread(self.processor.expire_parked, self.clock())
+                except DatabaseUnavailable as exc:
+                    # The batcher's retries notice outages and recoveries; expiry just waits
+                    # for its next round.
+                    _log.warning("ingest: expiring parked messages failed: %s", exc)
+                    continue
                 self.stats.add(result)
                 if result.rejected:
                     _log.info("ingest: expired parked messages: %s", dict(result.rejected))
@@ -507,15 +624,18 @@ class _Service:
         )
 
 
-async def _cancel_on(event: asyncio.Event, task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` once ``event`` is set (or return when the task ends first)."""
+async def _cancel_on(
+    event: asyncio.Event, task: asyncio.Task[None], *more: asyncio.Task[None]
+) -> None:
+    """Cancel ``task`` (and ``more``) once ``event`` is set, or return when ``task`` ends first."""
     waiter = asyncio.ensure_future(event.wait())
     try:
         await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
-    if event.is_set():
-        task.cancel()
+    if event.is_set() or task.done():
+        for each in (task, *more):
+            each.cancel()
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

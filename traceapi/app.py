@@ -2,19 +2,23 @@
 
 ``create_app(settings)`` builds a FastAPI app with no module-level state: the engine (built from
 ``settings.database_url`` unless one is passed), the settings and the clock live on
-``app.state``; the schema is migrated when the app starts (lifespan). Errors of the core become
-HTTP answers here, in one place, always as ``{"detail": "..."}``.
+``app.state``; the schema is migrated when the app starts (lifespan), or, when the database is
+down then, as soon as it comes back (the app serves meanwhile, see :mod:`traceapi.availability`).
+Errors of the core become HTTP answers here, in one place, always as ``{"detail": "..."}``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -23,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from traceapi.availability import IngestState, schema_gate, unavailable
 from traceapi.routes.bundle import router as bundle_router
 from traceapi.routes.feedback import router as feedback_router
 from traceapi.routes.inspect import router as inspect_router
@@ -38,6 +43,7 @@ from traceapi.views import unknown_view
 from tracecore.errors import (
     AgritraceError,
     Conflict,
+    DatabaseUnavailable,
     IdentifierError,
     KeyFileError,
     NotFound,
@@ -78,9 +84,12 @@ def _status_of(exc: AgritraceError) -> int:
     return status.HTTP_500_INTERNAL_SERVER_ERROR
 
 
-async def _agritrace_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _agritrace_error(request: Request, exc: Exception) -> Response:
     """Answer a core error with its status and message."""
     assert isinstance(exc, AgritraceError)  # noqa: S101 (registered for this class only)
+    if isinstance(exc, DatabaseUnavailable):
+        _log.warning("request %s: %s", request.url.path, exc)
+        return unavailable(request)
     code = _status_of(exc)
     detail = str(exc)
     if code >= 500:
@@ -123,33 +132,34 @@ def create_app(
     *,
     clock: Callable[[], int] = wall_clock_ms,
     log_vkey: VerifierKey | None = None,
+    migrate: bool = True,
+    ingest: IngestState | None = None,
 ) -> FastAPI:
     """Build the trace API for ``settings``.
 
-    ``engine`` defaults to one built from ``settings.database_url`` (and disposed at shutdown);
-    the schema is migrated to the newest revision at startup. ``clock`` returns the time in ms
-    since the Unix epoch and exists for tests. ``log_vkey`` is the log's public key served at
-    ``/v1/log/vkey``; without it, the public half of ``DATA_DIR/keys/log.key`` is used.
+    ``engine`` defaults to one built from ``settings.database_url`` (and disposed at shutdown).
+    With ``migrate`` the schema is migrated to the newest revision at startup, or, if the
+    database is unavailable then, by a background task once it is back; without it the caller
+    migrates and sets ``app.state.schema_ready`` (``agritrace serve``, whose ingest migrates).
+    ``clock`` returns the time in ms since the Unix epoch and exists for tests. ``log_vkey``
+    is the log's public key served at ``/v1/log/vkey``; without it, the public half of
+    ``DATA_DIR/keys/log.key`` is used. ``ingest`` is the state of an ingest service in the
+    same process, reported by ``/healthz`` and ``/metrics``.
     """
     owned = engine is None
     app_engine = make_engine(settings.database_url) if engine is None else engine
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        """Migrate the schema on startup; dispose of an engine built here on shutdown."""
-        await run_in_threadpool(upgrade, app_engine)
-        try:
-            yield
-        finally:
-            if owned:
-                app_engine.dispose()
+    lifespan = _lifespan(app_engine, owned=owned, migrate=migrate)
 
     app = FastAPI(title="agritrace", version="0.1.0", lifespan=lifespan)
+    app.state.schema_ready = False
+    app.state.ingest = ingest
     app.state.settings = settings
     app.state.engine = app_engine
     app.state.clock = clock
     # None: traceapi.routes.log reads the public half of DATA_DIR/keys/log.key on first use.
     app.state.log_vkey = log_vkey
+    app.middleware("http")(schema_gate(lambda: bool(app.state.schema_ready)))
     app.add_exception_handler(AgritraceError, _agritrace_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -186,21 +196,88 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.get("/healthz")
-    def healthz() -> StatusOut:
-        """Report ok once the database answers a query."""
+    _add_healthz(app, app_engine)
+
+    return app
+
+
+def _lifespan(
+    app_engine: Engine, *, owned: bool, migrate: bool
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's lifespan: migrate (now or once the database is back); dispose of our engine."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Migrate the schema (now, or once the database is back); dispose of our engine."""
+        stopping = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                if migrate:
+                    try:
+                        await run_in_threadpool(upgrade, app_engine)
+                        app.state.schema_ready = True
+                    except DatabaseUnavailable as exc:
+                        _log.warning("database unavailable at start (%s); serving 503s", exc)
+                        tasks.create_task(
+                            _migrate_later(app, app_engine, stopping), name="api-migrate"
+                        )
+                try:
+                    yield
+                finally:
+                    stopping.set()
+        finally:
+            if owned:
+                app_engine.dispose()
+
+    return lifespan
+
+
+def _add_healthz(app: FastAPI, app_engine: Engine) -> None:
+    """Add ``GET /healthz``."""
+
+    @app.get("/healthz", responses={503: {"model": StatusOut}})
+    def healthz() -> Response:
+        """Report ok when the database answers and, in ``serve``, ingest is committing."""
+        problems: list[str] = []
         try:
             with app_engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except SQLAlchemyError as exc:
             _log.warning("health check failed: %s", exc)
-            raise HTTPException(
-                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                detail="the database is unavailable",
-            ) from exc
-        return StatusOut(status="ok")
+            problems.append("the database is unavailable")
+        if not app.state.schema_ready:
+            problems.append("the schema is not migrated yet")
+        state: IngestState | None = app.state.ingest
+        if state is not None:
+            if not state.database_up:
+                problems.append("ingest cannot commit: the database is unavailable")
+            if not state.broker_connected:
+                problems.append("ingest is not connected to the MQTT broker")
+        body = StatusOut(status="unavailable" if problems else "ok", problems=problems)
+        return JSONResponse(
+            body.model_dump(),
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE if problems else status.HTTP_200_OK,
+            headers={"Retry-After": "10"} if problems else None,
+        )
 
-    return app
+
+async def _migrate_later(app: FastAPI, engine: Engine, stopping: asyncio.Event) -> None:
+    """Migrate once the database is back (capped, jittered retries), then open the routes."""
+    delay = 0.5
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            # Jittered: several API processes must not hit a recovering database in step.
+            await asyncio.wait_for(stopping.wait(), timeout=delay * (0.5 + random.random() / 2))  # noqa: S311
+        if stopping.is_set():
+            return
+        try:
+            await run_in_threadpool(upgrade, engine)
+        except DatabaseUnavailable:
+            delay = min(delay * 2, 10.0)
+            continue
+        app.state.schema_ready = True
+        _log.warning("database available; schema migrated, serving again")
+        return
 
 
 def app_from_environment() -> FastAPI:

@@ -211,4 +211,5 @@ class DeviceOut(BaseModel):
 class StatusOut(BaseModel):
     """Body of ``GET /healthz``."""
 
-    status: str
+    status: str = Field(description="ok, or unavailable (with status 503)")
+    problems: list[str] = Field(default_factory=list, description="what is wrong, in words")

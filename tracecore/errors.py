@@ -21,11 +21,13 @@ with ``raise ... from exc``, so a caller never has to know which library sits un
     ├── ProofError                 a Merkle proof is malformed, asks for impossible sizes, or fails
     └── StorageError               the database refused or lost something
         ├── NotFound                   no such record
-        └── Conflict                   the record exists already (or a unique rule would break)
+        ├── Conflict                   the record exists already (or a unique rule would break)
+        └── DatabaseUnavailable        the database cannot be reached or is busy: retry later
 
 The other reason codes of the ingest rules (unknown_device, clock_skew, equivocation,
 unauthorized_product, unknown_product) depend on server state, not on the message alone; the
-ingest service raises :class:`MessageRejected` with those codes directly.
+ingest service raises :class:`MessageRejected` with those codes directly. ``too_large`` (a payload
+over the service's size limit) is decided by ingest before the bytes are read at all.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "BundleError",
     "ConfigError",
     "Conflict",
+    "DatabaseUnavailable",
     "IdentifierError",
     "KeyFileError",
     "MalformedMessage",
@@ -58,6 +61,7 @@ __all__ = [
 class RejectReason(StrEnum):
     """Why a device message was refused (design.md, "Ingest rules"), in the order checked."""
 
+    TOO_LARGE = "too_large"
     MALFORMED = "malformed"
     UNKNOWN_DEVICE = "unknown_device"
     TOPIC_MISMATCH = "topic_mismatch"
@@ -175,3 +179,11 @@ class NotFound(StorageError):
 
 class Conflict(StorageError):
     """A record with the given identity exists already, or a uniqueness rule would break."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be reached, refused the connection, or is locked or out of space.
+
+    A condition of the moment, not of the request: the same operation may succeed later, so
+    services wait and retry (docs/operations.md, "Outages") and the API answers 503.
+    """

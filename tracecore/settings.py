@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     verify_threads: int = Field(
         default=2, ge=1, le=64, description="ingest: threads checking signatures"
     )
+    max_message_bytes: int = Field(
+        # At least the protocol's 16 KiB message limit (docs/protocol.md §4), so no valid
+        # message is ever refused; larger payloads are refused as too_large, unread.
+        default=64 * 1024,
+        ge=16384,
+        le=256 * 1024 * 1024,
+        description="ingest: larger payloads are refused as too_large without being read",
+    )
     contract_seconds: float = Field(
         default=5.0, gt=0, le=3600, description="ingest: how often queued products' contracts run"
     )

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import pytest
 from ingest_kit import HOUR, RECEIVED, T0, World, product, table
+from sqlalchemy import Engine
 
-from ingest import Inbound
+from ingest import Inbound, IngestConfig, Processor
 from tracecore.cose import parse_message
 from tracecore.errors import RejectReason
 from tracecore.logentry import GENESIS_PREV, parse_entry
 from tracecore.merkle import leaf_hash
 from tracecore.receipt import parse_receipt
 from tracecore.storage import revoke_key, session_scope
-from tracecore.storage.queries import device_gaps, list_rejections
+from tracecore.storage.models import REJECTION_PREFIX_BYTES
+from tracecore.storage.queries import device_gaps, list_rejections, rejection_counts
 from tracecore.topics import up_topic
 
 LOT = product("LOT1")
@@ -431,3 +434,109 @@ def test_device_gaps_accepts_a_session(world: World) -> None:
     world.send(dev, dev.reading(LOT, seq=4))
     with session_scope(world.engine) as session:
         assert device_gaps(session, "dev-a") == [(2, 3)]
+
+
+# --- bounded rejections --------------------------------------------------------------------
+
+
+def test_oversized_payload_keeps_a_bounded_prefix_its_length_and_hash(world: World) -> None:
+    """A 10 MB payload is too_large: one row with a 1 KiB prefix, the full length and SHA-256."""
+    raw = bytes(range(256)) * (10_000_000 // 256)
+    result = world.process(Inbound(up_topic("dev-a"), raw, RECEIVED))
+    assert result.rejected == {RejectReason.TOO_LARGE: 1}
+    row = only_rejection(world, RejectReason.TOO_LARGE)
+    assert bytes(row.raw) == raw[:REJECTION_PREFIX_BYTES]
+    assert row.raw_length == len(raw)
+    assert bytes(row.raw_sha256) == hashlib.sha256(raw).digest()
+    assert (row.device_id, row.seq, row.received_count) == ("dev-a", None, 1)
+    assert f"{len(raw)} bytes" in row.detail
+
+
+def test_message_limit_is_a_setting_checked_before_parsing(engine: Engine, world: World) -> None:
+    """A payload over the configured limit is too_large even if it is a valid message."""
+    dev = world.devices["dev-a"]
+    raw = dev.reading(LOT)
+    processor = Processor(engine, world.log_key, IngestConfig(max_message_bytes=64 * 1024))
+    try:
+        padded = raw + b"\x00" * (64 * 1024 + 1 - len(raw))
+        inside = b"\x00" * (64 * 1024)  # at the limit: read, and refused as malformed
+        result = processor.process(
+            [dev.inbound(padded), dev.inbound(inside), dev.inbound(raw)], RECEIVED
+        )
+    finally:
+        processor.close()
+    assert result.rejected == {RejectReason.TOO_LARGE: 1, RejectReason.MALFORMED: 1}
+    assert result.parked == 1  # the genuine message went on (its lot is not commissioned)
+    reasons = {row.reason: row for row in world.rows("rejections")}
+    assert bytes(reasons["malformed"].raw) == inside  # within the limit: kept whole
+    assert reasons["too_large"].raw_length == len(padded)
+
+
+def test_limit_below_the_protocol_limit_is_refused() -> None:
+    """A message limit under the protocol's 16 KiB would refuse valid messages: not allowed."""
+    with pytest.raises(ValueError, match="at least 16384"):
+        IngestConfig(max_message_bytes=16383)
+
+
+def test_resends_of_refused_bytes_are_counted_on_one_row(world: World) -> None:
+    """50 resends of the same refused bytes (across batches) are one row with count 50."""
+    dev = world.devices["dev-a"]
+    raw = dev.reading(LOT, time=RECEIVED + HOUR)  # clock_skew
+    for batch in range(10):
+        received = RECEIVED + batch * 1000
+        world.process(*(dev.inbound(raw, received) for _ in range(5)), now_ms=received)
+    row = only_rejection(world, RejectReason.CLOCK_SKEW)
+    assert bytes(row.raw) == raw
+    assert (row.received_count, row.received_ms, row.last_received_ms) == (
+        50,
+        RECEIVED,
+        RECEIVED + 9000,
+    )
+
+
+def test_oversized_resends_are_counted_not_stored_again(world: World) -> None:
+    """Every resend of an oversized payload adds to the count of its one row."""
+    raw = b"\x01" * 200_000
+    for n in range(3):
+        world.process(Inbound(up_topic("dev-a"), raw, RECEIVED + n), now_ms=RECEIVED + n)
+    row = only_rejection(world, RejectReason.TOO_LARGE)
+    assert (row.received_count, row.last_received_ms) == (3, RECEIVED + 2)
+
+
+def test_same_bytes_other_topic_or_reason_get_their_own_rows(world: World) -> None:
+    """Repeats are counted per topic and reason: a refusal never loses its own reason."""
+    dev = world.devices["dev-a"]
+    raw = dev.reading(LOT, time=RECEIVED + HOUR)
+    world.process(dev.inbound(raw), dev.inbound(raw, topic=up_topic("dev-b")))
+    # The same bytes refused later for another reason (the key revoked meanwhile).
+    with session_scope(world.engine) as session:
+        revoke_key(session, "dev-a", revoked_since_ms=T0 - HOUR, reason="stolen")
+    world.process(dev.inbound(raw))
+    got = sorted((r.topic, r.reason, r.received_count) for r in world.rows("rejections"))
+    assert got == [
+        (up_topic("dev-a"), "clock_skew", 1),
+        (up_topic("dev-a"), "revoked_key", 1),
+        (up_topic("dev-b"), "topic_mismatch", 1),
+    ]
+
+
+def test_expired_parked_resends_are_counted(world: World) -> None:
+    """A message parked, expired, resent and expired again is one unknown_product row, count 2."""
+    dev = world.devices["dev-a"]
+    raw = dev.reading(LOT)
+    for n in range(2):
+        start = RECEIVED + n * 48 * HOUR
+        assert world.send(dev, raw, now_ms=start).parked == 1
+        world.processor.expire_parked(start + 25 * HOUR)
+    row = only_rejection(world, RejectReason.UNKNOWN_PRODUCT)
+    assert (row.received_count, row.last_received_ms) == (2, RECEIVED + 48 * HOUR)
+
+
+def test_rejection_counts_count_every_refusal(world: World) -> None:
+    """The per-reason counts behind /metrics add up repeats, not rows."""
+    dev = world.devices["dev-a"]
+    world.process(*(dev.inbound(b"x") for _ in range(3)))
+    with session_scope(world.engine) as session:
+        counts = rejection_counts(session)
+    assert counts[RejectReason.MALFORMED] == 3
+    assert counts[RejectReason.TOO_LARGE] == 0

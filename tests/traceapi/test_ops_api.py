@@ -45,7 +45,16 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _reject(engine: Engine, reason: str, device: str | None, raw: bytes, at: int) -> None:
+def _reject(
+    engine: Engine,
+    reason: str,
+    device: str | None,
+    raw: bytes,
+    at: int,
+    *,
+    length: int | None = None,
+    count: int = 1,
+) -> None:
     with session_scope(engine) as session:
         session.add(
             Rejection(
@@ -56,6 +65,10 @@ def _reject(engine: Engine, reason: str, device: str | None, raw: bytes, at: int
                 device_id=device,
                 seq=None,
                 received_ms=at,
+                raw_length=len(raw) if length is None else length,
+                raw_sha256=hashlib.sha256(raw).digest(),
+                received_count=count,
+                last_received_ms=at + count - 1,
             )
         )
 
@@ -89,6 +102,16 @@ def test_rejections_are_listed_newest_first_with_raw_bytes(client: Any) -> None:
     assert base64.b64decode(rows[0]["raw"]) == b"\xd2\x84signed"
     assert rows[1]["device"] is None
     assert rows[1]["detail"] == "because malformed"
+
+
+def test_rejections_show_length_hash_and_repeats(client: Any) -> None:
+    """An item says how long the whole payload was, its SHA-256 and how often it came."""
+    _reject(client.engine, "too_large", "gw-1", b"\xd2head", NOW, length=10_000_000, count=7)
+    [row] = client.get("/v1/admin/rejections", headers=_auth(ADMIN)).json()
+    assert base64.b64decode(row["raw"]) == b"\xd2head"
+    assert (row["raw_size"], row["raw_length"]) == (5, 10_000_000)
+    assert row["raw_sha256"] == hashlib.sha256(b"\xd2head").hexdigest()
+    assert (row["received_count"], row["last_received_ms"]) == (7, NOW + 6)
 
 
 def test_rejections_filter_by_reason_device_and_page(client: Any) -> None:
@@ -148,6 +171,7 @@ def test_metrics_count_rejections_per_reason_and_the_log(client: Any) -> None:
     """/metrics exposes rejections per reason (zeros included), log size and checkpoint age."""
     _reject(client.engine, "equivocation", "gw-1", b"e", NOW)
     _reject(client.engine, "equivocation", "gw-1", b"f", NOW)
+    _reject(client.engine, "too_large", "gw-1", b"g", NOW, length=10**8, count=3)
     for index in range(3):
         _entry(client.engine, index, "gw-1", index + 1)
     with session_scope(client.engine) as session:
@@ -159,6 +183,7 @@ def test_metrics_count_rejections_per_reason_and_the_log(client: Any) -> None:
         line.rsplit(" ", 1) for line in response.text.splitlines() if not line.startswith("#")
     )
     assert samples['agritrace_rejections_total{reason="equivocation"}'] == "2"
+    assert samples['agritrace_rejections_total{reason="too_large"}'] == "3"  # every arrival
     assert samples['agritrace_rejections_total{reason="bad_signature"}'] == "0"
     assert samples["agritrace_log_entries"] == "3"
     assert samples["agritrace_checkpoint_size"] == "2"

@@ -108,7 +108,7 @@ def test_healthz(api: Api) -> None:
     """The health check answers ok after querying the database, without a token."""
     response = api.call("GET", "/healthz", None)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "problems": []}
 
 
 def test_startup_migrates(api: Api) -> None:

@@ -9,11 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from nacl.signing import SigningKey
-from sqlalchemy import Engine, inspect, text
-from sqlmodel import SQLModel, select
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlmodel import SQLModel, col, select
 
 from tracecore.errors import (
     ConfigError,
@@ -56,6 +57,7 @@ from tracecore.storage import (
     upgrade,
     validate_public_key,
 )
+from tracecore.storage.migrate import alembic_config
 
 T0 = 1_700_000_000_000
 BINARY = bytes(range(256)) + b"\x00\x00\xff\x00"  # every byte value, NULs, trailing zero
@@ -248,6 +250,10 @@ def test_binary_round_trip(engine: Engine) -> None:
                 reason="malformed",
                 detail="not CBOR",
                 received_ms=T0,
+                raw_length=1 + len(BINARY),
+                raw_sha256=hashlib.sha256(b"\x00" + BINARY).digest(),
+                received_count=1,
+                last_received_ms=T0,
             )
         )
     with session_scope(engine) as session:
@@ -297,10 +303,98 @@ def test_log_entry_device_seq_unique(engine: Engine) -> None:
         assert session.get(LogEntry, 1) is None
 
 
-def test_rejection_reason_check(engine: Engine) -> None:
-    """A rejection with a reason outside RejectReason is refused."""
+def _rejection(**changes: object) -> Rejection:
+    """A valid rejection row of 3 whole bytes, with ``changes`` applied."""
+    fields: dict[str, object] = {
+        "raw": b"abc",
+        "topic": "t",
+        "reason": "malformed",
+        "detail": "",
+        "received_ms": T0,
+        "raw_length": 3,
+        "raw_sha256": hashlib.sha256(b"abc").digest(),
+        "received_count": 1,
+        "last_received_ms": T0,
+    }
+    fields.update(changes)
+    return Rejection(**fields)
+
+
+def test_rejection_valid_row_is_stored(engine: Engine) -> None:
+    """The row the check tests below vary is itself valid (too_large is a known reason)."""
+    with session_scope(engine) as session:
+        session.add(_rejection())
+        session.add(_rejection(reason="too_large", raw=b"a", raw_length=10**8))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"reason": "bored"},
+        {"raw_length": 2},
+        {"raw_sha256": b"short"},
+        {"received_count": 0},
+        {"last_received_ms": T0 - 1},
+    ],
+)
+def test_rejection_checks(engine: Engine, changes: dict[str, object]) -> None:
+    """A rejection breaking a rule of its table (reason, length, hash, count, times) is refused."""
     with pytest.raises(Conflict), session_scope(engine) as session:
-        session.add(Rejection(raw=b"", topic="t", reason="bored", detail="", received_ms=T0))
+        session.add(_rejection(**changes))
+
+
+def _old_rejection(connection: Connection, raw: bytes, received_ms: int) -> None:
+    connection.execute(
+        text(
+            "INSERT INTO rejections (raw, topic, reason, detail, received_ms) "
+            "VALUES (:raw, 't', 'malformed', 'd', :at)"
+        ),
+        {"raw": raw, "at": received_ms},
+    )
+
+
+def test_migration_0006_fills_existing_rejections(engine_factory: Callable[[], Engine]) -> None:
+    """Rows stored before 0006 keep their bytes and get their length, hash and a count of 1."""
+    engine = engine_factory()
+    upgrade(engine, "0005")
+    with engine.begin() as connection:
+        _old_rejection(connection, BINARY, T0)
+        _old_rejection(connection, b"", T0 + 1)
+    upgrade(engine, "0006")
+    with session_scope(engine) as session:
+        rows = session.exec(select(Rejection).order_by(col(Rejection.id))).all()
+        got = [
+            (r.raw, r.raw_length, r.raw_sha256, r.received_count, r.last_received_ms) for r in rows
+        ]
+    assert got == [
+        (BINARY, len(BINARY), hashlib.sha256(BINARY).digest(), 1, T0),
+        (b"", 0, hashlib.sha256(b"").digest(), 1, T0 + 1),
+    ]
+
+
+def _downgrade(engine: Engine, revision: str) -> None:
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        alembic_command.downgrade(config, revision)
+
+
+def test_migration_0006_downgrade_refuses_to_lose_counts(
+    engine_factory: Callable[[], Engine],
+) -> None:
+    """Downgrading below 0006 runs on rows the old schema can hold, and refuses a counted row."""
+    engine = engine_factory()
+    upgrade(engine, "0006")
+    with session_scope(engine) as session:
+        session.add(_rejection())
+    _downgrade(engine, "0005")
+    assert current_revision(engine) == "0005"
+    upgrade(engine, "0006")
+    with session_scope(engine) as session:
+        session.add(_rejection(received_count=2, last_received_ms=T0 + 5))
+    with pytest.raises(RuntimeError, match="cannot downgrade below 0006"):
+        _downgrade(engine, "0005")
+    assert current_revision(engine) == "0006"
 
 
 # --- parties and tokens ------------------------------------------------------------------------

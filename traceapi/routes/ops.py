@@ -10,6 +10,7 @@ same whichever process serves them and survive restarts.
 from __future__ import annotations
 
 import base64
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -18,8 +19,9 @@ from pydantic import BaseModel
 from sqlalchemy import Engine
 
 from traceapi.auth import Principal, forbidden, require_admin, require_admin_or_party
+from traceapi.availability import IngestState
 from traceapi.schemas import MAX_INT64
-from tracecore.errors import RejectReason
+from tracecore.errors import DatabaseUnavailable, RejectReason
 from tracecore.identifiers import parse_device_id
 from tracecore.storage.engine import session_scope
 from tracecore.storage.queries import (
@@ -48,6 +50,12 @@ class RejectionOut(BaseModel):
     received_ms: int
     raw: str
     raw_size: int
+    # docs/operations.md: ``raw`` is whole unless the reason is too_large (then a prefix);
+    # these always describe the whole payload and every arrival of it.
+    raw_length: int
+    raw_sha256: str
+    received_count: int
+    last_received_ms: int
 
 
 class GapsOut(BaseModel):
@@ -90,6 +98,10 @@ def get_rejections(
                 received_ms=row.received_ms,
                 raw=base64.b64encode(row.raw).decode("ascii"),
                 raw_size=len(row.raw),
+                raw_length=row.raw_length,
+                raw_sha256=row.raw_sha256.hex(),
+                received_count=row.received_count,
+                last_received_ms=row.last_received_ms,
             )
             for row in rows
         ]
@@ -113,13 +125,22 @@ def get_gaps(
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def get_metrics(request: Request) -> PlainTextResponse:
-    """Prometheus metrics: log size, checkpoint, parked messages, rejections per reason."""
-    with session_scope(_engine(request)) as session:
-        stats = log_stats(session)
-        counts = rejection_counts(session)
+    """Prometheus metrics: log size, checkpoint, parked messages, rejections, ingest state."""
+    ingest = _ingest_metrics(request.app.state.ingest)
+    try:
+        with session_scope(_engine(request)) as session:
+            stats = log_stats(session)
+            counts = rejection_counts(session)
+    except DatabaseUnavailable:
+        # What this process knows without the database still goes out: an outage is exactly
+        # when an operator's dashboard needs the ingest gauges.
+        lines = [*_metric("agritrace_database_up", "gauge", _DB_UP, 0), *ingest]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type=_EXPOSITION)
     clock = request.app.state.clock
     age = (clock() - stats.checkpoint_ms) / 1000 if stats.checkpoint_ms is not None else None
     lines = [
+        *_metric("agritrace_database_up", "gauge", _DB_UP, 1),
+        *ingest,
         *_metric("agritrace_log_entries", "gauge", "Entries in the log.", stats.log_size),
         *_metric(
             "agritrace_checkpoint_size",
@@ -149,9 +170,67 @@ def get_metrics(request: Request) -> PlainTextResponse:
             for reason, count in counts.items()
         ),
     ]
-    return PlainTextResponse(
-        "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
+    return PlainTextResponse("\n".join(lines) + "\n", media_type=_EXPOSITION)
+
+
+_EXPOSITION = "text/plain; version=0.0.4; charset=utf-8"
+_DB_UP = "1 when this process's last query of the database succeeded."
+
+
+def _ingest_metrics(state: IngestState | None) -> list[str]:
+    """The gauges and counters of an ingest service in this process (``agritrace serve``)."""
+    if state is None:
+        return []
+    now_ms = time.time_ns() // 1_000_000
+    down_s = (
+        (now_ms - state.database_down_since_ms) / 1000
+        if state.database_down_since_ms is not None
+        else 0.0
     )
+    return [
+        *_metric(
+            "agritrace_ingest_database_up",
+            "gauge",
+            "1 while ingest can commit batches.",
+            int(state.database_up),
+        ),
+        *_metric(
+            "agritrace_ingest_database_down_seconds",
+            "gauge",
+            "How long the current database outage has lasted (0 when up).",
+            down_s,
+        ),
+        *_metric(
+            "agritrace_ingest_database_outages_total",
+            "counter",
+            "Database outages ingest has ridden out.",
+            state.database_outages,
+        ),
+        *_metric(
+            "agritrace_ingest_broker_connected",
+            "gauge",
+            "1 while ingest is connected to the MQTT broker.",
+            int(state.broker_connected),
+        ),
+        *_metric(
+            "agritrace_ingest_received_total", "counter", "Messages received.", state.received
+        ),
+        *_metric(
+            "agritrace_ingest_accepted_total", "counter", "Messages committed.", state.accepted
+        ),
+        *_metric(
+            "agritrace_ingest_duplicates_total",
+            "counter",
+            "Resent messages answered with their stored receipt.",
+            state.duplicates,
+        ),
+        *_metric(
+            "agritrace_ingest_receipts_published_total",
+            "counter",
+            "Receipts published.",
+            state.receipts_published,
+        ),
+    ]
 
 
 def _metric(name: str, kind: str, help_text: str, value: float) -> list[str]:

@@ -4,7 +4,12 @@ SQLite (the default, a file under ``AGRITRACE_DATA_DIR``) runs in WAL mode with 
 PostgreSQL is reached through psycopg 3. Every SQLAlchemy error that leaves
 :func:`session_scope` or :func:`storage_errors` is re-raised as a :class:`StorageError`:
 :class:`Conflict` for integrity errors (unique, foreign key, check), :class:`NotFound` for a
-missing row.
+missing row, :class:`DatabaseUnavailable` when the database cannot be reached or is busy.
+
+Durability: a receipt tells a device it may forget a message, so a commit must survive a power
+loss before its receipt leaves (docs/operations.md, "Durability"). SQLite therefore runs with
+``synchronous=FULL`` (WAL mode with NORMAL may roll back the last commits after a power loss),
+and :func:`durability_problems` finds PostgreSQL servers that do not flush commits.
 """
 
 from __future__ import annotations
@@ -16,13 +21,21 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoResultFound, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    InterfaceError,
+    NoResultFound,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlmodel import Session
 
-from tracecore.errors import ConfigError, Conflict, NotFound, StorageError
+from tracecore.errors import ConfigError, Conflict, DatabaseUnavailable, NotFound, StorageError
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
+    "durability_problems",
     "make_engine",
     "session_scope",
     "storage_errors",
@@ -44,22 +57,43 @@ def _normalize_url(url: str | URL) -> URL:
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """Set the per-connection SQLite pragmas: WAL, foreign keys, busy timeout, synchronous."""
+    """Set the per-connection SQLite pragmas: WAL, foreign keys, busy timeout, synchronous=FULL."""
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL: in WAL mode, NORMAL may lose the last commits on power loss, and their receipts
+        # are already out (SQLite docs, "PRAGMA synchronous"; docs/operations.md).
+        cursor.execute("PRAGMA synchronous=FULL")
     finally:
         cursor.close()
+
+
+def _postgresql_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Make every commit of this connection wait for its WAL flush (``synchronous_commit``).
+
+    A server (or role, or database) configured with ``synchronous_commit=off`` acknowledges
+    commits before they are on disk; the setting is the client's to raise for its own session
+    (PostgreSQL docs, 20.5.1). Stronger values (``remote_write``, ``remote_apply``) are kept.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SHOW synchronous_commit")
+        (value,) = cursor.fetchone()
+        if value == "off":
+            cursor.execute("SET synchronous_commit TO on")
+    finally:
+        cursor.close()
+    # psycopg opened a transaction for the SHOW; end it so the pool hands out a clean one.
+    dbapi_connection.commit()
 
 
 def make_engine(url: str | URL) -> Engine:
     """Return an engine for ``url`` (SQLite file or PostgreSQL) with agritrace's settings.
 
     For SQLite the parent directory of the file is created and every connection is switched to
-    WAL journal mode with foreign keys on, a busy timeout and ``synchronous=NORMAL``. A bare
+    WAL journal mode with foreign keys on, a busy timeout and ``synchronous=FULL``. A bare
     ``postgresql://`` URL uses psycopg 3. Raises :class:`ConfigError` for an unusable URL.
     """
     parsed = _normalize_url(url)
@@ -73,7 +107,9 @@ def make_engine(url: str | URL) -> Engine:
             event.listen(engine, "connect", _sqlite_on_connect)
             return engine
         if backend == "postgresql":
-            return create_engine(parsed, pool_pre_ping=True)
+            engine = create_engine(parsed, pool_pre_ping=True)
+            event.listen(engine, "connect", _postgresql_on_connect)
+            return engine
     except (ArgumentError, ImportError) as exc:
         raise ConfigError(f"cannot use database URL {parsed!r}: {exc}") from exc
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
@@ -88,6 +124,10 @@ def storage_errors() -> Iterator[None]:
         raise Conflict(f"the database refused the change: {exc.orig}") from exc
     except NoResultFound as exc:
         raise NotFound(str(exc)) from exc
+    except (OperationalError, InterfaceError) as exc:
+        # The DB-API's classes for "not the statement's fault": connection refused or lost,
+        # server shutting down, SQLite locked or out of disk (PEP 249, "Exceptions").
+        raise DatabaseUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
     except SQLAlchemyError as exc:
         raise StorageError(f"database error: {exc}") from exc
 
@@ -107,3 +147,26 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def durability_problems(engine: Engine) -> list[str]:
+    """What keeps a commit on ``engine`` from surviving a power loss, in words; empty if none.
+
+    PostgreSQL with ``fsync=off`` acknowledges commits it may never have written (PostgreSQL
+    docs, 20.5.1); every connection of :func:`make_engine` already raises a lowered
+    ``synchronous_commit``. SQLite connections of :func:`make_engine` always run
+    ``synchronous=FULL``; another value here means the engine was made elsewhere. Raises
+    :class:`DatabaseUnavailable` when the database cannot be asked.
+    """
+    problems: list[str] = []
+    with storage_errors(), engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            level = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+            if level is not None and int(level) < 2:  # 2 = FULL, 3 = EXTRA
+                problems.append(f"SQLite runs with synchronous={level} (FULL=2 is needed)")
+        else:
+            if conn.exec_driver_sql("SHOW fsync").scalar() != "on":
+                problems.append("PostgreSQL runs with fsync=off")
+            if conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off":
+                problems.append("PostgreSQL runs with synchronous_commit=off")
+    return problems

@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
-from tracecore.errors import StorageError
+from tracecore.errors import DatabaseUnavailable, StorageError
 from tracecore.storage.engine import make_engine
 from tracecore.storage.logwriter import write_transaction
 
@@ -70,7 +70,8 @@ def upgrade(engine_or_url: Engine | str | URL, revision: str = "head") -> None:
     """Bring the database schema up to ``revision`` (default: the newest).
 
     Accepts an engine or a database URL; running it again on an up-to-date database is a no-op.
-    Raises :class:`StorageError` when the database refuses a step.
+    Raises :class:`DatabaseUnavailable` when the database cannot be reached, and
+    :class:`StorageError` when it refuses a step.
     """
     engine, owned = _engine(engine_or_url)
     config = alembic_config()
@@ -81,6 +82,8 @@ def upgrade(engine_or_url: Engine | str | URL, revision: str = "head") -> None:
         with write_transaction(engine) as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
+    except DatabaseUnavailable:
+        raise  # a condition of the moment: the caller may wait and try again
     except (SQLAlchemyError, StorageError) as exc:
         raise StorageError(f"schema migration failed: {exc}") from exc
     finally:

@@ -35,6 +35,7 @@ __all__ = [
     "PARTY_KINDS",
     "PRODUCT_KEY_LENGTH",
     "REGISTRY_WHERE",
+    "REJECTION_PREFIX_BYTES",
     "TOKEN_ROLES",
     "ChainLink",
     "Checkpoint",
@@ -62,6 +63,9 @@ __all__ = [
 ID_LENGTH: Final = 64
 #: Longest stored product key (a Digital Link path with percent-encoded lot and serial).
 PRODUCT_KEY_LENGTH: Final = 255
+#: How much of a ``too_large`` payload a rejection keeps (docs/storage.md, "rejections"): enough
+#: to see what was sent (a COSE header, the start of a text), never the megabytes.
+REJECTION_PREFIX_BYTES: Final = 1024
 #: The kinds of party.
 PARTY_KINDS: Final = ("farm", "packer", "processor", "carrier", "retailer", "lab", "inspector")
 #: The roles a stored token can carry (the admin token is a setting, never stored).
@@ -289,7 +293,15 @@ class ChainLink(SQLModel, table=True):
 
 
 class Rejection(SQLModel, table=True):
-    """A refused device message, kept byte-exact with the reason (nothing is dropped silently)."""
+    """A refused device message with the reason (nothing is dropped silently).
+
+    ``raw`` is the payload byte-exact, except for a ``too_large`` one (over the ingest limit,
+    never read): then it is the first :data:`REJECTION_PREFIX_BYTES` bytes only. ``raw_length``
+    and ``raw_sha256`` always describe the whole payload as received. The same bytes refused
+    again on the same topic for the same reason add to ``received_count`` and move
+    ``last_received_ms`` instead of adding a row (docs/storage.md); ``received_ms`` and
+    ``detail`` stay those of the first refusal.
+    """
 
     __tablename__ = "rejections"
     __table_args__ = (
@@ -303,9 +315,14 @@ class Rejection(SQLModel, table=True):
     id: int | None = Field(
         default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
     )
+        Index("ix_rejections_raw_sha256", "raw_sha256"),
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     topic: str = Field(sa_column=Column(Text, nullable=False))
     reason: str = Field(sa_column=Column(String(32), nullable=False))
+        CheckConstraint("length(raw_sha256) = 32", name="ck_rejections_raw_sha256_length"),
+        CheckConstraint("length(raw) <= raw_length", name="ck_rejections_raw_length"),
+        CheckConstraint("received_count >= 1", name="ck_rejections_received_count"),
+        CheckConstraint("last_received_ms >= received_ms", name="ck_rejections_last_received_ms"),
     detail: str = Field(sa_column=Column(Text, nullable=False))
     device_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
@@ -318,6 +335,10 @@ class Receipt(SQLModel, table=True):
     __tablename__ = "receipts"
 
     device_id: str = Field(
+    raw_length: int = Field(sa_column=Column(BigInteger, nullable=False))
+    raw_sha256: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    received_count: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
         sa_column=Column(String(ID_LENGTH), ForeignKey("devices.id"), primary_key=True)
     )
     seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))

@@ -69,10 +69,16 @@ def device_gaps(session: Session, device_id: str) -> list[tuple[int, int]]:
 
 
 def rejection_counts(session: Session) -> dict[RejectReason, int]:
-    """Return the number of stored rejections per reason (0 for reasons never seen)."""
+    """Return the number of refused messages per reason (0 for reasons never seen).
+
+    Every refusal counts, repeats included: a row stands for ``received_count`` arrivals of the
+    same bytes (docs/storage.md, "rejections"), so the count is a true counter for /metrics.
+    """
     counts = dict.fromkeys(RejectReason, 0)
     rows = session.execute(
-        select(col(Rejection.reason), func.count()).group_by(col(Rejection.reason))
+        select(col(Rejection.reason), func.sum(col(Rejection.received_count))).group_by(
+            col(Rejection.reason)
+        )
     ).all()
     for reason, count in rows:
         counts[RejectReason(reason)] = int(count)
