@@ -307,26 +307,30 @@ class Rejection(SQLModel, table=True):
     __table_args__ = (
         Index("ix_rejections_reason_received_ms", "reason", "received_ms"),
         Index("ix_rejections_device_id", "device_id"),
+        Index("ix_rejections_raw_sha256", "raw_sha256"),
         CheckConstraint(
             _in("reason", tuple(r.value for r in RejectReason)), name="ck_rejections_reason"
         ),
+        CheckConstraint("length(raw_sha256) = 32", name="ck_rejections_raw_sha256_length"),
+        CheckConstraint("length(raw) <= raw_length", name="ck_rejections_raw_length"),
+        CheckConstraint("received_count >= 1", name="ck_rejections_received_count"),
+        CheckConstraint("last_received_ms >= received_ms", name="ck_rejections_last_received_ms"),
     )
 
     id: int | None = Field(
         default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
     )
-        Index("ix_rejections_raw_sha256", "raw_sha256"),
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     topic: str = Field(sa_column=Column(Text, nullable=False))
     reason: str = Field(sa_column=Column(String(32), nullable=False))
-        CheckConstraint("length(raw_sha256) = 32", name="ck_rejections_raw_sha256_length"),
-        CheckConstraint("length(raw) <= raw_length", name="ck_rejections_raw_length"),
-        CheckConstraint("received_count >= 1", name="ck_rejections_received_count"),
-        CheckConstraint("last_received_ms >= received_ms", name="ck_rejections_last_received_ms"),
     detail: str = Field(sa_column=Column(Text, nullable=False))
     device_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    raw_length: int = Field(sa_column=Column(BigInteger, nullable=False))
+    raw_sha256: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    received_count: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class Receipt(SQLModel, table=True):
@@ -335,10 +339,6 @@ class Receipt(SQLModel, table=True):
     __tablename__ = "receipts"
 
     device_id: str = Field(
-    raw_length: int = Field(sa_column=Column(BigInteger, nullable=False))
-    raw_sha256: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    received_count: int = Field(sa_column=Column(BigInteger, nullable=False))
-    last_received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
         sa_column=Column(String(ID_LENGTH), ForeignKey("devices.id"), primary_key=True)
     )
     seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
