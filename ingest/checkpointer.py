@@ -29,6 +29,7 @@ from tracecore.checkpoint import make_checkpoint
 from tracecore.errors import AgritraceError
 from tracecore.keys import SignerKey
 from tracecore.storage.engine import session_scope
+from tracecore.storage.logwriter import checkpoint_transaction
 from tracecore.storage.models import Checkpoint
 from tracecore.storage.tree import consistency_proof
 
@@ -54,8 +55,14 @@ def wall_clock_ms() -> int:
 def checkpoint_once(
     engine: Engine, log_key: SignerKey, origin: str, now_ms: int
 ) -> Checkpoint | None:
-    """Integrate and, if the log grew, sign and commit a checkpoint (blocking; one transaction)."""
-    with session_scope(engine) as session:
+    """Integrate and, if the log grew, sign and commit a checkpoint (blocking; one transaction).
+
+    Returns None when the log has not grown, or when another worker holds the integrator's lock
+    (it checkpoints the same log this round).
+    """
+    with checkpoint_transaction(engine) as session:
+        if session is None:
+            return None
         return make_checkpoint(session, origin, log_key, now_ms)
 
 

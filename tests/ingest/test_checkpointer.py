@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from log_kit import NOW, append_entries
@@ -12,8 +13,10 @@ from sqlalchemy import Engine
 from ingest import run_checkpointer
 from ingest.checkpointer import checkpoint_once, consistency_proof_fn
 from tracecore import merkle
+from tracecore.checkpoint import make_checkpoint
 from tracecore.keys import SignerKey
 from tracecore.settings import Settings
+from tracecore.storage.logwriter import checkpoint_transaction
 from tracecore.storage.models import Checkpoint
 
 LOG_KEY = SignerKey("agritrace.test/log", bytes(range(32)))
@@ -94,3 +97,27 @@ def test_consistency_proof_fn_reads_in_a_thread(engine: Engine) -> None:
     assert checkpoint_once(engine, LOG_KEY, ORIGIN, NOW) is not None
     proof = asyncio.run(consistency_proof_fn(engine)(5, 9))
     merkle.verify_consistency(5, 9, merkle.root_of(leaves[:5]), merkle.root_of(leaves), proof)
+
+
+def test_one_integrator_at_a_time(engine: Engine) -> None:
+    """A second checkpointer while one is mid-round skips (PostgreSQL) or waits (SQLite); no
+    round fails on the other's subtree rows."""
+    append_entries(engine, 0, 5)
+    with ThreadPoolExecutor(1) as pool:
+        with checkpoint_transaction(engine) as holder:
+            assert holder is not None
+            first = make_checkpoint(holder, ORIGIN, LOG_KEY, NOW)
+            # The holder has written subtree rows, uncommitted: a second integrator must not
+            # write the same ones (it used to, and failed on merkle_nodes_pkey every round).
+            other = pool.submit(checkpoint_once, engine, LOG_KEY, ORIGIN, NOW)
+            if engine.dialect.name != "sqlite":
+                assert other.result(timeout=30) is None  # skipped at once, lock not taken
+        # SQLite has one writer: the other round waited for the database lock, then found the
+        # log checkpointed and did nothing.
+        assert other.result(timeout=30) is None
+    assert first is not None
+    assert first.size == 5
+    append_entries(engine, 5, 2)
+    after = checkpoint_once(engine, LOG_KEY, ORIGIN, NOW)
+    assert after is not None
+    assert after.size == 7

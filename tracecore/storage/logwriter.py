@@ -6,6 +6,11 @@ lock for its whole transaction, and reads the next index under it:
 
 * PostgreSQL: ``pg_advisory_xact_lock(WRITE_LOCK_KEY)``, released by the commit or rollback;
 * SQLite: ``BEGIN IMMEDIATE``, the database's own write lock.
+
+The integrator (the checkpointer, which stores Merkle subtrees and signs checkpoints) has a
+lock of its own, so that of several ingest workers exactly one integrates at a time and the
+others skip their round instead of writing the same subtree rows (docs/log.md):
+:func:`checkpoint_transaction`.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from tracecore.storage.engine import storage_errors
 from tracecore.storage.models import LogEntry
 
 __all__ = [
+    "CHECKPOINT_LOCK_KEY",
     "WRITE_LOCK_KEY",
     "append_registry_entry",
+    "checkpoint_transaction",
     "log_session",
     "next_log_index",
     "write_transaction",
@@ -33,6 +40,8 @@ __all__ = [
 
 #: The PostgreSQL advisory lock key of the log's single writer ("agrtrace" in ASCII).
 WRITE_LOCK_KEY: Final = 0x6167727472616365
+#: The PostgreSQL advisory lock key of the log's single integrator ("agrtckpt" in ASCII).
+CHECKPOINT_LOCK_KEY: Final = 0x61677274636B7074
 
 _KINDS: Final = {
     "DeviceRegistered": "device_registered",
@@ -65,6 +74,40 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             with conn.begin():
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
                 yield conn
+
+
+@contextmanager
+def checkpoint_transaction(engine: Engine) -> Iterator[Session | None]:
+    """A session for one integration round, or None when another process is integrating now.
+
+    PostgreSQL: ``pg_try_advisory_xact_lock(CHECKPOINT_LOCK_KEY)``; a worker that does not get
+    it skips the round (the holder checkpoints the same log). Log appends do not wait for it.
+    SQLite: ``BEGIN IMMEDIATE`` as in :func:`write_transaction` (one writer at a time anyway),
+    so the round reads the tree it extends under the lock. Commits when the block ends
+    normally, rolls back on any exception; SQLAlchemy errors leave as ``StorageError``.
+    """
+    if engine.dialect.name == "sqlite":
+        with write_transaction(engine) as conn, storage_errors():
+            session = Session(bind=conn, expire_on_commit=False)
+            try:
+                yield session
+                session.flush()
+            finally:
+                session.close()
+        return
+    with storage_errors(), engine.connect() as conn, conn.begin():
+        taken = conn.execute(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": CHECKPOINT_LOCK_KEY}
+        ).scalar()
+        if not taken:
+            yield None
+            return
+        session = Session(bind=conn, expire_on_commit=False)
+        try:
+            yield session
+            session.flush()
+        finally:
+            session.close()
 
 
 @contextmanager
