@@ -46,7 +46,8 @@ from tracecore.storage import make_engine, upgrade
 _log = logging.getLogger(__name__)
 _PRODUCT = "/01/06901234567892/10/OUTAGE1"
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# method="thread": a timeout raised as a signal can be swallowed by an aiomqtt callback.
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(600, method="thread")]
 
 
 @pytest.fixture

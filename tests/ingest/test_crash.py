@@ -53,7 +53,8 @@ FLEETS = 2
 KILL_AT = (0.2, 0.45, 0.7)  # fractions of all messages receipted when ingest gets SIGKILL
 _log = logging.getLogger(__name__)
 
-pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
+# method="thread": a timeout raised as a signal can be swallowed by an aiomqtt callback.
+pytestmark = [pytest.mark.mosquitto, pytest.mark.slow, pytest.mark.timeout(600, method="thread")]
 
 
 def test_sigkill_mid_stream_loses_and_doubles_nothing(
