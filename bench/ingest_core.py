@@ -2,9 +2,10 @@
 
 Run by hand, not a test::
 
-    .venv/bin/python bench/ingest_core.py                       # SQLite file in a temp dir
-    .venv/bin/python bench/ingest_core.py --db postgresql+psycopg://USER:PW@HOST/EMPTY_DB
-    .venv/bin/python bench/ingest_core.py --profile             # cProfile, top 25 by tottime
+    .venv/bin/python -m bench.ingest_core                       # SQLite file in a temp dir
+    .venv/bin/python -m bench.ingest_core --db postgresql+psycopg://USER:PW@HOST/EMPTY_DB
+    .venv/bin/python -m bench.ingest_core --profile             # cProfile, top 25 by tottime
+    .venv/bin/python -m bench.ingest_core --synchronous NORMAL  # SQLite: the old, unsafe setting
 
 Registers one farm with ``--devices`` devices, commissions ``--products`` products, then times
 ``--batches`` calls of ``process()`` on batches of ``--batch`` pre-signed readings (each from a
@@ -21,10 +22,12 @@ import hashlib
 import pstats
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nacl.signing
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from ingest import Inbound, IngestConfig, Processor
 from tracecore.cose import sign_message
@@ -75,6 +78,13 @@ def _setup(engine: Engine, args: argparse.Namespace) -> tuple[Processor, list[li
     return processor, work
 
 
+def _pragma(statement: str) -> Callable[[Any, Any], None]:
+    def run(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(statement)
+
+    return run
+
+
 def main() -> None:
     """Parse the options, set up the database, run and time the batches."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -85,10 +95,20 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--synchronous",
+        choices=("FULL", "NORMAL"),
+        default="FULL",
+        help="SQLite only: NORMAL measures the setting agritrace used before (unsafe: see "
+        'docs/operations.md, "Durability"); FULL is what make_engine sets',
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.db or f"sqlite:///{Path(tmp) / 'bench.sqlite3'}"
         engine = make_engine(url)
+        if args.synchronous != "FULL":
+            # After make_engine's own listener, so this value wins on every connection.
+            event.listen(engine, "connect", _pragma(f"PRAGMA synchronous={args.synchronous}"))
         processor, work = _setup(engine, args)
         profiler = cProfile.Profile() if args.profile else None
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -105,7 +125,8 @@ def main() -> None:
         engine.dispose()
     total = args.batch * args.batches
     print(
-        f"{url.split(':', 1)[0]}: {total} readings in {args.batches} batches of {args.batch}: "
+        f"{url.split(':', 1)[0]} (synchronous={args.synchronous}): {total} readings in "
+        f"{args.batches} batches of {args.batch}: "
         f"{elapsed:.2f} s, {total / elapsed:,.0f} msgs/s, "
         f"{elapsed / args.batches * 1000:.1f} ms per batch; this process used {cpu:.2f} s "
         "of CPU (all threads; the database server's CPU not counted)"
