@@ -277,3 +277,20 @@ async def _outage_scenario(
         )
         stop.set()
     return figures
+
+
+@pytest.mark.mosquitto
+def test_ingest_refuses_a_database_that_does_not_flush_commits(
+    mosquitto: BrokerAddress, tmp_path: Path
+) -> None:
+    """PostgreSQL with fsync=off: ingest says why and exits 1 before taking any message."""
+    pg = PgCluster(options="-c fsync=off")
+    try:
+        pg.start()
+        process = IngestProcess(tmp_path / "data", pg.url, mosquitto, unique("ingest-fsync"))
+        process.start()
+        assert process.wait(120) == 1
+        assert "fsync=off" in process.log_text()
+        assert "power loss" in process.log_text()
+    finally:
+        pg.close()
