@@ -58,7 +58,7 @@ from tracecore.errors import (
     StorageError,
     UnknownKey,
 )
-from tracecore.keys import SignerKey
+from tracecore.keys import SignerKey, key_window_refusal
 from tracecore.logentry import GENESIS_PREV, ChainPosition, DeviceMessageEntry
 from tracecore.merkle import leaf_hash
 from tracecore.message import Event
@@ -212,19 +212,9 @@ def _check_key(row: Any, device: str, kid: bytes, at_ms: int) -> bytes:
     """
     if row is None:
         raise UnknownKey(f"device {device!r} has no key with kid {kid.hex()}")
-    if at_ms < row.valid_from_ms:
-        raise RevokedKey(
-            f"key {kid.hex()} of {device!r} is valid from {row.valid_from_ms}, message time {at_ms}"
-        )
-    if row.valid_until_ms is not None and at_ms >= row.valid_until_ms:
-        raise RevokedKey(
-            f"key {kid.hex()} of {device!r} was rotated out at {row.valid_until_ms}, "
-            f"message time {at_ms}"
-        )
-    if row.revoked_ms is not None and at_ms >= row.revoked_ms:
-        raise RevokedKey(
-            f"key {kid.hex()} of {device!r} is revoked since {row.revoked_ms}, message time {at_ms}"
-        )
+    refusal = key_window_refusal(row.valid_from_ms, row.valid_until_ms, row.revoked_ms, at_ms)
+    if refusal is not None:
+        raise RevokedKey(f"key {kid.hex()} of {device!r} {refusal}")
     return bytes(row.public_key)
 
 

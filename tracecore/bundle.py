@@ -31,7 +31,7 @@ from typing import Any, Final
 from tracecore.cose import SignedMessage, parse_message
 from tracecore.errors import AgritraceError, BundleError
 from tracecore.identifiers import ProductKey
-from tracecore.keys import VerifierKey, device_kid
+from tracecore.keys import VerifierKey, device_kid, key_window_refusal
 from tracecore.logentry import (
     GENESIS_PREV,
     AnyEntry,
@@ -544,12 +544,11 @@ def _check_keys(state: _State) -> str:
         spans = [s for kid, s in kids.get(device, []) if kid == signed.kid]
         if not spans:
             raise BundleError(f"entry {index}: no registered key {signed.kid.hex()} of {device}")
+        # The same window as ingest's (docs/keys.md): a bundle of accepted messages verifies.
         valid = [
             s
             for s in spans
-            if s.valid_from <= time
-            and (s.valid_until is None or time < s.valid_until)
-            and (s.revoked_since is None or time < s.revoked_since)
+            if key_window_refusal(s.valid_from, s.valid_until, s.revoked_since, time) is None
         ]
         if not valid:
             raise BundleError(f"entry {index}: key {signed.kid.hex()} was not valid at {time}")

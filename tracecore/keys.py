@@ -34,12 +34,14 @@ from tracecore.errors import KeyFileError
 __all__ = [
     "ALG_COSIGNATURE_V1",
     "ALG_ED25519",
+    "KEY_START_TOLERANCE_MS",
     "KID_LENGTH",
     "LOG_KEY_FILE",
     "SignerKey",
     "VerifierKey",
     "device_kid",
     "generate_signer",
+    "key_window_refusal",
     "load_or_create_log_key",
     "note_key_id",
     "read_key_file",
@@ -48,6 +50,11 @@ __all__ = [
 ]
 
 KID_LENGTH = 8
+#: How long before its ``valid_from`` a device key already signs (docs/protocol.md §8, "Clock";
+#: docs/keys.md): the 5 minutes a device clock may differ from the server's, which stamped
+#: ``valid_from`` at registration or rotation. A fixed protocol constant, not a setting: every
+#: verifier of a bundle must draw the same windows as ingest did.
+KEY_START_TOLERANCE_MS: Final = 5 * 60_000
 ALG_ED25519 = 0x01  # C2SP signed-note: Ed25519 signature type
 ALG_COSIGNATURE_V1 = 0x04  # C2SP tlog-cosignature: the witness cosignature type
 
@@ -57,6 +64,46 @@ _KEY_FILE_SUFFIX = ".key"
 #: File name (without ``.key``) of the log's key. The key inside is named after the log's
 #: origin, as C2SP tlog-checkpoint recommends, so its vkey name matches checkpoint origins.
 LOG_KEY_FILE: Final = "log"
+
+
+def key_window_refusal(
+    valid_from_ms: int, valid_until_ms: int | None, revoked_ms: int | None, at_ms: int
+) -> str | None:
+    """Say why a device key may not sign a message of device time ``at_ms``, or return None.
+
+    The window is ``valid_from_ms - KEY_START_TOLERANCE_MS <= at_ms``, ``at_ms < valid_until_ms``
+    (when set: rotated out) and ``at_ms < revoked_ms`` (when set: compromised since then). The
+    two ends are strict (docs/keys.md): the tolerance only meets a device whose clock is behind
+    the server's, and never lets a rotated-out or revoked key sign later. A key whose
+    window closed at or before its ``valid_from`` (revoked since it was issued) gets no
+    tolerance either: it never signs anything, whatever time a holder of it writes.
+
+    Args:
+        valid_from_ms: the server time the key was registered or rotated in.
+        valid_until_ms: when it was rotated out, or None.
+        revoked_ms: since when it must not be trusted, or None.
+        at_ms: the message's device time (its ``time`` field).
+
+    Returns:
+        None if the key may sign at ``at_ms``, else the end of a sentence ("is valid from ...,
+        message time ...") for a ``revoked_key`` detail.
+    """
+    ends = [t for t in (valid_until_ms, revoked_ms) if t is not None]
+    start = valid_from_ms
+    if all(end > valid_from_ms for end in ends):
+        start -= KEY_START_TOLERANCE_MS
+    if at_ms < start:
+        if start == valid_from_ms:
+            return f"is valid from {valid_from_ms}, message time {at_ms}"
+        return (
+            f"is valid from {start} (valid_from {valid_from_ms} less the clock tolerance), "
+            f"message time {at_ms}"
+        )
+    if valid_until_ms is not None and at_ms >= valid_until_ms:
+        return f"was rotated out at {valid_until_ms}, message time {at_ms}"
+    if revoked_ms is not None and at_ms >= revoked_ms:
+        return f"is revoked since {revoked_ms}, message time {at_ms}"
+    return None
 
 
 def device_kid(public_key: bytes) -> bytes:

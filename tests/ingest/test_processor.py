@@ -15,7 +15,7 @@ from tracecore.errors import RejectReason
 from tracecore.logentry import GENESIS_PREV, parse_entry
 from tracecore.merkle import leaf_hash
 from tracecore.receipt import parse_receipt
-from tracecore.storage import revoke_key, session_scope
+from tracecore.storage import register_device, revoke_key, session_scope
 from tracecore.storage.models import REJECTION_PREFIX_BYTES
 from tracecore.storage.queries import device_gaps, list_rejections, rejection_counts
 from tracecore.topics import up_topic
@@ -540,3 +540,46 @@ def test_rejection_counts_count_every_refusal(world: World) -> None:
         counts = rejection_counts(session)
     assert counts[RejectReason.MALFORMED] == 3
     assert counts[RejectReason.TOO_LARGE] == 0
+
+
+# --- key windows and a late device clock ---------------------------------------------------
+
+
+def test_slow_clock_signs_right_after_registration(world: World) -> None:
+    """A device clock up to 5 min behind is accepted from its registration on, not before."""
+    new = world.device("dev-new", "farm-a", register=False)
+    registered = RECEIVED  # the server stamps valid_from with its own clock
+    with session_scope(world.engine) as session:
+        register_device(session, "dev-new", "farm-a", bytes(new.key.verify_key), registered)
+    commission(world, LOT)
+    late = new.reading(LOT, time=registered - 5 * 60_000)
+    too_late = new.reading(LOT, time=registered - 5 * 60_000 - 1)
+    result = world.send(new, late, too_late, now_ms=registered + 1_000)
+    assert result.accepted == 1
+    row = only_rejection(world, RejectReason.REVOKED_KEY)
+    assert bytes(row.raw) == too_late
+    assert "clock tolerance" in row.detail
+
+
+def test_revoked_key_gets_no_clock_tolerance(world: World) -> None:
+    """After revocation nothing is accepted; a key revoked since issue signs nothing at all."""
+    commission(world, LOT)
+    dev = world.devices["dev-a"]
+    revoked_at = RECEIVED + HOUR
+    with session_scope(world.engine) as session:
+        revoke_key(session, "dev-a", revoked_since_ms=revoked_at, reason="stolen")
+        issued = T0 - 24 * HOUR  # the world's registration time of dev-c
+        revoke_key(session, "dev-c", revoked_since_ms=issued, reason="stolen before use")
+    now = revoked_at + 2 * HOUR
+    before = dev.reading(LOT, time=revoked_at - 1)
+    after = dev.reading(LOT, time=revoked_at)
+    dev_c = world.devices["dev-c"]
+    backdated = dev_c.reading(LOT, time=issued - 60_000)  # inside the tolerance of valid_from
+    result = world.process(
+        dev.inbound(before, now), dev.inbound(after, now), dev_c.inbound(backdated, now), now_ms=now
+    )
+    assert result.accepted == 1
+    assert result.rejected == {RejectReason.REVOKED_KEY: 2}
+    details = {bytes(r.raw): r.detail for r in world.rows("rejections")}
+    assert f"revoked since {revoked_at}" in details[after]
+    assert f"is valid from {issued}, message time" in details[backdated]

@@ -14,10 +14,12 @@ import pytest
 
 from tracecore.errors import KeyFileError
 from tracecore.keys import (
+    KEY_START_TOLERANCE_MS,
     SignerKey,
     VerifierKey,
     device_kid,
     generate_signer,
+    key_window_refusal,
     note_key_id,
     read_key_file,
     write_key_file,
@@ -149,3 +151,35 @@ def test_key_names_cannot_escape_the_directory(tmp_path: Path, name: str) -> Non
     """Key names that are not plain file names are refused before touching the disk."""
     with pytest.raises(KeyFileError):
         read_key_file(tmp_path, name)
+
+
+# --- key windows ---------------------------------------------------------------------------
+
+FROM = 1_767_258_000_000
+TOL = KEY_START_TOLERANCE_MS
+
+
+@pytest.mark.parametrize(
+    ("until", "revoked", "at", "refused"),
+    [
+        (None, None, FROM - TOL, None),  # a clock 5 min behind the server signs at once
+        (None, None, FROM - TOL - 1, "is valid from"),
+        (FROM + 10, None, FROM + 9, None),
+        (FROM + 10, None, FROM + 10, "rotated out"),  # the end of a rotation is strict
+        (None, FROM + 10, FROM + 10, "revoked since"),  # and so is revocation
+        (None, FROM + 10, FROM - TOL, None),  # before the revocation: the key was trusted
+        (None, FROM, FROM - 1, "is valid from"),  # revoked since issue: never signs
+        (None, FROM - TOL, FROM - TOL - 1, "is valid from"),
+        (FROM, None, FROM - 1, "is valid from"),  # rotated out at once: never signs
+    ],
+)
+def test_key_window_tolerates_a_late_clock_only(
+    until: int | None, revoked: int | None, at: int, refused: str | None
+) -> None:
+    """A key signs from valid_from less 5 min; rotation and revocation ends stay strict."""
+    result = key_window_refusal(FROM, until, revoked, at)
+    if refused is None:
+        assert result is None
+    else:
+        assert result is not None
+        assert refused in result

@@ -524,7 +524,7 @@ def test_register_device_bad_ids(engine: Engine) -> None:
 
 
 def test_rotate_key_windows(engine: Engine) -> None:
-    """After rotation at T the old key signs up to T-1 and the new one from T on."""
+    """After rotation at T the old key signs up to T-1, the new one from T less 5 min on."""
     old_key = seed(engine)
     rotated_at = T0 + 5_000
     fresh = new_key()
@@ -538,8 +538,9 @@ def test_rotate_key_windows(engine: Engine) -> None:
         with pytest.raises(RevokedKey, match="rotated out"):
             key_for(session, "dev-1", old_kid, rotated_at)
         assert key_for(session, "dev-1", new_kid, rotated_at).public_key == fresh
+        assert key_for(session, "dev-1", new_kid, rotated_at - 300_000).public_key == fresh
         with pytest.raises(RevokedKey, match="valid from"):
-            key_for(session, "dev-1", new_kid, rotated_at - 1)
+            key_for(session, "dev-1", new_kid, rotated_at - 300_001)
         history = device_keys(session, "dev-1")
         assert [k.public_key for k in history] == [old_key, fresh]
         assert history[0].valid_until_ms == rotated_at

@@ -149,9 +149,9 @@ class Device(SQLModel, table=True):
 class DeviceKey(SQLModel, table=True):
     """One Ed25519 public key of a device and the time window in which it may sign.
 
-    A key signs messages whose device time ``t`` satisfies ``valid_from_ms <= t`` and
-    ``t < valid_until_ms`` (when set, i.e. rotated out) and ``t < revoked_ms`` (when set, i.e.
-    compromised since then).
+    A key signs messages whose device time ``t`` satisfies ``valid_from_ms - 5 min <= t`` (the
+    clock tolerance of :func:`tracecore.keys.key_window_refusal`) and ``t < valid_until_ms``
+    (when set, i.e. rotated out) and ``t < revoked_ms`` (when set, i.e. compromised since then).
     """
 
     __tablename__ = "device_keys"

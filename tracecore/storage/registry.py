@@ -8,8 +8,9 @@ is not a usable Ed25519 key, :class:`NotFound`, :class:`Conflict`, and for :func
 ingest reasons :class:`UnknownKey` and :class:`RevokedKey`.
 
 Key windows: a device key may sign a message whose device time ``t`` satisfies
-``valid_from_ms <= t``, ``t < valid_until_ms`` (when set: the key was rotated out at that time)
-and ``t < revoked_ms`` (when set: the key is compromised since then).
+``valid_from_ms - 5 min <= t`` (a device clock behind the server's), ``t < valid_until_ms`` (when
+set: the key was rotated out at that time) and ``t < revoked_ms`` (when set: the key is
+compromised since then); :func:`tracecore.keys.key_window_refusal` is the rule.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tracecore.errors import (
     UnknownKey,
 )
 from tracecore.identifiers import parse_device_id, parse_party_id
-from tracecore.keys import KID_LENGTH, device_kid
+from tracecore.keys import KID_LENGTH, device_kid, key_window_refusal
 from tracecore.storage.engine import storage_errors
 from tracecore.storage.models import PARTY_KINDS, Device, DeviceKey, Party, Token
 
@@ -410,19 +411,7 @@ def key_for(session: Session, device_id: str, kid: bytes, at_ms: int) -> DeviceK
     ).first()
     if key is None:
         raise UnknownKey(f"device {device_id!r} has no key with kid {kid.hex()}")
-    if at_ms < key.valid_from_ms:
-        raise RevokedKey(
-            f"key {kid.hex()} of {device_id!r} is valid from {key.valid_from_ms}, "
-            f"message time {at_ms}"
-        )
-    if key.valid_until_ms is not None and at_ms >= key.valid_until_ms:
-        raise RevokedKey(
-            f"key {kid.hex()} of {device_id!r} was rotated out at {key.valid_until_ms}, "
-            f"message time {at_ms}"
-        )
-    if key.revoked_ms is not None and at_ms >= key.revoked_ms:
-        raise RevokedKey(
-            f"key {kid.hex()} of {device_id!r} is revoked since {key.revoked_ms}, "
-            f"message time {at_ms}"
-        )
+    refusal = key_window_refusal(key.valid_from_ms, key.valid_until_ms, key.revoked_ms, at_ms)
+    if refusal is not None:
+        raise RevokedKey(f"key {kid.hex()} of {device_id!r} {refusal}")
     return key
