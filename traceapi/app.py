@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from traceapi.availability import IngestState, schema_gate, unavailable
+from traceapi.limits import BodyLimit
 from traceapi.routes.bundle import router as bundle_router
 from traceapi.routes.feedback import router as feedback_router
 from traceapi.routes.inspect import router as inspect_router
@@ -160,6 +161,8 @@ def create_app(
     # None: traceapi.routes.log reads the public half of DATA_DIR/keys/log.key on first use.
     app.state.log_vkey = log_vkey
     app.middleware("http")(schema_gate(lambda: bool(app.state.schema_ready)))
+    # Added last, so outermost: it sees the body as it streams in (docs/operations.md).
+    app.add_middleware(BodyLimit, max_body=settings.max_body_bytes)
     app.add_exception_handler(AgritraceError, _agritrace_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

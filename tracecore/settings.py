@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     feedback_per_hour: int = Field(
         default=5, ge=1, le=1000, description="feedback: submissions per client and hour"
     )
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="API: largest request body of a JSON route; larger ones are 413, unread",
+    )
     trusted_proxies: int = Field(
         default=0,
         ge=0,

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from traceapi.auth import Principal, authenticate
+from traceapi.limits import FORM_MAX_BODY
 from traceapi.paths import raw_product_key
 from traceapi.state import client_address, scan_salt
 from tracecore.errors import NotFound
@@ -35,7 +36,9 @@ __all__ = ["FeedbackIn", "FeedbackOut", "read_feedback_form", "router", "store_f
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
 _HOUR_MS: Final = 3_600_000
-_MAX_BODY: Final = 16_384
+# The body limit middleware refuses larger bodies while they stream in; this check stays for
+# an app mounted without it (docs/operations.md, "Request limits").
+_MAX_BODY: Final = FORM_MAX_BODY
 
 
 class FeedbackIn(BaseModel):
