@@ -88,21 +88,27 @@ def load_or_create_device_key(keys_dir: Path, device_id: str) -> SignerKey:
 
 @dataclass(frozen=True, slots=True)
 class ResendPolicy:
-    """When to resend an unreceipted message: ``initial_s``, doubling up to ``max_s``.
+    """When to resend an unreceipted message: exponential backoff with full jitter, per message.
 
-    docs/protocol.md §8 suggests 30 s doubling up to 1 h; tests use much shorter times.
-    ``jitter`` spreads resends of many messages sent together.
+    docs/protocol.md §8: after the ``n``-th send of a message the device waits a uniform random
+    time in ``[0, min(max_s, initial_s * factor**(n-1))]`` (full jitter), so a fleet that sent
+    many messages together, or that ingest answers slower than it sends, spreads its resends
+    instead of repeating every message on one timer. ``n`` is the message's persisted
+    ``attempts`` (firmware_sim/outbox.py), so the schedule survives restarts.
     """
 
     initial_s: float = 30.0
     max_s: float = 3600.0
     factor: float = 2.0
-    jitter: float = 0.2
+
+    def nominal_ms(self, attempts: int) -> int:
+        """Return the upper bound of the wait after the ``attempts``-th send (1 = the first)."""
+        exponent = min(max(attempts - 1, 0), 64)  # clamped: huge counts must not overflow
+        return int(min(self.max_s, self.initial_s * self.factor**exponent) * 1000)
 
     def delay_ms(self, attempts: int, rng: random.Random) -> int:
-        """Return the wait after the ``attempts``-th send (1 = the first send)."""
-        nominal = min(self.max_s, self.initial_s * self.factor ** min(max(attempts - 1, 0), 64))
-        return int(nominal * (1 - self.jitter * rng.random()) * 1000)
+        """Return the wait after the ``attempts``-th send: uniform in ``[0, nominal_ms]``."""
+        return int(self.nominal_ms(attempts) * rng.random())
 
 
 @dataclass(slots=True)

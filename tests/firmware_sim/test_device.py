@@ -11,6 +11,7 @@ import asyncio
 import collections
 import hashlib
 import os
+import random
 import stat
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -20,7 +21,7 @@ import aiomqtt
 import pytest
 from mqtt_kit import free_port, lot, make_fleet, unique, wait_for, wipe_session
 
-from firmware_sim.device import Fleet, load_or_create_device_key
+from firmware_sim.device import Fleet, ResendPolicy, load_or_create_device_key
 from firmware_sim.outbox import Outbox, StoredReceipt
 from tracecore.cose import parse_message
 from tracecore.errors import KeyFileError
@@ -310,3 +311,37 @@ def test_a_restarted_fleet_resends_its_outbox_and_continues_its_counter(tmp_path
             second.outbox.close()
 
     asyncio.run(scenario())
+
+
+# --- the resend schedule ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_resend_delay_is_full_jitter_below_the_capped_exponential(seed: int) -> None:
+    """After send n the wait lies in [0, min(cap, base * 2**(n-1))] and uses the whole range."""
+    policy = ResendPolicy(initial_s=5.0, max_s=300.0)
+    rng = random.Random(seed)  # noqa: S311 (a seeded schedule, not cryptography)
+    for attempts in range(1, 40):
+        bound = min(300_000, 5_000 * 2 ** (attempts - 1))
+        delays = [policy.delay_ms(attempts, rng) for _ in range(200)]
+        assert all(0 <= d <= bound for d in delays)
+        assert min(delays) < bound * 0.1  # full jitter: not a fixed fraction of the bound
+        assert max(delays) > bound * 0.9
+    assert policy.nominal_ms(10**9) == 300_000  # a huge count neither overflows nor exceeds
+
+
+def test_unreceipted_message_is_resent_a_bounded_number_of_times_per_hour() -> None:
+    """Without receipts a message goes out at most a few dozen times in an hour, not 720."""
+    policy = ResendPolicy(initial_s=5.0, max_s=300.0)
+    for seed in range(20):
+        rng = random.Random(seed)  # noqa: S311 (a seeded schedule, not cryptography)
+        now, attempts, sends = 0, 1, 1  # the first send at 0
+        while True:
+            now += policy.delay_ms(attempts, rng)
+            if now >= 3_600_000:
+                break
+            attempts += 1
+            sends += 1
+        # The capped phase alone allows 3600 / 150 = 24 sends on average; the exponential
+        # start adds a handful. A fixed 5 s timer would send 720 times.
+        assert sends <= 45, (seed, sends)
