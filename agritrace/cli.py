@@ -399,6 +399,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
     from agritrace.address import serving_settings
     from agritrace.runner import freeze_startup_heap, reuse_port_socket, run_api_workers
+    from agritrace.serving import server_options
     from traceapi import create_app
 
     if args.workers < 1:
@@ -413,12 +414,14 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
         sock = reuse_port_socket(args.host, args.port)
         app = create_app(settings)
         freeze_startup_heap()
-        uvicorn.run(app, fd=sock.fileno(), log_level="warning")
+        uvicorn.run(app, fd=sock.fileno(), log_level="warning", **server_options(settings))
         return 0
     if args.workers == 1:
         app = create_app(settings)
         freeze_startup_heap()
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        uvicorn.run(
+            app, host=args.host, port=args.port, log_level="info", **server_options(settings)
+        )
         return 0
     return run_api_workers(args.host, args.port, args.workers)
 

@@ -27,6 +27,7 @@ import httpx
 import uvicorn
 from sqlalchemy import Engine
 
+from agritrace.serving import server_options
 from ingest import (
     IngestConfig,
     IngestStats,
@@ -123,7 +124,7 @@ async def _main(
                 # The API comes up at once, database or not: it answers 503 (with Retry-After)
                 # for what needs the database until ingest below has migrated it.
                 app = create_app(settings, engine, migrate=False, ingest=stats)
-                server = quiet_server(app, *api)
+                server = quiet_server(app, *api, **server_options(settings))
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(
                     _stop_when_done(
@@ -280,9 +281,14 @@ async def _stop_when_done(work: Awaitable[object], stop: asyncio.Event) -> None:
         stop.set()
 
 
-def quiet_server(app: Any, host: str, port: int) -> uvicorn.Server:
-    """A uvicorn server for ``app`` that leaves signal handling to :func:`stop_on_signals`."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+def quiet_server(app: Any, host: str, port: int, **options: Any) -> uvicorn.Server:
+    """A uvicorn server for ``app`` that leaves signal handling to :func:`stop_on_signals`.
+
+    ``options`` are more :class:`uvicorn.Config` options (:func:`agritrace.serving.server_options`).
+    """
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="on", **options
+    )
     return _Server(config)
 
 

@@ -82,6 +82,21 @@ class Settings(BaseSettings):
         le=16 * 1024 * 1024,
         description="API: largest request body of a JSON route; larger ones are 413, unread",
     )
+    request_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        description="API: a request must arrive whole (line, headers, body) within this",
+    )
+    keep_alive_seconds: int = Field(
+        default=5, ge=1, le=3600, description="API: an idle keep-alive connection is closed after"
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="API: connections one server process serves; requests on more get 503",
+    )
     trusted_proxies: int = Field(
         default=0,
         ge=0,
