@@ -395,11 +395,11 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _api(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
+    # A SIGTERM before the server (or run_api_workers) has its handler is a clean stop too.
+    _exit_on_early_sigterm()
     from agritrace.address import serving_settings
     from agritrace.runner import freeze_startup_heap, reuse_port_socket, run_api_workers
-    from agritrace.serving import server_options
+    from agritrace.serving import run_server, server_options
     from traceapi import create_app
 
     if args.workers < 1:
@@ -414,12 +414,12 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
         sock = reuse_port_socket(args.host, args.port)
         app = create_app(settings)
         freeze_startup_heap()
-        uvicorn.run(app, fd=sock.fileno(), log_level="warning", **server_options(settings))
+        run_server(app, fd=sock.fileno(), log_level="warning", **server_options(settings))
         return 0
     if args.workers == 1:
         app = create_app(settings)
         freeze_startup_heap()
-        uvicorn.run(
+        run_server(
             app, host=args.host, port=args.port, log_level="info", **server_options(settings)
         )
         return 0

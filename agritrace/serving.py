@@ -12,13 +12,16 @@ process serves: uvicorn answers 503 to a request on any connection beyond it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tracecore.settings import Settings
 
-__all__ = ["TimedHttpToolsProtocol", "server_options"]
+__all__ = ["TimedHttpToolsProtocol", "run_server", "server_options"]
 
 # RFC 9110 §15.5.9: the server timed out waiting for the request; it closes the connection.
 _REQUEST_TIMEOUT = (
@@ -107,3 +110,24 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "limit_concurrency": settings.max_connections + 1,
         "timeout_keep_alive": settings.keep_alive_seconds,
     }
+
+
+class _CleanExitServer(uvicorn.Server):
+    """uvicorn that ends normally after a shutdown asked for by SIGTERM or SIGINT.
+
+    uvicorn raises the signal again once it has shut down, so the process died of it (exit
+    status 143 for SIGTERM) although every request was finished: a service manager took a
+    clean stop for a crash.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's signal handling, without raising the signal again at the end."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
+def run_server(app: Any, **config: Any) -> None:
+    """Serve ``app`` like :func:`uvicorn.run` with ``config``; return after SIGTERM or SIGINT."""
+    _CleanExitServer(uvicorn.Config(app, **config)).run()
