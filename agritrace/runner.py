@@ -41,6 +41,7 @@ from ingest.checkpointer import wall_clock_ms
 from ingest.contracting import run_contract_evaluator
 from ingest.witnessing import CheckpointCosigner, WitnessConfig, parse_witnesses
 from traceapi import create_app
+from traceapi.health import create_health_app
 from tracecore.backoff import Backoff
 from tracecore.bundle import Policy
 from tracecore.errors import ConfigError, DatabaseUnavailable
@@ -142,6 +143,13 @@ async def _main(
                     ),
                     name="ingest",
                 )
+                if server is None and settings.ingest_health_port is not None:
+                    # A stand-alone ingest: its own small health server (no database needed).
+                    server = quiet_server(
+                        create_health_app(stats),
+                        settings.ingest_health_host,
+                        settings.ingest_health_port,
+                    )
                 if server is not None:
                     tasks.create_task(serve_until_stopped(server, stop), name="api")
                 for name, companion in companions.items():
@@ -188,6 +196,7 @@ async def _ingest(
             linger_ms=settings.linger_ms,
             park_ms=round(settings.park_hours * 3_600_000),
             verify_threads=settings.verify_threads,
+            max_message_bytes=settings.max_message_bytes,
         ),
     )
     try:

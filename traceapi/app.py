@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from traceapi.availability import IngestState, schema_gate, unavailable
+from traceapi.health import health_response, ingest_problems
 from traceapi.limits import BodyLimit
 from traceapi.routes.bundle import router as bundle_router
 from traceapi.routes.feedback import router as feedback_router
@@ -250,18 +251,8 @@ def _add_healthz(app: FastAPI, app_engine: Engine) -> None:
             problems.append("the database is unavailable")
         if not app.state.schema_ready:
             problems.append("the schema is not migrated yet")
-        state: IngestState | None = app.state.ingest
-        if state is not None:
-            if not state.database_up:
-                problems.append("ingest cannot commit: the database is unavailable")
-            if not state.broker_connected:
-                problems.append("ingest is not connected to the MQTT broker")
-        body = StatusOut(status="unavailable" if problems else "ok", problems=problems)
-        return JSONResponse(
-            body.model_dump(),
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE if problems else status.HTTP_200_OK,
-            headers={"Retry-After": "10"} if problems else None,
-        )
+        problems += ingest_problems(app.state.ingest)
+        return health_response(problems)
 
 
 async def _migrate_later(app: FastAPI, engine: Engine, stopping: asyncio.Event) -> None:

@@ -200,7 +200,15 @@ def test_ingest_rides_out_a_database_outage_without_losing_a_message(
     log_key = load_or_create_log_key(data_dir / "keys", Settings().log_origin)[0]
     ingest_id = unique("ingest-outage")
     fleet_id = unique("fleet-outage")
-    process = IngestProcess(data_dir, cluster.url, mosquitto, ingest_id)
+    health_port = free_port()
+    health = f"http://127.0.0.1:{health_port}"
+    process = IngestProcess(
+        data_dir,
+        cluster.url,
+        mosquitto,
+        ingest_id,
+        {"AGRITRACE_INGEST_HEALTH_PORT": str(health_port)},
+    )
     keys = provision(engine, unique("farm"), [unique(f"d{n:02d}") for n in range(DEVICES)])
     fleet = make_fleet(
         mosquitto,
@@ -214,9 +222,14 @@ def test_ingest_rides_out_a_database_outage_without_losing_a_message(
     sent: dict[tuple[str, int], bytes] = {}
     try:
         process.start()
-        figures = asyncio.run(_outage_scenario(fleet, process, cluster, sent))
+        figures = asyncio.run(_outage_scenario(fleet, process, cluster, sent, health))
+        metrics = str(figures.pop("metrics_during_outage"))
         _log.warning("database outage: %s", figures)
         assert figures["alive_during_outage"]
+        assert figures["health_during_outage"] == 503
+        assert "agritrace_ingest_database_up 0" in metrics
+        assert _status(health, "/healthz") == 200
+        assert "agritrace_ingest_database_outages_total 1" in httpx.get(health + "/metrics").text
         assert len(sent) == DEVICES * (1 + 3 * PER_PHASE)
         check_exactly_once(engine, sent, 1 + 3 * PER_PHASE)
         check_chains_and_log(engine)
@@ -234,7 +247,11 @@ def test_ingest_rides_out_a_database_outage_without_losing_a_message(
 
 
 async def _outage_scenario(
-    fleet: Fleet, process: IngestProcess, cluster: PgCluster, sent: dict[tuple[str, int], bytes]
+    fleet: Fleet,
+    process: IngestProcess,
+    cluster: PgCluster,
+    sent: dict[tuple[str, int], bytes],
+    health: str,
 ) -> dict[str, object]:
     stop = asyncio.Event()
     devices = list(fleet.devices.values())
@@ -264,6 +281,9 @@ async def _outage_scenario(
         figures["alive_during_outage"] = process.process is not None and (
             process.process.poll() is None
         )
+        async with httpx.AsyncClient(base_url=health, timeout=10) as client:
+            figures["health_during_outage"] = (await client.get("/healthz")).status_code
+            figures["metrics_during_outage"] = (await client.get("/metrics")).text
         await asyncio.to_thread(cluster.start)
         back = time.monotonic()
         await phase()

@@ -81,7 +81,7 @@ def seed(engine: Engine, *, party: str = "farm-1", device: str = "dev-1") -> byt
 
 
 def test_sqlite_engine_pragmas(tmp_path: Path) -> None:
-    """SQLite connections use WAL, foreign keys, a busy timeout and synchronous=NORMAL."""
+    """SQLite connections use WAL, foreign keys, a busy timeout and synchronous=FULL (durable)."""
     path = tmp_path / "nested" / "dir" / "db.sqlite3"
     engine = make_engine(f"sqlite:///{path}")
     try:
@@ -89,7 +89,7 @@ def test_sqlite_engine_pragmas(tmp_path: Path) -> None:
             assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
             assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
             assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 10_000
-            assert connection.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+            assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
         assert path.exists()
     finally:
         engine.dispose()

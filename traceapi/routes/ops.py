@@ -10,7 +10,6 @@ same whichever process serves them and survive restarts.
 from __future__ import annotations
 
 import base64
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -19,7 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy import Engine
 
 from traceapi.auth import Principal, forbidden, require_admin, require_admin_or_party
-from traceapi.availability import IngestState
+from traceapi.health import DB_UP_HELP, EXPOSITION, ingest_metrics, metric_lines
 from traceapi.schemas import MAX_INT64
 from tracecore.errors import DatabaseUnavailable, RejectReason
 from tracecore.identifiers import parse_device_id
@@ -126,7 +125,7 @@ def get_gaps(
 @router.get("/metrics", response_class=PlainTextResponse)
 def get_metrics(request: Request) -> PlainTextResponse:
     """Prometheus metrics: log size, checkpoint, parked messages, rejections, ingest state."""
-    ingest = _ingest_metrics(request.app.state.ingest)
+    ingest = ingest_metrics(request.app.state.ingest)
     try:
         with session_scope(_engine(request)) as session:
             stats = log_stats(session)
@@ -134,35 +133,35 @@ def get_metrics(request: Request) -> PlainTextResponse:
     except DatabaseUnavailable:
         # What this process knows without the database still goes out: an outage is exactly
         # when an operator's dashboard needs the ingest gauges.
-        lines = [*_metric("agritrace_database_up", "gauge", _DB_UP, 0), *ingest]
-        return PlainTextResponse("\n".join(lines) + "\n", media_type=_EXPOSITION)
+        lines = [*metric_lines("agritrace_database_up", "gauge", DB_UP_HELP, 0), *ingest]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type=EXPOSITION)
     clock = request.app.state.clock
     age = (clock() - stats.checkpoint_ms) / 1000 if stats.checkpoint_ms is not None else None
     lines = [
-        *_metric("agritrace_database_up", "gauge", _DB_UP, 1),
+        *metric_lines("agritrace_database_up", "gauge", DB_UP_HELP, 1),
         *ingest,
-        *_metric("agritrace_log_entries", "gauge", "Entries in the log.", stats.log_size),
-        *_metric(
+        *metric_lines("agritrace_log_entries", "gauge", "Entries in the log.", stats.log_size),
+        *metric_lines(
             "agritrace_checkpoint_size",
             "gauge",
             "Size of the newest checkpoint.",
             stats.checkpoint_size,
         ),
         *(
-            _metric(
+            metric_lines(
                 "agritrace_checkpoint_age_seconds", "gauge", "Age of the newest checkpoint.", age
             )
             if age is not None
             else []
         ),
-        *_metric(
+        *metric_lines(
             "agritrace_parked_messages",
             "gauge",
             "Messages waiting for the commissioning of a product.",
             stats.parked,
         ),
-        *_metric("agritrace_devices", "gauge", "Registered devices.", stats.devices),
-        *_metric("agritrace_products", "gauge", "Commissioned products.", stats.products),
+        *metric_lines("agritrace_devices", "gauge", "Registered devices.", stats.devices),
+        *metric_lines("agritrace_products", "gauge", "Commissioned products.", stats.products),
         "# HELP agritrace_rejections_total Device messages refused, by reason.",
         "# TYPE agritrace_rejections_total counter",
         *(
@@ -170,70 +169,4 @@ def get_metrics(request: Request) -> PlainTextResponse:
             for reason, count in counts.items()
         ),
     ]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type=_EXPOSITION)
-
-
-_EXPOSITION = "text/plain; version=0.0.4; charset=utf-8"
-_DB_UP = "1 when this process's last query of the database succeeded."
-
-
-def _ingest_metrics(state: IngestState | None) -> list[str]:
-    """The gauges and counters of an ingest service in this process (``agritrace serve``)."""
-    if state is None:
-        return []
-    now_ms = time.time_ns() // 1_000_000
-    down_s = (
-        (now_ms - state.database_down_since_ms) / 1000
-        if state.database_down_since_ms is not None
-        else 0.0
-    )
-    return [
-        *_metric(
-            "agritrace_ingest_database_up",
-            "gauge",
-            "1 while ingest can commit batches.",
-            int(state.database_up),
-        ),
-        *_metric(
-            "agritrace_ingest_database_down_seconds",
-            "gauge",
-            "How long the current database outage has lasted (0 when up).",
-            down_s,
-        ),
-        *_metric(
-            "agritrace_ingest_database_outages_total",
-            "counter",
-            "Database outages ingest has ridden out.",
-            state.database_outages,
-        ),
-        *_metric(
-            "agritrace_ingest_broker_connected",
-            "gauge",
-            "1 while ingest is connected to the MQTT broker.",
-            int(state.broker_connected),
-        ),
-        *_metric(
-            "agritrace_ingest_received_total", "counter", "Messages received.", state.received
-        ),
-        *_metric(
-            "agritrace_ingest_accepted_total", "counter", "Messages committed.", state.accepted
-        ),
-        *_metric(
-            "agritrace_ingest_duplicates_total",
-            "counter",
-            "Resent messages answered with their stored receipt.",
-            state.duplicates,
-        ),
-        *_metric(
-            "agritrace_ingest_receipts_published_total",
-            "counter",
-            "Receipts published.",
-            state.receipts_published,
-        ),
-    ]
-
-
-def _metric(name: str, kind: str, help_text: str, value: float) -> list[str]:
-    # Prometheus text exposition format 0.0.4: HELP, TYPE, then the sample.
-    sample = str(value) if isinstance(value, int) else f"{value:.3f}"
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {sample}"]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type=EXPOSITION)
