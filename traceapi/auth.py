@@ -3,8 +3,9 @@
 A request presents ``Authorization: Bearer <token>``. The token is either the admin token
 (setting ``AGRITRACE_ADMIN_TOKEN``, compared in constant time; when unset nobody is admin) or a
 party / inspector token issued by ``POST /v1/parties/{id}/tokens`` and stored hashed.
-A missing or unknown token is 401 with ``WWW-Authenticate: Bearer``; a valid token without the
-right is 403.
+A missing, unknown, expired or revoked token is 401 with ``WWW-Authenticate: Bearer``; a valid
+token without the right is 403. Every request looks its token up in the database (nothing is
+cached), so a revocation or an expiry holds from the next request on (docs/registry-api.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import Engine
 
 from tracecore.settings import Settings
 from tracecore.storage.engine import session_scope
-from tracecore.storage.registry import find_token
+from tracecore.storage.registry import lookup_token
 
 __all__ = [
     "Principal",
@@ -33,10 +34,14 @@ Role = Literal["admin", "party", "inspector"]
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the admin, or a party / inspector token of ``party_id``."""
+    """Who is calling: the admin, or a party / inspector token of ``party_id``.
+
+    ``token_id`` is the id of a stored token (None for the admin token, which is a setting).
+    """
 
     role: Role
     party_id: str | None = None
+    token_id: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -92,11 +97,14 @@ def authenticate(request: Request) -> Principal:
         return Principal(role="admin")
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
-        grant = find_token(session, token)
-    if grant is None:
-        raise _unauthorized("unknown or revoked token")
-    role: Role = "inspector" if grant.role == "inspector" else "party"
-    return Principal(role=role, party_id=grant.party_id)
+        info = lookup_token(session, token)
+    if info is None:
+        raise _unauthorized("unknown token")
+    refusal = info.refusal(request.app.state.clock())
+    if refusal is not None:
+        raise _unauthorized(refusal)
+    role: Role = "inspector" if info.role == "inspector" else "party"
+    return Principal(role=role, party_id=info.party_id, token_id=info.id)
 
 
 def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:

@@ -10,7 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tracecore.errors import KeyFileError
 from tracecore.storage.models import DeviceKey, Party
-from tracecore.storage.registry import NAME_MAX_LENGTH, PUBLIC_KEY_LENGTH, PartyProfile, Place
+from tracecore.storage.registry import (
+    DEFAULT_TOKEN_LIFETIME_MS,
+    MAX_TOKEN_LIFETIME_MS,
+    NAME_MAX_LENGTH,
+    PUBLIC_KEY_LENGTH,
+    IssuedToken,
+    PartyProfile,
+    Place,
+    TokenInfo,
+    TokenState,
+)
 
 __all__ = [
     "MAX_INT64",
@@ -25,7 +35,9 @@ __all__ = [
     "PartyOut",
     "PartyUpdate",
     "StatusOut",
+    "TokenCreate",
     "TokenOut",
+    "TokenRecord",
     "decode_public_key",
     "encode_bytes",
 ]
@@ -126,12 +138,68 @@ class PartyOut(BaseModel):
         )
 
 
-class TokenOut(BaseModel):
-    """A freshly issued token: shown once, stored hashed."""
+_DAY_MS = 24 * 3600 * 1000
 
+
+class TokenCreate(_Body):
+    """Optional body of ``POST /v1/parties/{id}/tokens``."""
+
+    lifetime_days: int = Field(
+        default=DEFAULT_TOKEN_LIFETIME_MS // _DAY_MS,
+        ge=1,
+        le=MAX_TOKEN_LIFETIME_MS // _DAY_MS,
+        description="days until the token expires",
+    )
+
+
+class TokenOut(BaseModel):
+    """A freshly issued token: shown once, stored hashed; ``id`` names it afterwards."""
+
+    id: int
     token: str
     party: str
     role: str
+    created_ms: int
+    expires_ms: int
+
+    @classmethod
+    def of(cls, issued: IssuedToken) -> TokenOut:
+        """Build the response from the issued token."""
+        return cls(
+            id=issued.id,
+            token=issued.token,
+            party=issued.party_id,
+            role=issued.role,
+            created_ms=issued.created_ms,
+            expires_ms=issued.expires_ms,
+        )
+
+
+class TokenRecord(BaseModel):
+    """A stored token as listings and revocations show it: never its text nor its hash."""
+
+    id: int
+    party: str | None
+    role: str
+    created_ms: int
+    expires_ms: int
+    revoked_ms: int | None
+    state: TokenState
+    current: bool = Field(description="true for the token that made this request")
+
+    @classmethod
+    def of(cls, info: TokenInfo, now_ms: int, current_id: int | None) -> TokenRecord:
+        """Build the record of a stored token as seen at ``now_ms`` by token ``current_id``."""
+        return cls(
+            id=info.id,
+            party=info.party_id,
+            role=info.role,
+            created_ms=info.created_ms,
+            expires_ms=info.expires_ms,
+            revoked_ms=info.revoked_ms,
+            state=info.state(now_ms),
+            current=info.id == current_id,
+        )
 
 
 class DeviceCreate(_Body):

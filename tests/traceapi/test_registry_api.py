@@ -411,6 +411,10 @@ MATRIX_PRODUCT = "01/06901234567892/10/MATRIX"
 MATRIX: dict[str, tuple[int, ...]] = {
     "POST /v1/parties": (401, 401, 201, 403, 403, 403),
     "POST /v1/parties/{party}/tokens": (401, 401, 201, 403, 403, 403),
+    # Every valid token lists what it may see (test_tokens_api.py); the revoked token is a
+    # fresh one of farm-1, the owner.
+    "GET /v1/tokens": (401, 401, 200, 200, 200, 200),
+    "POST /v1/tokens/{token}/revoke": (401, 401, 200, 200, 403, 403),
     "PATCH /v1/parties/{party}": (401, 401, 200, 200, 403, 403),
     "POST /v1/devices": (401, 401, 201, 201, 403, 403),
     "POST /v1/devices/{device}/keys": (401, 401, 201, 201, 403, 403),
@@ -439,9 +443,9 @@ def test_matrix_covers_every_registry_route(api: Api) -> None:
     """The matrix lists every route of the OpenAPI schema, and nothing else."""
     paths = api.client.app.openapi()["paths"]
     served = {
-        f"{method.upper()} {path}".replace("{party_id}", "{party}").replace(
-            "{device_id}", "{device}"
-        )
+        f"{method.upper()} {path}".replace("{party_id}", "{party}")
+        .replace("{device_id}", "{device}")
+        .replace("{token_id}", "{token}")
         for path, operations in paths.items()
         for method in operations
         # The public routes read no token: the log and bundles (test_log_api.py,
@@ -497,6 +501,9 @@ def test_authorization_matrix(api: Api) -> None:
         path = template.replace("{party}", "farm-1").replace("{key}", MATRIX_PRODUCT)
         if "{device}" in path:
             path = path.replace("{device}", fresh_device())
+        if "{token}" in path:
+            with session_scope(api.engine) as session:
+                path = path.replace("{token}", str(issue_token(session, "farm-1", NOW).id))
         return method, path, body
 
     mismatches = []

@@ -441,10 +441,10 @@ def test_issue_and_find_token(engine: Engine) -> None:
             hash_token(farm.token),
             hash_token(agency.token),
         }
-        assert find_token(session, farm.token) == ("party", "farm-1")
-        assert find_token(session, agency.token) == ("inspector", "agency-1")
-        assert find_token(session, farm.token + "x") is None
-        assert find_token(session, "no-prefix") is None
+        assert find_token(session, farm.token, T0) == ("party", "farm-1", farm.id)
+        assert find_token(session, agency.token, T0) == ("inspector", "agency-1", agency.id)
+        assert find_token(session, farm.token + "x", T0) is None
+        assert find_token(session, "no-prefix", T0) is None
 
 
 def test_revoked_token_is_not_found(engine: Engine) -> None:
@@ -455,7 +455,7 @@ def test_revoked_token_is_not_found(engine: Engine) -> None:
     with session_scope(engine) as session:
         revoke_token(session, issued.token, T0 + 1)
     with session_scope(engine) as session:
-        assert find_token(session, issued.token) is None
+        assert find_token(session, issued.token, T0 + 1) is None
     with pytest.raises(NotFound), session_scope(engine) as session:
         revoke_token(session, "at_unknown", T0)
 

@@ -10,10 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Path, Query, Request, status
 from sqlalchemy import Engine
 
-from traceapi.auth import Principal, forbidden, require_admin, require_admin_or_party
+from traceapi.auth import (
+    Principal,
+    authenticate,
+    forbidden,
+    require_admin,
+    require_admin_or_party,
+)
 from traceapi.schemas import (
     DeviceCreate,
     DeviceCreated,
@@ -24,7 +30,9 @@ from traceapi.schemas import (
     PartyCreate,
     PartyOut,
     PartyUpdate,
+    TokenCreate,
     TokenOut,
+    TokenRecord,
     decode_public_key,
     encode_bytes,
 )
@@ -37,9 +45,12 @@ from tracecore.storage.registry import (
     create_party,
     device_keys,
     get_device,
+    get_token,
     issue_token,
+    list_tokens,
     register_device,
     revoke_key,
+    revoke_token_id,
     rotate_key,
     update_party,
 )
@@ -50,6 +61,10 @@ router = APIRouter(prefix="/v1", tags=["registry"])
 
 Admin = Annotated[Principal, Depends(require_admin)]
 AdminOrParty = Annotated[Principal, Depends(require_admin_or_party)]
+Caller = Annotated[Principal, Depends(authenticate)]
+#: A token id in a path: a positive database INTEGER.
+TokenId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the token's id")]
+_DAY_MS = 24 * 3600 * 1000
 
 
 def _engine(request: Request) -> Engine:
@@ -94,11 +109,58 @@ def patch_party(
 
 
 @router.post("/parties/{party_id}/tokens", status_code=status.HTTP_201_CREATED)
-def post_token(party_id: str, request: Request, _admin: Admin) -> TokenOut:
-    """Issue a bearer token for a party, shown once and stored hashed (admin only)."""
+def post_token(
+    party_id: str, request: Request, _admin: Admin, body: TokenCreate | None = None
+) -> TokenOut:
+    """Issue a bearer token for a party, shown once and stored hashed (admin only).
+
+    It expires after ``lifetime_days`` (default 90); the answer names it by ``id``.
+    """
+    lifetime_ms = (body or TokenCreate()).lifetime_days * _DAY_MS
     with session_scope(_engine(request)) as session:
-        issued = issue_token(session, party_id, _now_ms(request))
-    return TokenOut(token=issued.token, party=issued.party_id, role=issued.role)
+        issued = issue_token(session, party_id, _now_ms(request), lifetime_ms=lifetime_ms)
+    return TokenOut.of(issued)
+
+
+@router.get("/tokens")
+def get_tokens(
+    request: Request,
+    principal: Caller,
+    party: Annotated[str | None, Query(description="only this party's tokens")] = None,
+) -> list[TokenRecord]:
+    """List tokens without their text: admin all (or ``party``'s), a party its own party's.
+
+    An inspector token sees itself only.
+    """
+    now = _now_ms(request)
+    if principal.role == "inspector":
+        if party not in (None, principal.party_id) or principal.token_id is None:
+            raise forbidden("an inspector token may see itself only")
+        with session_scope(_engine(request)) as session:
+            return [TokenRecord.of(get_token(session, principal.token_id), now, principal.token_id)]
+    if principal.role == "party" and party is None:
+        party = principal.party_id
+    if party is not None and not principal.may_act_for(party):
+        raise forbidden("a party token may list its own party's tokens only")
+    with session_scope(_engine(request)) as session:
+        infos = list_tokens(session, party)
+    return [TokenRecord.of(info, now, principal.token_id) for info in infos]
+
+
+@router.post("/tokens/{token_id}/revoke")
+def post_token_revoke(token_id: TokenId, request: Request, principal: Caller) -> TokenRecord:
+    """Revoke a token from now on: admin any, a party its own party's, any token itself.
+
+    Revoking a revoked token keeps its first revocation time.
+    """
+    now = _now_ms(request)
+    with session_scope(_engine(request)) as session:
+        info = get_token(session, token_id)
+        own_party = info.party_id is not None and principal.may_act_for(info.party_id)
+        if not (principal.is_admin or own_party or principal.token_id == token_id):
+            raise forbidden("this token belongs to another party")
+        revoked = revoke_token_id(session, token_id, now)
+    return TokenRecord.of(revoked, now, principal.token_id)
 
 
 @router.post("/devices", status_code=status.HTTP_201_CREATED)

@@ -107,13 +107,19 @@ class Party(SQLModel, table=True):
 
 
 class Token(SQLModel, table=True):
-    """A bearer token of a party or inspector, stored as the SHA-256 of its text only."""
+    """A bearer token of a party or inspector, stored as the SHA-256 of its text only.
+
+    It is accepted from ``created_ms`` until ``expires_ms`` (excluded) unless ``revoked_ms`` is
+    set (docs/registry-api.md, "Token lifetime and revocation"). ``id`` names it in the API and
+    the CLI; the text itself is shown once, at issue.
+    """
 
     __tablename__ = "tokens"
     __table_args__ = (
         CheckConstraint(_in("role", TOKEN_ROLES), name="ck_tokens_role"),
         UniqueConstraint("token_hash", name="uq_tokens_token_hash"),
         CheckConstraint("length(token_hash) = 32", name="ck_tokens_token_hash_length"),
+        CheckConstraint("expires_ms > created_ms", name="ck_tokens_expiry"),
         Index("ix_tokens_party_id", "party_id"),
     )
 
@@ -127,6 +133,8 @@ class Token(SQLModel, table=True):
     role: str = Field(sa_column=Column(String(16), nullable=False))
     token_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # Tokens issued before migration 0007 got the upgrade time plus 90 days (docs/storage.md).
+    expires_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     revoked_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 

@@ -7,6 +7,10 @@ the transaction (:func:`tracecore.storage.engine.session_scope`). Errors are agr
 is not a usable Ed25519 key, :class:`NotFound`, :class:`Conflict`, and for :func:`key_for` the
 ingest reasons :class:`UnknownKey` and :class:`RevokedKey`.
 
+Tokens: a party or inspector token is accepted from its issue until ``expires_ms`` (excluded)
+unless it is revoked (docs/registry-api.md, "Token lifetime and revocation"). The lookups read the
+database on every call and cache nothing, so a revocation holds from the next request on.
+
 Key windows: a device key may sign a message whose device time ``t`` satisfies
 ``valid_from_ms - 5 min <= t`` (a device clock behind the server's), ``t < valid_until_ms`` (when
 set: the key was rotated out at that time) and ``t < revoked_ms`` (when set: the key is
@@ -18,7 +22,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from typing import Final, NamedTuple
+from datetime import UTC, datetime
+from typing import Final, Literal, NamedTuple
 
 from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 from nacl.exceptions import CryptoError
@@ -38,6 +43,8 @@ from tracecore.storage.engine import storage_errors
 from tracecore.storage.models import PARTY_KINDS, Device, DeviceKey, Party, Token
 
 __all__ = [
+    "DEFAULT_TOKEN_LIFETIME_MS",
+    "MAX_TOKEN_LIFETIME_MS",
     "NAME_MAX_LENGTH",
     "PUBLIC_KEY_LENGTH",
     "TOKEN_PREFIX",
@@ -45,18 +52,25 @@ __all__ = [
     "PartyProfile",
     "Place",
     "TokenGrant",
+    "TokenInfo",
+    "TokenState",
     "create_party",
     "current_key",
     "device_keys",
     "find_token",
+    "format_ms",
     "get_device",
     "get_party",
+    "get_token",
     "hash_token",
     "issue_token",
     "key_for",
+    "list_tokens",
+    "lookup_token",
     "register_device",
     "revoke_key",
     "revoke_token",
+    "revoke_token_id",
     "rotate_key",
     "update_party",
     "validate_public_key",
@@ -70,21 +84,87 @@ TOKEN_BYTES: Final = 32
 PUBLIC_KEY_LENGTH: Final = 32
 #: Longest party name.
 NAME_MAX_LENGTH: Final = 200
+_DAY_MS: Final = 24 * 3600 * 1000
+#: Lifetime of a party or inspector token unless its issuer gives another (90 days).
+DEFAULT_TOKEN_LIFETIME_MS: Final = 90 * _DAY_MS
+#: Longest lifetime a token may be issued with (one year): every stored token expires.
+MAX_TOKEN_LIFETIME_MS: Final = 366 * _DAY_MS
+
+
+def format_ms(ms: int) -> str:
+    """Return a time in ms since the Unix epoch as UTC text, ``2024-02-12T22:13:20Z``."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class IssuedToken(NamedTuple):
-    """A freshly issued token: the plaintext exists only here, the database holds its hash."""
+    """A freshly issued token: the plaintext exists only here, the database holds its hash.
+
+    ``id`` names the token afterwards (listing, revocation); it is not secret.
+    """
 
     token: str
     party_id: str
     role: str
+    id: int
+    created_ms: int
+    expires_ms: int
 
 
 class TokenGrant(NamedTuple):
-    """What a presented token allows: its role (``party`` or ``inspector``) and its party."""
+    """What a presented token allows: its role (``party`` or ``inspector``), party and id."""
 
     role: str
     party_id: str | None
+    token_id: int
+
+
+#: Whether a stored token is accepted now: ``active``, or refused as ``expired`` or ``revoked``.
+TokenState = Literal["active", "expired", "revoked"]
+
+
+class TokenInfo(NamedTuple):
+    """A stored token as it may be shown: never its text nor its hash."""
+
+    id: int
+    party_id: str | None
+    role: str
+    created_ms: int
+    expires_ms: int
+    revoked_ms: int | None
+
+    @classmethod
+    def of(cls, row: Token) -> TokenInfo:
+        """Build the view of a stored row."""
+        assert row.id is not None  # noqa: S101 (a stored row has its id)
+        return cls(
+            id=row.id,
+            party_id=row.party_id,
+            role=row.role,
+            created_ms=row.created_ms,
+            expires_ms=row.expires_ms,
+            revoked_ms=row.revoked_ms,
+        )
+
+    def state(self, now_ms: int) -> TokenState:
+        """Return the token's state at ``now_ms``: a revocation holds at once, whatever its time."""
+        if self.revoked_ms is not None:
+            return "revoked"
+        if now_ms >= self.expires_ms:
+            return "expired"
+        return "active"
+
+    def refusal(self, now_ms: int) -> str | None:
+        """Why the token is refused at ``now_ms`` ("token expired on …"), or None if accepted."""
+        state = self.state(now_ms)
+        if state == "revoked" and self.revoked_ms is not None:
+            return f"token revoked on {format_ms(self.revoked_ms)}"
+        if state == "expired":
+            return f"token expired on {format_ms(self.expires_ms)}"
+        return None
+
+    def grant(self) -> TokenGrant:
+        """Return what the token allows (whether it is still accepted is :meth:`refusal`)."""
+        return TokenGrant(role=self.role, party_id=self.party_id, token_id=self.id)
 
 
 def hash_token(token: str) -> bytes:
@@ -218,43 +298,117 @@ def update_party(session: Session, party_id: str, name: str | None, profile: Par
     return party
 
 
-def issue_token(session: Session, party_id: str, now_ms: int) -> IssuedToken:
+def issue_token(
+    session: Session, party_id: str, now_ms: int, *, lifetime_ms: int | None = None
+) -> IssuedToken:
     """Issue a new bearer token for the party; the plaintext is returned once, only its hash kept.
 
     The role is ``inspector`` for a party of kind ``inspector``, else ``party``. A token is
-    ``at_`` followed by 32 random bytes in unpadded URL-safe base64.
+    ``at_`` followed by 32 random bytes in unpadded URL-safe base64. It expires ``lifetime_ms``
+    after ``now_ms`` (default :data:`DEFAULT_TOKEN_LIFETIME_MS`, at most
+    :data:`MAX_TOKEN_LIFETIME_MS`; anything else is an IdentifierError). Raises NotFound for an
+    unknown party.
     """
+    lifetime = DEFAULT_TOKEN_LIFETIME_MS if lifetime_ms is None else lifetime_ms
+    if not 0 < lifetime <= MAX_TOKEN_LIFETIME_MS:
+        raise IdentifierError(
+            f"a token lifetime must be more than 0 and at most {MAX_TOKEN_LIFETIME_MS // _DAY_MS} "
+            f"days, got {lifetime} ms"
+        )
     party = get_party(session, party_id)
     role = "inspector" if party.kind == "inspector" else "party"
     token = TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(TOKEN_BYTES)).decode(
         "ascii"
     ).rstrip("=")
-    session.add(
-        Token(party_id=party.id, role=role, token_hash=hash_token(token), created_ms=now_ms)
+    row = Token(
+        party_id=party.id,
+        role=role,
+        token_hash=hash_token(token),
+        created_ms=now_ms,
+        expires_ms=now_ms + lifetime,
     )
+    session.add(row)
     _flush(session)
-    return IssuedToken(token=token, party_id=party.id, role=role)
+    assert row.id is not None  # noqa: S101 (assigned by the flush)
+    return IssuedToken(
+        token=token,
+        party_id=party.id,
+        role=role,
+        id=row.id,
+        created_ms=row.created_ms,
+        expires_ms=row.expires_ms,
+    )
 
 
-def find_token(session: Session, token: str) -> TokenGrant | None:
-    """Return the role and party of a presented token, or None if it is unknown or revoked."""
+def _row_of_text(session: Session, token: str) -> Token | None:
+    """Return the stored row of a presented token text, or None."""
     if not token.startswith(TOKEN_PREFIX):
         return None
-    row = session.exec(select(Token).where(col(Token.token_hash) == hash_token(token))).first()
-    if row is None or row.revoked_ms is not None:
+    return session.exec(select(Token).where(col(Token.token_hash) == hash_token(token))).first()
+
+
+def lookup_token(session: Session, token: str) -> TokenInfo | None:
+    """Return the stored record of a presented token whatever its state, or None if unknown.
+
+    For callers that tell apart why a token is refused (:meth:`TokenInfo.refusal`).
+    """
+    row = _row_of_text(session, token)
+    return None if row is None else TokenInfo.of(row)
+
+
+def find_token(session: Session, token: str, now_ms: int) -> TokenGrant | None:
+    """Return what a presented token allows at ``now_ms``; None if unknown, revoked or expired."""
+    info = lookup_token(session, token)
+    if info is None or info.refusal(now_ms) is not None:
         return None
-    return TokenGrant(role=row.role, party_id=row.party_id)
+    return info.grant()
 
 
-def revoke_token(session: Session, token: str, now_ms: int) -> None:
-    """Revoke a token from ``now_ms`` on; raise NotFound if it was never issued."""
-    row = session.exec(select(Token).where(col(Token.token_hash) == hash_token(token))).first()
+def get_token(session: Session, token_id: int) -> TokenInfo:
+    """Return the token with id ``token_id``; raise NotFound if there is none."""
+    row = session.get(Token, token_id)
     if row is None:
-        raise NotFound("no such token")
+        raise NotFound(f"no token {token_id}")
+    return TokenInfo.of(row)
+
+
+def list_tokens(session: Session, party_id: str | None = None) -> list[TokenInfo]:
+    """Return the tokens of ``party_id`` (every token for None), oldest first.
+
+    Expired and revoked tokens are listed too. Raises NotFound for an unknown party.
+    """
+    statement = select(Token).order_by(col(Token.id))
+    if party_id is not None:
+        statement = statement.where(col(Token.party_id) == get_party(session, party_id).id)
+    return [TokenInfo.of(row) for row in session.exec(statement).all()]
+
+
+def _revoke(session: Session, row: Token, now_ms: int) -> TokenInfo:
+    """Revoke a stored token from ``now_ms`` on; revoking again keeps the first time."""
     if row.revoked_ms is None:
         row.revoked_ms = now_ms
         session.add(row)
         _flush(session)
+    return TokenInfo.of(row)
+
+
+def revoke_token(session: Session, token: str, now_ms: int) -> TokenInfo:
+    """Revoke a token, named by its text, from ``now_ms`` on; raise NotFound if never issued."""
+    row = _row_of_text(session, token)
+    if row is None:
+        raise NotFound("no such token")
+    return _revoke(session, row, now_ms)
+
+
+def revoke_token_id(session: Session, token_id: int, now_ms: int) -> TokenInfo:
+    """Revoke the token with id ``token_id`` from ``now_ms`` on; return its record.
+
+    Revoking a revoked token keeps its first revocation time. Raises NotFound for an unknown id.
+    """
+    row = session.get(Token, token_id)
+    if row is None:
+        raise NotFound(f"no token {token_id}")
+    return _revoke(session, row, now_ms)
 
 
 def get_device(session: Session, device_id: str) -> Device:
