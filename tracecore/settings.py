@@ -43,6 +43,15 @@ class Settings(BaseSettings):
         max_length=64,
         description="ingest: fixed MQTT client id of the persistent session (one per worker)",
     )
+    ingest_health_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="ingest: serve /healthz and /metrics of `agritrace ingest` on this port",
+    )
+    ingest_health_host: str = Field(
+        default="127.0.0.1", description="ingest: the address of that health server"
+    )
     park_hours: float = Field(
         default=24.0, gt=0, description="ingest: how long a message waits for its product"
     )

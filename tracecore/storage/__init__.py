@@ -5,7 +5,12 @@ package; repository functions that take a session and an explicit time. docs/sto
 describes every table.
 """
 
-from tracecore.storage.engine import make_engine, session_scope, storage_errors
+from tracecore.storage.engine import (
+    durability_problems,
+    make_engine,
+    session_scope,
+    storage_errors,
+)
 from tracecore.storage.migrate import current_revision, head_revision, upgrade
 from tracecore.storage.models import (
     PARTY_KINDS,
@@ -87,6 +92,7 @@ __all__ = [
     "current_key",
     "current_revision",
     "device_keys",
+    "durability_problems",
     "find_token",
     "format_ms",
     "get_device",
