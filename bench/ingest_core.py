@@ -96,6 +96,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
+        "--resend",
+        action="store_true",
+        help="then process the same batches again (every message a duplicate: a resend storm)",
+    )
+    parser.add_argument(
         "--synchronous",
         choices=("FULL", "NORMAL"),
         default="FULL",
@@ -121,6 +126,14 @@ def main() -> None:
         if profiler:
             profiler.disable()
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        resend = None
+        if args.resend:
+            again = time.perf_counter()
+            for batch in work:
+                result = processor.process(batch, T0 + 10_000_000)
+                if result.duplicates != len(batch):
+                    raise SystemExit(f"not every resend was a duplicate: {result}")
+            resend = time.perf_counter() - again
         processor.close()
         engine.dispose()
     total = args.batch * args.batches
@@ -131,6 +144,11 @@ def main() -> None:
         f"{elapsed / args.batches * 1000:.1f} ms per batch; this process used {cpu:.2f} s "
         "of CPU (all threads; the database server's CPU not counted)"
     )
+    if resend is not None:
+        print(
+            f"the same {total} again, as resends: {resend:.2f} s, {total / resend:,.0f} msgs/s, "
+            f"{elapsed / resend:.1f}x the rate of new messages"
+        )
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 
 import pytest
 from ingest_kit import HOUR, RECEIVED, T0, World, product, table
 from sqlalchemy import Engine
 
 from ingest import Inbound, IngestConfig, Processor
-from tracecore.cose import parse_message
-from tracecore.errors import RejectReason
+from ingest import processor as processor_module
+from tracecore.cose import SignedMessage, parse_message
+from tracecore.errors import MessageRejected, RejectReason
 from tracecore.logentry import GENESIS_PREV, parse_entry
 from tracecore.merkle import leaf_hash
 from tracecore.receipt import parse_receipt
@@ -173,6 +175,42 @@ def test_duplicate_resends_the_stored_receipt(world: World) -> None:
     assert again.receipts == first.receipts
     assert world.count("log_entries") == entries
     assert world.count("rejections") == 0
+
+
+def test_resend_of_logged_bytes_skips_the_signature_check(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resend of logged bytes is answered without an Ed25519 check; new bytes still get one."""
+    commission(world, LOT)
+    dev = world.devices["dev-a"]
+    logged = [dev.reading(LOT) for _ in range(3)]
+    first = world.send(dev, *logged)
+    checked: list[int] = []
+    verify = processor_module._verify_chunk
+
+    def counting(tasks: Sequence[tuple[SignedMessage, bytes]]) -> list[MessageRejected | None]:
+        checked.append(len(tasks))
+        return verify(tasks)
+
+    monkeypatch.setattr(processor_module, "_verify_chunk", counting)
+    fresh = dev.reading(LOT)
+    again = world.send(dev, *logged, fresh, now_ms=RECEIVED + 60_000)
+    assert (again.accepted, again.duplicates) == (1, 3)
+    assert again.receipts[:3] == first.receipts
+    assert sum(checked) == 1  # only the new message was verified
+
+
+def test_resend_with_a_forged_signature_is_not_a_duplicate(world: World) -> None:
+    """Same device+seq and payload but other signature bytes: checked, refused, not receipted."""
+    commission(world, LOT)
+    dev = world.devices["dev-a"]
+    raw = dev.reading(LOT)
+    world.send(dev, raw)
+    forged = raw[:-1] + bytes([raw[-1] ^ 1])  # the signature's last byte
+    result = world.send(dev, forged, now_ms=RECEIVED + 60_000)
+    assert result.receipts == []
+    assert result.duplicates == 0
+    assert sum(result.rejected.values()) == 1
 
 
 def test_duplicate_within_one_batch(world: World) -> None:
