@@ -88,12 +88,14 @@ def load_or_create_device_key(keys_dir: Path, device_id: str) -> SignerKey:
 
 @dataclass(frozen=True, slots=True)
 class ResendPolicy:
-    """When to resend an unreceipted message: exponential backoff with full jitter, per message.
+    """When to resend an unreceipted message: exponential backoff with jitter, per message.
 
     docs/protocol.md §8: after the ``n``-th send of a message the device waits a uniform random
-    time in ``[0, min(max_s, initial_s * factor**(n-1))]`` (full jitter), so a fleet that sent
-    many messages together, or that ingest answers slower than it sends, spreads its resends
-    instead of repeating every message on one timer. ``n`` is the message's persisted
+    time in ``[b/2, b]`` with ``b = min(max_s, initial_s * factor**(n-1))`` ("equal jitter"), so
+    a fleet that sent many messages together, or that ingest answers slower than it sends,
+    spreads its resends instead of repeating every message on one timer. The lower half is
+    kept: with full jitter (``[0, b]``) a resend could follow its send at once, before any
+    receipt could have come back. ``n`` is the message's persisted
     ``attempts`` (firmware_sim/outbox.py), so the schedule survives restarts.
     """
 
@@ -107,8 +109,8 @@ class ResendPolicy:
         return int(min(self.max_s, self.initial_s * self.factor**exponent) * 1000)
 
     def delay_ms(self, attempts: int, rng: random.Random) -> int:
-        """Return the wait after the ``attempts``-th send: uniform in ``[0, nominal_ms]``."""
-        return int(self.nominal_ms(attempts) * rng.random())
+        """Return the wait after the ``attempts``-th send: uniform in ``[nominal/2, nominal]``."""
+        return int(self.nominal_ms(attempts) * (1 + rng.random()) / 2)
 
 
 @dataclass(slots=True)

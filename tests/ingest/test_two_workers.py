@@ -103,7 +103,12 @@ def test_two_ingest_workers_share_the_stream(
                 mosquitto, workers, keys=keys, fleet_id=fleet_id, sent=sent, tmp_path=tmp_path
             )
         )
-        _log.warning("two workers: %d messages in %.1f s", len(sent), time.monotonic() - started)
+        _log.warning(
+            "two workers: %d messages in %.1f s, %d resends",
+            len(sent),
+            time.monotonic() - started,
+            fleet.stats.resent,
+        )
         assert len(sent) == DEVICES * (READINGS + 1)
         log_key = read_log_key(workers[0].data_dir / "keys", Settings().log_origin)
         check_exactly_once(engine, sent, READINGS + 1)
@@ -141,7 +146,13 @@ async def _scenario(
     workers[1].start()
     await asyncio.sleep(2)  # both subscribed before the stream starts
     fleet = make_fleet(
-        broker, tmp_path / "outbox.sqlite3", log_key, keys, client_id=fleet_id, resend_s=5.0
+        broker,
+        tmp_path / "outbox.sqlite3",
+        log_key,
+        keys,
+        client_id=fleet_id,
+        resend_s=5.0,
+        resend_max_s=60.0,
     )
     stop = asyncio.Event()
     async with asyncio.TaskGroup() as tasks:
