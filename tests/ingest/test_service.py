@@ -509,7 +509,7 @@ def test_serve_runs_api_and_ingest_and_exits_zero_on_sigterm(
                 pass
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.2)
-        assert reply.json() == {"status": "ok"}
+        assert reply.json() == {"status": "ok", "problems": []}
         output = ""
         while "subscribed to" not in output:
             assert time.monotonic() < deadline, output
