@@ -158,8 +158,11 @@ async def _scenario(
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(fleet.run(stop), name="fleet")
         await _send(fleet, sent)
-        async with asyncio.timeout(SETTLE_S):
-            await fleet.wait_settled()
+        try:
+            async with asyncio.timeout(SETTLE_S):
+                await fleet.wait_settled()
+        except TimeoutError:
+            raise AssertionError(_unsettled(fleet)) from None
         for worker in workers:
             worker.signal(signal.SIGTERM)
         for worker in workers:
@@ -181,6 +184,20 @@ async def _send(fleet: Fleet, sent: dict[tuple[str, int], bytes]) -> None:
             seq, raw = await device.send_reading([lot(device.id.upper())], sensors)
             sent[device.id, seq] = raw
         await asyncio.sleep(0)
+
+
+def _unsettled(fleet: Fleet) -> str:
+    """What the fleet holds unreceipted after the settle bound, for the failure message."""
+    items = fleet.outbox.pending()
+    now = int(time.time() * 1000)
+    shown = ", ".join(
+        f"{i.device_id}#{i.seq} (sent {i.attempts}x, due in {(i.next_send_ms - now) / 1000:.0f} s)"
+        for i in items[:10]
+    )
+    return (
+        f"{len(items)} messages unreceipted after {SETTLE_S} s: {shown}; fleet counters: "
+        f"{fleet.stats}"
+    )
 
 
 def _check_checkpoints(engine: Engine, log_key: SignerKey) -> None:
