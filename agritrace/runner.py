@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -153,7 +153,9 @@ async def _main(
                 if server is not None:
                     tasks.create_task(serve_until_stopped(server, stop), name="api")
                 for name, companion in companions.items():
-                    tasks.create_task(_after_start(server, companion(engine, stop)), name=name)
+                    tasks.create_task(
+                        _after_start(server, stats, stop, companion(engine, stop)), name=name
+                    )
     return 0
 
 
@@ -309,10 +311,23 @@ async def serve_until_stopped(server: uvicorn.Server, stop: asyncio.Event) -> No
         server.should_exit = True
 
 
-async def _after_start(server: uvicorn.Server | None, work: Awaitable[None]) -> None:
-    """Run ``work`` once ``server`` (if any) accepts connections."""
-    # uvicorn offers only the ``started`` flag, no event to wait on.
-    while server is not None and not server.started:  # noqa: ASYNC110
+async def _after_start(
+    server: uvicorn.Server | None,
+    stats: IngestStats,
+    stop: asyncio.Event,
+    work: Awaitable[None],
+) -> None:
+    """Run ``work`` once ``server`` (if any) accepts connections and ingest is subscribed.
+
+    Ingest subscribes after it has migrated the database, which may come up later than this
+    process: a companion (the demo) must find the schema there and its messages heard.
+    """
+    # uvicorn offers only the ``started`` flag, and ingest its counters: no event to wait on.
+    while (server is not None and not server.started) or stats.connects == 0:
+        if stop.is_set():
+            if isinstance(work, Coroutine):
+                work.close()  # never started: stopping before ingest ever ran
+            return
         await asyncio.sleep(0.05)
     await work
 
