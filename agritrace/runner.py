@@ -305,10 +305,16 @@ def quiet_server(app: Any, host: str, port: int, **options: Any) -> uvicorn.Serv
 
 async def serve_until_stopped(server: uvicorn.Server, stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set (then finish open requests); set ``stop`` if serving ends."""
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(_stop_when_done(server.serve(), stop), name="uvicorn")
-        await stop.wait()
-        server.should_exit = True
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(_stop_when_done(server.serve(), stop), name="uvicorn")
+            await stop.wait()
+            server.should_exit = True
+    finally:
+        # Cancelled (another task of the process failed), uvicorn skips its shutdown and its
+        # listening sockets stay open until the garbage collector finds them: close them here.
+        for listener in getattr(server, "servers", []):
+            listener.close()
 
 
 async def _after_start(
