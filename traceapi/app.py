@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from traceapi.availability import IngestState, schema_gate, unavailable
+from traceapi.availability import IngestState, SchemaGate, unavailable
 from traceapi.health import health_response, ingest_problems
 from traceapi.limits import BodyLimit
 from traceapi.routes.bundle import router as bundle_router
@@ -161,7 +161,7 @@ def create_app(
     app.state.clock = clock
     # None: traceapi.routes.log reads the public half of DATA_DIR/keys/log.key on first use.
     app.state.log_vkey = log_vkey
-    app.middleware("http")(schema_gate(lambda: bool(app.state.schema_ready)))
+    app.add_middleware(SchemaGate, ready=lambda: bool(app.state.schema_ready))
     # Added last, so outermost: it sees the body as it streams in (docs/operations.md).
     app.add_middleware(BodyLimit, max_body=settings.max_body_bytes)
     app.add_exception_handler(AgritraceError, _agritrace_error)

@@ -9,11 +9,12 @@ schema is migrated (the API may start before the database does), every route exc
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final, Protocol
 
 from fastapi import Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from traceapi.i18n import choose_language
 from traceapi.pages import render
@@ -22,7 +23,7 @@ __all__ = [
     "RETRY_AFTER_S",
     "WITHOUT_DATABASE",
     "IngestState",
-    "schema_gate",
+    "SchemaGate",
     "unavailable",
 ]
 
@@ -70,16 +71,22 @@ def unavailable(request: Request, detail: str = "the database is unavailable") -
     return JSONResponse({"detail": detail}, status_code=503, headers=headers)
 
 
-def schema_gate(
-    ready: Callable[[], bool],
-) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    """HTTP middleware: 503 for database routes until ``ready()`` (the schema is migrated)."""
+class SchemaGate:
+    """ASGI middleware: 503 for database routes until ``ready()`` (the schema is migrated).
 
-    async def gate(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if ready() or request.url.path in WITHOUT_DATABASE:
-            return await call_next(request)
-        return unavailable(request, "the database is not ready yet")
+    Plain ASGI rather than an ``@app.middleware("http")`` function: that form runs every
+    request through extra tasks and streams, a cost every scan would pay for a check that is
+    one attribute read once the database is up.
+    """
 
-    return gate
+    def __init__(self, app: ASGIApp, ready: Callable[[], bool]) -> None:
+        self.app = app
+        self.ready = ready
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, or answer 503 while the schema is not ready."""
+        if scope["type"] != "http" or self.ready() or scope["path"] in WITHOUT_DATABASE:
+            await self.app(scope, receive, send)
+            return
+        response = unavailable(Request(scope), "the database is not ready yet")
+        await response(scope, receive, send)
