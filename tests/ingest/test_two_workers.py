@@ -54,9 +54,11 @@ DEVICES = 100
 READINGS = 200  # per device, after its commissioning: 20,100 messages in all
 _log = logging.getLogger(__name__)
 
-# Hang guards, not performance targets: with devices resending every 5 s, a busy machine works
-# through a backlog of duplicates before the last receipts go out (about 4.5 min here).
-SETTLE_S = 480
+# Hang guards, not performance targets. Devices now back off to 60 s between resends and ingest
+# answers a resend with a look-up, so the backlog of duplicates that once took about 4.5 min to
+# drain on a busy machine is far smaller; 5 min bounds the wait while the open fault (see the
+# xfail) still makes some runs wait in vain.
+SETTLE_S = 300
 # method="thread": the default (a signal) raises inside whatever runs, and an aiomqtt callback
 # swallowed it once, so the test ran on past its limit; the thread method cannot be swallowed
 # (it dumps every stack and ends the run).
