@@ -76,6 +76,14 @@ def require_file(env: str, default: Path, what: str) -> Path:
 
 
 @pytest.fixture
+def pg_ctl() -> Path:
+    """PostgreSQL's pg_ctl (newest installed server), for tests that run a cluster of their own."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    default = found[-1] if found else Path("/usr/lib/postgresql/bin/pg_ctl")
+    return require_file("AGRITRACE_TEST_PG_CTL", default, "PostgreSQL's pg_ctl")
+
+
+@pytest.fixture
 def mosquitto_programs() -> tuple[str, str]:
     """The paths of mosquitto and mosquitto_passwd (Debian package mosquitto)."""
     return require_program("mosquitto"), require_program("mosquitto_passwd")

@@ -14,26 +14,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
 from mqtt_kit import free_port
 
 __all__ = ["PgCluster"]
 
 
-def _bin_dir() -> Path:
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    if not versions:
-        if os.environ.get("AGRITRACE_REQUIRE_SERVICES"):
-            pytest.fail("PostgreSQL binaries are missing (run scripts/test-services.sh)")
-        pytest.skip("PostgreSQL binaries are not installed")
-    return versions[-1].parent
-
-
 class PgCluster:
     """A throwaway PostgreSQL cluster in ``directory``: :meth:`start`, :meth:`stop`, :attr:`url`."""
 
-    def __init__(self, *, options: str = "") -> None:
-        self.bin = _bin_dir()
+    def __init__(self, pg_ctl: Path, *, options: str = "") -> None:
+        self.bin = pg_ctl.parent
         # Not under pytest's tmp_path: its parents are private to root, and the server may
         # have to run as postgres. The cluster removes its directory in close().
         self.directory = Path(tempfile.mkdtemp(prefix="agritrace-pg-"))

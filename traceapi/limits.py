@@ -103,7 +103,7 @@ class BodyLimit:
         try:
             await self.app(scope, counting_receive, guarded_send)
         except* _TooLarge:  # in a group when it passed a task group (BaseHTTPMiddleware)
-            pass  # answered below, unless the app had started its answer
+            exceeded = True  # set where raised already; the 413 goes out below
         if exceeded and not started:
             await _answer(send, 413, _too_large(limit))
 

@@ -51,9 +51,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(600, m
 
 
 @pytest.fixture
-def cluster() -> Iterator[PgCluster]:
+def cluster(pg_ctl: Path) -> Iterator[PgCluster]:
     """A PostgreSQL cluster of this test's own, created but not started."""
-    pg = PgCluster()
+    pg = PgCluster(pg_ctl)
     try:
         yield pg
     finally:
@@ -301,10 +301,10 @@ async def _outage_scenario(
 
 @pytest.mark.mosquitto
 def test_ingest_refuses_a_database_that_does_not_flush_commits(
-    mosquitto: BrokerAddress, tmp_path: Path
+    mosquitto: BrokerAddress, pg_ctl: Path, tmp_path: Path
 ) -> None:
     """PostgreSQL with fsync=off: ingest says why and exits 1 before taking any message."""
-    pg = PgCluster(options="-c fsync=off")
+    pg = PgCluster(pg_ctl, options="-c fsync=off")
     try:
         pg.start()
         process = IngestProcess(tmp_path / "data", pg.url, mosquitto, unique("ingest-fsync"))

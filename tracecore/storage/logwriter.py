@@ -87,13 +87,8 @@ def checkpoint_transaction(engine: Engine) -> Iterator[Session | None]:
     normally, rolls back on any exception; SQLAlchemy errors leave as ``StorageError``.
     """
     if engine.dialect.name == "sqlite":
-        with write_transaction(engine) as conn, storage_errors():
-            session = Session(bind=conn, expire_on_commit=False)
-            try:
-                yield session
-                session.flush()
-            finally:
-                session.close()
+        with log_session(engine) as session:
+            yield session
         return
     with storage_errors(), engine.connect() as conn, conn.begin():
         taken = conn.execute(
@@ -102,12 +97,8 @@ def checkpoint_transaction(engine: Engine) -> Iterator[Session | None]:
         if not taken:
             yield None
             return
-        session = Session(bind=conn, expire_on_commit=False)
-        try:
+        with _session_on(conn) as session:
             yield session
-            session.flush()
-        finally:
-            session.close()
 
 
 @contextmanager
@@ -116,13 +107,19 @@ def log_session(engine: Engine) -> Iterator[Session]:
 
     Everything the block does commits together with the log entries it appends, or not at all.
     """
-    with write_transaction(engine) as conn, storage_errors():
-        session = Session(bind=conn, expire_on_commit=False)
-        try:
-            yield session
-            session.flush()
-        finally:
-            session.close()
+    with write_transaction(engine) as conn, storage_errors(), _session_on(conn) as session:
+        yield session
+
+
+@contextmanager
+def _session_on(conn: Connection) -> Iterator[Session]:
+    """A session on ``conn``'s transaction, flushed when the block ends (the caller commits)."""
+    session = Session(bind=conn, expire_on_commit=False)
+    try:
+        yield session
+        session.flush()
+    finally:
+        session.close()
 
 
 def next_log_index(session: Session) -> int:
