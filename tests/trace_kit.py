@@ -254,11 +254,16 @@ FORGED_TO: Final = 3.1
 
 @dataclass(frozen=True, slots=True)
 class PageVariant:
-    """A kind of public page: the URL path a buyer scans, the verdict and the HTTP status."""
+    """A kind of public page: the URL path a buyer scans, the verdict and the HTTP status.
+
+    ``outage`` pages are served by a server whose database is not ready (not migrated yet, or
+    unreachable): the page a buyer gets then instead of a verdict.
+    """
 
     path: str
     verdict: str
     status: int = 200
+    outage: bool = False
 
 
 #: The public page variants of :func:`make_pages_world`, by name.
@@ -276,6 +281,8 @@ PAGE_VARIANTS: Final[Mapping[str, PageVariant]] = {
     "malformed": PageVariant("/01/12345/10/L1", "unknown", 404),
     # One stall, one code: the public page of the shop that sold the meat (no verdict of its own).
     "stall": PageVariant(f"/p/{RETAILER}", ""),
+    # The clean egg case scanned while the database is down: no verdict, come back later.
+    "unavailable": PageVariant(f"/{EGG_CASE.path}", "unavailable", 503, outage=True),
 }
 
 #: The languages the page tests ask for, as a browser's Accept-Language names them.

@@ -43,8 +43,9 @@ def _serve(app: FastAPI) -> Iterator[str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
+            # Any answer will do: a server without its database answers 503 and is up.
+            httpx.get(f"{base}/healthz", timeout=1)
+            break
         except httpx.HTTPError:
             time.sleep(0.1)
     try:
@@ -74,10 +75,14 @@ class PagesSite:
 
     base: str
     variants: dict[str, PageVariant]
+    #: A server over a database whose schema is not ready: it serves the ``outage`` variants.
+    outage_base: str
 
     def url(self, variant: str, query: str = "") -> str:
         """The absolute URL of ``variant``'s page, with ``query`` (``lang=fr``) if given."""
-        return f"{self.base}{self.variants[variant].path}" + (f"?{query}" if query else "")
+        page = self.variants[variant]
+        base = self.outage_base if page.outage else self.base
+        return f"{base}{page.path}" + (f"?{query}" if query else "")
 
 
 @pytest.fixture(scope="session")
@@ -94,9 +99,13 @@ def pages_site(tmp_path_factory: pytest.TempPathFactory, app_client: Any) -> Ite
         now = world.now[0]
     config = Settings(admin_token=SecretStr(ADMIN), log_origin=ORIGIN, data_dir=directory)
     app = create_app(config, engine, clock=lambda: now, log_vkey=LOG.verifier)
-    with _serve(app) as base:
-        yield PagesSite(base, dict(PAGE_VARIANTS))
+    # Not migrated and never migrating: every database route answers as during an outage.
+    empty = make_engine(f"sqlite:///{directory / 'not-migrated.sqlite3'}")
+    down = create_app(config, empty, migrate=False, log_vkey=LOG.verifier)
+    with _serve(app) as base, _serve(down) as outage_base:
+        yield PagesSite(base, dict(PAGE_VARIANTS), outage_base)
     engine.dispose()
+    empty.dispose()
 
 
 @pytest.fixture(scope="session")

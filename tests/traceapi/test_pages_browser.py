@@ -50,6 +50,7 @@ ABOVE_THE_FOLD = {
     "unknown": ["verdict", "advice"],
     "malformed": ["verdict", "advice"],
     "stall": ["name", "credit"],
+    "unavailable": ["verdict", "advice"],
 }
 
 # What sticks out sideways (for the failure message).
@@ -110,9 +111,11 @@ def visit(browser: Browser, pages_site: Any) -> Iterator[Callable[..., Visit]]:
         problems: list[str] = []
 
         def console(message: ConsoleMessage) -> None:
-            # Chromium reports any 4xx document as a failed resource: expected for a 404 page.
-            own_404 = message.location.get("url") == url and "status of 404" in message.text
-            if message.type == "error" and not (own_404 and variant_status(variant) == 404):
+            # Chromium reports any 4xx/5xx document as a failed resource: expected for a 404
+            # (unknown code) or 503 (database down) page.
+            status = variant_status(variant)
+            own = message.location.get("url") == url and f"status of {status}" in message.text
+            if message.type == "error" and not (own and status >= 400):
                 problems.append(f"console error: {message.text}")
 
         def failed(error: Error) -> None:

@@ -18,10 +18,21 @@ def _scan(pages_site: Any, variant: str) -> dict[str, Any]:
     return body
 
 
-@pytest.mark.parametrize("variant", [v for v in PAGE_VARIANTS if PAGE_VARIANTS[v].verdict])
+@pytest.mark.parametrize(
+    "variant", [v for v, page in PAGE_VARIANTS.items() if page.verdict and not page.outage]
+)
 def test_variant_has_its_verdict(pages_site: Any, variant: str) -> None:
     """Each variant's scan answers the status and verdict the page tests expect of it."""
     assert _scan(pages_site, variant)["verdict"] == PAGE_VARIANTS[variant].verdict
+
+
+@pytest.mark.parametrize("variant", [v for v, page in PAGE_VARIANTS.items() if page.outage])
+def test_outage_scan_says_come_back(pages_site: Any, variant: str) -> None:
+    """An app scanning during an outage gets 503 with Retry-After and no verdict at all."""
+    response = httpx.get(pages_site.url(variant), headers=JSON, timeout=30)
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) > 0
+    assert "verdict" not in response.json()
 
 
 def test_clean_egg_case_passes_every_contract(pages_site: Any) -> None:
