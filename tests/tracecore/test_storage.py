@@ -14,6 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from nacl.signing import SigningKey
 from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.orm import Session
 from sqlmodel import SQLModel, col, select
 
 from tracecore.errors import (
@@ -42,6 +43,7 @@ from tracecore.storage import (
     current_key,
     current_revision,
     device_keys,
+    durability_problems,
     find_token,
     get_device,
     hash_token,
@@ -54,6 +56,7 @@ from tracecore.storage import (
     revoke_token,
     rotate_key,
     session_scope,
+    statistics_scope,
     upgrade,
     validate_public_key,
 )
@@ -150,6 +153,30 @@ def test_session_scope_rolls_back_and_wraps(engine: Engine) -> None:
         session.add(Party(id="p-bad", name="x", kind="spaceship", created_ms=T0))
     with session_scope(engine) as session:
         assert session.get(Party, "p-ok") is None
+
+
+def _commit_waits_for_disk(session: Session) -> bool:
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        return int(connection.exec_driver_sql("PRAGMA synchronous").scalar_one()) >= 2
+    return connection.exec_driver_sql("SHOW synchronous_commit").scalar_one() != "off"
+
+
+def test_statistics_scope_relaxes_only_its_own_commit(engine: Engine) -> None:
+    """Scan statistics commit without waiting for the disk; the connection is strict again
+    afterwards, after a failure too, so no log write ever commits relaxed."""
+    with statistics_scope(engine) as session:
+        assert not _commit_waits_for_disk(session)
+        create_party(session, "stats-ok", "x", "farm", T0)
+    with pytest.raises(Conflict), statistics_scope(engine) as session:  # noqa: PT012
+        create_party(session, "stats-bad", "x", "farm", T0)
+        create_party(session, "stats-bad", "x", "farm", T0)
+    for _ in range(3):  # whichever pooled connection comes next
+        with session_scope(engine) as session:
+            assert _commit_waits_for_disk(session)
+            assert session.get(Party, "stats-ok") is not None
+            assert session.get(Party, "stats-bad") is None
+    assert durability_problems(engine) == []
 
 
 def test_session_scope_wraps_other_errors(engine: Engine) -> None:

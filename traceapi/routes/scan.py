@@ -45,7 +45,7 @@ from traceapi.vocabulary import event_name, pick
 from tracecore.errors import IdentifierError
 from tracecore.identifiers import ProductKey
 from tracecore.settings import Settings
-from tracecore.storage.engine import session_scope
+from tracecore.storage.engine import session_scope, statistics_scope
 from tracecore.storage.trace import (
     PartyInfo,
     assess_product,
@@ -148,10 +148,11 @@ def scan(
             credit = party_credit(session, producer, now, CREDIT_DAYS)
     stats = None
     if key.serial is not None:
-        # A transaction of its own, as short as can be: on SQLite the scan's write holds the
-        # database's one write lock, which every other API process and ingest wait for.
+        # A transaction of its own, as short as can be, whose commit does not wait for the
+        # disk: on SQLite the scan's write holds the database's one write lock, which every
+        # other API process and ingest wait for (docs/operations.md, "Durability").
         client = client_hash(scan_salt(request), client_address(request))
-        with session_scope(engine) as session:
+        with statistics_scope(engine) as session:
             record_scan(session, key.path, client, (place or "").strip() or None, now)
             window_ms = int(settings.copy_window_hours * _HOUR_MS)
             stats = scan_stats(session, key.path, now - window_ms)

@@ -9,6 +9,7 @@ from tracecore.storage.engine import (
     durability_problems,
     make_engine,
     session_scope,
+    statistics_scope,
     storage_errors,
 )
 from tracecore.storage.migrate import current_revision, head_revision, upgrade
@@ -111,6 +112,7 @@ __all__ = [
     "revoke_token_id",
     "rotate_key",
     "session_scope",
+    "statistics_scope",
     "storage_errors",
     "update_party",
     "upgrade",

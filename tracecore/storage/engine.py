@@ -38,6 +38,7 @@ __all__ = [
     "durability_problems",
     "make_engine",
     "session_scope",
+    "statistics_scope",
     "storage_errors",
 ]
 
@@ -147,6 +148,48 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def statistics_scope(engine: Engine) -> Iterator[Session]:
+    """:func:`session_scope` for statistics: its commit does not wait for the disk.
+
+    For scan records only (docs/operations.md, "Durability"): a power cut may lose the last
+    moments of them, never a log entry, receipt, rejection, feedback or token, which commit
+    through :func:`session_scope`. The commit stays atomic. Not waiting for the disk matters
+    most on SQLite, where a commit holds the database's one write lock until its fsync ends
+    and every other writer (ingest, other API processes) queues behind it.
+
+    * PostgreSQL: ``SET LOCAL synchronous_commit TO off`` for this transaction only
+      (PostgreSQL docs, 30.4 "Asynchronous Commit": safe to mix with synchronous commits).
+    * SQLite: ``synchronous=NORMAL`` on this connection for this transaction, then FULL again
+      (SQLite docs, "PRAGMA synchronous": in WAL mode NORMAL is safe from corruption, and a
+      later FULL commit syncs the WAL with this transaction in it). A connection that cannot
+      be set back is discarded, never returned to the pool.
+    """
+    with storage_errors(), engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+            connection.commit()
+        try:
+            with Session(bind=connection, expire_on_commit=False) as session:
+                if not sqlite:
+                    session.connection().exec_driver_sql("SET LOCAL synchronous_commit TO off")
+                try:
+                    yield session
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
+        finally:
+            if sqlite:
+                try:
+                    connection.exec_driver_sql("PRAGMA synchronous=FULL")
+                    connection.commit()
+                except BaseException:
+                    connection.invalidate()
+                    raise
 
 
 def durability_problems(engine: Engine) -> list[str]:
