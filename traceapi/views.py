@@ -330,7 +330,10 @@ def build_view(
             note=assessment.checkpoint,
         ),
         scans=scans_out,
-        contracts=_contracts(story, checkpoint.size) if checkpoint is not None else [],
+        # Contract results judged on data that failed a check would vouch for it: none then.
+        contracts=_contracts(story, checkpoint.size)
+        if checkpoint is not None and verdict is not Verdict.INTEGRITY_FAILURE
+        else [],
         bundle_url=f"{public_url.rstrip('/')}/v1/bundle/{key.path}",
     )
 
