@@ -13,26 +13,60 @@ Pure: :func:`epcis_document` maps a :class:`~tracecore.verdict.Story` to an ``EP
 
 Identifiers are GS1 Digital Link URIs on ``id.gs1.org`` (EPCIS 2.0 §8.2 allows them in place of
 EPC URNs): a serialized product goes in ``epcList``, a lot (a class of products) in
-``quantityList`` as an ``epcClass``. Every event carries ``agritrace:logIndex``, the log entry
-it comes from, so each can be proven with the product's evidence bundle.
+``quantityList`` as an ``epcClass``.
+
+What the signed ``data`` of an event says goes into standard fields where EPCIS has one: a
+lot's ``count`` or ``net_kg`` is its ``quantity`` (``uom`` ``KGM`` for kilograms), a
+shipping's ``destination`` a ``sourceList`` and ``destinationList`` (owning parties), a lab
+test's ``report`` a ``bizTransactionList`` entry of type ``testres``, a weighing
+(``hot_carcass_kg``, or ``net_kg`` of serialized products) a ``sensorReport`` of type
+``Mass``. The signed data itself is kept whole as ``agritrace:data``, every key of it
+namespaced (:func:`data_term`), so that JSON-LD processors and RDF stores keep every value.
+
+Extension fields use the prefix ``agritrace`` (:data:`AGRITRACE_CONTEXT`, declared in each
+document's ``@context``, EPCIS 2.0 §6.6: user extensions). Every event carries
+``agritrace:logIndex``, the log entry it comes from, so each can be proven with the product's
+evidence bundle; its ``eventID`` is the CBV 2.0 event hash of its content
+(:mod:`tracecore.epcis_hash`), which any receiver can recompute.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from tracecore.epcis_hash import event_hash
 from tracecore.identifiers import ProductKey
 from tracecore.verdict import SensorPoint, Story, StoryEvent
 
-__all__ = ["EPCIS_CONTEXT", "GS1_RESOLVER", "NAMESPACE", "epcis_document"]
+__all__ = [
+    "AGRITRACE_CONTEXT",
+    "EPCIS_CONTEXT",
+    "GS1_RESOLVER",
+    "NAMESPACE",
+    "PREFIX",
+    "data_term",
+    "epcis_document",
+]
 
 EPCIS_CONTEXT: Final = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 #: The extension namespace of agritrace fields (EPCIS 2.0 §6.6: user extensions).
 NAMESPACE: Final = "https://agritrace.dev/epcis/"
+PREFIX: Final = "agritrace"
+#: agritrace's JSON-LD context, inline in every document after GS1's: the prefix of every
+#: extension field. Only a prefix, no term definitions: a document stays readable offline
+#: (no context to fetch but GS1's) and by tools that take inline contexts as prefix maps, as
+#: GS1's reference event hash generator does.
+AGRITRACE_CONTEXT: Final[Mapping[str, str]] = {PREFIX: NAMESPACE}
 GS1_RESOLVER: Final = "https://id.gs1.org"
+
+_UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+#: Signed data fields that are the quantity of a lot (EPCIS quantityElement: quantity, uom).
+_QUANTITIES: Final = (("count", None), ("net_kg", "KGM"))
+_QUANTITY_NAMES: Final = frozenset(name for name, _ in _QUANTITIES)
+#: Signed data fields that are measurements (EPCIS sensorReport: type, value, uom).
+_MEASUREMENTS: Final = {"hot_carcass_kg": ("Mass", "KGM"), "net_kg": ("Mass", "KGM")}
 
 
 def _time(ms: int) -> str:
@@ -55,15 +89,72 @@ def _identify(paths: Iterable[str]) -> dict[str, list[Any]]:
     return {"epcs": epcs, "classes": classes}
 
 
-def _event_id(kind: str, index: int, detail: str = "") -> str:
-    # EPCIS 2.0 §7.3.1: eventID is a URI; ni: (RFC 6920) names it by the entry it comes from.
-    digest = hashlib.sha256(f"agritrace/{kind}/{index}/{detail}".encode()).hexdigest()
-    return f"ni:///sha-256;{digest}?ver=CBV2.0"
+def _with_id(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with its CBV 2.0 event hash ID as ``eventID``, right after ``type``."""
+    event_id = event_hash(body, AGRITRACE_CONTEXT)
+    return {"type": body["type"], "eventID": event_id, **body}
+
+
+def _party(party: str) -> str:
+    return f"{NAMESPACE}party/{_safe(party)}"
+
+
+def _number(value: object) -> int | float | None:
+    """A JSON number of signed data (not a boolean), or None."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _quantity(data: Mapping[str, object]) -> dict[str, Any]:
+    """``quantity`` (and ``uom``) of a lot from its event's ``count`` or ``net_kg``."""
+    for name, uom in _QUANTITIES:
+        value = _number(data.get(name))
+        if value is not None:
+            return {"quantity": value, "uom": uom} if uom else {"quantity": value}
+    return {}
+
+
+def _standard_fields(event: StoryEvent, body: dict[str, Any], lots: str) -> None:
+    """Standard EPCIS fields for what the signed ``data`` says (the data itself is kept too).
+
+    ``lots`` names the quantity list of the event's products (``quantityList`` or
+    ``outputQuantityList``).
+    """
+    data: Mapping[str, object] = event.data or {}
+    classes = body.get(lots, [])
+    quantity = _quantity(data) if len(classes) == 1 else {}
+    if quantity:
+        classes[0].update(quantity)
+    destination = data.get("destination")
+    if event.step == "shipping" and isinstance(destination, str):
+        body["sourceList"] = [{"source": _party(event.party), "type": "owning_party"}]
+        body["destinationList"] = [{"destination": _party(destination), "type": "owning_party"}]
+    test = data.get("test")
+    if isinstance(test, Mapping) and isinstance(test.get("report"), str):
+        lab = test.get("lab")
+        issuer = f"{_safe(lab)}/" if isinstance(lab, str) else ""
+        document = f"{NAMESPACE}report/{issuer}{_safe(test['report'])}"
+        body["bizTransactionList"] = [{"bizTransaction": document, "type": "testres"}]
+    reports = [
+        {"type": kind, "value": value, "uom": uom}
+        for name, (kind, uom) in _MEASUREMENTS.items()
+        if (value := _number(data.get(name))) is not None
+        and not (quantity and name in _QUANTITY_NAMES)
+    ]
+    if reports:
+        body["sensorElementList"] = [
+            {
+                "sensorMetadata": {"time": body["eventTime"], "deviceID": _device(event.device)},
+                "sensorReport": reports,
+            }
+        ]
+
+
+def _device(device: str) -> str:
+    return f"{NAMESPACE}device/{_safe(device)}"
 
 
 def _business_event(event: StoryEvent) -> dict[str, Any]:
     common: dict[str, Any] = {
-        "eventID": _event_id("event", event.index),
         "eventTime": _time(event.time),
         "eventTimeZoneOffset": "+00:00",
         "bizStep": event.step,
@@ -82,6 +173,7 @@ def _business_event(event: StoryEvent) -> dict[str, Any]:
             body["outputEPCList"] = outputs["epcs"]
         if outputs["classes"]:
             body["outputQuantityList"] = outputs["classes"]
+        lots = "outputQuantityList"
     else:
         body = {
             "type": "ObjectEvent",
@@ -91,17 +183,14 @@ def _business_event(event: StoryEvent) -> dict[str, Any]:
         }
         if outputs["classes"]:
             body["quantityList"] = outputs["classes"]
-    destination = (event.data or {}).get("destination")
-    if event.step == "shipping" and isinstance(destination, str):
-        body["destinationList"] = [
-            {"type": "owning_party", "destination": f"{NAMESPACE}party/{_safe(destination)}"}
-        ]
-    body["agritrace:logIndex"] = event.index
-    body["agritrace:device"] = event.device
-    body["agritrace:party"] = event.party
+        lots = "quantityList"
+    _standard_fields(event, body, lots)
+    body[f"{PREFIX}:logIndex"] = event.index
+    body[f"{PREFIX}:device"] = event.device
+    body[f"{PREFIX}:party"] = event.party
     if event.data:
-        body["agritrace:data"] = _plain(event.data)
-    return body
+        body[f"{PREFIX}:data"] = _extension(event.data)
+    return _with_id(body)
 
 
 def _reading_events(points: list[SensorPoint]) -> list[dict[str, Any]]:
@@ -115,7 +204,6 @@ def _reading_events(points: list[SensorPoint]) -> list[dict[str, Any]]:
         ids = _identify(first.products)
         body: dict[str, Any] = {
             "type": "ObjectEvent",
-            "eventID": _event_id("reading", index),
             "eventTime": _time(first.time),
             "eventTimeZoneOffset": "+00:00",
             "action": "OBSERVE",
@@ -125,36 +213,48 @@ def _reading_events(points: list[SensorPoint]) -> list[dict[str, Any]]:
                 {
                     "sensorMetadata": {
                         "time": _time(first.time),
-                        "deviceID": f"{NAMESPACE}device/{_safe(first.device)}",
+                        "deviceID": _device(first.device),
                     },
                     "sensorReport": [
                         {"type": p.type, "value": p.value, "uom": p.uom} for p in group
                     ],
                 }
             ],
-            "agritrace:logIndex": index,
-            "agritrace:device": first.device,
         }
         if ids["classes"]:
             body["quantityList"] = ids["classes"]
-        events.append(body)
+        body[f"{PREFIX}:logIndex"] = index
+        body[f"{PREFIX}:device"] = first.device
+        events.append(_with_id(body))
     return events
 
 
-def _plain(value: object) -> Any:
-    """Signed ``data`` (frozen maps and tuples) as plain JSON values."""
+def data_term(key: str) -> str:
+    """The JSON key of a signed ``data`` key in an export: ``agritrace:`` and the key, with
+    what an IRI may not hold raw percent-encoded (RFC 3986 unreserved characters and printable
+    non-ASCII letters kept: ``hot_carcass_kg`` stays, ``net kg`` is ``net%20kg``).
+    """
+    return f"{PREFIX}:" + "".join(
+        ch
+        if ch in _UNRESERVED or (ord(ch) > 0x7F and ch.isprintable() and not ch.isspace())
+        else "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
+        for ch in key
+    )
+
+
+def _extension(value: object) -> Any:
+    """Signed ``data`` as an extension value: every map key namespaced (:func:`data_term`)."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {data_term(str(k)): _extension(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [_extension(v) for v in value]
     return value
 
 
 def _safe(text: str) -> str:
     """Percent-encode ``text`` for a URI path segment (RFC 3986 §2.3 unreserved kept)."""
-    unreserved = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
     return "".join(
-        ch if ch in unreserved else "".join(f"%{b:02X}" for b in ch.encode("utf-8")) for ch in text
+        ch if ch in _UNRESERVED else "".join(f"%{b:02X}" for b in ch.encode("utf-8")) for ch in text
     )
 
 
@@ -168,7 +268,7 @@ def epcis_document(story: Story, *, created_ms: int, verdict: str, log_size: int
     events += _reading_events(list(story.readings))
     events.sort(key=lambda e: (e["eventTime"], e["agritrace:logIndex"]))
     return {
-        "@context": [EPCIS_CONTEXT, {"agritrace": NAMESPACE}],
+        "@context": [EPCIS_CONTEXT, dict(AGRITRACE_CONTEXT)],
         "type": "EPCISDocument",
         "schemaVersion": "2.0",
         "creationDate": _time(created_ms),
