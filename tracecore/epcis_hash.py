@@ -30,7 +30,7 @@ it replaces any text value that ends a CBV web URI used elsewhere in the *same d
 data value ``"other"`` next to a ``bizStep`` ``other``) by that URI; here only the standard
 vocabulary fields are expanded, so an event's ID does not depend on the other events of the
 document. EPC URNs (``urn:epc:id:sgtin:…``) are converted for SGTIN, SSCC, SGLN, GRAI, GIAI,
-LGTIN and SGTIN patterns; other URN schemes are hashed as written. Numbers too large for a
+PGLN, GSRN, GDTI, LGTIN and SGTIN patterns; other URN schemes are hashed as written. Numbers too large for a
 float (text ``"1e999"``) are hashed as written, where the reference implementation skips the
 event. It also remembers the prefixes of every document it read before; this module uses the
 document's own.
@@ -221,7 +221,7 @@ def _timestamp(text: str) -> str:
 
 _GS1_CHARS: Final = "[\"'\\-.0-9;-?A-Z_a-z]"  # GS1 AI 82 as the reference accepts it unescaped
 _PARTITIONS: Final = "|".join(rf"\d{{{n}}}\.\d{{{13 - n}}}" for n in range(6, 13))
-_GLN_PARTITIONS: Final = "|".join(rf"\d{{{n}}}\.\d{{{12 - n}}}" for n in range(6, 13))
+_GLN_PARTITIONS: Final = "|".join(rf"\d{{{n}}}\.\d{{{12 - n}}}" for n in range(6, 12))
 _SSCC_PARTITIONS: Final = "|".join(rf"\d{{{n}}}\.\d{{{17 - n}}}" for n in range(6, 13))
 _EPC_CHAR: Final = r"(?:%2[125-9A-Fa-f]|%3[0-9A-Fa-f]|%4[1-9A-Fa-f]|%5[0-9AaFf]|%6[1-9A-Fa-f]|%7[0-9Aa]|[!')(*+,.0-9:;=A-Za-z_-])"  # noqa: E501
 _SGTIN: Final = re.compile(rf"urn:epc:id:sgtin:(?P<cp>{_PARTITIONS})\.(?P<ser>{_EPC_CHAR}{{1,20}})")
@@ -230,7 +230,7 @@ _LGTIN: Final = re.compile(
 )
 _SGTIN_PATTERN: Final = re.compile(rf"urn:epc:idpat:sgtin:(?P<cp>{_PARTITIONS})\.\*")
 _GRAI: Final = re.compile(
-    rf"urn:epc:id:grai:(?P<cp>{_GLN_PARTITIONS}|\d{{12}}\.)\.(?P<ser>{_EPC_CHAR}{{1,16}})"
+    rf"urn:epc:id:grai:(?P<cp>{_GLN_PARTITIONS}|\d{{12}}\.\.)\.{_EPC_CHAR}{{1,16}}"
 )
 _GIAI: Final = re.compile(
     "urn:epc:id:giai:(?:"
@@ -238,6 +238,11 @@ _GIAI: Final = re.compile(
         rf"(?P<cp{n}>\d{{{n}}})\.(?P<ref{n}>{_EPC_CHAR}{{1,{30 - n}}})" for n in range(6, 13)
     )
     + ")"
+)
+_PGLN: Final = re.compile(rf"urn:epc:id:pgln:(?P<cp>{_GLN_PARTITIONS}|\d{{12}}\.)")
+_GSRN: Final = re.compile(rf"urn:epc:id:gsrn:(?P<cp>{_SSCC_PARTITIONS})")
+_GDTI: Final = re.compile(
+    rf"urn:epc:id:gdti:(?P<cp>{_GLN_PARTITIONS}|\d{{12}}\.\.){_EPC_CHAR}{{1,20}}"
 )
 _SSCC: Final = re.compile(rf"urn:epc:id:sscc:(?P<cp>{_SSCC_PARTITIONS})")
 _SGLN: Final = re.compile(
@@ -332,9 +337,10 @@ def _sgtin_pattern(found: re.Match[str]) -> str:
 
 
 def _grai(found: re.Match[str]) -> str:
-    company, asset = found["cp"].split(".")
-    body = "0" + company + asset
-    return f"{_RESOLVER}/8003/{body}{_check_digit(body)}{_epc_escape(found['ser'])}"
+    # The serial starts 30 characters in, as the reference implementation reads it (after
+    # the dot for 6-11 digit company prefixes, at it for 12).
+    body = "0" + found["cp"].replace(".", "")
+    return f"{_RESOLVER}/8003/{body}{_check_digit(body)}{_epc_escape(found.string[30:])}"
 
 
 def _giai(found: re.Match[str]) -> str:
@@ -358,6 +364,21 @@ def _sgln(found: re.Match[str]) -> str:
     return gln if extension == "0" else f"{gln}/254/{_epc_escape(extension)}"
 
 
+def _pgln(found: re.Match[str]) -> str:
+    body = found["cp"].replace(".", "")
+    return f"{_RESOLVER}/417/{body}{_check_digit(body)}"
+
+
+def _gsrn(found: re.Match[str]) -> str:
+    body = found["cp"].replace(".", "")
+    return f"{_RESOLVER}/8018/{body}{_check_digit(body)}"
+
+
+def _gdti(found: re.Match[str]) -> str:
+    body = found["cp"].replace(".", "")  # the serial as in _grai: 30 characters in
+    return f"{_RESOLVER}/253/{body}{_check_digit(body)}{_epc_escape(found.string[30:])}"
+
+
 #: EPC URN schemes converted to Digital Link (rule 17), with their conversions.
 _URN_SCHEMES: Final = (
     (_SGTIN, _sgtin),
@@ -367,6 +388,9 @@ _URN_SCHEMES: Final = (
     (_GIAI, _giai),
     (_SSCC, _sscc),
     (_SGLN, _sgln),
+    (_PGLN, _pgln),
+    (_GSRN, _gsrn),
+    (_GDTI, _gdti),
 )
 
 
