@@ -29,11 +29,11 @@ Deliberate differences from the reference implementation, for values it treats b
 it replaces any text value that ends a CBV web URI used elsewhere in the *same document* (a
 data value ``"other"`` next to a ``bizStep`` ``other``) by that URI; here only the standard
 vocabulary fields are expanded, so an event's ID does not depend on the other events of the
-document. EPC URNs (``urn:epc:id:sgtin:…``) are converted for SGTIN, SSCC, SGLN, GRAI, GIAI,
-PGLN, GSRN, GDTI, LGTIN and SGTIN patterns; other URN schemes are hashed as written. Numbers too large for a
-float (text ``"1e999"``) are hashed as written, where the reference implementation skips the
-event. It also remembers the prefixes of every document it read before; this module uses the
-document's own.
+document. EPC URNs (``urn:epc:id:sgtin:…``) are converted for SGTIN, SSCC, SGLN, GRAI,
+GIAI, PGLN, GSRN, GDTI, LGTIN and SGTIN patterns; other URN schemes are hashed as written.
+Numbers too large for a float (text ``"1e999"``) are hashed as written, where the reference
+implementation skips the event. It also remembers the prefixes of every document it read
+before; this module uses the document's own.
 """
 
 from __future__ import annotations
