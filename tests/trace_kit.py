@@ -76,6 +76,7 @@ __all__ = [
     "PACKER",
     "PAGE_LANGUAGES",
     "PAGE_VARIANTS",
+    "PRINTED_PAGES",
     "T0",
     "PageVariant",
     "World",
@@ -283,6 +284,14 @@ PAGE_VARIANTS: Final[Mapping[str, PageVariant]] = {
     "stall": PageVariant(f"/p/{RETAILER}", ""),
     # The clean egg case scanned while the database is down: no verdict, come back later.
     "unavailable": PageVariant(f"/{EGG_CASE.path}", "unavailable", 503, outage=True),
+}
+
+#: Printable pages of the pages world (no verdict of their own), by name: QR label sheets of a
+#: lot (one label per carton) and of one carton, and a stall's label.
+PRINTED_PAGES: Final[Mapping[str, str]] = {
+    "labels-lot": f"/qr/{EGG_LOT.path}/labels",
+    "labels-carton": f"/qr/{EGG_CASE.path}/labels",
+    "stall-label": f"/p/{RETAILER}/label",
 }
 
 #: The languages the page tests ask for, as a browser's Accept-Language names them.
