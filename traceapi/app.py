@@ -20,16 +20,16 @@ from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from traceapi.availability import IngestState, SchemaGate, unavailable
+from traceapi.availability import RETRY_AFTER_S, IngestState, SchemaGate, unavailable
 from traceapi.health import health_response, ingest_problems
 from traceapi.limits import BodyLimit
+from traceapi.openapi import build_openapi
 from traceapi.routes.bundle import router as bundle_router
 from traceapi.routes.feedback import router as feedback_router
 from traceapi.routes.inspect import router as inspect_router
@@ -179,23 +179,9 @@ def create_app(
     app.include_router(scan_router)
 
     def openapi() -> dict[str, Any]:
-        """The OpenAPI document, with errors described as this app sends them.
-
-        Every error here is ``{"detail": "<one readable message>"}`` (see _validation_error),
-        not FastAPI's default list of validation errors: say so, for the 422 answers that
-        FastAPI documents by itself.
-        """
+        """The OpenAPI document, built once (traceapi.openapi)."""
         if app.openapi_schema is None:
-            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            schemas["HTTPValidationError"] = {
-                "title": "Error",
-                "type": "object",
-                "properties": {"detail": {"type": "string", "title": "Detail"}},
-                "required": ["detail"],
-            }
-            schemas.pop("ValidationError", None)
-            app.openapi_schema = document
+            app.openapi_schema = build_openapi(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -239,7 +225,23 @@ def _lifespan(
 def _add_healthz(app: FastAPI, app_engine: Engine) -> None:
     """Add ``GET /healthz``."""
 
-    @app.get("/healthz", responses={503: {"model": StatusOut}})
+    @app.get(
+        "/healthz",
+        response_model=StatusOut,
+        responses={
+            503: {
+                "model": StatusOut,
+                "description": "the database, the schema or ingest is not working; problems say",
+                "headers": {
+                    "Retry-After": {
+                        "description": f"seconds to wait ({RETRY_AFTER_S})",
+                        "required": True,
+                        "schema": {"type": "integer"},
+                    }
+                },
+            }
+        },
+    )
     def healthz() -> Response:
         """Report ok when the database answers and, in ``serve``, ingest is committing."""
         problems: list[str] = []

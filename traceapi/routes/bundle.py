@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from contracts import evaluate_story
+from traceapi.openapi import errors
 from traceapi.paths import raw_product_key
 from traceapi.schemas import MAX_INT64
 from traceapi.state import scan_policy
@@ -24,12 +26,55 @@ __all__ = ["router"]
 router = APIRouter(tags=["log"])
 
 
+class BundleEntryOut(BaseModel):
+    """An entry of a bundle: its bytes, the device message, its inclusion proof (base64)."""
+
+    index: int
+    entry: str
+    message: str | None
+    proof: list[str] | None
+
+
+class ConsistencyOut(BaseModel):
+    """A consistency proof from the older tree size ``old`` to the bundle's checkpoint."""
+
+    old: int
+    proof: list[str]
+
+
+class BundleOut(BaseModel):
+    """An evidence bundle, ``agritrace-bundle/1`` (docs/bundle.md): for the OpenAPI document."""
+
+    format: Literal["agritrace-bundle/1"]
+    product: str = Field(description="the canonical product key")
+    checkpoint: str = Field(description="the checkpoint, a C2SP signed note")
+    entries: list[BundleEntryOut]
+    consistency: ConsistencyOut | None = Field(default=None, description="with previous=")
+    contracts: list[str] | None = Field(default=None, description="stored contract results")
+
+
 def _size(bundle: Bundle) -> int:
     """The tree size of the bundle's checkpoint (its second line)."""
     return int(bundle.checkpoint.split("\n")[1])
 
 
-@router.get("/v1/bundle/{key:path}", response_class=Response)
+@router.get(
+    "/v1/bundle/{key:path}",
+    response_class=Response,
+    responses={
+        200: {
+            "model": BundleOut,
+            "description": "the bundle, as a download (Content-Disposition: attachment)",
+        },
+        **errors(
+            {
+                400: "previous is beyond the checkpoint size",
+                404: "no such product, or none of its entries is in a checkpoint yet",
+                422: "the product key breaks a rule of docs/identifiers.md",
+            }
+        ),
+    },
+)
 def get_bundle(
     key: str,  # noqa: ARG001 (parsed from the raw path, escapes intact)
     request: Request,

@@ -22,6 +22,7 @@ from sqlmodel import col, select
 
 from traceapi.auth import Principal, authenticate
 from traceapi.limits import FORM_MAX_BODY
+from traceapi.openapi import errors
 from traceapi.paths import raw_product_key
 from traceapi.state import client_address, scan_salt
 from tracecore.errors import NotFound
@@ -134,10 +135,19 @@ def store_feedback(request: Request, product: ProductKey, body: FeedbackIn) -> F
 @router.post(
     "/feedback/{key:path}",
     status_code=status.HTTP_201_CREATED,
+    response_model=FeedbackOut,
     responses={
-        303: {"description": "form post: back to the product page"},
-        404: {"description": "no such product"},
-        429: {"description": "too many submissions from this client"},
+        303: {
+            "description": "a form post: back to the product page",
+            "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+        },
+        **errors({404: "no such product", 422: "a bad product key, rating or complaint"}),
+        429: {
+            **errors({429: "too many submissions from this client this hour (JSON posts only)"})[
+                429
+            ],
+            "headers": {"Retry-After": {"required": True, "schema": {"type": "integer"}}},
+        },
     },
     openapi_extra={
         "requestBody": {
@@ -169,7 +179,7 @@ async def post_feedback(key: str, request: Request) -> Response:  # noqa: ARG001
     return Response(out.model_dump_json(), status.HTTP_201_CREATED, media_type="application/json")
 
 
-@router.get("/feedback")
+@router.get("/feedback", responses=errors({422: "a bad product key or party id"}))
 def list_feedback(
     request: Request,
     *,

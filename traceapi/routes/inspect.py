@@ -29,6 +29,7 @@ from sqlalchemy import Engine, or_
 from sqlmodel import Session, col, select
 
 from traceapi.auth import Principal, authenticate
+from traceapi.openapi import errors
 from traceapi.paths import raw_product_key
 from traceapi.schemas import MAX_INT64
 from traceapi.state import scan_policy
@@ -118,7 +119,7 @@ class ProductRow(BaseModel):
     holder: str | None
 
 
-@router.get("/products")
+@router.get("/products", responses=errors({422: "a bad party id, CBV step or parameter"}))
 def search_products(
     request: Request,
     *,
@@ -190,7 +191,15 @@ class LineageOut(BaseModel):
     forward: list[str] = Field(description="children, or all descendants with depth=all")
 
 
-@router.get("/lineage/{key:path}")
+@router.get(
+    "/lineage/{key:path}",
+    responses=errors(
+        {
+            404: "no such product, or a lineage too large to answer",
+            422: "the product key breaks a rule of docs/identifiers.md",
+        }
+    ),
+)
 def get_lineage(
     key: str,  # noqa: ARG001 (parsed from the raw path, escapes intact)
     request: Request,
@@ -334,7 +343,15 @@ def _kde_rows(
 @router.get(
     "/export/kde.csv",
     response_class=Response,
-    responses={200: {"content": {"text/csv": {}}}},
+    responses={
+        200: {
+            "description": "the spreadsheet (UTF-8 with BOM, RFC 4180)",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        },
+        **errors(
+            {413: "more rows than one export holds: narrow the time range", 422: "a bad party id"}
+        ),
+    },
 )
 def export_kde(
     request: Request,
@@ -369,7 +386,19 @@ def export_kde(
 @router.get(
     "/export/epcis/{key:path}",
     response_class=Response,
-    responses={200: {"content": {"application/ld+json": {}}}},
+    responses={
+        200: {
+            "description": "an EPCIS 2.0 document (JSON-LD)",
+            "content": {"application/ld+json": {"schema": {"type": "object"}}},
+        },
+        **errors(
+            {
+                404: "no such product",
+                409: "the product has no verified evidence yet, or its evidence does not verify",
+                422: "the product key breaks a rule of docs/identifiers.md",
+            }
+        ),
+    },
 )
 def export_epcis(
     key: str,  # noqa: ARG001 (parsed from the raw path, escapes intact)
@@ -405,7 +434,10 @@ def export_epcis(
     )
 
 
-@router.get("/parties/{party_id}/credit")
+@router.get(
+    "/parties/{party_id}/credit",
+    responses=errors({404: "no such party", 422: "a bad party id or window"}),
+)
 def get_credit(
     party_id: str,
     request: Request,

@@ -33,6 +33,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
+from traceapi.openapi import errors
 from traceapi.state import log_vkey, scan_policy
 from tracecore import tiles
 from tracecore.cbor import decode_strict
@@ -57,6 +58,29 @@ OCTETS: Final = "application/octet-stream"
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
 
 router = APIRouter(prefix="/v1/log", tags=["log"])
+
+
+def _text(description: str) -> dict[str, Any]:
+    """An answer of text/plain for the OpenAPI document."""
+    return {"description": description, "content": {TEXT: {"schema": {"type": "string"}}}}
+
+
+#: traceapi.state.log_vkey: without a log key the server cannot say which log it serves.
+_NO_KEY: Final = "the log key is not configured on this server"
+_BAD_PARAMETER: Final = "a parameter is missing, malformed or out of range; the detail names it"
+_TILE: Final = {
+    200: {
+        "description": "the tile's bytes (hashes, or an entry bundle)",
+        # OpenAPI 3.1 §4.8.14.3: raw binary content is a media type without a schema.
+        "content": {OCTETS: {}},
+    },
+    **errors(
+        {
+            400: "a malformed tile path",
+            404: "the tile is not part of the latest checkpoint (yet)",
+        }
+    ),
+}
 
 
 class ProofOut(BaseModel):
@@ -107,13 +131,21 @@ def _checkpoint_size(engine: Engine) -> int:
     return 0 if latest is None else latest.size
 
 
-@router.get("/vkey", response_class=Response)
+@router.get(
+    "/vkey",
+    response_class=Response,
+    responses={200: _text("the vkey, one line"), **errors({404: _NO_KEY})},
+)
 def get_vkey(request: Request) -> Response:
     """The log's C2SP signed-note verifier key, one line of text/plain."""
     return Response(str(log_vkey(request)) + "\n", media_type=TEXT)
 
 
-@router.get("/policy", response_class=Response)
+@router.get(
+    "/policy",
+    response_class=Response,
+    responses={200: _text("the trust policy (docs/bundle.md)"), **errors({404: _NO_KEY})},
+)
 def get_policy(request: Request) -> Response:
     """A trust policy for ``agritrace verify``: the log's vkey, the witnesses, a quorum of all."""
     policy = scan_policy(request)
@@ -127,7 +159,14 @@ def get_policy(request: Request) -> Response:
     return Response("\n".join(lines) + "\n", media_type=TEXT)
 
 
-@router.get("/checkpoint", response_class=Response)
+@router.get(
+    "/checkpoint",
+    response_class=Response,
+    responses={
+        200: _text("the checkpoint, a C2SP signed note"),
+        **errors({404: "the log has no checkpoint yet"}),
+    },
+)
 def get_checkpoint(request: Request) -> Response:
     """The latest checkpoint with its witness cosignatures (C2SP signed note, text/plain)."""
     with session_scope(_engine(request)) as session:
@@ -138,7 +177,7 @@ def get_checkpoint(request: Request) -> Response:
     return Response(note, media_type=TEXT, headers={"Cache-Control": CHECKPOINT_CACHE})
 
 
-@router.get("/proof/inclusion")
+@router.get("/proof/inclusion", responses=errors({400: _BAD_PARAMETER}))
 def get_inclusion_proof(
     request: Request,
     index: Annotated[str | None, Query()] = None,
@@ -159,7 +198,7 @@ def get_inclusion_proof(
     return ProofOut(hashes=[_b64(h) for h in hashes])
 
 
-@router.get("/proof/consistency")
+@router.get("/proof/consistency", responses=errors({400: _BAD_PARAMETER}))
 def get_consistency_proof(
     request: Request,
     old: Annotated[str | None, Query()] = None,
@@ -214,7 +253,7 @@ def _decode_message(raw: bytes) -> object:
     }
 
 
-@router.get("/entries/{index}")
+@router.get("/entries/{index}", responses=errors({400: _BAD_PARAMETER, 404: "no such log entry"}))
 def get_entry(request: Request, index: str) -> EntryOut:
     """One log entry (within the latest checkpoint): bytes, leaf hash, raw COSE, decoded forms."""
     position = _uint("index", index)
@@ -265,13 +304,13 @@ def _tile(request: Request, level: str, rest: str) -> Response:
     return Response(body, media_type=OCTETS, headers={"Cache-Control": cache})
 
 
-@router.get("/tile/entries/{rest:path}", response_class=Response)
+@router.get("/tile/entries/{rest:path}", response_class=Response, responses=_TILE)
 def get_entry_bundle(request: Request, rest: str) -> Response:
     """C2SP tlog-tiles entry bundle ``tile/entries/<N>[.p/<W>]``."""
     return _tile(request, "entries", rest)
 
 
-@router.get("/tile/{level}/{rest:path}", response_class=Response)
+@router.get("/tile/{level}/{rest:path}", response_class=Response, responses=_TILE)
 def get_hash_tile(request: Request, level: str, rest: str) -> Response:
     """C2SP tlog-tiles hash tile ``tile/<L>/<N>[.p/<W>]``."""
     return _tile(request, level, rest)

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from traceapi.auth import Principal, forbidden, require_admin, require_admin_or_party
 from traceapi.health import DB_UP_HELP, EXPOSITION, ingest_metrics, metric_lines
+from traceapi.openapi import errors
 from traceapi.schemas import MAX_INT64
 from tracecore.errors import DatabaseUnavailable, RejectReason
 from tracecore.identifiers import parse_device_id
@@ -106,7 +107,7 @@ def get_rejections(
         ]
 
 
-@router.get("/v1/devices/{device_id}/gaps")
+@router.get("/v1/devices/{device_id}/gaps", responses=errors({404: "no such device"}))
 def get_gaps(
     device_id: str,
     request: Request,

@@ -13,7 +13,7 @@ registered); for any other key, one label.
 from __future__ import annotations
 
 import io
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import pyqrcode
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from traceapi.i18n import choose_language
+from traceapi.openapi import errors
 from traceapi.pages import render
 from traceapi.paths import raw_product_key
 from tracecore.identifiers import ProductKey
@@ -55,6 +56,13 @@ def qr_png(uri: str, *, scale: int, border: int) -> bytes:
     return buffer.getvalue()
 
 
+#: The product key in the path of a QR route breaks a rule (docs/identifiers.md).
+BAD_KEY: Final = errors({422: "the product key breaks a rule of docs/identifiers.md"})
+SVG: Final = {"image/svg+xml": {"schema": {"type": "string"}}}
+# OpenAPI 3.1 §4.8.14.3: raw binary content is a media type without a schema.
+PNG: Final[dict[str, dict[str, Any]]] = {"image/png": {}}
+
+
 def _uri(request: Request, key: ProductKey) -> str:
     settings: Settings = request.app.state.settings
     return key.uri(settings.public_url)
@@ -67,7 +75,7 @@ Border = Annotated[int, Query(ge=0, le=20, description="quiet zone in modules")]
 @router.get(
     "/qr/{key:path}.svg",
     response_class=Response,
-    responses={200: {"content": {"image/svg+xml": {}}}},
+    responses={200: {"description": "the QR code", "content": SVG}, **BAD_KEY},
 )
 def get_qr_svg(key: str, request: Request, scale: Scale = 4, border: Border = 4) -> Response:  # noqa: ARG001 (parsed from the raw path)
     """The product's QR code (SVG) encoding its Digital Link URI."""
@@ -79,7 +87,7 @@ def get_qr_svg(key: str, request: Request, scale: Scale = 4, border: Border = 4)
 @router.get(
     "/qr/{key:path}.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"description": "the QR code", "content": PNG}, **BAD_KEY},
 )
 def get_qr_png(key: str, request: Request, scale: Scale = 4, border: Border = 4) -> Response:  # noqa: ARG001 (parsed from the raw path)
     """The product's QR code (PNG) encoding its Digital Link URI."""
@@ -88,7 +96,16 @@ def get_qr_png(key: str, request: Request, scale: Scale = 4, border: Border = 4)
     return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
 
-@router.get("/qr/{key:path}/labels", response_class=HTMLResponse)
+@router.get(
+    "/qr/{key:path}/labels",
+    response_class=HTMLResponse,
+    responses=errors(
+        {
+            400: f"serials= without a lot key, or more than {MAX_LABELS} labels",
+            422: "the product key breaks a rule of docs/identifiers.md",
+        }
+    ),
+)
 def get_labels(
     key: str,  # noqa: ARG001 (parsed from the raw path)
     request: Request,

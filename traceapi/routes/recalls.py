@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
 from traceapi.auth import Principal, authenticate, forbidden
+from traceapi.openapi import errors
 from tracecore.errors import NotFound
 from tracecore.identifiers import ProductKey
 from tracecore.logentry import Recall
@@ -51,7 +52,9 @@ def require_inspector(principal: Annotated[Principal, Depends(authenticate)]) ->
     return principal
 
 
-@router.post("/recalls", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/recalls", status_code=status.HTTP_201_CREATED, responses=errors({404: "no such product"})
+)
 def post_recall(
     body: RecallIn,
     request: Request,

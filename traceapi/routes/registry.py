@@ -20,6 +20,7 @@ from traceapi.auth import (
     require_admin,
     require_admin_or_party,
 )
+from traceapi.openapi import errors
 from traceapi.schemas import (
     DeviceCreate,
     DeviceCreated,
@@ -87,7 +88,11 @@ def _check_owner(engine: Engine, principal: Principal, device_id: str) -> None:
         raise forbidden("this device belongs to another party")
 
 
-@router.post("/parties", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/parties",
+    status_code=status.HTTP_201_CREATED,
+    responses=errors({409: "a party with this id exists already"}),
+)
 def post_party(body: PartyCreate, request: Request, _admin: Admin) -> PartyOut:
     """Create a party (admin only)."""
     with session_scope(_engine(request)) as session:
@@ -97,7 +102,7 @@ def post_party(body: PartyCreate, request: Request, _admin: Admin) -> PartyOut:
         return PartyOut.of(party)
 
 
-@router.patch("/parties/{party_id}")
+@router.patch("/parties/{party_id}", responses=errors({404: "no such party"}))
 def patch_party(
     party_id: str, body: PartyUpdate, request: Request, principal: AdminOrParty
 ) -> PartyOut:
@@ -108,7 +113,11 @@ def patch_party(
         return PartyOut.of(update_party(session, party_id, body.name, body.profile()))
 
 
-@router.post("/parties/{party_id}/tokens", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/parties/{party_id}/tokens",
+    status_code=status.HTTP_201_CREATED,
+    responses=errors({404: "no such party"}),
+)
 def post_token(
     party_id: str, request: Request, _admin: Admin, body: TokenCreate | None = None
 ) -> TokenOut:
@@ -122,7 +131,7 @@ def post_token(
     return TokenOut.of(issued)
 
 
-@router.get("/tokens")
+@router.get("/tokens", responses=errors({404: "no such party"}))
 def get_tokens(
     request: Request,
     principal: Caller,
@@ -147,7 +156,7 @@ def get_tokens(
     return [TokenRecord.of(info, now, principal.token_id) for info in infos]
 
 
-@router.post("/tokens/{token_id}/revoke")
+@router.post("/tokens/{token_id}/revoke", responses=errors({404: "no such token"}))
 def post_token_revoke(token_id: TokenId, request: Request, principal: Caller) -> TokenRecord:
     """Revoke a token from now on: admin any, a party its own party's, any token itself.
 
@@ -163,7 +172,13 @@ def post_token_revoke(token_id: TokenId, request: Request, principal: Caller) ->
     return TokenRecord.of(revoked, now, principal.token_id)
 
 
-@router.post("/devices", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/devices",
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(
+        {404: "no such party", 409: "the device id or its public key is registered already"}
+    ),
+)
 def post_device(body: DeviceCreate, request: Request, principal: AdminOrParty) -> DeviceCreated:
     """Register a device with its first key (admin or the owning party)."""
     if not principal.may_act_for(body.party):
@@ -186,7 +201,11 @@ def post_device(body: DeviceCreate, request: Request, principal: AdminOrParty) -
         )
 
 
-@router.post("/devices/{device_id}/keys", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/devices/{device_id}/keys",
+    status_code=status.HTTP_201_CREATED,
+    responses=errors({404: "no such device", 409: "this public key is registered already"}),
+)
 def post_key(device_id: str, body: KeyRotate, request: Request, principal: AdminOrParty) -> KeyOut:
     """Rotate a device's key: the current one ends now, the new one starts (admin or owner)."""
     engine = _engine(request)
@@ -200,7 +219,9 @@ def post_key(device_id: str, body: KeyRotate, request: Request, principal: Admin
         return KeyOut.of(key)
 
 
-@router.post("/devices/{device_id}/revoke")
+@router.post(
+    "/devices/{device_id}/revoke", responses=errors({404: "no such device, or no such key of it"})
+)
 def post_revoke(
     device_id: str, body: KeyRevoke, request: Request, principal: AdminOrParty
 ) -> KeyOut:
@@ -219,7 +240,7 @@ def post_revoke(
         return KeyOut.of(key)
 
 
-@router.get("/devices/{device_id}")
+@router.get("/devices/{device_id}", responses=errors({404: "no such device"}))
 def get_device_route(device_id: str, request: Request, principal: AdminOrParty) -> DeviceOut:
     """Show a device and its key history (admin or the owning party)."""
     engine = _engine(request)

@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 
 from traceapi.chart import COLOURS, ChartText, hourly_table, temperature_svg
 from traceapi.i18n import Lang, choose_language, text
+from traceapi.openapi import errors
 from traceapi.pages import format_time, render
 from traceapi.paths import raw_path
 from traceapi.state import client_address, scan_policy, scan_salt
@@ -68,10 +69,23 @@ CREDIT_DAYS: Final = 90
 _PLACE_MAX: Final = 64
 
 #: Responses of the scan route for the OpenAPI document.
+_HTML: Final = {"text/html": {"schema": {"type": "string"}}}
 _RESPONSES: Final[dict[int | str, dict[str, object]]] = {
-    200: {"model": ScanOut, "content": {"text/html": {}}},
-    308: {"description": "redirect to the canonical Digital Link path"},
-    404: {"model": ScanOut, "description": "unknown code (verdict unknown)"},
+    200: {
+        "model": ScanOut,
+        "description": "the verdict and the story: a page, or JSON on Accept: application/json",
+        "content": _HTML,
+    },
+    308: {
+        "description": "a non-canonical spelling (a GTIN-13, lowercase escapes): to the canonical",
+        "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+    },
+    404: {
+        "model": ScanOut,
+        "description": "not a product code, or nobody registered it (verdict unknown)",
+        "content": _HTML,
+    },
+    **errors({422: "a bad query parameter"}),
 }
 
 

@@ -12,7 +12,7 @@ that product, with the same hourly limit as the product page's form). ``GET /p/{
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -21,9 +21,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from traceapi.i18n import Lang, choose_language
+from traceapi.openapi import errors
 from traceapi.pages import render
 from traceapi.routes.feedback import read_feedback_form, store_feedback
-from traceapi.routes.qr import Border, Scale, qr_png, qr_svg
+from traceapi.routes.qr import PNG, SVG, Border, Scale, qr_png, qr_svg
 from traceapi.routes.scan import CREDIT_DAYS, wants_json
 from traceapi.state import scan_policy
 from traceapi.summary import describe
@@ -41,6 +42,17 @@ router = APIRouter(tags=["trace"])
 
 #: Products shown on a stall page.
 RECENT: Final = 12
+
+_HTML: Final = {"text/html": {"schema": {"type": "string"}}}
+_NO_PARTY: Final = "no such party"
+
+
+def _page(description: str) -> dict[str, Any]:
+    """An error that is JSON on ``Accept: application/json``, else an HTML page."""
+    answer = errors({404: description})[404]
+    answer["content"].update(_HTML)
+    return answer
+
 
 LangQuery = Annotated[
     str | None, Query(max_length=16, description="page language: zh or en (else Accept-Language)")
@@ -118,7 +130,16 @@ def _stall(request: Request, info: PartyInfo, language: Lang) -> StallOut:
     )
 
 
-@router.get("/p/{party_id}", response_model=StallOut, summary="A party's public page (stall)")
+@router.get(
+    "/p/{party_id}",
+    response_model=StallOut,
+    summary="A party's public page (stall)",
+    responses={
+        200: {"content": _HTML},
+        404: _page(_NO_PARTY),
+        **errors({422: "a bad query parameter"}),
+    },
+)
 def stall(
     party_id: str,
     request: Request,
@@ -145,7 +166,36 @@ def stall(
 @router.post(
     "/p/{party_id}/feedback",
     status_code=status.HTTP_303_SEE_OTHER,
-    responses={303: {"description": "back to the stall page"}, 404: {}, 422: {}},
+    response_class=RedirectResponse,
+    responses={
+        303: {
+            "description": "back to the stall page",
+            "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+        },
+        **errors({404: _NO_PARTY, 422: "a bad rating or complaint, or not a product of the stall"}),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["product", "rating"],
+                        "properties": {
+                            "product": {
+                                "type": "string",
+                                "description": "the key of one of the stall's products",
+                            },
+                            "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+                            "complaint": {"type": "string", "maxLength": 2000},
+                            "lang": {"type": "string", "enum": ["zh", "en"]},
+                        },
+                    }
+                }
+            },
+        }
+    },
 )
 async def stall_feedback(party_id: str, request: Request) -> Response:
     """The stall page's form: rate one of the stall's recent products (public, rate-limited)."""
@@ -169,7 +219,21 @@ async def stall_feedback(party_id: str, request: Request) -> Response:
     )
 
 
-@router.get("/p/{party_id}/qr.svg", response_class=Response)
+_STALL_QR_404: Final = {
+    "description": _NO_PARTY,
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+
+
+@router.get(
+    "/p/{party_id}/qr.svg",
+    response_class=Response,
+    responses={
+        200: {"description": "the QR code", "content": SVG},
+        404: _STALL_QR_404,
+        **errors({422: "a bad scale or border"}),
+    },
+)
 def stall_qr_svg(party_id: str, request: Request, scale: Scale = 4, border: Border = 4) -> Response:
     """The stall's QR code (SVG) encoding its page's address."""
     info = _party(request, party_id)
@@ -179,7 +243,15 @@ def stall_qr_svg(party_id: str, request: Request, scale: Scale = 4, border: Bord
     return Response(body, media_type="image/svg+xml")
 
 
-@router.get("/p/{party_id}/qr.png", response_class=Response)
+@router.get(
+    "/p/{party_id}/qr.png",
+    response_class=Response,
+    responses={
+        200: {"description": "the QR code", "content": PNG},
+        404: _STALL_QR_404,
+        **errors({422: "a bad scale or border"}),
+    },
+)
 def stall_qr_png(party_id: str, request: Request, scale: Scale = 4, border: Border = 4) -> Response:
     """The stall's QR code (PNG) encoding its page's address."""
     info = _party(request, party_id)
@@ -190,7 +262,14 @@ def stall_qr_png(party_id: str, request: Request, scale: Scale = 4, border: Bord
     )
 
 
-@router.get("/p/{party_id}/label", response_class=HTMLResponse)
+@router.get(
+    "/p/{party_id}/label",
+    response_class=HTMLResponse,
+    responses={
+        404: {"description": _NO_PARTY, "content": _HTML},
+        **errors({422: "a bad query parameter"}),
+    },
+)
 def stall_label(party_id: str, request: Request, lang: LangQuery = None) -> HTMLResponse:
     """A printable label with the stall's QR code, name and what scanning it shows."""
     language = choose_language(lang, request.headers.get("accept-language"))
