@@ -6,9 +6,10 @@ dropped after the test). Without that variable the postgres case is skipped, unl
 ``AGRITRACE_REQUIRE_SERVICES=1``, in which case it fails loudly.
 
 The same goes for the real tools some tests drive: programs on ``PATH`` (zbarimg, chromium,
-java) and the page checkers scripts/test-tools.sh installs, axe-core's ``axe.min.js`` and the Nu
-Html Checker's ``vnu.jar`` (``AGRITRACE_AXE_JS`` and ``AGRITRACE_VNU_JAR``, by default under
-``build/tools``).
+java, node) and the checkers scripts/test-tools.sh installs: axe-core's ``axe.min.js`` and the
+Nu Html Checker's ``vnu.jar`` (``AGRITRACE_AXE_JS`` and ``AGRITRACE_VNU_JAR``), Redocly CLI
+(``AGRITRACE_REDOCLY``) and openapi-python-client (``AGRITRACE_OPENAPI_CLIENT_GEN``), by default
+under ``build/tools``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ MQTT_URL_ENV = "AGRITRACE_TEST_MQTT_URL"
 REQUIRE_ENV = "AGRITRACE_REQUIRE_SERVICES"
 AXE_ENV = "AGRITRACE_AXE_JS"
 VNU_ENV = "AGRITRACE_VNU_JAR"
-#: Where scripts/test-tools.sh installs the page checkers (npm packages axe-core and vnu-jar).
+REDOCLY_ENV = "AGRITRACE_REDOCLY"
+CLIENT_GEN_ENV = "AGRITRACE_OPENAPI_CLIENT_GEN"
+#: Where scripts/test-tools.sh installs the npm checkers (axe-core, vnu-jar, @redocly/cli).
 TOOLS = Path(__file__).resolve().parents[1] / "build" / "tools" / "node_modules"
 
 EngineFactory = Callable[[], Engine]
@@ -112,6 +115,20 @@ def vnu_jar() -> tuple[str, Path]:
     """The ``java`` program and the Nu Html Checker's ``vnu.jar`` (npm vnu-jar; Java >= 17)."""
     jar = require_file(VNU_ENV, TOOLS / "vnu-jar" / "build" / "dist" / "vnu.jar", "vnu.jar")
     return require_program("java"), jar
+
+
+@pytest.fixture(scope="session")
+def redocly() -> tuple[str, Path]:
+    """The ``node`` program and Redocly CLI's ``cli.js`` (npm @redocly/cli 2.x, Node >= 20.19)."""
+    cli = require_file(REDOCLY_ENV, TOOLS / "@redocly" / "cli" / "bin" / "cli.js", "Redocly CLI")
+    return require_program("node"), cli
+
+
+@pytest.fixture(scope="session")
+def openapi_client_gen() -> Path:
+    """openapi-python-client (PyPI), in a virtualenv of its own: it caps httpx below ours."""
+    default = TOOLS.parent / "openapi-python-client" / "bin" / "openapi-python-client"
+    return require_file(CLIENT_GEN_ENV, default, "openapi-python-client")
 
 
 def _pg_server_url() -> str:

@@ -16,9 +16,22 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
-from trace_kit import ADMIN, LOG, ORIGIN, PAGE_VARIANTS, PageVariant, make_pages_world, populate
+from trace_kit import (
+    ADMIN,
+    COLLECT,
+    ESCAPED,
+    LOG,
+    ORIGIN,
+    PAGE_VARIANTS,
+    PENDING,
+    PageVariant,
+    World,
+    make_pages_world,
+    populate,
+)
 
 from traceapi.app import create_app
+from tracecore.message import Event
 from tracecore.settings import Settings
 from tracecore.storage import make_engine, upgrade
 
@@ -118,3 +131,44 @@ def fetch_page(pages_site: PagesSite) -> Callable[[str, str], httpx.Response]:
         return httpx.get(pages_site.url(variant), headers=headers, timeout=30)
 
     return fetch
+
+
+@dataclass(frozen=True)
+class ApiSite:
+    """A server over a pages world of its own: its base URL, its world (tokens, products)."""
+
+    base: str
+    world: World
+
+    def auth(self, who: str) -> dict[str, str]:
+        """The Authorization header of ``who``: ``admin``, ``farm``, ``packer``, ``inspector``."""
+        return self.world.auth(who)
+
+
+@pytest.fixture(scope="module")
+def api_site(tmp_path_factory: pytest.TempPathFactory, app_client: Any) -> Iterator[ApiSite]:
+    """A uvicorn server over a fresh pages world (SQLite) with the ``ESCAPED`` carton and the
+    ``PENDING`` lot (commissioned after the last checkpoint), for the tests of one module that
+    change what it holds (parties, devices, recalls, feedback).
+
+    The clock stays at the world's last moment, as for :func:`pages_site`.
+    """
+    directory: Path = tmp_path_factory.mktemp("site")
+    engine = make_engine(f"sqlite:///{directory / 'agritrace.sqlite3'}")
+    upgrade(engine)
+    with make_pages_world(engine, app_client) as world:
+        world.send(
+            COLLECT,
+            lambda seq, time: Event(COLLECT.name, seq, time, (ESCAPED,), "commissioning"),
+        )
+        world.checkpoint()
+        world.send(
+            COLLECT,
+            lambda seq, time: Event(COLLECT.name, seq, time, (PENDING,), "commissioning"),
+        )
+        now = world.now[0]
+        config = Settings(admin_token=SecretStr(ADMIN), log_origin=ORIGIN, data_dir=directory)
+        app = create_app(config, engine, clock=lambda: now, log_vkey=LOG.verifier)
+        with _serve(app) as base:
+            yield ApiSite(base, world)
+    engine.dispose()
