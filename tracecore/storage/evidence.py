@@ -56,6 +56,11 @@ def lineage(session: Session, product: str) -> list[str]:
 
 
 _ENTRY_COLUMNS = 'SELECT "index", kind, entry, raw, device_id FROM log_entries WHERE '
+_CHAIN_ENTRIES = (
+    'SELECT l."index", l.kind, l.entry, l.raw, l.device_id FROM chain_links c '
+    'JOIN log_entries l ON l."index" = c.log_index '
+    "WHERE c.product_key IN ({}) AND c.log_index < ?"
+)
 
 
 def _rows(session: Session, where: str, params: Sequence[object]) -> list[Row]:
@@ -142,11 +147,12 @@ def bundle_at(
     heads = {int(index) for _, index in head_rows}
     if product.path not in {str(key) for key, _ in head_rows}:
         raise NotFound(f"{product.path} has no entry in a checkpoint yet; retry in a few seconds")
-    in_chains = (
-        '"index" IN (SELECT log_index FROM chain_links '  # noqa: S608 (constant text, ? marks)
-        f"WHERE product_key IN ({marks(len(products))}) AND log_index < ?)"
-    )
-    messages = _rows(session, in_chains, [*products, size])
+    # One row per chain link: an entry that names several products of the lineage comes once
+    # per product, and the dict keeps it once. A join, not "index" IN (subquery): SQLite then
+    # walks the covering chain index and seeks each entry once, 30 % less time for a
+    # 1,000-entry lineage (docs/benchmarks.md, "Scans").
+    linked = fetch_all(session, _CHAIN_ENTRIES.format(marks(len(products))), [*products, size])
+    messages = list({row[0]: row for row in linked}.values())
     devices = sorted({row[4] for row in messages if row[4] is not None})
     registry = (
         _rows(
