@@ -7,12 +7,17 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import epcis_kit
 import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlmodel import col
 
 from agritrace.cli import main
 from traceapi import create_app
-from tracecore.bundle import Policy, parse_bundle, verify_bundle
+from tracecore.bundle import Policy, parse_bundle, parse_message_cached, verify_bundle
 from tracecore.settings import load_settings
+from tracecore.storage import LogEntry, make_engine, session_scope
 
 
 def _free_port() -> int:
@@ -47,6 +52,30 @@ def _contracts(data: Path, app_client: Any, url: str) -> dict[str, str]:
     return {c["id"]: c["status"] for c in reply.json()["contracts"]}
 
 
+def _exports_pass_every_check(data: Path, app_client: Any, urls: list[str]) -> None:
+    """The EPCIS exports of the demo's products pass the schema, GS1's reference event
+    hashes and a JSON-LD expansion that keeps every signed value (docs/inspection.md)."""
+    token = (data / "admin-token").read_text().strip()
+    settings = load_settings(data_dir=data, admin_token=SecretStr(token))
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(engine) as session:
+            rows = session.execute(select(col(LogEntry.index), col(LogEntry.raw))).all()
+    finally:
+        engine.dispose()
+    signed = {i: parse_message_cached(raw).message for i, raw in rows if raw is not None}
+    admin = {"Authorization": f"Bearer {token}"}
+    schema = epcis_kit.validator()
+    hashed: set[str] = set()
+    with app_client(create_app(settings)) as client:
+        for url in urls:
+            path = url.split("/", 3)[3]
+            reply = client.get(f"/v1/export/epcis/{path}", headers=admin)
+            assert reply.status_code == 200, (path, reply.text)
+            epcis_kit.check_export(reply.json(), signed, schema, hashed)
+    assert hashed, "no event was checked"
+
+
 def test_demo_runs_the_pipeline_and_resumes(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -75,6 +104,7 @@ def test_demo_runs_the_pipeline_and_resumes(
     assert "drug-withdrawal contract fails: eggs collected" in first
     assert re.search(r"/R1F1D\d+H2/21/C\d+$", pages["failing"][1])  # the treated house
     assert _contracts(tmp_path, app_client, pages["failing"][1])["drug-withdrawal"] == "fail"
+    _exports_pass_every_check(tmp_path, app_client, [url for _, url in pages.values()])
     clean = _contracts(tmp_path, app_client, pages["clean"][1])
     assert clean["drug-withdrawal"] == "pass"
     assert "fail" not in clean.values()
