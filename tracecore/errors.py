@@ -25,9 +25,10 @@ with ``raise ... from exc``, so a caller never has to know which library sits un
         └── DatabaseUnavailable        the database cannot be reached or is busy: retry later
 
 The other reason codes of the ingest rules (unknown_device, clock_skew, equivocation,
-unauthorized_product, unknown_product) depend on server state, not on the message alone; the
-ingest service raises :class:`MessageRejected` with those codes directly. ``too_large`` (a payload
-over the service's size limit) is decided by ingest before the bytes are read at all.
+unauthorized_product, serial_conflict, unknown_product) depend on server state, not on the
+message alone; the ingest service raises :class:`MessageRejected` with those codes directly.
+``too_large`` (a payload over the service's size limit) is decided by ingest before the bytes are
+read at all.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class RejectReason(StrEnum):
     CLOCK_SKEW = "clock_skew"
     EQUIVOCATION = "equivocation"
     UNAUTHORIZED_PRODUCT = "unauthorized_product"
+    # GS1 General Specifications §3.5.2: GTIN + serial names one item, whatever the lot.
+    SERIAL_CONFLICT = "serial_conflict"
     UNKNOWN_PRODUCT = "unknown_product"
 
 

@@ -16,6 +16,12 @@ exactly three forms::
   Syntax 1.2). That spelling is the *canonical* one: :attr:`ProductKey.path` always produces it,
   :meth:`ProductKey.parse_canonical` accepts nothing else, and :meth:`ProductKey.parse` accepts
   the looser spellings a scanner or a hand-typed URL may carry.
+* A key with a serial names one *item*, and GS1 identifies that item by GTIN + serial alone:
+  "when combined with a GTIN, a serial number uniquely identifies an individual item" (GS1
+  General Specifications §3.5.2, AI 21), while the lot "is not part of the unique
+  identification of a trade item" (§3.4.1, AI 10); the EPC Tag Data Standard's SGTIN is GTIN +
+  serial too (TDS §6.3.1). :attr:`ProductKey.item` is that identity, spelled as the short key
+  ``01/{gtin14}/21/{serial}``: ``…/10/L1/21/C7`` and ``…/21/C7`` are one item.
 
 Everything here is pure: no I/O, no state. Every rule that breaks raises
 :class:`~tracecore.errors.IdentifierError` with a message that names the rule and the bad value.
@@ -412,6 +418,21 @@ class ProductKey:
         the RFC 3986 §2.3 unreserved set percent-encoded in uppercase hex.
         """
         return self._path
+
+    @property
+    def item(self) -> ProductKey | None:
+        """The item this key names as GS1 identifies it: GTIN + serial, without the lot.
+
+        ``01/{gtin}/10/{lot}/21/{serial}`` and ``01/{gtin}/21/{serial}`` name the same item
+        (GS1 General Specifications §3.5.2: GTIN + serial uniquely identifies an individual
+        item; §3.4.1: the lot is not part of the identification), so both have the item
+        ``01/{gtin}/21/{serial}``. A key without a serial names a lot, not an item: ``None``.
+        """
+        if self.serial is None:
+            return None
+        if self.lot is None:
+            return self
+        return ProductKey(self.gtin, None, self.serial)
 
     def uri(self, base_url: str) -> str:
         """Return the GS1 Digital Link URI ``{base_url}/{path}``, e.g. for a QR code.

@@ -452,6 +452,43 @@ def test_uri_joins_base_and_path() -> None:
     assert key.uri("https://x.example/p") == "https://x.example/p/01/04006381333931/10/L%2F1/21/S"
 
 
+# --- items: GTIN + serial ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "item"),
+    [
+        (f"01/{G}/10/L261127/21/C0001", f"01/{G}/21/C0001"),
+        (f"01/{G}/21/C0001", f"01/{G}/21/C0001"),
+        (f"01/{G}/10/A%2FB/21/x%2F1", f"01/{G}/21/x%2F1"),
+        # A lot spelled "21" must not be taken for the serial's AI.
+        (f"01/{G}/10/21/21/S", f"01/{G}/21/S"),
+    ],
+)
+def test_item_is_gtin_and_serial_without_the_lot(text: str, item: str) -> None:
+    """GS1 GenSpecs §3.5.2: GTIN + serial names the item; the lot is not part of it."""
+    key = ProductKey.parse_canonical(text)
+    assert key.item is not None
+    assert key.item.path == item
+    assert key.item.lot is None
+    assert key.item.item == key.item
+
+
+def test_keys_of_one_item_in_two_lots_share_the_item() -> None:
+    """The same serial under two lots (or none) is one item: equal item keys."""
+    a = ProductKey.from_parts(G, lot="L1", serial="C7")
+    b = ProductKey.from_parts(G, lot="L2", serial="C7")
+    short = ProductKey.from_parts(G, serial="C7")
+    assert a != b
+    assert a.item == b.item == short.item == short
+    assert ProductKey.from_parts(G, lot="L1", serial="C8").item != a.item
+
+
+def test_a_lot_key_names_no_item() -> None:
+    """A key without a serial is a lot: it has no item."""
+    assert ProductKey.from_parts(G, lot="L1").item is None
+
+
 # --- construction -----------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from tracecore.errors import (
     StorageError,
     UnknownKey,
 )
+from tracecore.identifiers import ProductKey
 from tracecore.keys import device_kid
 from tracecore.storage import (
     ChainLink,
@@ -422,6 +423,129 @@ def test_migration_0006_downgrade_refuses_to_lose_counts(
     with pytest.raises(RuntimeError, match="cannot downgrade below 0006"):
         _downgrade(engine, "0005")
     assert current_revision(engine) == "0006"
+
+
+# --- serialized items: one product per GTIN + serial (migration 0008) ---------------------------
+
+ITEM_GTIN = "06901234567892"
+
+
+def _old_products(connection: Connection, rows: list[tuple[str, int | None, int]]) -> None:
+    """Store products as revision 0007 could: ``(key, commissioned_index, created_ms)``."""
+    connection.execute(
+        text("INSERT INTO parties (id, name, kind, created_ms) VALUES ('farm-1', 'F', 'farm', 0)")
+    )
+    for index in sorted({i for _, i, _ in rows if i is not None}):
+        connection.execute(
+            text(
+                'INSERT INTO log_entries ("index", kind, raw_sha256, entry, leaf_hash, '
+                "received_ms) VALUES (:i, 'device_message', :h, :e, :h, 0)"
+            ),
+            {"i": index, "h": bytes(32), "e": b"e"},
+        )
+    for key, index, created in rows:
+        connection.execute(
+            text(
+                'INSERT INTO products ("key", owner_party_id, created_ms, commissioned_index) '
+                "VALUES (:k, 'farm-1', :c, :i)"
+            ),
+            {"k": key, "c": created, "i": index},
+        )
+
+
+def test_migration_0008_keeps_products_that_share_a_serial(
+    engine_factory: Callable[[], Engine],
+) -> None:
+    """Products stored before 0008 with one GTIN + serial all stay; the first commissioned
+    holds the item, the others are ranked after it, and a new one is refused by the index."""
+    engine = engine_factory()
+    upgrade(engine, "0007")
+    g = ITEM_GTIN
+    with engine.begin() as connection:
+        _old_products(
+            connection,
+            [
+                (f"01/{g}/10/L2/21/C001", 3, T0),  # commissioned second
+                (f"01/{g}/10/L1/21/C001", 1, T0 + 5),  # commissioned first, created later
+                (f"01/{g}/21/C001", None, T0),  # registered, never commissioned
+                (f"01/{g}/10/L1/21/C002", 2, T0),  # alone: nothing to rank
+                (f"01/{g}/10/L1", 0, T0),  # a lot: no item
+                (f"01/{g}/10/21/21/S%2F1", 4, T0),  # a lot spelled "21", a "/" in the serial
+            ],
+        )
+    upgrade(engine, "0008")
+    with session_scope(engine) as session:
+        got = {p.key: (p.item_key, p.item_rank) for p in session.exec(select(Product)).all()}
+    assert got == {
+        f"01/{g}/10/L1/21/C001": (f"01/{g}/21/C001", 0),
+        f"01/{g}/10/L2/21/C001": (f"01/{g}/21/C001", 1),
+        f"01/{g}/21/C001": (f"01/{g}/21/C001", 2),
+        f"01/{g}/10/L1/21/C002": (f"01/{g}/21/C002", 0),
+        f"01/{g}/10/L1": (None, 0),
+        f"01/{g}/10/21/21/S%2F1": (f"01/{g}/21/S%2F1", 0),
+    }
+    for key in (f"01/{g}/10/L3/21/C001", f"01/{g}/21/C002", f"01/{g}/10/L9/21/S%2F1"):
+        with pytest.raises(Conflict), session_scope(engine) as session:
+            session.add(Product(key=key, owner_party_id="farm-1", created_ms=T0))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        f"01/{ITEM_GTIN}/10/L1",
+        f"01/{ITEM_GTIN}/21/C7",
+        f"01/{ITEM_GTIN}/10/L1/21/C7",
+        f"01/{ITEM_GTIN}/10/21/21/21",
+        f"01/{ITEM_GTIN}/10/A%2F21%2FB/21/%2F21%2F",
+        f"01/{ITEM_GTIN}/10/21",
+        f"01/{ITEM_GTIN}/21/10",
+    ],
+)
+def test_database_item_key_agrees_with_product_key_item(engine: Engine, key: str) -> None:
+    """The item the database derives from a stored key is ProductKey.item, for tricky keys too."""
+    with session_scope(engine) as session:
+        create_party(session, "farm-1", "F", "farm", T0)
+        session.add(Product(key=key, owner_party_id="farm-1", created_ms=T0))
+    with session_scope(engine) as session:
+        row = session.get(Product, key)
+        assert row is not None
+        item = ProductKey.parse_canonical(key).item
+        assert row.item_key == (None if item is None else item.path)
+
+
+def test_new_products_of_one_serial_collide_in_the_database(engine: Engine) -> None:
+    """Whatever writes the row, a second product of one GTIN + serial is refused by the index."""
+    with session_scope(engine) as session:
+        create_party(session, "farm-1", "F", "farm", T0)
+        session.add(Product(key=f"01/{ITEM_GTIN}/21/C7", owner_party_id="farm-1", created_ms=T0))
+        session.add(Product(key=f"01/{ITEM_GTIN}/10/L1", owner_party_id="farm-1", created_ms=T0))
+        session.add(Product(key=f"01/{ITEM_GTIN}/10/L2", owner_party_id="farm-1", created_ms=T0))
+    with pytest.raises(Conflict), session_scope(engine) as session:  # plain SQL, no ORM
+        session.execute(
+            text(
+                'INSERT INTO products ("key", owner_party_id, created_ms) '
+                "VALUES (:k, 'farm-1', 0)"
+            ),
+            {"k": f"01/{ITEM_GTIN}/10/L1/21/C7"},
+        )
+
+
+def test_migration_0008_downgrade_refuses_to_lose_serial_conflicts(
+    engine_factory: Callable[[], Engine],
+) -> None:
+    """Downgrading below 0008 drops the item columns, and refuses while a serial_conflict
+    rejection exists (revision 0007 cannot store that reason)."""
+    engine = engine_factory()
+    upgrade(engine, "0008")
+    _downgrade(engine, "0007")
+    assert current_revision(engine) == "0007"
+    assert "item_key" not in {c["name"] for c in inspect(engine).get_columns("products")}
+    upgrade(engine, "0008")
+    with session_scope(engine) as session:
+        session.add(_rejection(reason="serial_conflict"))
+    with pytest.raises(RuntimeError, match="cannot downgrade below 0008"):
+        _downgrade(engine, "0007")
+    assert current_revision(engine) == "0008"
 
 
 # --- parties and tokens ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Computed,
     ForeignKey,
     Index,
     Integer,
@@ -32,6 +33,7 @@ from tracecore.errors import RejectReason
 
 __all__ = [
     "ID_LENGTH",
+    "ITEM_KEY_SQL",
     "PARTY_KINDS",
     "PRODUCT_KEY_LENGTH",
     "REGISTRY_WHERE",
@@ -234,11 +236,39 @@ class LogEntry(SQLModel, table=True):
     time_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
+# The number of "/" in the key: 3 for 01/{gtin}/10/{lot} and 01/{gtin}/21/{serial}, 5 for
+# 01/{gtin}/10/{lot}/21/{serial} (a "/" inside a lot or serial is always %2F in a stored key).
+_SLASHES = """(length("key") - length(replace("key", '/', '')))"""
+#: The item a stored product key names, computed by the database from the key itself: GTIN +
+#: serial without the lot, spelled ``01/{gtin}/21/{serial}`` (GS1 General Specifications
+#: §3.5.2; :attr:`tracecore.identifiers.ProductKey.item`), NULL for a lot. The key is canonical,
+#: so the GTIN is characters 4-17 and the serial is the last segment (``rtrim`` with every
+#: character of the key but "/" strips that segment). Only functions that SQLite and PostgreSQL
+#: both have, all deterministic, so it can be a generated column on both.
+ITEM_KEY_SQL: Final = (
+    f"CASE WHEN {_SLASHES} = 5 "
+    """THEN substr("key", 1, 17) || '/21/' || """
+    """substr("key", length(rtrim("key", replace("key", '/', ''))) + 1) """
+    f"""WHEN {_SLASHES} = 3 AND substr("key", 18, 4) = '/21/' THEN "key" END"""
+)
+
+
 class Product(SQLModel, table=True):
-    """A traceable unit (lot, carton, animal, carcass, pallet) keyed by its Digital Link path."""
+    """A traceable unit (lot, carton, animal, carcass, pallet) keyed by its Digital Link path.
+
+    ``item_key`` is the GS1 identity of a serialized product (GTIN + serial, no lot), generated
+    by the database; the unique index on (``item_key``, ``item_rank``) makes one GTIN + serial
+    one product whatever its lot (docs/identifiers.md). ``item_rank`` is 0 except for products
+    that shared a GTIN + serial with an earlier one before migration 0008 made the rule: those
+    keep their rows and are numbered 1, 2, … in order of commissioning.
+    """
 
     __tablename__ = "products"
-    __table_args__ = (Index("ix_products_owner_party_id", "owner_party_id"),)
+    __table_args__ = (
+        Index("ix_products_owner_party_id", "owner_party_id"),
+        Index("uq_products_item_key_item_rank", "item_key", "item_rank", unique=True),
+        CheckConstraint("item_rank >= 0", name="ck_products_item_rank"),
+    )
 
     key: str = Field(sa_column=Column(String(PRODUCT_KEY_LENGTH), primary_key=True))
     kind: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -260,6 +290,11 @@ class Product(SQLModel, table=True):
         default=None,
         sa_column=Column(String(ID_LENGTH), ForeignKey("parties.id"), nullable=True),
     )
+    item_key: str | None = Field(
+        default=None,
+        sa_column=Column(String(PRODUCT_KEY_LENGTH), Computed(ITEM_KEY_SQL), nullable=True),
+    )
+    item_rank: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
 
 
 class ProductParent(SQLModel, table=True):
