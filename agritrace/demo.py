@@ -267,7 +267,12 @@ class _Walkthrough:
         self, keys: dict[str, SignerKey], log_vkey: VerifierKey, stop: asyncio.Event
     ) -> list[ProductKey]:
         lot = ProductKey.from_parts(EGG_GTIN, lot=_next_lot(self.settings.data_dir))
-        cartons = [ProductKey.from_parts(EGG_GTIN, lot=lot.lot, serial=f"C{n:04d}") for n in (1, 2)]
+        # One GTIN + serial is one item whatever the lot (GS1 General Specifications §3.5.2):
+        # each run's cartons get serials of their own, the lot's name and the carton number.
+        cartons = [
+            ProductKey.from_parts(EGG_GTIN, lot=lot.lot, serial=f"{lot.lot}-C{n:04d}")
+            for n in (1, 2)
+        ]
         _say(f"\n4. Signed messages over MQTT ({self.broker}), each kept until receipted:")
         with Outbox(self.out / "outbox.sqlite3") as outbox:
             fleet = Fleet(self.broker, outbox, log_vkey.public_key, client_id="demo-gansu-hens-01")

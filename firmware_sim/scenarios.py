@@ -405,8 +405,10 @@ def _egg_farm(b: _Builder, i: int, *, carrier: str, retailer: str, dock: str, ch
                 location=f"{farm}/house-{h}",
                 data={"count": count, "house": h, "flock": flocks[h].path},
             )
+            # GS1 General Specifications §3.5.2: GTIN + serial alone names a case, whatever its
+            # lot, so serials are unique per GTIN: the lot's name and the case number in it.
             packed = [
-                ProductKey.from_parts(EGG_GTIN, lot=lot.lot, serial=f"C{n:03d}")
+                ProductKey.from_parts(EGG_GTIN, lot=lot.lot, serial=f"{lot.lot}-C{n:03d}")
                 for n in range(1, cfg.cases_per_lot + 1)
             ]
             # Aggregation: each case of 360 eggs comes from the lot (parents).

@@ -13,8 +13,9 @@ bytes, the topic, the reason, a detail and the receive time:
 2. unknown_device  3. topic_mismatch  4. unknown_key / revoked_key (at the message time)
 5. bad_signature (checked in a thread pool: PyNaCl releases the GIL)  6. clock_skew
 7. duplicate (same device+seq and bytes: receipt re-sent) / equivocation (other bytes: alert)
-8. unauthorized_product (:mod:`ingest.rights`)  9. unknown product: parked, then applied when
-   the commissioning arrives or rejected as unknown_product by :meth:`Processor.expire_parked`.
+8. unauthorized_product, then serial_conflict (:mod:`ingest.rights`: one GTIN + serial is one
+   product, whatever its lot)  9. unknown product: parked, then applied when the commissioning
+   arrives or rejected as unknown_product by :meth:`Processor.expire_parked`.
 
 Single writer: the transaction starts with a write lock (PostgreSQL: a transaction-scoped
 advisory lock; SQLite: ``BEGIN IMMEDIATE``), so several ingest processes on one database never
@@ -58,6 +59,7 @@ from tracecore.errors import (
     StorageError,
     UnknownKey,
 )
+from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey, key_window_refusal
 from tracecore.logentry import GENESIS_PREV, ChainPosition, DeviceMessageEntry
 from tracecore.merkle import leaf_hash
@@ -422,7 +424,9 @@ class Processor:
 
         design.md: a message naming a product not yet commissioned waits up to
         ``park_ms`` (24 h by default) for the commissioning, then is rejected; the raw bytes
-        move to ``rejections``. One transaction.
+        move to ``rejections``. One transaction. A message that waited for a serialized key
+        whose GTIN + serial was meanwhile commissioned under another key (another lot, or none)
+        could never have been applied: it is rejected as ``serial_conflict``, naming that key.
         """
         result = BatchResult()
         with write_transaction(self._engine) as conn:
@@ -439,28 +443,66 @@ class Processor:
                 .order_by(_PARKED_PRODUCTS.c.product_key)
             ):
                 waiting[parked_id].append(key)
+            taken = _taken_items(conn, {key for keys in waiting.values() for key in keys})
             rejections = _Rejections()
             for row in rows:
                 keys = ", ".join(repr(key) for key in waiting[row.id]) or "(none recorded)"
+                conflicts = [
+                    f"{key!r}: GTIN + serial {taken[key][0]!r} is registered as {taken[key][1]!r}"
+                    for key in waiting[row.id]
+                    if key in taken
+                ]
+                reason = RejectReason.SERIAL_CONFLICT if conflicts else RejectReason.UNKNOWN_PRODUCT
                 rejections.add(
                     raw=bytes(row.raw),
                     topic=row.topic,
                     received_ms=row.received_ms,
-                    reason=RejectReason.UNKNOWN_PRODUCT,
+                    reason=reason,
                     detail=(
                         f"no commissioning of {keys} arrived within "
                         f"{(row.expires_ms - row.received_ms) / 3_600_000:g} h "
                         f"(parked at {row.received_ms}, expired at {row.expires_ms})"
+                        + (f", and none can: {'; '.join(conflicts)}" if conflicts else "")
                     ),
                     device=row.device_id,
                     seq=row.seq,
                 )
+                result.rejected[reason] += 1
             rejections.write(conn)
             conn.execute(_PARKED_PRODUCTS.delete().where(_PARKED_PRODUCTS.c.parked_id.in_(ids)))
             conn.execute(_PARKED.delete().where(_PARKED.c.id.in_(ids)))
             self._before_commit(conn)
-        result.rejected[RejectReason.UNKNOWN_PRODUCT] = len(rows)
         return result
+
+
+def _taken_items(conn: Connection, keys: set[str]) -> dict[str, tuple[str, str]]:
+    """For each of ``keys`` whose GTIN + serial a product of another key holds: (item, that key).
+
+    The holder is the product of rank 0 (the one commissioned first, for items that had
+    several products before migration 0008).
+    """
+    items: dict[str, list[str]] = collections.defaultdict(list)
+    for key in keys:
+        item = ProductKey.parse_canonical(key).item
+        if item is not None:
+            items[item.path].append(key)
+    holders: dict[str, str] = {}
+    ordered = sorted(items)
+    for start in range(0, len(ordered), 500):
+        rows = conn.execute(
+            select(_PRODUCTS.c.item_key, _PRODUCTS.c.key).where(
+                _PRODUCTS.c.item_key.in_(ordered[start : start + 500]),
+                _PRODUCTS.c.item_rank == 0,
+            )
+        )
+        holders.update({str(item_path): str(key) for item_path, key in rows})
+    return {
+        key: (item_path, holders[item_path])
+        for item_path, waiting in items.items()
+        if item_path in holders
+        for key in waiting
+        if key != holders[item_path]
+    }
 
 
 class _VerifyQueue:
@@ -526,6 +568,9 @@ class _Run:
         # State, loaded once per batch and updated in memory as messages are accepted.
         self.device_party: dict[str, str | None] = {}
         self.products: dict[str, ProductState | None] = {}
+        # GTIN + serial (01/{gtin}/21/{serial}) -> keys of the products registered with it, for
+        # every serialized key loaded: one product per item (ingest.rights, "one item, one key").
+        self.items: dict[str, set[str]] = {}
         self.heads: dict[str, tuple[int, bytes]] = {}  # product -> (pseq, leaf hash)
         self.parties: set[str] = set()
         self.next_index = 0
@@ -668,6 +713,31 @@ class _Run:
             )
             if row.pseq is not None:
                 self.heads[row.key] = (row.pseq, bytes(row.leaf_hash))
+        self._load_items(todo)
+
+    def _load_items(self, keys: Iterable[str]) -> None:
+        """Load the products registered with the item (GTIN + serial) of each serialized key.
+
+        Through the unique index on (item_key, item_rank); run under the write lock, so no
+        other writer adds a product of these items before this transaction commits.
+        """
+        wanted = set()
+        for key in keys:
+            item = ProductKey.parse_canonical(key).item
+            if item is not None and item.path not in self.items:
+                wanted.add(item.path)
+        if not wanted:
+            return
+        for item_path in wanted:
+            self.items[item_path] = set()
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), 500):
+            for item_path, key in self.conn.execute(
+                select(_PRODUCTS.c.item_key, _PRODUCTS.c.key).where(
+                    _PRODUCTS.c.item_key.in_(ordered[start : start + 500])
+                )
+            ):
+                self.items[item_path].add(key)
 
     def load_parties(self, party_ids: set[str]) -> None:
         """Load which of ``party_ids`` are registered parties."""
@@ -936,10 +1006,13 @@ class _Run:
             if isinstance(destination, str) and destination not in self.parties:
                 self.load_parties({destination})
         self.load_products(keys)
-        decision = decide(message, msg.party, self.products, self.parties)
+        decision = decide(message, msg.party, self.products, self.parties, self.items)
         if decision.outcome is Outcome.UNAUTHORIZED:
             self._unpark_done(msg, accepted=False)
             self.reject_msg(msg, RejectReason.UNAUTHORIZED_PRODUCT, decision.detail)
+        elif decision.outcome is Outcome.SERIAL_CONFLICT:
+            self._unpark_done(msg, accepted=False)
+            self.reject_msg(msg, RejectReason.SERIAL_CONFLICT, decision.detail)
         elif decision.outcome is Outcome.PARK:
             self._park(msg, decision.missing)
         else:
@@ -1052,6 +1125,7 @@ class _Run:
                 self.commissioned_later[key] = index
                 self.changed_products.add(key)
             self.products[key] = ProductState(owner=msg.party, holder=msg.party, pending=None)
+            self._take_item(key)
         for key, holder, pending in decision.custody:
             state = self._known(key)
             self.products[key] = ProductState(state.owner, holder, pending, state.commissioned)
@@ -1078,6 +1152,12 @@ class _Run:
         self.receipt_slots.append(pair)
         self.seen[pair] = msg
         self.result.accepted += 1
+
+    def _take_item(self, key: str) -> None:
+        """Note that the product ``key`` now holds its item: later messages see it taken."""
+        item = ProductKey.parse_canonical(key).item
+        if item is not None:
+            self.items.setdefault(item.path, set()).add(key)
 
     def _submit_signing(self) -> None:
         """Sign the receipts built since the last call, in the pool."""

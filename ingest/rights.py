@@ -15,19 +15,26 @@ as ``parents``) and the party of the device that signed it:
 * **parents** (aggregation, transformation): the party must hold every parent; on acceptance
   each product gets a lineage edge to each parent.
 
+* **one item, one key**: GS1 identifies a serialized item by GTIN + serial alone (GS1 General
+  Specifications §3.5.2; the lot is not part of it, §3.4.1), so a message may name a serialized
+  item only by the key it was registered under: naming ``01/{gtin}/10/L2/21/C7`` or
+  ``01/{gtin}/21/C7`` when ``01/{gtin}/10/L1/21/C7`` exists (or two keys of one item in one
+  message) is a ``serial_conflict``. A commissioning cannot create a second product of an item.
+
 A message naming several products needs rights on all of them. The order of the verdicts
 follows design.md, "Ingest rules": ``unauthorized_product`` is decided before parking, so a
 message that names one product it may not touch and one that does not exist yet is refused
-rather than parked; a message that breaks no right but names a product not yet commissioned
-(as product or parent) is parked until the commissioning arrives.
+rather than parked; then ``serial_conflict``; a message that breaks no rule but names a product
+not yet commissioned (as product or parent) is parked until the commissioning arrives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Collection, Container, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from tracecore.identifiers import ProductKey
 from tracecore.message import DeviceMessage, Event
 
 __all__ = [
@@ -64,6 +71,7 @@ class Outcome(Enum):
 
     ACCEPT = "accept"
     UNAUTHORIZED = "unauthorized_product"
+    SERIAL_CONFLICT = "serial_conflict"
     PARK = "park"
 
 
@@ -74,7 +82,8 @@ class Decision:
     ``missing`` (PARK) lists the product keys not yet commissioned, in message order;
     ``created`` (ACCEPT) the products a commissioning creates; ``edges`` the lineage edges
     ``(product, parent)`` to record; ``custody`` the new ``(product, holder, pending)`` of
-    existing products whose custody changes. ``detail`` explains an UNAUTHORIZED verdict.
+    existing products whose custody changes. ``detail`` explains an UNAUTHORIZED or
+    SERIAL_CONFLICT verdict.
     """
 
     outcome: Outcome
@@ -141,6 +150,34 @@ def _judge_product(
         verdict.refusals.append(f"party {party!r} does not hold product {_describe(key, state)}")
 
 
+def _serial_conflicts(named: list[ProductKey], items: Mapping[str, Collection[str]]) -> list[str]:
+    """What breaks "one item, one key" among the keys a message names (products, then parents).
+
+    ``items`` maps an item (``01/{gtin}/21/{serial}``) to the keys of the products registered
+    with it: one, or several stored before the rule (migration 0008), each still valid itself.
+    """
+    conflicts: list[str] = []
+    named_as: dict[str, str] = {}
+    for key in named:
+        item = key.item
+        if item is None:
+            continue
+        earlier = named_as.setdefault(item.path, key.path)
+        if earlier != key.path:
+            conflicts.append(
+                f"{key.path!r} and {earlier!r} are one item (GTIN + serial {item.path!r}): "
+                "the lot does not tell items apart"
+            )
+            continue
+        registered = items.get(item.path, ())
+        if registered and key.path not in registered:
+            conflicts.append(
+                f"{key.path!r}: GTIN + serial {item.path!r} is already registered as "
+                f"{', '.join(repr(k) for k in sorted(registered))}"
+            )
+    return conflicts
+
+
 @dataclass(slots=True)
 class _Verdict:
     refusals: list[str] = field(default_factory=list)
@@ -154,12 +191,16 @@ def decide(
     party: str,
     products: Mapping[str, ProductState | None],
     parties: Container[str],
+    items: Mapping[str, Collection[str]],
 ) -> Decision:
     """Judge the product rights of ``message`` signed by a device of ``party``.
 
     ``products`` maps every key the message names (products and parents) to its state, or to
     ``None`` when there is no ``products`` row (absent keys count as ``None``); ``parties``
-    holds the registered party ids (at least every ``data.destination`` of the message).
+    holds the registered party ids (at least every ``data.destination`` of the message);
+    ``items`` maps the item (``01/{gtin}/21/{serial}``, :attr:`ProductKey.item`) of every
+    serialized key the message names to the keys of the products registered with that item
+    (absent: none).
     Returns the :class:`Decision`; never raises for a well-formed message.
     """
     keys = [key.path for key in message.products]
@@ -191,6 +232,10 @@ def decide(
     # design.md order: unauthorized_product is decided before parking (unknown_product).
     if verdict.refusals:
         return Decision(Outcome.UNAUTHORIZED, detail="; ".join(verdict.refusals))
+    named = [*message.products, *(event.parents if event is not None else ())]
+    conflicts = _serial_conflicts(named, items)
+    if conflicts:
+        return Decision(Outcome.SERIAL_CONFLICT, detail="; ".join(conflicts))
     if verdict.missing:
         return Decision(Outcome.PARK, missing=tuple(verdict.missing))
     return Decision(

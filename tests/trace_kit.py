@@ -242,10 +242,10 @@ RETAILER: Final = "lanzhou-mart"
 
 EGG_FLOCK: Final = ProductKey.parse("01/06901234560008/10/F1H1")
 EGG_LOT: Final = ProductKey.parse(f"01/{GTIN}/10/L261128")
-EGG_CASE: Final = ProductKey.parse(f"01/{GTIN}/10/L261128/21/C0001")
-EGG_CASE_2: Final = ProductKey.parse(f"01/{GTIN}/10/L261128/21/C0002")
+EGG_CASE: Final = ProductKey.parse(f"01/{GTIN}/10/L261128/21/C0201")
+EGG_CASE_2: Final = ProductKey.parse(f"01/{GTIN}/10/L261128/21/C0202")
 TAMPERED_LOT: Final = ProductKey.parse(f"01/{GTIN}/10/L261129")
-TAMPERED_CASE: Final = ProductKey.parse(f"01/{GTIN}/10/L261129/21/C0001")
+TAMPERED_CASE: Final = ProductKey.parse(f"01/{GTIN}/10/L261129/21/C0301")
 #: Ear tags (畜禽标识): 2 (cattle), county 620602 (Wuwei), then an 8-digit serial.
 STEER: Final = ProductKey.from_parts(CATTLE_GTIN, serial="262060200101001")
 TREATED_STEER: Final = ProductKey.from_parts(CATTLE_GTIN, serial="262060200101002")
@@ -285,7 +285,7 @@ PAGE_VARIANTS: Final[Mapping[str, PageVariant]] = {
     # A stored reading value of the case was edited in the database.
     "integrity-failure": PageVariant(f"/{TAMPERED_CASE.path}", "integrity_failure"),
     # A well-formed GS1 Digital Link nobody registered, and a code that is not a product key.
-    "unknown": PageVariant(f"/01/{GTIN}/10/L999999/21/C0001", "unknown", 404),
+    "unknown": PageVariant(f"/01/{GTIN}/10/L999999/21/C9999", "unknown", 404),
     "malformed": PageVariant("/01/12345/10/L1", "unknown", 404),
     # One stall, one code: the public page of the shop that sold the meat (no verdict of its own).
     "stall": PageVariant(f"/p/{RETAILER}", ""),

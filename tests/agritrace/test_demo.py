@@ -102,7 +102,7 @@ def test_demo_runs_the_pipeline_and_resumes(
     # Genuine evidence, so verified; the contract is what catches the sale during withdrawal.
     assert pages["failing"][0] == "verified"
     assert "drug-withdrawal contract fails: eggs collected" in first
-    assert re.search(r"/R1F1D\d+H2/21/C\d+$", pages["failing"][1])  # the treated house
+    assert re.search(r"/(R1F1D\d+H2)/21/\1-C\d+$", pages["failing"][1])  # the treated house
     assert _contracts(tmp_path, app_client, pages["failing"][1])["drug-withdrawal"] == "fail"
     _exports_pass_every_check(tmp_path, app_client, [url for _, url in pages.values()])
     clean = _contracts(tmp_path, app_client, pages["clean"][1])
@@ -126,7 +126,8 @@ def test_demo_runs_the_pipeline_and_resumes(
 
     second, _ = _run(tmp_path, capsys)
     assert len(re.findall(r"  found again\b", second)) == 4
-    assert "-2/21/C0001" in second  # a new lot each run
+    # A new lot each run, and new serials: GTIN + serial alone names a carton.
+    assert re.search(r"/10/(L\d{6}-2)/21/\1-C0001\b", second)
     assert re.search(r"consistency  the log at (\d+) extends the previous checkpoint at 10", second)
     again = _pages(second)
     assert again["recalled"][0] == "recalled"

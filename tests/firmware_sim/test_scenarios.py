@@ -15,6 +15,7 @@ from firmware_sim.scenarios import (
     build_scenario,
 )
 from ingest.rights import Outcome, ProductState, decide
+from tracecore.identifiers import ProductKey
 from tracecore.verdict import SensorPoint, Story, StoryEvent
 
 T0 = 1_700_000_000_000
@@ -23,6 +24,7 @@ T0 = 1_700_000_000_000
 def _replay(scenario: Scenario) -> dict[str, ProductState]:
     """Apply the timeline to the rights rules in order; every message must be accepted."""
     state: dict[str, ProductState] = {}
+    items: dict[str, set[str]] = {}  # GTIN + serial -> the keys registered with it
     parties = {party.id for party in scenario.parties}
     last_time: dict[str, int] = {}
     for seq, planned in enumerate(scenario.timeline, 1):
@@ -31,10 +33,13 @@ def _replay(scenario: Scenario) -> dict[str, ProductState]:
         message = planned.message(seq, T0 + planned.at_ms)
         party = scenario.party_of(planned.device)
         keys = [k.path for k in (*planned.products, *planned.parents)]
-        decision = decide(message, party, {k: state.get(k) for k in keys}, parties)
+        decision = decide(message, party, {k: state.get(k) for k in keys}, parties, items)
         assert decision.outcome is Outcome.ACCEPT, (planned, decision.detail, decision.missing)
         for key in decision.created:
             state[key] = ProductState(owner=party, holder=party, pending=None)
+            item = ProductKey.parse_canonical(key).item
+            if item is not None:
+                items.setdefault(item.path, set()).add(key)
         for key, holder, pending in decision.custody:
             state[key] = ProductState(state[key].owner, holder, pending)
     return state
@@ -50,6 +55,19 @@ def test_timeline_is_legal_under_the_rights_rules(name: str, days: int) -> None:
     at_retail = [k for k, s in state.items() if k.startswith(final) and s.holder == retailer]
     assert at_retail, "custody of the retail products ends at the retailer"
     assert all(s.pending is None for s in state.values() if s.holder == retailer)
+
+
+@pytest.mark.parametrize("name", ["egg", "beef"])
+def test_serials_are_unique_per_gtin_across_lots_and_runs(name: str) -> None:
+    """GS1 GenSpecs §3.5.2: GTIN + serial names one item, so no two commissioned keys of two
+    runs of a scenario (several farms, several days and lots) share a GTIN and serial."""
+    keys: list[ProductKey] = []
+    for run in (1, 2):
+        scenario = build_scenario(name, ScenarioConfig(farms=2, run=run), 6 * DAY_MS)
+        keys += [k for p in scenario.timeline if p.step == "commissioning" for k in p.products]
+    serialized = [k for k in keys if k.item is not None]
+    assert len(serialized) > 100
+    assert len({k.item for k in serialized}) == len(serialized)
 
 
 def test_transformations_and_aggregations_have_parents() -> None:
@@ -176,8 +194,11 @@ def test_eggs_of_the_treated_flock_reach_retail_and_fail_withdrawal() -> None:
     scenario = build_scenario("egg", ScenarioConfig(), 2 * DAY_MS)
     sold = {k.path for p in scenario.timeline if p.step == "retail_selling" for k in p.products}
     for day in (0, 1):
-        lot = f"01/{EGG_GTIN}/10/R1F1D{day}"
-        treated, untreated, unsold = f"{lot}H2/21/C001", f"{lot}H1/21/C001", f"{lot}H2/21/C020"
+        lot = f"R1F1D{day}"
+        treated, untreated, unsold = (
+            f"01/{EGG_GTIN}/10/{lot}H{h}/21/{lot}H{h}-C{n:03d}"
+            for h, n in ((2, 1), (1, 1), (2, 20))
+        )
         assert {treated, untreated} <= sold
         assert unsold not in sold
         status, reason = _withdrawal(scenario, treated)

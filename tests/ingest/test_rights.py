@@ -33,7 +33,7 @@ def holder(world: World, key: str) -> tuple[str, str | None, str | None]:
 def test_decide_commissioning_creates_unknown_products(world: World) -> None:
     """decide: a commissioning of new keys is accepted and creates them."""
     message = parse_message(world.devices["dev-a"].event("commissioning", EGGS)).message
-    decision = decide(message, "farm-a", {}, set())
+    decision = decide(message, "farm-a", {}, set(), {})
     assert decision.outcome is Outcome.ACCEPT
     assert decision.created == (EGGS,)
 
@@ -42,7 +42,7 @@ def test_decide_refusal_wins_over_parking(world: World) -> None:
     """decide: a message naming a foreign product and an unknown one is refused, not parked."""
     message = parse_message(world.devices["dev-b"].reading(EGGS, EGGS2)).message
     states = {EGGS: ProductState(owner="farm-a", holder="farm-a", pending=None)}
-    decision = decide(message, "packer-b", states, set())
+    decision = decide(message, "packer-b", states, set(), {})
     assert decision.outcome is Outcome.UNAUTHORIZED
     assert "'packer-b' does not hold product" in decision.detail
 
@@ -52,7 +52,7 @@ def test_decide_parks_for_unknown_parent(world: World) -> None:
     message = parse_message(
         world.devices["dev-b"].event("commissioning", CARTON1, parents=(EGGS,))
     ).message
-    decision = decide(message, "packer-b", {}, set())
+    decision = decide(message, "packer-b", {}, set(), {})
     assert decision.outcome is Outcome.PARK
     assert decision.missing == (EGGS,)
 
@@ -61,8 +61,8 @@ def test_decide_holder_without_owner_column(world: World) -> None:
     """decide: a product row without holder counts as held by its owner."""
     message = parse_message(world.devices["dev-a"].reading(EGGS)).message
     states = {EGGS: ProductState(owner="farm-a", holder=None, pending=None)}
-    assert decide(message, "farm-a", states, set()).outcome is Outcome.ACCEPT
-    assert decide(message, "shop-c", states, set()).outcome is Outcome.UNAUTHORIZED
+    assert decide(message, "farm-a", states, set(), {}).outcome is Outcome.ACCEPT
+    assert decide(message, "shop-c", states, set(), {}).outcome is Outcome.UNAUTHORIZED
 
 
 # -- through the processor ----------------------------------------------------------------------

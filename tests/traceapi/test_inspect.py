@@ -238,8 +238,9 @@ def test_kde_csv_cells_are_never_live_formulas(world: World) -> None:
     """Device text starting = + - @ TAB CR (or ') gets one ' in front; numbers stay numbers."""
     formula = '=HYPERLINK("http://evil.example","x")'
     lots = {"=2+5": formula, "%A1": "@SUM(1)", "+x": "'=1", "-y": "-2", "ok": "临夏 Linxia"}
-    for lot, location in lots.items():
-        key = ProductKey.from_parts(GTIN, lot=lot, serial="-1")
+    for n, (lot, location) in enumerate(lots.items(), 1):
+        # A serial of its own per lot: GTIN + serial alone names an item (docs/identifiers.md).
+        key = ProductKey.from_parts(GTIN, lot=lot, serial=f"-{n}")
         world.send(
             COLLECT,
             lambda seq, time, key=key, location=location: Event(
@@ -257,7 +258,7 @@ def test_kde_csv_cells_are_never_live_formulas(world: World) -> None:
     rows = {
         r["product"]: r
         for r in csv.DictReader(io.StringIO(reply.content.decode("utf-8-sig")))
-        if r["serial"] == "'-1"
+        if r["serial"] in {f"'-{n}" for n in range(1, len(lots) + 1)}
     }
     assert len(rows) == len(lots)
     exported = {r["lot"]: r["location"] for r in rows.values()}

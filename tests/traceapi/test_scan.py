@@ -242,7 +242,7 @@ def test_products_named_in_one_message_each_verify_alone(world: World) -> None:
     that partial chain is context, not what the bundle proves (a scenario run found this).
     """
     lot2 = ProductKey.parse(f"01/{GTIN}/10/L261128")
-    carton2 = ProductKey.parse(f"01/{GTIN}/10/L261128/21/C0001")
+    carton2 = ProductKey.parse(f"01/{GTIN}/10/L261128/21/C0101")
     lot3 = ProductKey.parse(f"01/{GTIN}/10/L261129")
     world.send(
         COLLECT,
