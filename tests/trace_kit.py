@@ -284,6 +284,10 @@ PAGE_VARIANTS: Final[Mapping[str, PageVariant]] = {
     "recalled": PageVariant(f"/{RECALLED_CUTS.path}", "recalled"),
     # A stored reading value of the case was edited in the database.
     "integrity-failure": PageVariant(f"/{TAMPERED_CASE.path}", "integrity_failure"),
+    # The clean case's code without its lot: GTIN + serial names the same item (a note says so).
+    "short-code": PageVariant(f"/01/{GTIN}/21/{EGG_CASE.serial}", "verified"),
+    # The clean case's serial printed with another lot: not the case's code.
+    "wrong-lot": PageVariant(f"/01/{GTIN}/10/L999998/21/{EGG_CASE.serial}", "unknown", 404),
     # A well-formed GS1 Digital Link nobody registered, and a code that is not a product key.
     "unknown": PageVariant(f"/01/{GTIN}/10/L999999/21/C9999", "unknown", 404),
     "malformed": PageVariant("/01/12345/10/L1", "unknown", 404),

@@ -68,6 +68,10 @@ _ZH: Final[dict[str, str]] = {
     "place": "地点",
     "unknown.title": "未找到这个码",
     "unknown.hint": "请检查是否完整扫描了包装上的二维码。",
+    "unknown.lot_mismatch": "这个序列号已登记，但不在码上印的批次里：码与记录不符，可能是印错或仿冒的标签。",
+    "unknown.ambiguous": "有几件产品在序列号必须唯一之前登记了这个序列号，无法确定是哪一件。请扫描带批次的完整二维码。",
+    "scanned.other_form": "扫描到的码 {scanned} 与登记的码 {registered} 是同一件产品（商品条码加序列号）。",
+    "scanned.unconfirmed_lot": "码上印的批次 {lot} 不在这件产品的记录里，记录中没有批次。",
     "unavailable.title": "暂时无法查询",
     "unavailable.explain": "追溯系统的数据库暂时不可用，这不代表产品有问题。",
     "unavailable.advice": "请稍等片刻再扫一次。",
@@ -259,6 +263,15 @@ _EN: Final[dict[str, str]] = {
     "place": "place",
     "unknown.title": "Code not found",
     "unknown.hint": "Check that the whole QR code on the package was scanned.",
+    "unknown.lot_mismatch": "This serial number is registered, but not in the lot printed on "
+    "this code: the code does not match the record and may be a misprinted or copied label.",
+    "unknown.ambiguous": "Several products were registered with this serial number before "
+    "serial numbers had to be unique, so it cannot tell which one this is. Scan the full code "
+    "with its lot.",
+    "scanned.other_form": "The code scanned, {scanned}, names the same item as the registered "
+    "code {registered} (GTIN and serial number).",
+    "scanned.unconfirmed_lot": "The lot printed on this code, {lot}, is not part of this item's "
+    "record, which has no lot.",
     "unavailable.title": "Cannot check right now",
     "unavailable.explain": "The traceability database is briefly unavailable. This says nothing "
     "about the product.",

@@ -228,6 +228,11 @@ class ScanOut(BaseModel):
     producer_credit: CreditOut | None = None
     bundle_url: str | None = None
     pending: bool = False
+    scanned: str | None = Field(
+        default=None,
+        description="the code as scanned, when it names this product by another form of its "
+        "GTIN + serial (with or without a lot); product.key is the registered key",
+    )
 
 
 def unknown_view(detail: str) -> ScanOut:

@@ -44,9 +44,11 @@ AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 #: the cold chain and compliance in one line each; what to do when something is wrong.
 ABOVE_THE_FOLD = {
     "clean-egg": ["verdict", "what", "origin", "credit", "dates", "coldchain", "compliance"],
+    "short-code": ["verdict", "what", "origin", "credit", "dates", "coldchain", "compliance"],
     "beef-cut": ["verdict", "what", "origin", "credit", "dates", "coldchain", "compliance"],
     "recalled": ["verdict", "advice", "what"],
     "integrity-failure": ["verdict", "advice"],
+    "wrong-lot": ["verdict", "match", "advice"],
     "unknown": ["verdict", "advice"],
     "malformed": ["verdict", "advice"],
     "stall": ["name", "credit"],

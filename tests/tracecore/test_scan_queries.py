@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from sqlmodel import Session
-from trace_kit import CARTON, FARM, LOG, make_world
+from trace_kit import CARTON, FARM, LOG, LOT, make_world
 
 from tracecore.bundle import Policy
+from tracecore.identifiers import ProductKey
 from tracecore.storage import make_engine, upgrade
+from tracecore.storage.items import find_product
 from tracecore.storage.trace import assess_product, credit_facts, recent_products, scan_stats
 
 #: For each table that grows with the log, the products or the scans: how a plan may reach its
@@ -18,7 +20,7 @@ _ALLOWED: Final = {
     "log_entries": ("(index=?)", "ix_log_entries_registry (kind=?", "(device_id=?)"),
     "chain_links": ("(product_key=?", "ix_chain_links_log_index (log_index=?)"),
     "merkle_nodes": ("(level=? AND idx=?)",),
-    "products": ("(key=?)",),
+    "products": ("(key=?)", "uq_products_item_key_item_rank (item_key=?)"),
     "product_parents": ("(product_key=?)",),
     "scan_clients": ("(product_key=?",),
     "contract_results": ("(status=? AND evaluated_ms>? AND evaluated_ms<?)",),
@@ -30,8 +32,8 @@ _COMPLETENESS: Final = 'SELECT COUNT(*) FROM log_entries WHERE "index" >='
 
 
 def test_scan_queries_never_walk_a_growing_table(tmp_path: Path, app_client: Any) -> None:
-    """Every SELECT of assess_product, scan_stats, credit_facts and the stall page's
-    recent_products reaches rows by a key."""
+    """Every SELECT of find_product, assess_product, scan_stats, credit_facts and the stall
+    page's recent_products reaches rows by a key."""
     engine = make_engine(f"sqlite:///{tmp_path / 'plans.sqlite3'}")
     upgrade(engine)
     with make_world(engine, app_client):
@@ -42,6 +44,8 @@ def test_scan_queries_never_walk_a_growing_table(tmp_path: Path, app_client: Any
         dbapi: Any = connection.connection.dbapi_connection
         dbapi.set_trace_callback(statements.append)
         with Session(bind=connection) as session:
+            for scanned in (CARTON, ProductKey(CARTON.gtin, serial=CARTON.serial), LOT):
+                assert find_product(session, scanned).found
             assessment = assess_product(session, CARTON, policy)
             assert assessment is not None
             assert assessment.ok

@@ -18,6 +18,7 @@ from traceapi.state import scan_policy
 from tracecore.bundle import Bundle, inspect_bundle_memo
 from tracecore.storage.engine import session_scope
 from tracecore.storage.evidence import build_bundle
+from tracecore.storage.items import registered_product
 from tracecore.storage.models import ContractResult
 from tracecore.verdict import tell_story_memo
 
@@ -89,6 +90,9 @@ def get_bundle(
     product = raw_product_key(request, "/v1/bundle/")
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
+        # A code of the item in another form (with or without its lot) gets the registered
+        # product's bundle; a code with a wrong lot gets none (tracecore.storage.items).
+        product = registered_product(session, product)
         bundle = build_bundle(session, product, previous)
         stored = session.scalars(
             select(col(ContractResult.result))

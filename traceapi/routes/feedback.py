@@ -25,10 +25,10 @@ from traceapi.limits import FORM_MAX_BODY
 from traceapi.openapi import errors
 from traceapi.paths import raw_product_key
 from traceapi.state import client_address, scan_salt
-from tracecore.errors import NotFound
 from tracecore.identifiers import ProductKey, parse_party_id
 from tracecore.settings import Settings
 from tracecore.storage.engine import session_scope
+from tracecore.storage.items import find_product, registered_product
 from tracecore.storage.models import Feedback, Product
 from tracecore.storage.trace import client_hash, feedback_count_since
 
@@ -109,15 +109,16 @@ async def _read_body(request: Request) -> tuple[FeedbackIn, str | None]:
 def store_feedback(request: Request, product: ProductKey, body: FeedbackIn) -> FeedbackOut | None:
     """Store a buyer's feedback on ``product``; None when the client is over its hourly limit.
 
-    Raises NotFound for a product nobody registered.
+    Raises NotFound for a product nobody registered (or a code with another lot than the
+    registered item's, :func:`tracecore.storage.items.find_product`).
     """
     settings: Settings = request.app.state.settings
     engine: Engine = request.app.state.engine
     now: int = request.app.state.clock()
     client = client_hash(scan_salt(request), client_address(request))
     with session_scope(engine) as session:
-        if session.get(Product, product.path) is None:
-            raise NotFound(f"no product {product.path}")
+        # Stored for the registered product, whichever form of an item's code was used.
+        product = registered_product(session, product)
         if feedback_count_since(session, client, now - _HOUR_MS) >= settings.feedback_per_hour:
             return None
         row = Feedback(
@@ -197,14 +198,17 @@ def list_feedback(
             raise HTTPException(status.HTTP_403_FORBIDDEN, "a party reads its own feedback only")
         party = principal.party_id
     query = select(Feedback)
+    engine: Engine = request.app.state.engine
     if product is not None:
-        query = query.where(col(Feedback.product_key) == ProductKey.parse(product).path)
+        key = ProductKey.parse(product)
+        with session_scope(engine) as session:  # either form of a serialized item's code
+            key = find_product(session, key).product or key
+        query = query.where(col(Feedback.product_key) == key.path)
     if party is not None:
         owned = select(col(Product.key)).where(col(Product.owner_party_id) == party)
         query = query.where(col(Feedback.product_key).in_(owned))
     if complaints:
         query = query.where(col(Feedback.complaint).is_not(None))
     query = query.order_by(col(Feedback.at_ms).desc(), col(Feedback.id).desc()).limit(limit)
-    engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
         return [_out(row) for row in session.exec(query).all()]

@@ -41,6 +41,7 @@ from tracecore.identifiers import parse_party_id
 from tracecore.message import BUSINESS_STEPS, Event
 from tracecore.storage.engine import session_scope
 from tracecore.storage.evidence import descendants, lineage
+from tracecore.storage.items import registered_product
 from tracecore.storage.models import (
     ChainLink,
     ContractResult,
@@ -212,6 +213,7 @@ def get_lineage(
     product = raw_product_key(request, "/v1/lineage/")
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
+        product = registered_product(session, product)  # either form of a serialized item
         _may_see(session, principal, product.path)
         back: list[str] = []
         forward: list[str] = []
@@ -411,6 +413,7 @@ def export_epcis(
     engine: Engine = request.app.state.engine
     now: int = request.app.state.clock()
     with session_scope(engine) as session:
+        product = registered_product(session, product)  # either form of a serialized item
         _may_see(session, principal, product.path)
         assessment = assess_product(session, product, scan_policy(request))
     if assessment is None or assessment.story is None or assessment.inspection is None:

@@ -15,11 +15,10 @@ from sqlalchemy import Engine
 
 from traceapi.auth import Principal, authenticate, forbidden
 from traceapi.openapi import errors
-from tracecore.errors import NotFound
 from tracecore.identifiers import ProductKey
 from tracecore.logentry import Recall
+from tracecore.storage.items import registered_product
 from tracecore.storage.logwriter import append_registry_entry, log_session
-from tracecore.storage.models import Product
 
 __all__ = ["router"]
 
@@ -67,7 +66,8 @@ def post_recall(
     by = principal.party_id if principal.party_id is not None else "admin"
     reason = body.reason.strip()
     with log_session(engine) as session:
-        if session.get(Product, product.path) is None:
-            raise NotFound(f"no product {product.path}")
+        # The recall names the registered key: bundles match recalls by key, so a recall of
+        # another form of an item's code would not reach it (tracecore.storage.items).
+        product = registered_product(session, product)
         index = append_registry_entry(session, Recall((product,), reason, by, now), now)
     return RecallOut(index=index, product=product.path, reason=reason, by=by, time_ms=now)

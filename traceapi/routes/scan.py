@@ -8,6 +8,12 @@ The path is a GS1 Digital Link path (``/01/{gtin}/10/{lot}``, ``/01/{gtin}/21/{s
   canonical path, so every product has one URL.
 * A code that is not a product key, or names no registered product, is 404 with verdict
   ``unknown``: the page tells the buyer the code is not registered and may be counterfeit.
+* A serialized code names its item by GTIN + serial (GS1 General Specifications §3.5.2,
+  :mod:`tracecore.storage.items`): ``/01/{gtin}/21/{serial}`` answers for the product
+  registered as ``/01/{gtin}/10/{lot}/21/{serial}`` and the other way round, with ``scanned``
+  set. A code whose lot is not the registered product's lot is ``unknown`` (404), never the
+  other lot's product; so is a code without a lot that several products registered before
+  serials had to be unique share.
 * Otherwise the product's evidence is rebuilt from the stored raw bytes and verified now
   (:func:`tracecore.storage.trace.assess_product`); the verdict and every check behind it are
   in the answer.
@@ -47,6 +53,7 @@ from tracecore.errors import IdentifierError
 from tracecore.identifiers import ProductKey
 from tracecore.settings import Settings
 from tracecore.storage.engine import session_scope, statistics_scope
+from tracecore.storage.items import Match, find_product
 from tracecore.storage.trace import (
     PartyInfo,
     assess_product,
@@ -82,7 +89,8 @@ _RESPONSES: Final[dict[int | str, dict[str, object]]] = {
     },
     404: {
         "model": ScanOut,
-        "description": "not a product code, or nobody registered it (verdict unknown)",
+        "description": "not a product code, nobody registered it, or a serialized code whose "
+        "lot is not the registered item's (verdict unknown)",
         "content": _HTML,
     },
     **errors({422: "a bad query parameter"}),
@@ -147,29 +155,33 @@ def scan(
     now: int = request.app.state.clock()
     policy = scan_policy(request)
     with session_scope(engine) as session:
-        assessment = assess_product(session, key, policy)
-        if assessment is None:
-            view = unknown_view(f"{key.path} is not registered")
-            return _answer(view, 404, as_json, language, request)
+        found = find_product(session, key)
+        product = found.product
+        assessment = None if product is None else assess_product(session, product, policy)
+        if product is None or assessment is None:
+            view = unknown_view(found.detail or f"{key.path} is not registered")
+            return _answer(view, 404, as_json, language, request, match=found.match)
         story = assessment.story
         profiles = party_profiles(session, set() if story is None else story_parties(story))
         # Device places name chart series on the page only: a JSON scan does not read them.
         places = {} if as_json or story is None else device_places(session, set(story.devices))
-        children = children_of(session, key.path)
+        children = children_of(session, product.path)
         credit = None
         producer = None if story is None else origin_party(story)
         if producer is not None and assessment.ok:
             credit = party_credit(session, producer, now, CREDIT_DAYS)
     stats = None
-    if key.serial is not None:
+    if product.serial is not None:
         # A transaction of its own, as short as can be, whose commit does not wait for the
         # disk: on SQLite the scan's write holds the database's one write lock, which every
-        # other API process and ingest wait for (docs/operations.md, "Durability").
+        # other API process and ingest wait for (docs/operations.md, "Durability"). Counted
+        # for the registered product, whichever form of its code was scanned: copies of one
+        # item's code are one item's scans.
         client = client_hash(scan_salt(request), client_address(request))
         with statistics_scope(engine) as session:
-            record_scan(session, key.path, client, (place or "").strip() or None, now)
+            record_scan(session, product.path, client, (place or "").strip() or None, now)
             window_ms = int(settings.copy_window_hours * _HOUR_MS)
-            stats = scan_stats(session, key.path, now - window_ms)
+            stats = scan_stats(session, product.path, now - window_ms)
     view = build_view(
         assessment,
         public_url=settings.public_url,
@@ -181,7 +193,9 @@ def scan(
         step_label=lambda step, data: event_name(language, step, data),
     )
     view.producer_credit = credit
-    page = Page(story, profiles, places, children)
+    if found.match is Match.ITEM:
+        view.scanned = key.path
+    page = Page(story, profiles, places, children, found.unconfirmed_lot)
     return _answer(view, 200, as_json, language, request, page=page, feedback=feedback)
 
 
@@ -193,6 +207,8 @@ class Page:
     profiles: Mapping[str, PartyInfo]
     places: Mapping[str, tuple[str | None, str | None]]
     children: list[str]
+    # The lot printed on the scanned code when the product is registered without one.
+    unconfirmed_lot: str | None = None
 
 
 def _answer(
@@ -204,6 +220,7 @@ def _answer(
     *,
     page: Page | None = None,
     feedback: str | None = None,
+    match: Match | None = None,
 ) -> Response:
     headers = {"Vary": "Accept, Accept-Language", "Cache-Control": "no-store"}
     if as_json:
@@ -214,6 +231,8 @@ def _answer(
         "feedback": feedback,
         "path": request.url.path,
         "public_url": public_url,
+        "match": None if match is None else match.value,
+        "unconfirmed_lot": None if page is None else page.unconfirmed_lot,
     }
     story = None if page is None else page.story
     if (
