@@ -235,6 +235,12 @@ class AppClient:
         )
         return response
 
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """The cookies the client keeps between requests, as a browser would."""
+        assert self._client is not None, "use AppClient as a context manager"
+        return self._client.cookies
+
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         """Send a GET request."""
         return self.request("GET", url, **kwargs)

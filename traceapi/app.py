@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from traceapi.availability import RETRY_AFTER_S, IngestState, SchemaGate, unavailable
+from traceapi.console import install as install_console
 from traceapi.health import health_response, ingest_problems
 from traceapi.limits import BodyLimit
 from traceapi.openapi import build_openapi
@@ -176,6 +177,7 @@ def create_app(
     app.include_router(inspect_router)
     app.include_router(qr_router)
     app.include_router(stall_router)
+    install_console(app)
     app.include_router(scan_router)
 
     def openapi() -> dict[str, Any]:

@@ -27,14 +27,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from traceapi.auth import authenticate
+from traceapi.console.routes import sign_in_required
+from traceapi.console.session import SignInRequired, current_user
 
 __all__ = ["FORM_MAX_BODY", "BodyLimit"]
 
 #: The limit of the public feedback forms (a rating and at most 2,000 characters of complaint).
 FORM_MAX_BODY: Final = 16_384
 
-# The only routes that take a body from anyone (traceapi/routes/feedback.py, stall.py).
-_PUBLIC_FORMS: Final = re.compile(r"/v1/feedback/.+|/p/[^/]+/feedback")
+# The only routes that take a body from anyone (traceapi/routes/feedback.py, stall.py, and the
+# console's sign-in form, traceapi/console/routes.py).
+_PUBLIC_FORMS: Final = re.compile(r"/v1/feedback/.+|/p/[^/]+/feedback|/console/sign-in")
+# Console forms: authenticated by the session cookie, not a bearer token.
+_CONSOLE: Final = re.compile(r"/console/.*")
 
 
 class _TooLarge(Exception):
@@ -70,7 +75,11 @@ class BodyLimit:
             await _answer(send, 413, _too_large(limit))
             return
         has_body = (declared or 0) > 0 or "chunked" in headers.get("transfer-encoding", "")
-        if has_body and not public and not await _authenticated(scope, send):
+        if has_body and _CONSOLE.fullmatch(path) and not public:
+            limit = FORM_MAX_BODY
+            if not await _signed_in(scope, send):
+                return
+        elif has_body and not public and not await _authenticated(scope, send):
             return
         await self._bounded(scope, receive, send, limit)
 
@@ -126,6 +135,28 @@ async def _authenticated(scope: Scope, send: Send) -> bool:
     except Exception:  # noqa: BLE001 (see the docstring: the route answers these)
         return True
     return True
+
+
+async def _signed_in(scope: Scope, send: Send) -> bool:
+    """Check the console session before a console form's body is read; else redirect.
+
+    As for bearer tokens, only a definite answer (no session: the sign-in page) is given here.
+    """
+    request = Request(scope)
+    try:
+        await run_in_threadpool(current_user, request)
+    except SignInRequired as exc:
+        response = sign_in_required(request, exc)
+        response.headers["connection"] = "close"
+        await response(scope, _nothing, send)
+        return False
+    except Exception:  # noqa: BLE001 (the route answers these, as in _authenticated)
+        return True
+    return True
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
 
 
 async def _answer(

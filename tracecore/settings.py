@@ -85,6 +85,21 @@ class Settings(BaseSettings):
     feedback_per_hour: int = Field(
         default=5, ge=1, le=1000, description="feedback: submissions per client and hour"
     )
+    console_idle_minutes: int = Field(
+        default=30, ge=1, le=24 * 60, description="console: a session unused this long ends"
+    )
+    console_max_hours: int = Field(
+        default=12, ge=1, le=24 * 7, description="console: a session ends this long after sign-in"
+    )
+    sign_in_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="console: failed sign-ins per client within the window; more are refused",
+    )
+    sign_in_window_minutes: int = Field(
+        default=15, ge=1, le=24 * 60, description="console: the window of sign_in_failures"
+    )
     max_body_bytes: int = Field(
         default=64 * 1024,
         ge=1024,

@@ -15,6 +15,7 @@ from typing import Final
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Computed,
@@ -41,6 +42,7 @@ __all__ = [
     "TOKEN_ROLES",
     "ChainLink",
     "Checkpoint",
+    "ConsoleSession",
     "ContractQueue",
     "ContractResult",
     "Cosignature",
@@ -58,6 +60,7 @@ __all__ = [
     "Rejection",
     "Scan",
     "ScanClient",
+    "SignIn",
     "Token",
 ]
 
@@ -598,3 +601,62 @@ class ContractResult(SQLModel, table=True):
     status: str = Field(sa_column=Column(String(16), nullable=False))
     result: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     evaluated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ConsoleSession(SQLModel, table=True):
+    """A signed-in browser of the console (docs/inspection.md, "The console").
+
+    The browser holds a random secret in a cookie; the row keeps only its SHA-256
+    (``secret_hash``), so the table read by an attacker opens no session. A session stands for
+    the token that opened it (``token_id``) and ends with it: the token's expiry and revocation
+    are checked on every request. Admin sessions have no stored token; they keep the SHA-256
+    of the admin token they were opened with (``admin_hash``) and end when the setting changes.
+    ``ended_ms`` is set at sign-out. Idle and absolute lifetimes are settings, applied to
+    ``last_seen_ms`` and ``created_ms`` when the session is looked up.
+    """
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (
+        UniqueConstraint("secret_hash", name="uq_console_sessions_secret_hash"),
+        CheckConstraint("length(secret_hash) = 32", name="ck_console_sessions_secret_hash_length"),
+        CheckConstraint(
+            "(token_id IS NULL) <> (admin_hash IS NULL)", name="ck_console_sessions_one_credential"
+        ),
+        Index("ix_console_sessions_token_id", "token_id"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
+    )
+    secret_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    token_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("tokens.id"), nullable=True)
+    )
+    admin_hash: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_seen_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ended_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class SignIn(SQLModel, table=True):
+    """One attempt to sign in to the console: its client (a keyed hash, as for scans) and outcome.
+
+    Failed attempts per client within a window are limited (``AGRITRACE_SIGN_IN_FAILURES``);
+    the rows are also the record of who tried, kept without the token text.
+    """
+
+    __tablename__ = "sign_ins"
+    __table_args__ = (
+        Index("ix_sign_ins_client_at_ms", "client", "at_ms"),
+        CheckConstraint("length(client) = 16", name="ck_sign_ins_client_length"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
+    )
+    client: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ok: bool = Field(sa_column=Column(Boolean, nullable=False))
+    token_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("tokens.id"), nullable=True)
+    )

@@ -1,0 +1,18 @@
+"""The console: pages for inspectors and the admin, behind a server-side session.
+
+:func:`install` adds its routes and the answer to a request without a session (a redirect to
+the sign-in page) to an app.
+"""
+
+from fastapi import FastAPI
+
+from traceapi.console.routes import router, sign_in_required
+from traceapi.console.session import SignInRequired
+
+__all__ = ["install"]
+
+
+def install(app: FastAPI) -> None:
+    """Serve the console on ``app`` under ``/console/``."""
+    app.add_exception_handler(SignInRequired, sign_in_required)
+    app.include_router(router)
