@@ -33,7 +33,7 @@ from trace_kit import (
 from traceapi.app import create_app
 from tracecore.message import Event
 from tracecore.settings import Settings
-from tracecore.storage import make_engine, upgrade
+from tracecore.storage import create_party, issue_token, make_engine, session_scope, upgrade
 
 
 def _free_port() -> int:
@@ -171,4 +171,33 @@ def api_site(tmp_path_factory: pytest.TempPathFactory, app_client: Any) -> Itera
         app = create_app(config, engine, clock=lambda: now, log_vkey=LOG.verifier)
         with _serve(app) as base:
             yield ApiSite(base, world)
+    engine.dispose()
+
+
+@dataclass(frozen=True)
+class ConsoleSite:
+    """A server with an empty registry but for an inspection agency: its URL and tokens."""
+
+    base: str
+    inspector: str
+    admin: str
+
+
+@pytest.fixture(scope="module")
+def console_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSite]:
+    """A uvicorn server for console tests (SQLite), with an inspector token of ``gansu-amr``."""
+    directory: Path = tmp_path_factory.mktemp("console")
+    engine = make_engine(f"sqlite:///{directory / 'agritrace.sqlite3'}")
+    upgrade(engine)
+    now = time.time_ns() // 1_000_000  # the server runs on the wall clock
+    with session_scope(engine) as session:
+        create_party(session, "gansu-amr", "甘肃省市场监管局", "inspector", now)
+        issued = issue_token(session, "gansu-amr", now)
+    # Every browser test mistypes a token once; the limit itself is tested without a browser.
+    config = Settings(
+        admin_token=SecretStr(ADMIN), log_origin=ORIGIN, data_dir=directory, sign_in_failures=100
+    )
+    app = create_app(config, engine, log_vkey=LOG.verifier)
+    with _serve(app) as base:
+        yield ConsoleSite(base, issued.token, ADMIN)
     engine.dispose()

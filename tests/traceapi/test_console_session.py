@@ -121,7 +121,8 @@ def test_inspector_signs_in_with_a_hardened_cookie(console: Console) -> None:
     assert console.inspector not in cookie
     home = console.home()
     assert home.status_code == 200
-    assert "inspector" in home.text and "agency-1" in home.text
+    assert "inspector" in home.text
+    assert "agency-1" in home.text
     assert home.headers["cache-control"] == "no-store"
     assert "frame-ancestors 'none'" in home.headers["content-security-policy"]
     with console.engine.connect() as connection:

@@ -19,26 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_kit import CHROMIUM_ARGS, axe_violations
 from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
 from trace_kit import PAGE_LANGUAGES, PAGE_VARIANTS
 
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(os.environ.get("AGRITRACE_ARTIFACTS", "build/test-artifacts"))
-# Chromium as root in a sandbox-less container, and without the background services that
-# call Google's hosts (refused on a closed network, noisily).
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PHONE = (390, 844)
 DESKTOP = (1280, 800)
-AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 #: What a buyer sees on a phone before scrolling, by variant: the verdict banner first, then
 #: what the product is, where it comes from, the producer's credit, the dates that matter and
 #: the cold chain and compliance in one line each; what to do when something is wrong.
@@ -61,7 +50,6 @@ WIDER_THAN_SCREEN = """(width) => Array.from(document.querySelectorAll('body *')
   .map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + ' '
             + (e.textContent || '').trim().slice(0, 50))
   .slice(0, 10)"""
-AXE_RUN = """(tags) => axe.run(document, {runOnly: {type: 'tag', values: tags}})"""
 BOXES = """(ids) => {
   window.scrollTo(0, 0);
   return ids.map(id => {
@@ -89,7 +77,7 @@ class Visit:
 def browser(chromium: str) -> Iterator[Browser]:
     """One headless Chromium for the whole module."""
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=ARGS)
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
 
@@ -140,18 +128,6 @@ def variant_status(variant: str) -> int:
     return PAGE_VARIANTS[variant].status
 
 
-def _axe_violations(page: Page, axe_js: Path) -> list[str]:
-    """Run axe-core's WCAG 2.1 A/AA rules; describe every serious or critical violation."""
-    page.add_script_tag(path=str(axe_js))
-    results: dict[str, Any] = page.evaluate(AXE_RUN, AXE_TAGS)
-    return [
-        f"axe {v['impact']} {v['id']}: {v['help']} ({v['helpUrl']}); nodes: "
-        + "; ".join(" ".join(map(str, node["target"])) for node in v["nodes"][:10])
-        for v in results["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
-
-
 @pytest.mark.parametrize("screen", [PHONE, DESKTOP], ids=["390x844", "1280x800"])
 @pytest.mark.parametrize("language", PAGE_LANGUAGES)
 @pytest.mark.parametrize("variant", list(PAGE_VARIANTS))
@@ -174,7 +150,7 @@ def test_page_in_chromium(
     if scroll_width > width:
         wide = loaded.page.evaluate(WIDER_THAN_SCREEN, width)
         failures.append(f"{scroll_width} px wide on a {width} px screen; sticking out: {wide}")
-    failures += _axe_violations(loaded.page, axe_js)
+    failures += axe_violations(loaded.page, axe_js)
     failures += loaded.problems
     assert not failures, f"{loaded.url} ({language}, {width} px):\n" + "\n".join(failures)
 

@@ -1,0 +1,37 @@
+"""What every browser test needs: how to start Debian's Chromium here, and axe-core's check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+from playwright.sync_api import Page
+
+__all__ = ["AXE_TAGS", "CHROMIUM_ARGS", "axe_violations"]
+
+# Chromium as root in a sandbox-less container, and without the background services that
+# call Google's hosts (refused on a closed network, noisily).
+CHROMIUM_ARGS: Final = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: axe-core's rule tags of WCAG 2.1 levels A and AA.
+AXE_TAGS: Final = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+_AXE_RUN: Final = """(tags) => axe.run(document, {runOnly: {type: 'tag', values: tags}})"""
+
+
+def axe_violations(page: Page, axe_js: Path) -> list[str]:
+    """Run axe-core's WCAG 2.1 A/AA rules; describe every serious or critical violation."""
+    page.add_script_tag(path=str(axe_js))
+    results: dict[str, Any] = page.evaluate(_AXE_RUN, AXE_TAGS)
+    return [
+        f"axe {v['impact']} {v['id']}: {v['help']} ({v['helpUrl']}); nodes: "
+        + "; ".join(" ".join(map(str, node["target"])) for node in v["nodes"][:10])
+        for v in results["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
