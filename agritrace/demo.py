@@ -636,6 +636,10 @@ class _Walkthrough:
         _say(
             f"   curl -H 'Authorization: {self.admin['Authorization']}' {base}/v1/admin/rejections"
         )
+        if self.inspector:
+            token = self.inspector["Authorization"].removeprefix("Bearer ")
+            _say(f"   the inspection console: {base}/console/")
+            _say(f"     sign in as {INSPECTOR} with the token {token}")
 
 
 async def _receipted(outbox: Outbox, ids: list[tuple[str, int]]) -> None:

@@ -120,6 +120,7 @@ def test_demo_runs_the_pipeline_and_resumes(
     path = stall.group(1).removeprefix(here)
     with app_client(create_app(load_settings(data_dir=tmp_path))) as client:
         reply = client.get(f"/{path}", headers={"Accept": "application/json"})
+        _sign_in_as_printed(client, first, here)
     assert reply.status_code == 200
     assert reply.json()["kind"] == "retailer"
     assert reply.json()["products"]
@@ -138,6 +139,20 @@ def test_demo_runs_the_pipeline_and_resumes(
     policy = Policy.parse((out / "policy.txt").read_text())
     report = verify_bundle(parse_bundle((out / "bundle.json").read_text()), policy)
     assert report.ok, report.render()
+
+
+def _sign_in_as_printed(client: Any, out: str, here: str) -> None:
+    """Sign in to the console with the inspector token the demo printed (docs/inspection.md)."""
+    console = re.search(rf"console: {here}console/\n +sign in as \S+ with the token (\S+)", out)
+    assert console is not None, out
+    form = client.get("/console/sign-in")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    signed_in = client.post(
+        "/console/sign-in", data={"csrf": csrf.group(1), "token": console.group(1)}
+    )
+    assert signed_in.status_code == 303, signed_in.text
+    assert "inspector" in client.get("/console/", params={"lang": "en"}).text
 
 
 def test_demo_refuses_a_busy_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
