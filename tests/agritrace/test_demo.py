@@ -9,6 +9,7 @@ from typing import Any
 
 import epcis_kit
 import pytest
+from epcis_event_hash_generator.dl_normaliser import normaliser
 from pydantic import SecretStr
 from sqlalchemy import select
 from sqlmodel import col
@@ -16,8 +17,10 @@ from sqlmodel import col
 from agritrace.cli import main
 from traceapi import create_app
 from tracecore.bundle import Policy, parse_bundle, parse_message_cached, verify_bundle
+from tracecore.epcis import GS1_RESOLVER
+from tracecore.identifiers import ProductKey
 from tracecore.settings import load_settings
-from tracecore.storage import LogEntry, make_engine, session_scope
+from tracecore.storage import LogEntry, Product, make_engine, session_scope
 
 
 def _free_port() -> int:
@@ -76,6 +79,23 @@ def _exports_pass_every_check(data: Path, app_client: Any, urls: list[str]) -> N
     assert hashed, "no event was checked"
 
 
+def _gs1_sees_distinct_items(data: Path) -> None:
+    """GS1's own normaliser (epcis-event-hash-generator) maps every serialized product of the
+    demo's two runs to an identifier of its own: GTIN + serial, the lot left out
+    (docs/identifiers.md)."""
+    engine = make_engine(load_settings(data_dir=data).database_url)
+    try:
+        with session_scope(engine) as session:
+            keys = list(session.execute(select(col(Product.key))).scalars())
+    finally:
+        engine.dispose()
+    serialized = [k for k in keys if ProductKey.parse_canonical(k).serial is not None]
+    identifiers = {normaliser(ProductKey.parse_canonical(k).uri(GS1_RESOLVER)) for k in serialized}
+    assert len(serialized) > 100, len(serialized)
+    assert None not in identifiers
+    assert len(identifiers) == len(serialized)
+
+
 def test_demo_runs_the_pipeline_and_resumes(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -130,6 +150,7 @@ def test_demo_runs_the_pipeline_and_resumes(
     # A new lot each run, and new serials: GTIN + serial alone names a carton.
     assert re.search(r"/10/(L\d{6}-2)/21/\1-C0001\b", second)
     assert re.search(r"consistency  the log at (\d+) extends the previous checkpoint at 10", second)
+    _gs1_sees_distinct_items(tmp_path)
     again = _pages(second)
     assert again["recalled"][0] == "recalled"
     assert all("/R2" in url for _, url in again.values())  # this run's products, not the last
