@@ -25,6 +25,7 @@ __all__ = [
     "Principal",
     "authenticate",
     "forbidden",
+    "is_admin_token",
     "require_admin",
     "require_admin_or_party",
 ]
@@ -79,7 +80,7 @@ def _bearer(request: Request) -> str:
     return token
 
 
-def _is_admin_token(settings: Settings, token: str) -> bool:
+def is_admin_token(settings: Settings, token: str) -> bool:
     """True if ``token`` equals the configured admin token (constant time); never if unset."""
     if settings.admin_token is None:
         return False
@@ -93,7 +94,7 @@ def authenticate(request: Request) -> Principal:
     """Resolve the caller of a request from its bearer token; raise 401 if unknown."""
     token = _bearer(request)
     settings: Settings = request.app.state.settings
-    if _is_admin_token(settings, token):
+    if is_admin_token(settings, token):
         return Principal(role="admin")
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from clock_kit import Clock
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
@@ -21,18 +22,6 @@ ADMIN = "admin-secret-for-console-tests"
 NOW = 1_790_000_000_000
 MINUTE_MS = 60_000
 COOKIE = "agritrace_console"
-
-
-class Clock:
-    """A settable clock in ms since the Unix epoch."""
-
-    def __init__(self) -> None:
-        """Start at NOW."""
-        self.now_ms = NOW
-
-    def __call__(self) -> int:
-        """Return the current reading."""
-        return self.now_ms
 
 
 @dataclass
@@ -80,7 +69,7 @@ def _admin_call(client: Any, method: str, path: str, body: Any = None) -> Any:
 def console(engine_factory: Callable[[], Engine], app_client: Any) -> Iterator[Console]:
     """A console with an inspection agency's token and a farm's token."""
     engine = engine_factory()
-    clock = Clock()
+    clock = Clock(NOW)
     log_vkey = SignerKey("console.test/log", bytes(32)).verifier
     app = create_app(Settings(admin_token=SecretStr(ADMIN)), engine, clock=clock, log_vkey=log_vkey)
     with app_client(app) as client:

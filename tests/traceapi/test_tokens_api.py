@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from clock_kit import Clock
 from pydantic import SecretStr
 from sqlalchemy import Engine, inspect, text
 
@@ -18,18 +19,6 @@ from tracecore.storage import hash_token
 ADMIN = "admin-secret-for-token-tests"
 NOW = 1_700_000_000_000
 DAY_MS = 24 * 3600 * 1000
-
-
-class Clock:
-    """A settable clock in ms since the Unix epoch."""
-
-    def __init__(self) -> None:
-        """Start at NOW."""
-        self.now_ms = NOW
-
-    def __call__(self) -> int:
-        """Return the current reading."""
-        return self.now_ms
 
 
 @dataclass
@@ -63,7 +52,7 @@ class Api:
 def api(engine_factory: Callable[[], Engine], app_client: Any) -> Iterator[Api]:
     """An API with farms farm-1 and farm-2 and the inspection agency agency-1."""
     engine = engine_factory()
-    clock = Clock()
+    clock = Clock(NOW)
     log_vkey = SignerKey("tokens.test/log", bytes(32)).verifier
     app = create_app(Settings(admin_token=SecretStr(ADMIN)), engine, clock=clock, log_vkey=log_vkey)
     with app_client(app) as client:

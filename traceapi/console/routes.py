@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import Engine
 
+from traceapi.auth import is_admin_token
 from traceapi.console.session import (
     SIGN_IN_COOKIE,
     ConsoleUser,
@@ -166,9 +167,8 @@ def sign_in_form(
 def _token_refusal(request: Request, token: str) -> tuple[str | None, int | None, bytes | None]:
     """Check a presented token: (why it is refused or None, its stored id, the admin hash)."""
     settings: Settings = request.app.state.settings
-    admin = settings.admin_token.get_secret_value() if settings.admin_token else ""
-    if admin and hmac.compare_digest(token.encode("utf-8"), admin.encode("utf-8")):
-        return None, None, admin_token_hash(admin)
+    if is_admin_token(settings, token):
+        return None, None, admin_token_hash(token)
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
         info = lookup_token(session, token) if token else None
