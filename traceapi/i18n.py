@@ -232,6 +232,12 @@ _ZH: Final[dict[str, str]] = {
     "console.role.party": "生产经营单位",
     "console.session_until": "会话有效至 {when}（北京时间），无操作 {minutes} 分钟后自动结束。",
     "console.forbidden": "表单已失效，请返回上一页刷新后重试。",
+    "console.nav": "控制台栏目",
+    "console.nav.home": "首页",
+    "console.nav.products": "产品查询",
+    "console.nav.parties": "经营单位",
+    "console.nav.rejections": "拒收与缺号",
+    "console.nav.access": "访问记录",
 }
 
 _EN: Final[dict[str, str]] = {
@@ -458,6 +464,12 @@ _EN: Final[dict[str, str]] = {
     "console.role.party": "producer or trader",
     "console.session_until": "Your session lasts until {when} (China Standard Time) and ends after {minutes} minutes without activity.",
     "console.forbidden": "This form is no longer valid. Go back, reload the page and try again.",
+    "console.nav": "Console sections",
+    "console.nav.home": "Home",
+    "console.nav.products": "Products",
+    "console.nav.parties": "Parties",
+    "console.nav.rejections": "Rejections and gaps",
+    "console.nav.access": "Access trail",
 }
 
 _CATALOGS: Final[dict[Lang, dict[str, str]]] = {"zh": _ZH, "en": _EN}

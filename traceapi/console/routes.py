@@ -8,17 +8,17 @@ client and limited (``AGRITRACE_SIGN_IN_FAILURES`` within ``AGRITRACE_SIGN_IN_WI
 
 from __future__ import annotations
 
-import hmac
 import math
 import secrets
-from typing import Annotated, Final
-from urllib.parse import parse_qs, urlencode
+from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import Engine
 
 from traceapi.auth import is_admin_token
+from traceapi.console.pages import HEADERS, LangQuery, csrf_matches, page, page_language, read_form
 from traceapi.console.session import (
     SIGN_IN_COOKIE,
     ConsoleUser,
@@ -31,8 +31,7 @@ from traceapi.console.session import (
     set_sign_in_nonce,
     sign_in_nonce,
 )
-from traceapi.i18n import Lang, choose_language, text
-from traceapi.pages import render
+from traceapi.i18n import Lang, text
 from traceapi.state import client_address, scan_salt
 from tracecore.settings import Settings
 from tracecore.storage.console import (
@@ -51,39 +50,6 @@ __all__ = ["router", "sign_in_required"]
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
-#: The largest console form (a token, a CSRF token, a few short fields).
-FORM_LIMIT: Final = 16_384
-#: Every console answer: never cached, never framed by another site (clickjacking).
-_HEADERS: Final = {
-    "Cache-Control": "no-store",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "frame-ancestors 'none'; form-action 'self'",
-    "Referrer-Policy": "same-origin",
-}
-
-LangQuery = Annotated[str | None, Query(max_length=16)]
-
-
-def _language(request: Request, explicit: str | None) -> Lang:
-    return choose_language(explicit, request.headers.get("accept-language"))
-
-
-def _page(template: str, lang: Lang, status_code: int = 200, **context: object) -> HTMLResponse:
-    html = render(template, lang=lang, **context)
-    return HTMLResponse(html, status_code=status_code, headers=dict(_HEADERS))
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """The URL-encoded form of a console POST, first value per field (empty when malformed)."""
-    raw = await request.body()
-    if len(raw) > FORM_LIMIT:
-        return {}
-    try:
-        fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return {name: values[0] for name, values in fields.items()}
-
 
 def _safe_next(target: str | None) -> str:
     """A console path to go to after sign-in; anything else (another site) is the home page."""
@@ -98,7 +64,7 @@ def _safe_next(target: str | None) -> str:
     return "/console/"
 
 
-def _sign_in_page(
+def _sign_inpage(
     request: Request,
     lang: Lang,
     *,
@@ -111,7 +77,7 @@ def _sign_in_page(
     """The sign-in form (``error`` and ``notice`` are texts in ``lang``), bound to a fresh
     sign-in cookie."""
     nonce = secrets.token_urlsafe(32)
-    response = _page(
+    response = page(
         "console/sign_in.html",
         lang,
         status_code,
@@ -136,7 +102,7 @@ def sign_in_required(request: Request, exc: Exception) -> Response:
     if lang in ("zh", "en"):
         query["lang"] = lang
     response = RedirectResponse(
-        f"/console/sign-in?{urlencode(query)}", status.HTTP_303_SEE_OTHER, headers=dict(_HEADERS)
+        f"/console/sign-in?{urlencode(query)}", status.HTTP_303_SEE_OTHER, headers=dict(HEADERS)
     )
     if exc.ending is not None:
         clear_session_cookie(response, request)
@@ -151,7 +117,7 @@ def sign_in_form(
     next: Annotated[str | None, Query(max_length=512)] = None,  # noqa: A002 (the query's name)
 ) -> Response:
     """The sign-in page (and, after a session ended, why it did)."""
-    language = _language(request, lang)
+    language = page_language(request, lang)
     try:
         current_user(request)
     except SignInRequired:
@@ -161,7 +127,7 @@ def sign_in_form(
     notice = None
     if ended in (*SESSION_ENDINGS, "required"):
         notice = text(language, f"console.ended.{ended}")
-    return _sign_in_page(request, language, notice=notice, next_path=_safe_next(next))
+    return _sign_inpage(request, language, notice=notice, next_path=_safe_next(next))
 
 
 def _token_refusal(request: Request, token: str) -> tuple[str | None, int | None, bytes | None]:
@@ -185,12 +151,12 @@ def _token_refusal(request: Request, token: str) -> tuple[str | None, int | None
 @router.post("/sign-in", response_class=HTMLResponse)
 async def sign_in(request: Request) -> Response:
     """Take a token once; open a session and set its cookie, or say why not."""
-    form = await _form(request)
-    language = _language(request, form.get("lang"))
+    form = await read_form(request)
+    language = page_language(request, form.get("lang"))
     next_path = _safe_next(form.get("next"))
     if not csrf_ok(sign_in_nonce(request), form.get("csrf")):
         error = text(language, "console.sign_in.expired_form")
-        return _sign_in_page(request, language, status_code=403, error=error, next_path=next_path)
+        return _sign_inpage(request, language, status_code=403, error=error, next_path=next_path)
     settings: Settings = request.app.state.settings
     engine: Engine = request.app.state.engine
     now: int = request.app.state.clock()
@@ -201,7 +167,7 @@ async def sign_in(request: Request) -> Response:
     if failures >= settings.sign_in_failures:
         wait_ms = max(1000, (first or now) + window_ms - now)
         error = text(language, "console.sign_in.limited", minutes=math.ceil(wait_ms / 60_000))
-        return _sign_in_page(
+        return _sign_inpage(
             request,
             language,
             status_code=status.HTTP_429_TOO_MANY_REQUESTS,
@@ -216,14 +182,14 @@ async def sign_in(request: Request) -> Response:
             opened = open_session(session, token_id=token_id, admin_hash=admin_hash, now_ms=now)
     if refusal is not None:
         error = text(language, "console.sign_in.failed", reason=text(language, refusal))
-        return _sign_in_page(
+        return _sign_inpage(
             request,
             language,
             status_code=status.HTTP_401_UNAUTHORIZED,
             error=error,
             next_path=next_path,
         )
-    response = RedirectResponse(next_path, status.HTTP_303_SEE_OTHER, headers=dict(_HEADERS))
+    response = RedirectResponse(next_path, status.HTTP_303_SEE_OTHER, headers=dict(HEADERS))
     set_session_cookie(response, request, opened.secret, settings.console_max_hours * 3600)
     response.delete_cookie(SIGN_IN_COOKIE, path="/console/")
     return response
@@ -234,16 +200,16 @@ async def sign_out(
     request: Request, user: Annotated[ConsoleUser, Depends(current_user)]
 ) -> Response:
     """End the session (the form's CSRF token required) and forget the cookie."""
-    form = await _form(request)
-    language = _language(request, form.get("lang"))
-    if not hmac.compare_digest(user.csrf.encode(), form.get("csrf", "").encode("utf-8")):
-        return _page("console/forbidden.html", language, 403, path="/console/")
+    form = await read_form(request)
+    language = page_language(request, form.get("lang"))
+    if not csrf_matches(user, form):
+        return page("console/forbidden.html", language, 403, path="/console/")
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
         end_session(session, user.session_id, request.app.state.clock())
     query = urlencode({"ended": "signed_out", "lang": language})
     response = RedirectResponse(
-        f"/console/sign-in?{query}", status.HTTP_303_SEE_OTHER, headers=dict(_HEADERS)
+        f"/console/sign-in?{query}", status.HTTP_303_SEE_OTHER, headers=dict(HEADERS)
     )
     clear_session_cookie(response, request)
     return response
@@ -257,9 +223,9 @@ def home(
 ) -> Response:
     """The console's home page: who is signed in, until when, and the way out."""
     settings: Settings = request.app.state.settings
-    return _page(
+    return page(
         "console/home.html",
-        _language(request, lang),
+        page_language(request, lang),
         path="/console/",
         user=user,
         idle_minutes=settings.console_idle_minutes,
