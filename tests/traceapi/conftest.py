@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
+from sqlalchemy import Engine
 from trace_kit import (
     ADMIN,
     COLLECT,
@@ -200,4 +202,63 @@ def console_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSi
     app = create_app(config, engine, log_vkey=LOG.verifier)
     with _serve(app) as base:
         yield ConsoleSite(base, issued.token, ADMIN)
+    engine.dispose()
+
+
+def console_client(base: str, token: str) -> httpx.Client:
+    """An HTTP client signed in to the console at ``base`` with ``token`` (cookies kept).
+
+    Its ``csrf`` attribute holds the session's CSRF token for the console's forms.
+    """
+    client = httpx.Client(base_url=base, timeout=30)
+    form = client.get("/console/sign-in", params={"lang": "en"})
+    found = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert found, form.text
+    signed = client.post(
+        "/console/sign-in", data={"csrf": found.group(1), "token": token, "lang": "en"}
+    )
+    assert signed.status_code == 303, signed.text
+    home = client.get("/console/")
+    found = re.search(r'name="csrf" value="([^"]+)"', home.text)
+    assert found, home.text
+    client.csrf = found.group(1)  # type: ignore[attr-defined]
+    return client
+
+
+@dataclass(frozen=True)
+class ConsoleWorld:
+    """A server over a pages world of its own for console tests: its URL, its world, its engine.
+
+    Tokens: ``world.tokens`` (``farm``, ``packer``, ``inspector``, ...) and the admin token.
+    """
+
+    base: str
+    world: World
+    engine: Engine
+
+    def client(self, who: str) -> httpx.Client:
+        """A console client signed in as ``who``: ``admin`` or a token name of the world."""
+        return console_client(self.base, ADMIN if who == "admin" else self.world.tokens[who])
+
+
+@pytest.fixture(scope="module")
+def console_world(
+    tmp_path_factory: pytest.TempPathFactory, app_client: Any
+) -> Iterator[ConsoleWorld]:
+    """A uvicorn server over a fresh pages world (SQLite) for the console's tests (the clock
+    stays at the world's last moment, as for :func:`pages_site`; sign-in failures unlimited)."""
+    directory: Path = tmp_path_factory.mktemp("console-world")
+    engine = make_engine(f"sqlite:///{directory / 'agritrace.sqlite3'}")
+    upgrade(engine)
+    with make_pages_world(engine, app_client) as world:
+        now = world.now[0]
+        config = Settings(
+            admin_token=SecretStr(ADMIN),
+            log_origin=ORIGIN,
+            data_dir=directory,
+            sign_in_failures=100,
+        )
+        app = create_app(config, engine, clock=lambda: now, log_vkey=LOG.verifier)
+        with _serve(app) as base:
+            yield ConsoleWorld(base, world, engine)
     engine.dispose()
