@@ -237,7 +237,8 @@ class ConsoleWorld:
     engine: Engine
 
     def client(self, who: str) -> httpx.Client:
-        """A console client signed in as ``who``: ``admin`` or a token name of the world."""
+        """A console client signed in as ``who``: ``admin`` or a token name of the world (use it
+        in a ``with`` block: it holds connections)."""
         return console_client(self.base, ADMIN if who == "admin" else self.world.tokens[who])
 
 
