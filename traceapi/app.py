@@ -26,11 +26,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from traceapi.access import AccessTrail, AccessTrailMiddleware
 from traceapi.availability import RETRY_AFTER_S, IngestState, SchemaGate, unavailable
 from traceapi.console import install as install_console
 from traceapi.health import health_response, ingest_problems
 from traceapi.limits import BodyLimit
 from traceapi.openapi import build_openapi
+from traceapi.routes.access import router as access_router
 from traceapi.routes.bundle import router as bundle_router
 from traceapi.routes.feedback import router as feedback_router
 from traceapi.routes.inspect import router as inspect_router
@@ -162,6 +164,14 @@ def create_app(
     app.state.clock = clock
     # None: traceapi.routes.log reads the public half of DATA_DIR/keys/log.key on first use.
     app.state.log_vkey = log_vkey
+    app.state.access_trail = AccessTrail(app_engine)
+    # Innermost: it holds each authenticated answer until its access is in the log.
+    app.add_middleware(
+        AccessTrailMiddleware,
+        trail=lambda: app.state.access_trail,
+        # Read at each request: tests set app.state.clock after the app is built.
+        clock=lambda: app.state.clock(),  # noqa: PLW0108
+    )
     app.add_middleware(SchemaGate, ready=lambda: bool(app.state.schema_ready))
     # Added last, so outermost: it sees the body as it streams in (docs/operations.md).
     app.add_middleware(BodyLimit, max_body=settings.max_body_bytes)
@@ -175,6 +185,7 @@ def create_app(
     app.include_router(recalls_router)
     app.include_router(feedback_router)
     app.include_router(inspect_router)
+    app.include_router(access_router)
     app.include_router(qr_router)
     app.include_router(stall_router)
     install_console(app)

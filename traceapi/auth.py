@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import Engine
 
+from traceapi.access import note_principal
 from tracecore.settings import Settings
 from tracecore.storage.engine import session_scope
 from tracecore.storage.registry import lookup_token
@@ -95,6 +96,7 @@ def authenticate(request: Request) -> Principal:
     token = _bearer(request)
     settings: Settings = request.app.state.settings
     if is_admin_token(settings, token):
+        note_principal(request, "admin", "admin")
         return Principal(role="admin")
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
@@ -104,7 +106,11 @@ def authenticate(request: Request) -> Principal:
     refusal = info.refusal(request.app.state.clock())
     if refusal is not None:
         raise _unauthorized(refusal)
+    if info.party_id is None:
+        # Every issued token names its party; one that does not could not be on the trail.
+        raise _unauthorized("a token without a party")
     role: Role = "inspector" if info.role == "inspector" else "party"
+    note_principal(request, info.party_id, role)
     return Principal(role=role, party_id=info.party_id, token_id=info.id)
 
 

@@ -36,6 +36,12 @@ kind                   further keys
 ``recall``             ``products`` (array of 1-64 product keys), ``reason`` (text), ``by``
                        (the party id of the inspector, or ``"admin"``): these products and
                        everything made from them are recalled
+``access``             ``who`` (a party id, or ``"admin"``), ``role`` (``"admin"``,
+                       ``"inspector"`` or ``"party"``), ``action`` (the request's method and
+                       route, 1-200 characters), ``target`` (its path and query, 1-1000
+                       characters), ``parties`` (sorted array of 0-1000 distinct party ids
+                       whose data it showed): an authenticated read or action on data that is
+                       not public (docs/inspection.md, "The access trail"); never a secret
 =====================  ============================================================
 """
 
@@ -53,6 +59,7 @@ from tracecore.merkle import HASH_SIZE, leaf_hash
 
 __all__ = [
     "GENESIS_PREV",
+    "Access",
     "AnyEntry",
     "ChainPosition",
     "DeviceMessageEntry",
@@ -296,6 +303,53 @@ class Recall:
         )
 
 
+#: The roles an access is made in (an API token's or the console user's).
+ACCESS_ROLES: Final = ("admin", "inspector", "party")
+#: The most parties one access entry names (a larger export is recorded as several entries).
+MAX_ACCESS_PARTIES: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """An authenticated read or action on non-public data: who, in which role, what, when.
+
+    ``parties`` are the parties whose data the answer showed, sorted, so that each can be shown
+    who read its data. Nothing secret goes in: no token, no request body.
+    """
+
+    who: str
+    role: str
+    action: str
+    target: str
+    parties: tuple[str, ...]
+    time: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.who, str) or (self.who != "admin" and not _is_party(self.who)):
+            raise MalformedMessage("an access is made by 'admin' or a party id")
+        if self.role not in ACCESS_ROLES or (self.who == "admin") != (self.role == "admin"):
+            raise MalformedMessage("an access role is admin (for 'admin'), inspector or party")
+        if not isinstance(self.action, str) or not 1 <= len(self.action) <= 200:
+            raise MalformedMessage("an access action is 1-200 characters")
+        if not isinstance(self.target, str) or not 1 <= len(self.target) <= 1000:
+            raise MalformedMessage("an access target is 1-1000 characters")
+        if not all(isinstance(p, str) and _is_party(p) for p in self.parties):
+            raise MalformedMessage("access parties are party ids")
+        if list(self.parties) != sorted(set(self.parties)):
+            raise MalformedMessage("access parties are sorted and distinct")
+        if len(self.parties) > MAX_ACCESS_PARTIES:
+            raise MalformedMessage(f"an access names at most {MAX_ACCESS_PARTIES} parties")
+        if type(self.time) is not int or self.time < 0:
+            raise MalformedMessage("registry entry times are integer ms since the Unix epoch")
+
+    def to_bytes(self) -> bytes:
+        """Return the deterministic CBOR encoding of the entry."""
+        fields: dict[str, object] = {"who": self.who, "role": self.role, "action": self.action}
+        return _encode_registry(
+            "access", self.time, fields | {"target": self.target, "parties": list(self.parties)}
+        )
+
+
 def _is_party(text: str) -> bool:
     try:
         parse_party_id(text)
@@ -304,7 +358,7 @@ def _is_party(text: str) -> bool:
     return True
 
 
-RegistryEntry: TypeAlias = DeviceRegistered | KeyRotated | KeyRevoked | Recall
+RegistryEntry: TypeAlias = DeviceRegistered | KeyRotated | KeyRevoked | Recall | Access
 AnyEntry: TypeAlias = DeviceMessageEntry | RegistryEntry
 
 _REGISTRY_FIELDS: Final = {
@@ -312,6 +366,7 @@ _REGISTRY_FIELDS: Final = {
     "key_rotated": (KeyRotated, {"device", "key", "valid_from"}),
     "key_revoked": (KeyRevoked, {"device", "kid", "since", "reason"}),
     "recall": (Recall, {"products", "reason", "by"}),
+    "access": (Access, {"who", "role", "action", "target", "parties"}),
 }
 
 
@@ -340,6 +395,10 @@ def parse_any_entry(data: bytes) -> AnyEntry:
             if not isinstance(args["products"], list | tuple):
                 raise MalformedMessage("recall products must be an array")
             args["products"] = tuple(ProductKey.parse_canonical(p) for p in args["products"])
+        if kind == "access":
+            if not isinstance(args["parties"], list | tuple):
+                raise MalformedMessage("access parties must be an array")
+            args["parties"] = tuple(args["parties"])
         entry: RegistryEntry = cls(**args)
     except (TypeError, ValueError) as exc:
         raise MalformedMessage(f"malformed {kind} entry: {exc}") from exc

@@ -236,10 +236,11 @@ class ConsoleWorld:
     world: World
     engine: Engine
 
-    def client(self, who: str) -> httpx.Client:
-        """A console client signed in as ``who``: ``admin`` or a token name of the world (use it
-        in a ``with`` block: it holds connections)."""
-        return console_client(self.base, ADMIN if who == "admin" else self.world.tokens[who])
+    def client(self, who: str) -> contextlib.closing[httpx.Client]:
+        """A console client signed in as ``who`` (``admin`` or a token name of the world), to
+        use in a ``with`` block, which closes it."""
+        token = ADMIN if who == "admin" else self.world.tokens[who]
+        return contextlib.closing(console_client(self.base, token))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import cbor2
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, update
-from sqlmodel import col
+from sqlmodel import col, select
 
 from agritrace.cli import main as cli
 from ingest import Inbound, Processor
@@ -158,12 +158,17 @@ def test_an_edited_database_row_is_caught(site: Site) -> None:
     """An operator editing a stored message (a temperature) cannot make a bundle that verifies."""
     six, two = bytes.fromhex("f94600"), bytes.fromhex("f94000")  # 6.0 and 2.0 as CBOR halves
     with session_scope(site.engine) as session:
-        row = session.get(LogEntry, 4)
-        assert row is not None
+        # The first reading of 6.0 °C (the log also holds registry and access entries).
+        row = next(
+            r
+            for r in session.exec(select(LogEntry).order_by(col(LogEntry.index)))
+            if r.raw is not None and six in r.raw
+        )
         assert row.raw is not None
-        assert six in row.raw
         forged = row.raw.replace(six, two, 1)
-        session.execute(update(LogEntry).where(col(LogEntry.index) == 4).values(raw=forged))
+        session.execute(
+            update(LogEntry).where(col(LogEntry.index) == row.index).values(raw=forged)
+        )
     failed = {c.name for c in verify_bundle(parse_bundle(_bundle(site, LOT)), site.policy()).failed}
     assert "messages" in failed
 

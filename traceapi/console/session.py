@@ -22,6 +22,7 @@ from typing import Final
 from fastapi import Request, Response
 from sqlalchemy import Engine
 
+from traceapi.access import note_principal
 from tracecore.settings import Settings
 from tracecore.storage.console import SessionEnding, admin_token_hash, find_session, touch_session
 from tracecore.storage.engine import session_scope, statistics_scope
@@ -166,6 +167,7 @@ def current_user(request: Request) -> ConsoleUser:
         with statistics_scope(engine) as session:
             touch_session(session, info.id, now)
         info = dataclasses.replace(info, last_seen_ms=now)
+    note_principal(request, info.party_id or "admin", info.role)
     return ConsoleUser(
         session_id=info.id,
         role=info.role,

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
+from traceapi.access import note_parties
 from traceapi.auth import Principal, authenticate
 from traceapi.limits import FORM_MAX_BODY
 from traceapi.openapi import errors
@@ -27,6 +28,7 @@ from traceapi.paths import raw_product_key
 from traceapi.state import client_address, scan_salt
 from tracecore.identifiers import ProductKey, parse_party_id
 from tracecore.settings import Settings
+from tracecore.storage.access import product_owners
 from tracecore.storage.engine import session_scope
 from tracecore.storage.items import find_product, registered_product
 from tracecore.storage.models import Feedback, Product
@@ -211,4 +213,6 @@ def list_feedback(
         query = query.where(col(Feedback.complaint).is_not(None))
     query = query.order_by(col(Feedback.at_ms).desc(), col(Feedback.id).desc()).limit(limit)
     with session_scope(engine) as session:
-        return [_out(row) for row in session.exec(query).all()]
+        rows = session.exec(query).all()
+        note_parties(request, *product_owners(session, {row.product_key for row in rows}))
+        return [_out(row) for row in rows]

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine, or_
 from sqlmodel import Session, col, select
 
+from traceapi.access import note_parties
 from traceapi.auth import Principal, authenticate
 from traceapi.openapi import errors
 from traceapi.paths import raw_product_key
@@ -39,6 +40,7 @@ from tracecore.epcis import epcis_document
 from tracecore.errors import AgritraceError, NotFound
 from tracecore.identifiers import parse_party_id
 from tracecore.message import BUSINESS_STEPS, Event
+from tracecore.storage.access import product_owners
 from tracecore.storage.engine import session_scope
 from tracecore.storage.evidence import descendants, lineage
 from tracecore.storage.items import registered_product
@@ -239,6 +241,7 @@ def get_lineage(
                         )
                     ).all()
                 )
+        note_parties(request, *product_owners(session, {product.path, *back, *forward}))
     return LineageOut(product=product.path, back=back, forward=forward)
 
 
@@ -415,6 +418,7 @@ def export_epcis(
     with session_scope(engine) as session:
         product = registered_product(session, product)  # either form of a serialized item
         _may_see(session, principal, product.path)
+        note_parties(request, *product_owners(session, {product.path}))
         assessment = assess_product(session, product, scan_policy(request))
     if assessment is None or assessment.story is None or assessment.inspection is None:
         detail = (
@@ -457,4 +461,5 @@ def get_credit(
     with session_scope(engine) as session:
         if session.get(Party, party) is None:
             raise NotFound(f"no party {party}")
+        note_parties(request, party)
         return party_credit(session, party, now, days)

@@ -17,12 +17,14 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
+from traceapi.access import note_parties
 from traceapi.auth import Principal, forbidden, require_admin, require_admin_or_party
 from traceapi.health import DB_UP_HELP, EXPOSITION, ingest_metrics, metric_lines
 from traceapi.openapi import errors
 from traceapi.schemas import MAX_INT64
 from tracecore.errors import DatabaseUnavailable, RejectReason
 from tracecore.identifiers import parse_device_id
+from tracecore.storage.access import device_parties
 from tracecore.storage.engine import session_scope
 from tracecore.storage.queries import (
     MAX_LIST,
@@ -87,6 +89,7 @@ def get_rejections(
         rows = list_rejections(
             session, reason=reason, device_id=device, limit=limit, before_id=before
         )
+        note_parties(request, *device_parties(session, {r.device_id for r in rows if r.device_id}))
         return [
             RejectionOut(
                 id=row.id or 0,
@@ -119,6 +122,7 @@ def get_gaps(
         device = get_device(session, device_id)
         if not principal.may_act_for(device.party_id):
             raise forbidden("this device belongs to another party")
+        note_parties(request, device.party_id)
         gaps = device_gaps(session, device_id)
     return GapsOut(device=device_id, gaps=gaps, missing=sum(b - a + 1 for a, b in gaps))
 
@@ -163,6 +167,18 @@ def get_metrics(request: Request) -> PlainTextResponse:
         ),
         *metric_lines("agritrace_devices", "gauge", "Registered devices.", stats.devices),
         *metric_lines("agritrace_products", "gauge", "Commissioned products.", stats.products),
+        *metric_lines(
+            "agritrace_access_entries_total",
+            "counter",
+            "Access entries this API process committed to the log (docs/inspection.md).",
+            request.app.state.access_trail.counters.entries,
+        ),
+        *metric_lines(
+            "agritrace_access_commits_total",
+            "counter",
+            "Transactions this API process took to commit them (one per batch).",
+            request.app.state.access_trail.counters.batches,
+        ),
         "# HELP agritrace_rejections_total Device messages refused, by reason.",
         "# TYPE agritrace_rejections_total counter",
         *(

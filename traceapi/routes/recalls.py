@@ -13,10 +13,12 @@ from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
+from traceapi.access import note_parties
 from traceapi.auth import Principal, authenticate, forbidden
 from traceapi.openapi import errors
 from tracecore.identifiers import ProductKey
 from tracecore.logentry import Recall
+from tracecore.storage.access import product_owners
 from tracecore.storage.items import registered_product
 from tracecore.storage.logwriter import append_registry_entry, log_session
 
@@ -69,5 +71,6 @@ def post_recall(
         # The recall names the registered key: bundles match recalls by key, so a recall of
         # another form of an item's code would not reach it (tracecore.storage.items).
         product = registered_product(session, product)
+        note_parties(request, *product_owners(session, {product.path}))
         index = append_registry_entry(session, Recall((product,), reason, by, now), now)
     return RecallOut(index=index, product=product.path, reason=reason, by=by, time_ms=now)

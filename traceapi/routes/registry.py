@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, status
 from sqlalchemy import Engine
 
+from traceapi.access import note_parties
 from traceapi.auth import (
     Principal,
     authenticate,
@@ -80,12 +81,13 @@ def _now_ms(request: Request) -> int:
     return clock()
 
 
-def _check_owner(engine: Engine, principal: Principal, device_id: str) -> None:
+def _check_owner(request: Request, principal: Principal, device_id: str) -> None:
     """Raise NotFound for an unknown device, 403 unless the caller may act for its party."""
-    with session_scope(engine) as session:
+    with session_scope(_engine(request)) as session:
         device = get_device(session, device_id)
     if not principal.may_act_for(device.party_id):
         raise forbidden("this device belongs to another party")
+    note_parties(request, device.party_id)
 
 
 @router.post(
@@ -109,6 +111,7 @@ def patch_party(
     """Replace a party's public profile (admin or the party itself)."""
     if not principal.may_act_for(party_id):
         raise forbidden("a party token may change its own party's profile only")
+    note_parties(request, party_id)
     with session_scope(_engine(request)) as session:
         return PartyOut.of(update_party(session, party_id, body.name, body.profile()))
 
@@ -126,6 +129,7 @@ def post_token(
     It expires after ``lifetime_days`` (default 90); the answer names it by ``id``.
     """
     lifetime_ms = (body or TokenCreate()).lifetime_days * _DAY_MS
+    note_parties(request, party_id)
     with session_scope(_engine(request)) as session:
         issued = issue_token(session, party_id, _now_ms(request), lifetime_ms=lifetime_ms)
     return TokenOut.of(issued)
@@ -153,6 +157,7 @@ def get_tokens(
         raise forbidden("a party token may list its own party's tokens only")
     with session_scope(_engine(request)) as session:
         infos = list_tokens(session, party)
+    note_parties(request, *(info.party_id for info in infos))
     return [TokenRecord.of(info, now, principal.token_id) for info in infos]
 
 
@@ -169,6 +174,7 @@ def post_token_revoke(token_id: TokenId, request: Request, principal: Caller) ->
         if not (principal.is_admin or own_party or principal.token_id == token_id):
             raise forbidden("this token belongs to another party")
         revoked = revoke_token_id(session, token_id, now)
+    note_parties(request, info.party_id)
     return TokenRecord.of(revoked, now, principal.token_id)
 
 
@@ -183,6 +189,7 @@ def post_device(body: DeviceCreate, request: Request, principal: AdminOrParty) -
     """Register a device with its first key (admin or the owning party)."""
     if not principal.may_act_for(body.party):
         raise forbidden("a party token may register devices of its own party only")
+    note_parties(request, body.party)
     public_key = decode_public_key(body.public_key)
     now = _now_ms(request)
     with log_session(_engine(request)) as session:
@@ -209,7 +216,7 @@ def post_device(body: DeviceCreate, request: Request, principal: AdminOrParty) -
 def post_key(device_id: str, body: KeyRotate, request: Request, principal: AdminOrParty) -> KeyOut:
     """Rotate a device's key: the current one ends now, the new one starts (admin or owner)."""
     engine = _engine(request)
-    _check_owner(engine, principal, device_id)
+    _check_owner(request, principal, device_id)
     public_key = decode_public_key(body.public_key)
     now = _now_ms(request)
     with log_session(engine) as session:
@@ -227,7 +234,7 @@ def post_revoke(
 ) -> KeyOut:
     """Revoke a device key (default the current one) since a time (default now)."""
     engine = _engine(request)
-    _check_owner(engine, principal, device_id)
+    _check_owner(request, principal, device_id)
     kid = bytes.fromhex(body.kid) if body.kid is not None else None
     now = _now_ms(request)
     since_ms = body.since_ms if body.since_ms is not None else now
@@ -244,7 +251,7 @@ def post_revoke(
 def get_device_route(device_id: str, request: Request, principal: AdminOrParty) -> DeviceOut:
     """Show a device and its key history (admin or the owning party)."""
     engine = _engine(request)
-    _check_owner(engine, principal, device_id)
+    _check_owner(request, principal, device_id)
     with session_scope(engine) as session:
         device = get_device(session, parse_device_id(device_id))
         keys = device_keys(session, device.id)

@@ -48,6 +48,7 @@ _KINDS: Final = {
     "KeyRotated": "key_rotated",
     "KeyRevoked": "key_revoked",
     "Recall": "recall",
+    "Access": "access",
 }
 
 

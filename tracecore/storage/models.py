@@ -40,6 +40,8 @@ __all__ = [
     "REGISTRY_WHERE",
     "REJECTION_PREFIX_BYTES",
     "TOKEN_ROLES",
+    "AccessParty",
+    "AccessRecord",
     "ChainLink",
     "Checkpoint",
     "ConsoleSession",
@@ -85,6 +87,7 @@ LOG_ENTRY_KINDS: Final = (
     "key_revoked",
     "recall",
     "statement",
+    "access",
 )
 
 
@@ -660,3 +663,42 @@ class SignIn(SQLModel, table=True):
     token_id: int | None = Field(
         default=None, sa_column=Column(Integer, ForeignKey("tokens.id"), nullable=True)
     )
+
+
+class AccessRecord(SQLModel, table=True):
+    """An ``access`` log entry, indexed for the access trail (docs/inspection.md).
+
+    The log entry (``log_index``) is the record; this row and its :class:`AccessParty` rows are
+    what the trail pages and ``GET /v1/access`` search, written in the same transaction.
+    """
+
+    __tablename__ = "access_records"
+    __table_args__ = (Index("ix_access_records_who_log_index", "who", "log_index"),)
+
+    log_index: int = Field(
+        sa_column=Column(
+            BigInteger, ForeignKey("log_entries.index"), primary_key=True, autoincrement=False
+        )
+    )
+    time_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    who: str = Field(sa_column=Column(String(ID_LENGTH), nullable=False))
+    role: str = Field(sa_column=Column(String(16), nullable=False))
+    action: str = Field(sa_column=Column(String(200), nullable=False))
+    target: str = Field(sa_column=Column(String(1000), nullable=False))
+
+
+class AccessParty(SQLModel, table=True):
+    """A party whose data an access showed (one row per party named by the entry)."""
+
+    __tablename__ = "access_parties"
+    __table_args__ = (Index("ix_access_parties_party_id_log_index", "party_id", "log_index"),)
+
+    log_index: int = Field(
+        sa_column=Column(
+            BigInteger,
+            ForeignKey("access_records.log_index"),
+            primary_key=True,
+            autoincrement=False,
+        )
+    )
+    party_id: str = Field(sa_column=Column(String(ID_LENGTH), primary_key=True))
