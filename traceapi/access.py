@@ -27,7 +27,8 @@ from fastapi import Request
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tracecore.errors import AgritraceError
+from tracecore.errors import AgritraceError, IdentifierError
+from tracecore.identifiers import parse_party_id
 from tracecore.logentry import MAX_ACCESS_PARTIES, Access
 from tracecore.storage.access import append_accesses
 from tracecore.storage.logwriter import log_session
@@ -50,12 +51,24 @@ _RETRY_AFTER_S: Final = 5
 
 
 def note_parties(request: Request, *parties: str | None) -> None:
-    """Record that ``request`` shows data of ``parties`` (``None`` is skipped)."""
+    """Record that ``request`` shows data of ``parties``.
+
+    ``None`` and text that is not a party id (a shipment's free-text destination, say) are
+    skipped: only registered-style ids can name whose data it was.
+    """
     noted: set[str] | None = getattr(request.state, _PARTIES_KEY, None)
     if noted is None:
         noted = set()
         setattr(request.state, _PARTIES_KEY, noted)
-    noted.update(p for p in parties if p is not None)
+    noted.update(p for p in parties if p is not None and _is_party_id(p))
+
+
+def _is_party_id(text: str) -> bool:
+    try:
+        parse_party_id(text)
+    except IdentifierError:
+        return False
+    return True
 
 
 def noted_parties(request: Request) -> frozenset[str]:

@@ -96,6 +96,34 @@ def _gs1_sees_distinct_items(data: Path) -> None:
     assert len(identifiers) == len(serialized)
 
 
+def _kept_checkpoint_size(data_dir: Path) -> int:
+    """The size of the checkpoint a demo run kept (the next run proves the log only grew)."""
+    return int((data_dir / "demo" / "checkpoint.txt").read_text().split("\n")[1])
+
+
+def _assert_log_grew(output: str, kept_size: int) -> None:
+    """The run's bundle proves the log at its size extends the kept checkpoint."""
+    grown = re.search(
+        r"consistency  the log at (\d+) extends the previous checkpoint at (\d+)", output
+    )
+    assert grown is not None, output
+    assert int(grown.group(2)) == kept_size < int(grown.group(1))
+
+
+def _check_stall_and_console(data_dir: Path, app_client: Any, first: str, here: str) -> None:
+    """The stall page of the shop that sold the clean case, with its QR label (一摊一码), and
+    the console sign-in the demo printed."""
+    stall = re.search(rf"^   stall +\d+/100 +({here}p/\S+)$", first, re.MULTILINE)
+    assert stall is not None, first
+    path = stall.group(1).removeprefix(here)
+    with app_client(create_app(load_settings(data_dir=data_dir))) as client:
+        reply = client.get(f"/{path}", headers={"Accept": "application/json"})
+        _sign_in_as_printed(client, first, here)
+    assert reply.status_code == 200
+    assert reply.json()["kind"] == "retailer"
+    assert reply.json()["products"]
+
+
 def test_demo_runs_the_pipeline_and_resumes(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -134,22 +162,14 @@ def test_demo_runs_the_pipeline_and_resumes(
     assert f"the QR code of the clean one ({here}qr/" in first
     assert f"curl -o bundle.json {here}v1/bundle/" in first
     assert "127.0.0.1:8000" not in first
-    # The stall page of the shop that sold the clean case, with its QR label (一摊一码).
-    stall = re.search(rf"^   stall +\d+/100 +({here}p/\S+)$", first, re.MULTILINE)
-    assert stall is not None, first
-    path = stall.group(1).removeprefix(here)
-    with app_client(create_app(load_settings(data_dir=tmp_path))) as client:
-        reply = client.get(f"/{path}", headers={"Accept": "application/json"})
-        _sign_in_as_printed(client, first, here)
-    assert reply.status_code == 200
-    assert reply.json()["kind"] == "retailer"
-    assert reply.json()["products"]
+    _check_stall_and_console(tmp_path, app_client, first, here)
 
+    kept_size = _kept_checkpoint_size(tmp_path)
     second, _ = _run(tmp_path, capsys)
     assert len(re.findall(r"  found again\b", second)) == 4
     # A new lot each run, and new serials: GTIN + serial alone names a carton.
     assert re.search(r"/10/(L\d{6}-2)/21/\1-C0001\b", second)
-    assert re.search(r"consistency  the log at (\d+) extends the previous checkpoint at 10", second)
+    _assert_log_grew(second, kept_size)
     _gs1_sees_distinct_items(tmp_path)
     again = _pages(second)
     assert again["recalled"][0] == "recalled"

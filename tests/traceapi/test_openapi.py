@@ -466,6 +466,11 @@ def _inspection_calls(r: Recorder) -> None:
     r.call("POST", "/v1/recalls", 404, who="inspector", json={**recall, "product": UNKNOWN.path})
     r.call("POST", "/v1/recalls", 403, who="farm", json=recall)
     r.call("POST", "/v1/recalls", 401, json=recall, conforms=False)
+    r.call("GET", "/v1/access?limit=3", 200, who="farm")
+    r.call("GET", f"/v1/access?who={FARM}", 200, who="admin")
+    r.call("GET", f"/v1/access?party={PACKER}", 403, who="farm")
+    r.call("GET", "/v1/access?party=Not_An_Id", 422, who="admin")
+    r.call("GET", "/v1/access", 401, conforms=False)
 
 
 def _stall_calls(r: Recorder) -> str:

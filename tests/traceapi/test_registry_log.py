@@ -51,9 +51,24 @@ def test_register_rotate_revoke_are_logged(client: Any, engine: Engine) -> None:
     revoke = {"reason": "gateway stolen", "since_ms": NOW - 5}
     assert client.post("/v1/devices/gw-1/revoke", json=revoke, headers=AUTH).status_code == 200
 
-    rows = _log(engine)
-    assert [row.index for row in rows] == [0, 1, 2]
-    assert [row.kind for row in rows] == ["device_registered", "key_rotated", "key_revoked"]
+    logged = _log(engine)
+    # Each call is also an access of the admin's, logged right after what it changed.
+    assert [row.kind for row in logged] == [
+        "device_registered",
+        "access",
+        "key_rotated",
+        "access",
+        "key_revoked",
+        "access",
+    ]
+    assert [row.index for row in logged] == list(range(6))
+    accesses = [parse_any_entry(row.entry) for row in logged[1::2]]
+    assert [(a.who, a.action, a.parties) for a in accesses] == [  # type: ignore[union-attr]
+        ("admin", "POST /v1/devices", ("farm-1",)),
+        ("admin", "POST /v1/devices/{device_id}/keys", ("farm-1",)),
+        ("admin", "POST /v1/devices/{device_id}/revoke", ("farm-1",)),
+    ]
+    rows = logged[0::2]
     entries = [parse_any_entry(row.entry) for row in rows]
     assert entries == [
         DeviceRegistered("gw-1", "farm-1", _key(1), NOW, NOW),
