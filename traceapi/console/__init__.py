@@ -6,6 +6,7 @@ the sign-in page) to an app.
 
 from fastapi import FastAPI
 
+from traceapi.console import rejections
 from traceapi.console.access import router as access_router
 from traceapi.console.routes import router, sign_in_required
 from traceapi.console.session import SignInRequired
@@ -18,3 +19,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(SignInRequired, sign_in_required)
     app.include_router(router)
     app.include_router(access_router)
+    app.include_router(rejections.router)
