@@ -240,9 +240,10 @@ def hex_dump(data: bytes, limit: int = DUMP_BYTES) -> tuple[str, ...]:
 
 
 def _short_text(value: str) -> str:
-    shown = value if len(value) <= _MAX_TEXT else value[:_MAX_TEXT]
-    # JSON quoting shows control characters and invisible ones as escapes.
-    quoted = json.dumps(shown, ensure_ascii=False)
+    # JSON quoting shows control characters and other invisible ones as escapes.
+    quoted = json.dumps(value[:_MAX_TEXT], ensure_ascii=False)
+    if len(quoted) > _MAX_TEXT + 2:
+        quoted = quoted[:_MAX_TEXT] + "…"
     return quoted + (f" … ({len(value)} characters)" if len(value) > _MAX_TEXT else "")
 
 
@@ -282,7 +283,10 @@ def _scalar(value: object) -> str:
 
 
 def _key_name(key: object) -> str:
-    return key if isinstance(key, str) and len(key) <= _MAX_TEXT else _scalar(key)
+    """A map key: a short printable text key as it is, anything else quoted or shown."""
+    if isinstance(key, str) and len(key) <= _MAX_TEXT and key.isprintable():
+        return key
+    return _scalar(key)
 
 
 def _flatten(value: object, name: str = "", depth: int = 0) -> tuple[list[Item], bool]:
