@@ -180,20 +180,6 @@ def add_refusals(world: World) -> Refusals:
         RejectReason.MALFORMED,
         counted=False,
     )
-    # The rogue's key revoked since it was issued: it signs nothing any more.
-    revoked = world.client.post(
-        f"/v1/devices/{ROGUE.name}/revoke",
-        json={"since_ms": 0, "reason": f"stolen {MARKUP}"},
-        headers=world.auth("admin"),
-    )
-    assert revoked.status_code == 200, revoked.text
-    refuse(
-        "revoked_key",
-        up_topic(ROGUE.name),
-        sign_message(_reading(ROGUE.name, 6, now), ROGUE.signing_key),
-        now - 3_600_000,
-        RejectReason.REVOKED_KEY,
-    )
     # No ingest stores a device id like this (ids are checked); a hand-edited row might.
     raw = b"\xa0"
     with session_scope(world.engine) as session:
@@ -218,6 +204,20 @@ def add_refusals(world: World) -> Refusals:
     refusals.messages["unknown_device"] += 1
     refusals.arrivals["unknown_device"] += 1
     refusals.days[(cst_day(now - 2 * DAY_MS), "unknown_device")] += 1
+    # The rogue's key revoked since it was issued: it signs nothing any more. The newest row.
+    revoked = world.client.post(
+        f"/v1/devices/{ROGUE.name}/revoke",
+        json={"since_ms": 0, "reason": f"stolen {MARKUP}"},
+        headers=world.auth("admin"),
+    )
+    assert revoked.status_code == 200, revoked.text
+    refuse(
+        "revoked_key",
+        up_topic(ROGUE.name),
+        sign_message(_reading(ROGUE.name, 6, now), ROGUE.signing_key),
+        now - 3_600_000,
+        RejectReason.REVOKED_KEY,
+    )
     return refusals
 
 

@@ -20,11 +20,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import cbor2
 
-from tracecore.cbor import decode_strict, kind_name
+from tracecore.cbor import decode_strict
 from tracecore.cose import (
     ALG_EDDSA,
     COSE_SIGN1_TAG,
@@ -40,11 +40,13 @@ from tracecore.topics import device_from_up_topic
 __all__ = [
     "CHECKS",
     "DUMP_BYTES",
+    "KINDS",
     "Check",
     "CheckState",
     "CheckStep",
     "DecodedRejection",
     "Item",
+    "Kind",
     "Part",
     "check_path",
     "decode_rejected",
@@ -179,13 +181,24 @@ def check_path(refused: Check) -> tuple[CheckStep, ...]:
     return tuple(steps)
 
 
+Kind = Literal["map", "array", "tag", "integer", "float", "text", "bytes", "bool", "null", "other"]
+#: Every kind of decoded value an :class:`Item` names.
+KINDS: Final[tuple[Kind, ...]] = get_args(Kind)
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One decoded CBOR value as a line of text: its depth, its name, its kind and its value."""
+    """One decoded CBOR value as a line of text.
+
+    ``depth`` is its nesting level, ``name`` its map key or ``[index]``, ``kind`` one of
+    :data:`KINDS`, ``size`` the number of entries, characters or bytes of a map, array, text or
+    byte string (the tag number of a tag), ``value`` a scalar as text (empty for containers).
+    """
 
     depth: int
     name: str
-    kind: str
+    kind: Kind
+    size: int | None
     value: str
 
 
@@ -289,6 +302,22 @@ def _key_name(key: object) -> str:
     return _scalar(key)
 
 
+#: The kinds of decoded scalars; bool before int, as True is an int in Python.
+_SCALAR_KINDS: Final[tuple[tuple[type, Kind], ...]] = (
+    (type(None), "null"),
+    (bool, "bool"),
+    (int, "integer"),
+    (float, "float"),
+    (str, "text"),
+    (bytes, "bytes"),
+)
+
+
+def _kind(value: object) -> Kind:
+    """The kind of a decoded scalar."""
+    return next((name for kind, name in _SCALAR_KINDS if isinstance(value, kind)), "other")
+
+
 def _flatten(value: object, name: str = "", depth: int = 0) -> tuple[list[Item], bool]:
     """``value`` and everything in it as items, depth first; and whether the list was cut."""
     items: list[Item] = []
@@ -297,19 +326,19 @@ def _flatten(value: object, name: str = "", depth: int = 0) -> tuple[list[Item],
         if len(items) >= _MAX_ITEMS:
             return items, True
         current, label, level = stack.pop()
+        children: list[tuple[object, str, int]] = []
         if isinstance(current, Mapping):
-            items.append(Item(level, label, f"map ({len(current)})", ""))
+            items.append(Item(level, label, "map", len(current), ""))
             children = [(v, _key_name(k), level + 1) for k, v in current.items()]
         elif isinstance(current, list | tuple):
-            items.append(Item(level, label, f"array ({len(current)})", ""))
+            items.append(Item(level, label, "array", len(current), ""))
             children = [(v, f"[{i}]", level + 1) for i, v in enumerate(current)]
         elif isinstance(current, cbor2.CBORTag):
-            items.append(Item(level, label, f"tag {current.tag}", ""))
+            items.append(Item(level, label, "tag", current.tag, ""))
             children = [(current.value, "", level + 1)]
         else:
-            size = f" ({len(current)})" if isinstance(current, str | bytes) else ""
-            items.append(Item(level, label, kind_name(current) + size, _scalar(current)))
-            children = []
+            size = len(current) if isinstance(current, str | bytes) else None
+            items.append(Item(level, label, _kind(current), size, _scalar(current)))
         stack.extend(reversed(children))
     return items, False
 

@@ -13,7 +13,7 @@ import html
 import re
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -26,7 +26,9 @@ from traceapi.access import noted_parties
 from traceapi.app import create_app
 from traceapi.console.rejections import periods, reader_party
 from traceapi.console.session import ConsoleUser
+from traceapi.i18n import LANGUAGES, text
 from tracecore.errors import NotFound, RejectReason
+from tracecore.rejected import CHECKS, KINDS, CheckState
 from tracecore.settings import Settings
 from tracecore.storage import session_scope
 from tracecore.storage.models import Device
@@ -87,16 +89,15 @@ def test_counts_per_reason_over_the_default_30_days(
 
 
 def test_counts_per_day_in_china_standard_time(inspector: httpx.Client, refusals: Refusals) -> None:
-    """The table has one row per CST day of the range, each reason counted on its day."""
+    """The table has one row per CST day of the range, newest first, each reason counted on
+    its day."""
     page = _get(inspector, "/console/rejections").text
     rows = table_rows(page, "reason-table")
     header, body = rows[0], rows[1:-1]
     reasons = [r for r in RejectReason if r.value in refusals.messages]
     assert len(header) == len(reasons) + 2
     today = cst_day(refusals.now)
-    assert [row[0] for row in body] == [
-        (today - timedelta(days=29 - n)).isoformat() for n in range(30)
-    ]
+    assert [row[0] for row in body] == [(today - timedelta(days=n)).isoformat() for n in range(30)]
     for row in body:
         day = row[0]
         for reason, cell in zip(reasons, row[1:-1], strict=True):
@@ -112,10 +113,10 @@ def test_counts_per_day_in_china_standard_time(inspector: httpx.Client, refusals
 def test_weeks_start_on_monday_and_hold_the_same_counts(
     inspector: httpx.Client, refusals: Refusals
 ) -> None:
-    """Per week: rows from the Monday on or before the start, the same totals."""
+    """Per week: rows from the Monday on or before the start (newest first), the same totals."""
     page = _get(inspector, "/console/rejections", by="week").text
     body = table_rows(page, "reason-table")[1:-1]
-    firsts = [row[0].split(" to ")[0] for row in body]
+    firsts = [row[0].split(" to ")[0] for row in reversed(body)]
     spans = periods(cst_day(refusals.now), None, None, "week")
     assert firsts[0] == spans.origin.isoformat()
     assert spans.origin.weekday() == 0
@@ -243,7 +244,7 @@ def test_a_signed_message_is_decoded(inspector: httpx.Client, refusals: Refusals
     assert "The fields follow their rules" in page
     assert f'"{CLIMATE.name}"' in page
     assert '"Temperature"' in page
-    assert 'id="arrivals">arrived 3 times<' in page
+    assert 'id="arrivals">arrivals: 3<' in page
 
 
 def test_bytes_that_do_not_parse_show_a_hex_dump(
@@ -435,3 +436,16 @@ def test_pages_name_the_parties_they_show(
             assert noted[path] == expected, path
     # The overview shows the farm's refusals and gaps; its unregistered ones belong to nobody.
     assert noted["/console/rejections"] == frozenset({FARM})
+
+
+def test_every_reason_check_and_kind_has_words_in_both_languages() -> None:
+    """The pages name every reason, check, check state and decoded kind in zh and en."""
+    words = [
+        *(f"reason.{reason.value}{end}" for reason in RejectReason for end in ("", ".explain")),
+        *(f"check.{check.value}{end}" for check in CHECKS for end in ("", ".what")),
+        *(f"state.{state}" for state in get_args(CheckState)),
+        *(f"cbor.{kind}" for kind in KINDS),
+    ]
+    for lang in LANGUAGES:
+        for word in words:
+            assert text(lang, f"console.rejections.{word}"), (lang, word)
