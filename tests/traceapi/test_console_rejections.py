@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import html
+import json
 import re
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, get_args
 
 import httpx
@@ -449,3 +452,50 @@ def test_every_reason_check_and_kind_has_words_in_both_languages() -> None:
     for lang in LANGUAGES:
         for word in words:
             assert text(lang, f"console.rejections.{word}"), (lang, word)
+
+
+def _html_problem(message: dict[str, Any]) -> bool:
+    """An error, or a warning (vnu: type info, subType warning); not a plain info note."""
+    kind = message.get("type")
+    return kind in ("error", "non-document-error") or (
+        kind == "info" and message.get("subType") == "warning"
+    )
+
+
+def test_the_pages_are_valid_html(
+    inspector: httpx.Client, refusals: Refusals, vnu_jar: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The Nu Html Checker finds no error and no warning in any of the section's pages."""
+    paths = [
+        "/console/rejections",
+        f"/console/rejections?by=week&party={NO_PARTY}",
+        *(f"/console/rejections/{refusals.ids[name]}" for name in refusals.ids),
+        f"/console/rejections/devices/{ROGUE.name}",
+        f"/console/rejections/devices/{GHOST.name}",
+        "/console/rejections/99999",
+    ]
+    files = []
+    for lang in LANGUAGES:
+        for n, path in enumerate(paths):
+            response = inspector.get(path, params={"lang": lang})
+            assert response.headers["content-type"].startswith("text/html"), path
+            page = tmp_path / f"page-{n}-{lang}.html"
+            page.write_bytes(response.content)
+            files.append(str(page))
+    java, jar = vnu_jar
+    checked = subprocess.run(  # noqa: S603 (a fixed program on files this test wrote)
+        [java, "-jar", str(jar), "--format", "json", "--stdout", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    report = checked.stdout.strip()
+    assert report, f"vnu.jar gave no report (exit {checked.returncode}):\n{checked.stderr}"
+    problems = [
+        f"{Path(m.get('url', '')).name}:{m.get('lastLine', '?')}: {m.get('message', '')} "
+        f"[{m.get('extract', '').strip()[:80]}]"
+        for m in json.loads(report)["messages"]
+        if _html_problem(m)
+    ]
+    assert not problems, f"{len(problems)} HTML problem(s):\n" + "\n".join(problems)
