@@ -499,3 +499,42 @@ def test_the_pages_are_valid_html(
         if _html_problem(m)
     ]
     assert not problems, f"{len(problems)} HTML problem(s):\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"to": "9999-12-31"},
+        {"from": "0001-01-01"},
+        {"from": "garbage", "to": "2026-13-45", "by": "month", "reason": "nope"},
+        {"before": "abc"},
+        {"before": "0"},
+        {"party": "<b>x</b>", "device": "<i>y</i>"},
+    ],
+)
+def test_odd_filters_fall_back_to_defaults(
+    inspector: httpx.Client, refusals: Refusals, params: dict[str, str]
+) -> None:
+    """A malformed or out-of-range filter value is ignored (or matches nothing), never an
+    error; markup in one is shown as text."""
+    page = _get(inspector, "/console/rejections", **params).text
+    if "party" in params:
+        assert "No message was refused in this range." in page
+        assert 'value="&lt;i&gt;y&lt;/i&gt;"' in page
+    else:
+        assert _footer(page) == dict(refusals.messages)
+        assert len(table_rows(page, "reason-table")) == 30 + 2
+
+
+def test_dates_in_either_order_and_a_too_long_range(
+    inspector: httpx.Client, refusals: Refusals
+) -> None:
+    """from after to is read the other way round; a range over 366 days keeps its end."""
+    today = cst_day(refusals.now)
+    week_ago = (today - timedelta(days=7)).isoformat()
+    swapped = _get(inspector, "/console/rejections", **{"from": today.isoformat(), "to": week_ago})
+    assert f"{week_ago} to {today.isoformat()} (China Standard Time)" in swapped.text
+    long = _get(inspector, "/console/rejections", **{"from": "2020-01-01"}).text
+    start = (today - timedelta(days=365)).isoformat()
+    assert f"{start} to {today.isoformat()} (China Standard Time)" in long
+    assert "One page counts at most 366 days" in long

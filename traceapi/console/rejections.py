@@ -56,6 +56,8 @@ router = APIRouter(prefix="/console/rejections", include_in_schema=False)
 User = Annotated[ConsoleUser, Depends(current_user)]
 
 _DAY: Final = timedelta(days=1)
+_FIRST_DAY: Final = date(1970, 1, 1)
+_LAST_DAY: Final = date(9000, 12, 31)
 _DAY_MS: Final = 86_400_000
 #: The default range: the last 30 days of the app clock, today included.
 DEFAULT_DAYS: Final = 30
@@ -106,10 +108,13 @@ def _ms(day: date) -> int:
 
 
 def _parse_day(value: str | None) -> date | None:
+    """A date of the form, or None for no date, a malformed one or one out of range."""
     try:
-        return date.fromisoformat(value) if value else None
+        day = date.fromisoformat(value) if value else None
     except ValueError:
         return None
+    # A year and some weeks of margin either side must stay within what datetime holds.
+    return day if day is not None and _FIRST_DAY <= day <= _LAST_DAY else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +271,7 @@ class OverviewQuery(BaseModel):
     start: str | None = Field(default=None, alias="from", max_length=10)
     end: str | None = Field(default=None, alias="to", max_length=10)
     by: str | None = Field(default=None, max_length=8)
-    before: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    before: str | None = Field(default=None, max_length=24)
 
 
 @router.get("", response_class=HTMLResponse)
@@ -282,7 +287,7 @@ def overview(
     spans = periods(_today(request), form.start, form.end, form.by)
     party = (form.party or "").strip() or None
     device = (form.device or "").strip() or None
-    before = form.before
+    before = _rejection_id(form.before or "")
     if reader is not None and party not in (None, reader):
         party = reader
     wanted = RejectionFilter(
@@ -395,7 +400,8 @@ def _find(request: Request, user: ConsoleUser, value: str) -> tuple[Rejection, s
     return found
 
 
-RejectionPath = Annotated[str, Path(max_length=40)]
+#: A rejection id in a path: checked by :func:`_rejection_id`, anything else is a 404 page.
+RejectionPath = Annotated[str, Path()]
 
 
 @router.get("/{rejection_id}", response_class=HTMLResponse)
@@ -479,7 +485,7 @@ def _key_state(key: DeviceKey) -> str:
 def device_page(
     request: Request,
     user: User,
-    device_id: Annotated[str, Path(max_length=100)],
+    device_id: str,
     lang: LangQuery = None,
 ) -> Response:
     """One device: its party, keys, last message, refusals by reason and sequence gaps."""
