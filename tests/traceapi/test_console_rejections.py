@@ -538,3 +538,10 @@ def test_dates_in_either_order_and_a_too_long_range(
     start = (today - timedelta(days=365)).isoformat()
     assert f"{start} to {today.isoformat()} (China Standard Time)" in long
     assert "One page counts at most 366 days" in long
+
+
+@pytest.mark.parametrize("number", ["2147483648", "999999999999999999"])
+def test_ids_beyond_the_database_integer_are_404(inspector: httpx.Client, number: str) -> None:
+    """An id no 32-bit INTEGER holds is simply not found (PostgreSQL would refuse the query)."""
+    assert inspector.get(f"/console/rejections/{number}").status_code == 404
+    assert inspector.get("/console/rejections", params={"before": number}).status_code == 200

@@ -21,6 +21,7 @@ from tracecore.errors import NotFound, RejectReason
 from tracecore.storage.models import Device, LogEntry, Party, Rejection
 
 __all__ = [
+    "MAX_ID",
     "NO_PARTY",
     "DeviceActivity",
     "GapCount",
@@ -37,6 +38,8 @@ __all__ = [
     "tally",
 ]
 
+#: The largest rejection id: the column is a database INTEGER (32 bits on PostgreSQL).
+MAX_ID: Final = 2**31 - 1
 #: The ``party`` of a filter that asks for messages of no registered device (not a party id:
 #: ids are 3 to 64 characters).
 NO_PARTY: Final = "-"
@@ -210,7 +213,7 @@ def rejection_list(
         ),
         wanted,
     )
-    if before_id is not None:
+    if before_id is not None and before_id <= MAX_ID:  # every id is below a larger one
         query = query.where(col(Rejection.id) < before_id)
     query = query.order_by(col(Rejection.id).desc()).limit(max(1, limit))
     return [
@@ -239,6 +242,8 @@ def find_rejection(
     Raises :class:`~tracecore.errors.NotFound` if there is none, or if ``reader_party`` is set
     and the message is not of one of its devices (a reader learns nothing of others').
     """
+    if not 1 <= rejection_id <= MAX_ID:
+        raise NotFound(f"no rejection {rejection_id}")
     found = session.execute(
         select(Rejection, col(Device.party_id))
         .outerjoin(Device, col(Device.id) == col(Rejection.device_id))
