@@ -7,7 +7,6 @@ and downloaded, a device's page, escaping, 404s, sign-in, and whose data each pa
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import html
 import json
@@ -56,7 +55,7 @@ def refusals(console_world: Any) -> Refusals:
 def inspector(console_world: Any, refusals: Refusals) -> Iterator[httpx.Client]:
     """A console client signed in as the world's inspector (after the refusals exist)."""
     del refusals
-    with contextlib.closing(console_world.client("inspector")) as client:
+    with console_world.client("inspector") as client:
         yield client
 
 
@@ -370,7 +369,7 @@ def test_an_unregistered_device_has_a_page_of_its_refusals(
 
 def test_the_admin_sees_the_same(console_world: Any, refusals: Refusals) -> None:
     """The admin's console shows the same counts."""
-    with contextlib.closing(console_world.client("admin")) as admin:
+    with console_world.client("admin") as admin:
         assert _footer(_get(admin, "/console/rejections").text) == dict(refusals.messages)
 
 
