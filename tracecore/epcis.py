@@ -32,7 +32,7 @@ evidence bundle; its ``eventID`` is the CBV 2.0 event hash of its content
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -47,6 +47,7 @@ __all__ = [
     "NAMESPACE",
     "PREFIX",
     "data_term",
+    "epcis_collection",
     "epcis_document",
 ]
 
@@ -258,22 +259,64 @@ def _safe(text: str) -> str:
     )
 
 
+def _story_events(story: Story) -> list[dict[str, Any]]:
+    """The EPCIS events of ``story``: its business events and its readings."""
+    return [_business_event(e) for e in story.events] + _reading_events(list(story.readings))
+
+
+def _in_order(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(events, key=lambda e: (e["eventTime"], e[f"{PREFIX}:logIndex"], e["eventID"]))
+
+
+def _document(created_ms: int, fields: Mapping[str, Any], events: list[Any]) -> dict[str, Any]:
+    return {
+        "@context": [EPCIS_CONTEXT, dict(AGRITRACE_CONTEXT)],
+        "type": "EPCISDocument",
+        "schemaVersion": "2.0",
+        "creationDate": _time(created_ms),
+        **fields,
+        "epcisBody": {"eventList": events},
+    }
+
+
 def epcis_document(story: Story, *, created_ms: int, verdict: str, log_size: int) -> dict[str, Any]:
     """Return the EPCIS 2.0 document of ``story`` (events and readings in time order).
 
     ``created_ms`` is the document's creationDate; ``verdict`` and ``log_size`` (the checkpoint
     the story was verified against) are recorded as agritrace extension fields.
     """
-    events = [_business_event(e) for e in story.events]
-    events += _reading_events(list(story.readings))
-    events.sort(key=lambda e: (e["eventTime"], e["agritrace:logIndex"]))
-    return {
-        "@context": [EPCIS_CONTEXT, dict(AGRITRACE_CONTEXT)],
-        "type": "EPCISDocument",
-        "schemaVersion": "2.0",
-        "creationDate": _time(created_ms),
-        "agritrace:product": story.product,
-        "agritrace:verdict": verdict,
-        "agritrace:logSize": log_size,
-        "epcisBody": {"eventList": events},
+    fields = {
+        f"{PREFIX}:product": story.product,
+        f"{PREFIX}:verdict": verdict,
+        f"{PREFIX}:logSize": log_size,
     }
+    return _document(created_ms, fields, _in_order(_story_events(story)))
+
+
+def epcis_collection(
+    products: Sequence[tuple[str, str]],
+    stories: Iterable[Story],
+    *,
+    created_ms: int,
+    log_size: int,
+) -> dict[str, Any]:
+    """Return one EPCIS 2.0 document of several products' ``stories``, each event once.
+
+    Products that share events (cases packed from one lot carry the lot's story) would repeat
+    them; an event is kept once by its ``eventID``, the hash of its content, so only the same
+    event is merged. ``products`` lists every product the document answers for with its
+    verdict (``agritrace:products``, including products without a story); ``log_size`` is
+    the checkpoint the stories were verified against.
+    """
+    events: dict[str, dict[str, Any]] = {}
+    for story in stories:
+        for event in _story_events(story):
+            events.setdefault(event["eventID"], event)
+    fields = {
+        f"{PREFIX}:products": [
+            {f"{PREFIX}:product": product, f"{PREFIX}:verdict": verdict}
+            for product, verdict in products
+        ],
+        f"{PREFIX}:logSize": log_size,
+    }
+    return _document(created_ms, fields, _in_order(events.values()))

@@ -27,7 +27,7 @@ from trace_kit import (
     make_world,
 )
 
-from traceapi.routes.inspect import _spreadsheet_text
+from traceapi.exports import spreadsheet_text
 from tracecore.identifiers import ProductKey
 from tracecore.message import Event, Reading, Sensor
 
@@ -288,5 +288,5 @@ def test_kde_csv_cells_are_never_live_formulas(world: World) -> None:
 )
 def test_spreadsheet_text_quotes_formula_starts_only(value: str, cell: str) -> None:
     """Each OWASP formula start (and ') gets one quote; the value is the cell minus that quote."""
-    assert _spreadsheet_text(value) == cell
+    assert spreadsheet_text(value) == cell
     assert (cell[1:] if cell.startswith("'") else cell) == value

@@ -25,7 +25,14 @@ from tracecore.storage.models import REGISTRY_WHERE, Checkpoint
 from tracecore.storage.rawsql import Row, fetch_all, fetch_one, marks
 from tracecore.storage.tree import consistency_proof, inclusion_proof
 
-__all__ = ["MAX_LINEAGE", "build_bundle", "bundle_at", "descendants", "lineage"]
+__all__ = [
+    "MAX_LINEAGE",
+    "build_bundle",
+    "bundle_at",
+    "descendants",
+    "lineage",
+    "named_in_recalls",
+]
 
 #: The most products one bundle covers (the product and its ancestors).
 MAX_LINEAGE = 10_000
@@ -110,9 +117,26 @@ def descendants(session: Session, products: list[str]) -> list[str]:
     return _walk(session, list(products), _CHILDREN, "descendants")[len(products) :]
 
 
-def _names_any(entry: bytes, products: list[str]) -> bool:
-    recall = parse_any_entry(entry)
-    return isinstance(recall, Recall) and any(p.path in products for p in recall.products)
+def _recall_entries(session: Session, size: int) -> list[tuple[Row, Recall]]:
+    """The recall entries among the first ``size`` log entries, each with its parsed entry."""
+    found = []
+    for row in _rows(session, _RECALLS_WHERE, ["recall", size]):
+        recall = parse_any_entry(bytes(row[2]))
+        if isinstance(recall, Recall):
+            found.append((row, recall))
+    return found
+
+
+def named_in_recalls(session: Session, size: int) -> frozenset[str]:
+    """The products the recall entries among the first ``size`` log entries name.
+
+    With every product made from them (:func:`descendants`' lineage table), they are the
+    products whose scan verdict is ``recalled`` as of a checkpoint of ``size``: the bundle of a
+    product carries exactly the recalls that name it or an ancestor (:func:`bundle_at`), and
+    the verdict is ``recalled`` when one does (:func:`tracecore.verdict.decide`).
+    """
+    entries = _recall_entries(session, size)
+    return frozenset(p.path for _, recall in entries for p in recall.products)
 
 
 def build_bundle(session: Session, product: ProductKey, previous: int | None = None) -> Bundle:
@@ -164,10 +188,11 @@ def bundle_at(
         if devices
         else []
     )
+    named = set(products)
     recalls = [
         row
-        for row in _rows(session, _RECALLS_WHERE, ["recall", size])
-        if _names_any(bytes(row[2]), products)
+        for row, recall in _recall_entries(session, size)
+        if any(p.path in named for p in recall.products)
     ]
     rows = sorted([*messages, *registry, *recalls], key=lambda row: int(row[0]))
     proofs = {
