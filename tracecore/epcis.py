@@ -308,10 +308,30 @@ def epcis_collection(
     verdict (``agritrace:products``, including products without a story); ``log_size`` is
     the checkpoint the stories were verified against.
     """
-    events: dict[str, dict[str, Any]] = {}
+    # Each distinct event is mapped (and hashed) once: stories repeat their ancestors' events.
+    business: dict[int, list[StoryEvent]] = {}
+    readings: dict[int, list[tuple[SensorPoint, ...]]] = {}
     for story in stories:
-        for event in _story_events(story):
-            events.setdefault(event["eventID"], event)
+        for event in story.events:
+            same = business.setdefault(event.index, [])
+            if event not in same:
+                same.append(event)
+        grouped: dict[int, list[SensorPoint]] = {}
+        for point in story.readings:
+            grouped.setdefault(point.index, []).append(point)
+        for index, points in grouped.items():
+            same_reading = readings.setdefault(index, [])
+            if tuple(points) not in same_reading:
+                same_reading.append(tuple(points))
+    events: dict[str, dict[str, Any]] = {}
+    for candidates in business.values():
+        for event in candidates:
+            body = _business_event(event)
+            events.setdefault(body["eventID"], body)
+    for groups in readings.values():
+        for group in groups:
+            for body in _reading_events(list(group)):
+                events.setdefault(body["eventID"], body)
     fields = {
         f"{PREFIX}:products": [
             {f"{PREFIX}:product": product, f"{PREFIX}:verdict": verdict}

@@ -37,7 +37,7 @@ from tracecore.storage.search import (
     PartyQuery,
     ProductQuery,
     count_products,
-    product_keys,
+    matching_products,
     search_parties,
     search_products,
 )
@@ -198,10 +198,9 @@ def test_sorts_both_ways_and_pages_without_overlap(world: World) -> None:
                 break
     assert seen == _keys(engine, ProductQuery(sort="owner", limit=1000))
     with session_scope(engine) as session:
-        assert (
-            product_keys(session, ProductQuery(sort="key"), 3)
-            == sorted(p.key for p in products)[:3]
-        )
+        first = matching_products(session, ProductQuery(sort="key", descending=True), 3)
+    by_key = sorted(products, key=lambda p: p.key, reverse=True)
+    assert first == [(p.key, p.owner_party_id) for p in by_key[:3]]
 
 
 def test_rows_carry_names_holders_and_failures(world: World) -> None:

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from traceapi.console import rejections
 from traceapi.console.access import router as access_router
 from traceapi.console.routes import router, sign_in_required
+from traceapi.console.search import router as search_router
 from traceapi.console.session import SignInRequired
 
 __all__ = ["install"]
@@ -20,3 +21,4 @@ def install(app: FastAPI) -> None:
     app.include_router(router)
     app.include_router(access_router)
     app.include_router(rejections.router)
+    app.include_router(search_router)

@@ -3,7 +3,7 @@
 :func:`search_products` answers one page of a :class:`ProductQuery` (filters, sort, page) with
 what a result table shows of each product: owner and holder with their names, whether a scan
 calls it recalled, and how many of its stored contract results failed. :func:`count_products`
-and :func:`product_keys` answer the same filters for totals and exports;
+and :func:`matching_products` answer the same filters for totals and exports;
 :func:`search_parties` finds parties by a part of their name or id.
 
 Each query is one SQLAlchemy statement, the same on SQLite and PostgreSQL; text sorts compare
@@ -44,7 +44,7 @@ __all__ = [
     "SearchPage",
     "SearchRow",
     "count_products",
-    "product_keys",
+    "matching_products",
     "search_parties",
     "search_products",
 ]
@@ -303,16 +303,16 @@ def count_products(session: Session, query: ProductQuery) -> int:
     return int(session.execute(statement).scalar_one())
 
 
-def product_keys(session: Session, query: ProductQuery, limit: int) -> list[str]:
-    """The keys of the first ``limit`` products ``query``'s filters match, in its sort order
-    (its page aside): what an export of the search holds."""
+def matching_products(session: Session, query: ProductQuery, limit: int) -> list[tuple[str, str]]:
+    """The key and owner of the first ``limit`` products ``query``'s filters match, in its
+    sort order (its page aside): what an export of the search holds."""
     statement = (
-        select(col(Product.key))
+        select(col(Product.key), col(Product.owner_party_id))
         .where(*_conditions(query, _recalled_keys(session)))
         .order_by(*_order(session, query))
         .limit(limit)
     )
-    return [str(key) for key in session.scalars(statement)]
+    return [(str(key), str(owner)) for key, owner in session.execute(statement)]
 
 
 @dataclass(frozen=True, slots=True)
