@@ -7,7 +7,7 @@ from typing import Any, Final
 
 from playwright.sync_api import Page
 
-__all__ = ["AXE_TAGS", "CHROMIUM_ARGS", "axe_violations"]
+__all__ = ["AXE_TAGS", "CHROMIUM_ARGS", "axe_violations", "check_page"]
 
 # Chromium as root in a sandbox-less container, and without the background services that
 # call Google's hosts (refused on a closed network, noisily).
@@ -35,3 +35,14 @@ def axe_violations(page: Page, axe_js: Path) -> list[str]:
         for v in results["violations"]
         if v["impact"] in ("serious", "critical")
     ]
+
+
+def check_page(page: Page, axe_js: Path, screenshot: Path) -> None:
+    """Save a full-page screenshot of ``page`` at ``screenshot``, then assert that the page fits
+    its viewport's width (no sideways scrolling) and passes axe."""
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshot), full_page=True)
+    width = page.viewport_size["width"] if page.viewport_size else 0
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, screenshot.name
+    problems = axe_violations(page, axe_js)
+    assert not problems, f"{screenshot.name}:\n" + "\n".join(problems)

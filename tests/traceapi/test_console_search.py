@@ -10,9 +10,12 @@ import contextlib
 import csv
 import html
 import io
+import json
 import re
+import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -187,10 +190,30 @@ def test_recalled_is_what_the_scan_says(site: Any, inspector: httpx.Client) -> N
     assert not expected & set(_everything(inspector, recalled="no"))
     page = inspector.get("/console/products", params={"lang": "en", "owner": ABATTOIR})
     rows = page.text.split("<tr>")[2:]
-    badges = {_KEY.search(row).group(1) for row in rows if 'class="badge recalled"' in row}  # type: ignore[union-attr]
+    badges = {_KEY.search(row).group(1) for row in rows if 'class="badge recalled"' in row}
     assert badges == expected & set(_keys(page))
     api = world.client.get("/v1/products?recalled=true&limit=1000", headers=world.auth("inspector"))
     assert {row["key"] for row in api.json()} == expected
+
+
+def test_the_api_takes_the_new_filters_too(site: Any, inspector: httpx.Client) -> None:
+    """GET /v1/products?place=&recalled= answers as the console does; a NUL is refused."""
+    world = site.world
+    auth = world.auth("inspector")
+
+    def api(query: str) -> set[str]:
+        reply = world.client.get(f"/v1/products?limit=1000&{query}", headers=auth)
+        assert reply.status_code == 200, reply.text
+        return {row["key"] for row in reply.json()}
+
+    meat_case = api("place=%E9%B2%9C%E8%82%89%E5%86%B7%E6%9F%9C")  # 鲜肉冷柜
+    assert meat_case == {CUTS.path, RECALLED_CUTS.path}
+    assert api("place=MEAT%20display&recalled=false") == {CUTS.path}
+    assert api(f"party={BEEF_FARM}&step=shipping&place=wuwei") == set(
+        _everything(inspector, owner=BEEF_FARM, step="shipping", place="wuwei")
+    )
+    refused = world.client.get("/v1/products?place=a%00b", headers=auth)
+    assert refused.status_code == 422
 
 
 def test_sort_links_toggle_and_mark_the_sorted_column(site: Any, inspector: httpx.Client) -> None:
@@ -256,6 +279,7 @@ def test_pages_of_fifty_keep_the_filters(site: Any, inspector: httpx.Client) -> 
         ({"to": "27/11/2026"}, "to", "year-month-day"),
         ({"from": "2026-11-28", "to": "2026-11-27"}, "to", "from date is after the to date"),
         ({"place": "x" * 101}, "place", "at most 100 characters"),
+        ({"place": "cold\x00store"}, "place", "without control characters"),
         ({"contract": "no-such-check"}, "contract", "no such compliance check"),
         ({"result": "maybe"}, "result", "no such check result"),
         ({"recalled": "perhaps"}, "recalled", "no such recall choice"),
@@ -427,6 +451,7 @@ def test_parties_by_part_of_their_name_with_credit_scores(
     nobody = inspector.get("/console/parties", params={"lang": "en", "q": "nobody-at-all"})
     assert "No party has this text" in nobody.text
     assert inspector.get("/console/parties", params={"q": "x" * 101}).status_code == 422
+    assert inspector.get("/console/parties", params={"q": "a\x00"}).status_code == 422
     assert inspector.get("/console/parties", params={"page": "next"}).status_code == 422
 
 
@@ -439,3 +464,39 @@ def test_a_party_session_would_see_its_own_products_only() -> None:
     assert other.query is None
     assert other.errors["owner"][0] == "console.search.error.own"
     assert read_search({"owner": ABATTOIR}).query is not None
+
+
+def test_every_search_page_is_valid_html(
+    inspector: httpx.Client, vnu_jar: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Results, errors, no results and parties, in both languages: no vnu error or warning."""
+    pages = {
+        "results": ("/console/products", {"owner": ABATTOIR}),
+        "errors": ("/console/products", {"owner": "No!", "from": "2026-13-01", "page": "x"}),
+        "empty": ("/console/products", {"place": "Atlantis"}),
+        "parties": ("/console/parties", {"q": "兰州"}),
+        "parties-errors": ("/console/parties", {"page": "x"}),
+    }
+    files = []
+    for language in ("zh", "en"):
+        for name, (path, params) in pages.items():
+            page = inspector.get(path, params={"lang": language, **params})
+            assert page.headers["content-type"].startswith("text/html")
+            file = tmp_path / f"{name}-{language}.html"
+            file.write_bytes(page.content)
+            files.append(str(file))
+    java, jar = vnu_jar
+    checked = subprocess.run(  # noqa: S603 (a fixed program on files this test wrote)
+        [java, "-jar", str(jar), "--format", "json", "--stdout", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    messages = json.loads(checked.stdout)["messages"]
+    problems = [
+        f"{m.get('url', '').rsplit('/', 1)[-1]}:{m.get('lastLine')}: {m.get('message')}"
+        for m in messages
+        if m.get("type") in ("error", "non-document-error") or m.get("subType") == "warning"
+    ]
+    assert problems == []

@@ -178,9 +178,9 @@ def test_sorts_both_ways_and_pages_without_overlap(world: World) -> None:
         "created": lambda p: (p.created_ms, p.key),
     }
     for sort, order in expected.items():
-        ascending = _keys(engine, ProductQuery(sort=sort, limit=1000))  # type: ignore[arg-type]
+        ascending = _keys(engine, ProductQuery(sort=sort, limit=1000))
         assert ascending == [p.key for p in sorted(products, key=order)], sort
-        descending = _keys(engine, ProductQuery(sort=sort, descending=True, limit=1000))  # type: ignore[arg-type]
+        descending = _keys(engine, ProductQuery(sort=sort, descending=True, limit=1000))
         assert descending == [p.key for p in sorted(products, key=order, reverse=True)], sort
     held = _keys(engine, ProductQuery(sort="holder", limit=1000))
     holders = [(p.holder_party_id, p.key) for p in products if p.holder_party_id is not None]
@@ -233,7 +233,7 @@ def test_bad_queries_are_refused() -> None:
     """A query with an unknown step, sort or status, or a bad page, cannot be made."""
     for bad in ({"step": "flying"}, {"sort": "price"}, {"status": "maybe"}, {"limit": 0}):
         with pytest.raises(ValueError, match=r"."):
-            ProductQuery(**bad)  # type: ignore[arg-type]
+            ProductQuery(**bad)
     with pytest.raises(ValueError, match="offset"):
         PartyQuery(offset=-1)
 

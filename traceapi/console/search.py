@@ -21,6 +21,7 @@ refused the parties; today only inspectors and the admin sign in.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Final
 from urllib.parse import urlencode
@@ -38,6 +39,7 @@ from traceapi.console.search_form import (
     RECALL_CHOICES,
     Errors,
     SearchForm,
+    plain_text,
     read_page,
     read_search,
 )
@@ -65,7 +67,6 @@ from tracecore.storage.search import (
     CONTRACT_STATUSES,
     PRODUCT_SORTS,
     PartyQuery,
-    ProductQuery,
     count_products,
     matching_products,
     search_parties,
@@ -83,7 +84,6 @@ KDE_CAP: Final = 10_000
 EPCIS_CAP: Final = 2_000
 #: The window of the credit scores the parties page shows (as ``GET /v1/parties/{id}/credit``).
 CREDIT_DAYS: Final = 90
-_QUERY_MAX: Final = 100
 
 #: Why an export was not made: an i18n key and the values of its placeholders.
 Problem = tuple[str, dict[str, object]]
@@ -193,15 +193,6 @@ def products(
     return _products_page(request, user, page_language(request, lang), form)
 
 
-def _export_form(request: Request, user: ConsoleUser) -> SearchForm:
-    """The search an export is of: its filters, every product (up to the cap) in key order."""
-    form = read_search(request.query_params, own=_own(user))
-    if form.query is None:
-        return form
-    everything = dataclasses.replace(form.query, sort="key")
-    return dataclasses.replace(form, query=everything)
-
-
 def _file_name(request: Request, kind: str) -> str:
     """``products-20261127-1405-{kind}``: the time of the export, China Standard Time."""
     now: int = request.app.state.clock()
@@ -231,12 +222,32 @@ def _over_cap(lang: Lang, kind: str, cap: int) -> Problem:
     }
 
 
-def _found(request: Request, query: ProductQuery, cap: int) -> list[tuple[str, str]] | None:
-    """The (key, owner) of every product ``query`` finds; None for more than ``cap``."""
+@dataclass(frozen=True, slots=True)
+class _Export:
+    """What an export is of: the search, the page's language, every product found (key,
+    owner)."""
+
+    form: SearchForm
+    lang: Lang
+    found: list[tuple[str, str]]
+
+
+def _export_of(
+    request: Request, user: ConsoleUser, lang: str | None, kind: str, cap: int
+) -> _Export | HTMLResponse:
+    """The products an export of ``kind`` holds, or the search page saying why there is no
+    export: its errors (422), or more than ``cap`` products (413)."""
+    language = page_language(request, lang)
+    form = read_search(request.query_params, own=_own(user))
+    if form.query is None:
+        return _products_page(request, user, language, form)
+    everything = dataclasses.replace(form.query, sort="key")
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
-        found = matching_products(session, query, cap + 1)
-    return None if len(found) > cap else found
+        found = matching_products(session, everything, cap + 1)
+    if len(found) > cap:
+        return _too_many(request, user, language, form, _over_cap(language, kind, cap))
+    return _Export(form, language, found)
 
 
 @router.get("/export/kde.csv", response_class=Response)
@@ -246,14 +257,10 @@ def export_kde(
     lang: LangQuery = None,
 ) -> Response:
     """The key data elements of every product a search finds, as a CSV spreadsheet."""
-    language = page_language(request, lang)
-    form = _export_form(request, user)
-    if form.query is None:
-        return _products_page(request, user, language, form)
-    found = _found(request, form.query, KDE_CAP)
-    if found is None:
-        return _too_many(request, user, language, form, _over_cap(language, "kde", KDE_CAP))
-    wanted = {key for key, _ in found}
+    export = _export_of(request, user, lang, "kde", KDE_CAP)
+    if not isinstance(export, _Export):
+        return export
+    wanted = {key for key, _ in export.found}
     signers: set[str] = set()
 
     def keep(by: str, _to: str, product: ProductKey) -> bool:
@@ -269,8 +276,8 @@ def export_kde(
             body = kde_csv(kde_rows(session, kde_entries_of(sorted(wanted)), keep))
         except ExportTooLarge:
             rows: Problem = ("console.search.export.rows", {"rows": MAX_EXPORT_ROWS})
-            return _too_many(request, user, language, form, rows)
-    note_parties(request, *(owner for _, owner in found), *signers)
+            return _too_many(request, user, export.lang, export.form, rows)
+    note_parties(request, *(owner for _, owner in export.found), *signers)
     return attachment(
         body, "text/csv; charset=utf-8", _file_name(request, "kde.csv"), headers=HEADERS
     )
@@ -283,18 +290,13 @@ def export_epcis(
     lang: LangQuery = None,
 ) -> Response:
     """Every product a search finds, with its verified story, as one EPCIS 2.0 document."""
-    language = page_language(request, lang)
-    form = _export_form(request, user)
-    if form.query is None:
-        return _products_page(request, user, language, form)
-    found = _found(request, form.query, EPCIS_CAP)
-    if found is None:
-        problem = _over_cap(language, "epcis", EPCIS_CAP)
-        return _too_many(request, user, language, form, problem)
+    export = _export_of(request, user, lang, "epcis", EPCIS_CAP)
+    if not isinstance(export, _Export):
+        return export
     policy = scan_policy(request)
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
-        exported = [export_story(session, ProductKey.parse(key), policy) for key, _ in found]
+        exported = [export_story(session, ProductKey.parse(k), policy) for k, _ in export.found]
     stories = [e for e in exported if e is not None]
     document = epcis_collection(
         [(e.product, e.verdict) for e in stories],
@@ -302,7 +304,7 @@ def export_epcis(
         created_ms=request.app.state.clock(),
         log_size=max((e.log_size or 0 for e in stories), default=0),
     )
-    shown = {owner for _, owner in found}
+    shown = {owner for _, owner in export.found}
     for e in stories:
         if e.story is not None:
             shown.update(e.story.devices.values())  # the parties whose devices signed
@@ -338,7 +340,7 @@ def parties(
     refused = _own(user) is not None  # a party sees no other party's score
     if refused:
         errors["q"] = ("console.parties.error.refused", {})
-    elif len(typed) > _QUERY_MAX:
+    elif not plain_text(typed):
         errors["q"] = ("console.parties.error.q", {})
     if number is None:
         errors["page"] = ("console.search.error.page", {"max": MAX_PAGE})

@@ -36,6 +36,7 @@ __all__ = [
     "RECALL_CHOICES",
     "Errors",
     "SearchForm",
+    "plain_text",
     "read_page",
     "read_search",
 ]
@@ -48,9 +49,10 @@ MAX_PAGE: Final = 1_000_000
 FILTERS: Final = ("owner", "step", "place", "from", "to", "contract", "result", "recalled")
 #: The recall field's choices: any, only recalled products, only the others.
 RECALL_CHOICES: Final = ("yes", "no")
-_PLACE_MAX: Final = 100
+_TEXT_MAX: Final = 100
 _DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _PAGE: Final = re.compile(r"[0-9]{1,7}")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _DAY_MS: Final = 86_400_000
 
 #: What is wrong with the fields: field -> (i18n key, values of its placeholders).
@@ -115,6 +117,12 @@ def _owner(text: str, own: str | None, errors: Errors) -> str | None:
     return owner
 
 
+def plain_text(text: str, longest: int = _TEXT_MAX) -> bool:
+    """True for search text a database takes: at most ``longest`` characters, none of them
+    control characters (PostgreSQL refuses NUL in text)."""
+    return len(text) <= longest and not _CONTROL.search(text)
+
+
 def read_page(params: Mapping[str, str]) -> int | None:
     """The ``page`` of a result list (1 when not given; None when not 1 to :data:`MAX_PAGE`)."""
     text = params.get("page", "1").strip()
@@ -147,7 +155,7 @@ def _choices(values: Mapping[str, str], errors: Errors) -> None:
     for name, choices in allowed.items():
         if values[name] and values[name] not in choices:
             errors[name] = (f"console.search.error.{name}", {})
-    if len(values["place"]) > _PLACE_MAX:
+    if not plain_text(values["place"]):
         errors["place"] = ("console.search.error.place", {})
 
 
@@ -171,6 +179,9 @@ def read_search(params: Mapping[str, str], *, own: str | None = None) -> SearchF
     errors: Errors = {}
     owner = _owner(values["owner"], own, errors)
     start, end = _dates(values, errors)
+    for name in ("from", "to"):
+        if errors.get(name, ("",))[0] == "console.search.error.date":
+            values[name] = ""  # a date field cannot show it (a browser never sends one)
     _choices(values, errors)
     sort, descending = _sort(params, errors)
     page = read_page(params)

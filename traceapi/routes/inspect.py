@@ -117,8 +117,9 @@ def search_products(
         Query(
             min_length=1,
             max_length=100,
+            pattern=r"^[^\x00-\x1f\x7f]+$",
             description="has a record signed at a place (of the device or its party) "
-            "containing this text; with step=, the same record",
+            "containing this text, case-insensitive; with step=, the same record",
         ),
     ] = None,
     contract: Annotated[
