@@ -155,6 +155,7 @@ def search_products(
     engine: Engine = request.app.state.engine
     with session_scope(engine) as session:
         found = find_products(session, query)
+    note_parties(request, *(p.owner for p in found.rows), *(p.holder for p in found.rows))
     return [
         ProductRow(key=p.key, owner=p.owner, created_ms=p.created_ms, holder=p.holder)
         for p in found.rows
@@ -252,13 +253,21 @@ def export_kde(
     # By the party, or shipped to it (the destination is only in the message).
     with session_scope(engine) as session:
         try:
-            body = kde_csv(
-                kde_rows(session, entries, lambda by, to, _key: party is None or party in (by, to))
-            )
+            shown: set[str] = set()
+
+            def keep(by: str, to: str, _key: object) -> bool:
+                """The rows of ``party`` (all without one); the parties in them are shown."""
+                if party is not None and party not in (by, to):
+                    return False
+                shown.update(p for p in (by, to) if p)
+                return True
+
+            body = kde_csv(kde_rows(session, entries, keep))
         except ExportTooLarge as exc:
             raise HTTPException(
                 status.HTTP_413_CONTENT_TOO_LARGE, f"{exc}: narrow the time range"
             ) from exc
+    note_parties(request, *shown)
     return attachment(body, "text/csv; charset=utf-8", f"kde-{party or 'all'}.csv")
 
 
