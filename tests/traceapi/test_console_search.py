@@ -6,7 +6,6 @@ the public scan, never from the search itself.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import html
 import io
@@ -76,7 +75,7 @@ def site(console_world: Any) -> Any:
 @pytest.fixture
 def inspector(site: Any) -> Iterator[httpx.Client]:
     """A console client signed in as the world's inspector."""
-    with contextlib.closing(site.client("inspector")) as client:
+    with site.client("inspector") as client:
         yield client
 
 
