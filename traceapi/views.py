@@ -36,6 +36,7 @@ __all__ = [
     "SeriesOut",
     "build_view",
     "party_credit",
+    "scan_verdict",
     "unknown_view",
 ]
 
@@ -240,6 +241,23 @@ def unknown_view(detail: str) -> ScanOut:
     return ScanOut(verdict="unknown", detail=detail)
 
 
+def scan_verdict(
+    assessment: ProductAssessment, scans: ScanStats | None, threshold: int
+) -> Verdict | None:
+    """The verdict a scan answers for ``assessment`` (None while it waits for a checkpoint).
+
+    ``scans`` are the product's scan statistics (a serialized code's; None for a lot) and
+    ``threshold`` the most distinct clients a genuine label has (``AGRITRACE_COPY_THRESHOLD``).
+    The public scan answer and the console's dossiers both decide here.
+    """
+    if assessment.pending is not None:
+        return None
+    if assessment.inspection is None or assessment.story is None:
+        return Verdict.INTEGRITY_FAILURE
+    suspect = scans is not None and scans.clients > threshold
+    return decide(assessment.checks, assessment.story, suspect_copy=suspect)
+
+
 def build_view(
     assessment: ProductAssessment,
     *,
@@ -254,7 +272,7 @@ def build_view(
     """Build the scan answer; ``step_label(step, data)`` names an event in the page's language."""
     key = assessment.product
     story = assessment.story
-    suspect = scans is not None and scans.clients > threshold
+    verdict = scan_verdict(assessment, scans, threshold)
     scans_out = (
         None
         if scans is None
@@ -276,7 +294,7 @@ def build_view(
         owner=None if story is None or story.owner is None else _party(story.owner, names),
         created_ms=None if story is None else story.created,
     )
-    if assessment.pending is not None:
+    if verdict is None:
         return ScanOut(
             verdict="unknown",
             detail=assessment.pending,
@@ -293,7 +311,6 @@ def build_view(
             checks=checks,
             scans=scans_out,
         )
-    verdict = decide(assessment.checks, story, suspect_copy=suspect)
     checkpoint = assessment.inspection.checkpoint
     return ScanOut(
         verdict=verdict.value,

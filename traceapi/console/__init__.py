@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from traceapi.console import rejections
 from traceapi.console.access import router as access_router
+from traceapi.console.dossier import router as dossier_router
 from traceapi.console.routes import router, sign_in_required
 from traceapi.console.search import router as search_router
 from traceapi.console.session import SignInRequired
@@ -22,3 +23,4 @@ def install(app: FastAPI) -> None:
     app.include_router(access_router)
     app.include_router(rejections.router)
     app.include_router(search_router)
+    app.include_router(dossier_router)

@@ -32,6 +32,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from markupsafe import Markup
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from traceapi.chart import COLOURS, ChartText, hourly_table, temperature_svg
 from traceapi.i18n import Lang, choose_language, text
@@ -47,8 +48,9 @@ from traceapi.summary import (
     story_parties,
     summarise,
 )
-from traceapi.views import ScanOut, build_view, party_credit, unknown_view
+from traceapi.views import CreditOut, ScanOut, build_view, party_credit, unknown_view
 from traceapi.vocabulary import event_name, pick
+from tracecore.bundle import Policy
 from tracecore.errors import IdentifierError
 from tracecore.identifiers import ProductKey
 from tracecore.settings import Settings
@@ -56,6 +58,8 @@ from tracecore.storage.engine import session_scope, statistics_scope
 from tracecore.storage.items import Match, find_product
 from tracecore.storage.trace import (
     PartyInfo,
+    ProductAssessment,
+    ScanStats,
     assess_product,
     children_of,
     client_hash,
@@ -66,7 +70,15 @@ from tracecore.storage.trace import (
 )
 from tracecore.verdict import MAX_CHART_POINTS, Story
 
-__all__ = ["router", "wants_json"]
+__all__ = [
+    "Evidence",
+    "Page",
+    "product_view",
+    "read_evidence",
+    "router",
+    "story_context",
+    "wants_json",
+]
 
 router = APIRouter(tags=["trace"])
 
@@ -157,19 +169,15 @@ def scan(
     with session_scope(engine) as session:
         found = find_product(session, key)
         product = found.product
-        assessment = None if product is None else assess_product(session, product, policy)
-        if product is None or assessment is None:
+        # Device places name chart series on the page only: a JSON scan does not read them.
+        evidence = (
+            None
+            if product is None
+            else read_evidence(session, product, policy, now, places=not as_json)
+        )
+        if product is None or evidence is None:
             view = unknown_view(found.detail or f"{key.path} is not registered")
             return _answer(view, 404, as_json, language, request, match=found.match)
-        story = assessment.story
-        profiles = party_profiles(session, set() if story is None else story_parties(story))
-        # Device places name chart series on the page only: a JSON scan does not read them.
-        places = {} if as_json or story is None else device_places(session, set(story.devices))
-        children = children_of(session, product.path)
-        credit = None
-        producer = None if story is None else origin_party(story)
-        if producer is not None and assessment.ok:
-            credit = party_credit(session, producer, now, CREDIT_DAYS)
     stats = None
     if product.serial is not None:
         # A transaction of its own, as short as can be, whose commit does not wait for the
@@ -182,21 +190,69 @@ def scan(
             record_scan(session, product.path, client, (place or "").strip() or None, now)
             window_ms = int(settings.copy_window_hours * _HOUR_MS)
             stats = scan_stats(session, product.path, now - window_ms)
+    view = product_view(evidence, settings, stats, language)
+    if found.match is Match.ITEM:
+        view.scanned = key.path
+    page = evidence.page(found.unconfirmed_lot)
+    return _answer(view, 200, as_json, language, request, page=page, feedback=feedback)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a scan reads about a registered product besides its scans: the product's checked
+    evidence, the registry's profiles and places, the products made from it, the producer's
+    credit."""
+
+    assessment: ProductAssessment
+    profiles: Mapping[str, PartyInfo]
+    places: Mapping[str, tuple[str | None, str | None]]
+    children: list[str]
+    credit: CreditOut | None
+
+    def page(self, unconfirmed_lot: str | None = None) -> Page:
+        """What the HTML page needs beyond the view."""
+        return Page(
+            self.assessment.story, self.profiles, self.places, self.children, unconfirmed_lot
+        )
+
+
+def read_evidence(
+    session: Session, product: ProductKey, policy: Policy, now_ms: int, *, places: bool
+) -> Evidence | None:
+    """Read and check ``product``'s evidence as a scan does (None for an unknown product).
+
+    ``places``: read the places of the devices too (pages name chart series after them).
+    """
+    assessment = assess_product(session, product, policy)
+    if assessment is None:
+        return None
+    story = assessment.story
+    profiles = party_profiles(session, set() if story is None else story_parties(story))
+    found = {} if not places or story is None else device_places(session, set(story.devices))
+    children = children_of(session, product.path)
+    credit = None
+    producer = None if story is None else origin_party(story)
+    if producer is not None and assessment.ok:
+        credit = party_credit(session, producer, now_ms, CREDIT_DAYS)
+    return Evidence(assessment, profiles, found, children, credit)
+
+
+def product_view(
+    evidence: Evidence, settings: Settings, stats: ScanStats | None, language: Lang
+) -> ScanOut:
+    """The scan answer for ``evidence`` with the product's scan statistics ``stats``."""
     view = build_view(
-        assessment,
+        evidence.assessment,
         public_url=settings.public_url,
-        names={party: info.name for party, info in profiles.items()},
-        children=children,
+        names={party: info.name for party, info in evidence.profiles.items()},
+        children=evidence.children,
         scans=stats,
         threshold=settings.copy_threshold,
         window_hours=settings.copy_window_hours,
         step_label=lambda step, data: event_name(language, step, data),
     )
-    view.producer_credit = credit
-    if found.match is Match.ITEM:
-        view.scanned = key.path
-    page = Page(story, profiles, places, children, found.unconfirmed_lot)
-    return _answer(view, 200, as_json, language, request, page=page, feedback=feedback)
+    view.producer_credit = evidence.credit
+    return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,13 +290,23 @@ def _answer(
         "match": None if match is None else match.value,
         "unconfirmed_lot": None if page is None else page.unconfirmed_lot,
     }
-    story = None if page is None else page.story
-    if (
-        page is not None
-        and story is not None
-        and view.verdict != "integrity_failure"
-        and not view.pending
-    ):
+    if page is not None:
+        context.update(story_context(view, page, language))
+    html = render(
+        "product.html" if view.product is not None else "unknown.html", lang=language, **context
+    )
+    return HTMLResponse(html, status_code=status_code, headers=headers)
+
+
+def story_context(view: ScanOut, page: Page, language: Lang) -> dict[str, object]:
+    """The page's summary, temperature chart and recallers' names, in ``language``.
+
+    No summary or chart for a product whose evidence failed a check or waits for a checkpoint:
+    their content would vouch for what is not verified.
+    """
+    context: dict[str, object] = {}
+    story = page.story
+    if story is not None and view.verdict != "integrity_failure" and not view.pending:
         summary = summarise(
             story,
             lang=language,
@@ -251,15 +317,11 @@ def _answer(
         )
         context["summary"] = summary
         context.update(_chart_context(story, summary, language))
-    if page is not None:
-        context["recall_parties"] = {
-            pid: info.name_en if language == "en" and info.name_en else pick(language, info.name)
-            for pid, info in page.profiles.items()
-        }
-    html = render(
-        "product.html" if view.product is not None else "unknown.html", lang=language, **context
-    )
-    return HTMLResponse(html, status_code=status_code, headers=headers)
+    context["recall_parties"] = {
+        pid: info.name_en if language == "en" and info.name_en else pick(language, info.name)
+        for pid, info in page.profiles.items()
+    }
+    return context
 
 
 def _chart_context(story: Story, summary: Summary, language: Lang) -> dict[str, object]:
