@@ -7,7 +7,9 @@ egg world's first lot, ``LOT``), and run after the tests that read what they cha
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -244,6 +246,43 @@ def test_depth_chooses_the_generations_drawn(inspector: httpx.Client) -> None:
     assert '<option value="6" selected>' in six.text
 
 
+def test_the_pages_are_valid_html(
+    vnu_jar: tuple[str, Path], inspector: httpx.Client, tmp_path: Path
+) -> None:
+    """Dossiers (verified, failed, recalled, with a graph), the recall form and a 404 page are
+    valid by the Nu Html Checker in both languages: no error, no warning."""
+    files = []
+    for lang in ("zh", "en"):
+        pages = {
+            **{
+                f"dossier-{k.path}": f"/console/products/{k.path}"
+                for k in (EGG_CASE, TAMPERED_CASE, RECALLED_CUTS, EGG_FLOCK)
+            },
+            "recall": f"/console/recall?product={EGG_LOT.path}",
+            "unknown": f"/console/products/01/{GTIN}/10/L999999",
+        }
+        for name, url in pages.items():
+            answer = inspector.get(url, params={"lang": lang})
+            path = tmp_path / f"{name.replace('/', '_')}-{lang}.html"
+            path.write_bytes(answer.content)
+            files.append(str(path))
+    java, jar = vnu_jar
+    checked = subprocess.run(  # noqa: S603 (a fixed program on files this test wrote)
+        [java, "-jar", str(jar), "--format", "json", "--stdout", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    messages = json.loads(checked.stdout)["messages"]
+    problems = [
+        f"{Path(m.get('url', '')).name}:{m.get('lastLine', '?')}: {m.get('message', '')}"
+        for m in messages
+        if m.get("type") in ("error", "non-document-error") or m.get("subType") == "warning"
+    ]
+    assert not problems, "\n".join(problems)
+
+
 def test_unknown_and_malformed_keys_are_404_pages(inspector: httpx.Client) -> None:
     """A key nobody registered, and a path that is no key, are console pages saying so."""
     for path in (f"01/{GTIN}/10/L999999", "01/12345/10/L1"):
@@ -451,6 +490,20 @@ def test_a_recall_without_a_reason_is_refused(console_world: Any, inspector: htt
     assert 'id="error"' in answer.text
     assert "Please give the reason for the recall" in answer.text
     assert 'aria-invalid="true"' in answer.text
+    assert _recalls(console_world) == before
+
+
+def test_the_api_refuses_a_reason_of_blanks_too(console_world: Any) -> None:
+    """POST /v1/recalls shares the rule: a reason of blanks is 422, nothing logged."""
+    before = _recalls(console_world)
+    answer = httpx.post(
+        f"{console_world.base}/v1/recalls",
+        json={"product": LOT.path, "reason": "   "},
+        headers=console_world.world.auth("inspector"),
+        timeout=30,
+    )
+    assert answer.status_code == 422, answer.text
+    assert "reason" in answer.json()["detail"]
     assert _recalls(console_world) == before
 
 
