@@ -331,6 +331,22 @@ def test_parties_shown_are_noted_for_the_access_trail(
     assert cuts.holder_party_id in noted[-1]
 
 
+def test_a_product_not_in_a_checkpoint_yet_is_pending(
+    console_world: Any, inspector: httpx.Client
+) -> None:
+    """Just commissioned, before the next checkpoint: being recorded, no history yet."""
+    fresh = ProductKey.from_parts(GTIN, lot="L26NEW")
+    console_world.world.send(
+        COLLECT, lambda seq, at: Event(COLLECT.name, seq, at, (fresh,), "commissioning")
+    )
+    page = _dossier(inspector, fresh)
+    assert page.status_code == 200
+    assert _verdict(page) == "pending"
+    assert "No record is in a signed checkpoint yet" in page.text
+    assert 'id="history-table"' not in page.text
+    assert _linked(_graph(page)) == {}
+
+
 @dataclass
 class _Party:
     """A console client of a party's token (the party console is not built yet: its session

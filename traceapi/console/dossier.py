@@ -110,8 +110,8 @@ class _Here:
     def render(
         self, template: str, status_code: int, context: Mapping[str, object]
     ) -> HTMLResponse:
-        """A console page of the products section."""
-        context = {"path": self.request.url.path, "section": "products", **context}
+        """A console page of the products section (its own path as sent, escapes intact)."""
+        context = {"path": raw_path(self.request), "section": "products", **context}
         return page(template, self.lang, status_code, user=self.user, **context)
 
     def message(self, status_code: int, title: str, detail: str) -> HTMLResponse:
