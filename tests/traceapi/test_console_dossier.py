@@ -13,7 +13,6 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
@@ -117,8 +116,7 @@ def _row(page: str, index: int) -> str:
 @pytest.fixture(scope="module")
 def inspector(console_world: Any) -> Iterator[httpx.Client]:
     """The inspection agency's console client, for the module."""
-    # closing(), not the client's own with block: httpx refuses to enter a client once used.
-    with closing(console_world.client("inspector")) as client:
+    with console_world.client("inspector") as client:
         yield client
 
 
