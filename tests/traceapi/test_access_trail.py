@@ -216,8 +216,8 @@ def test_a_console_page_is_an_access(world: World, app_client: Any) -> None:
 def _trail_rows(html: str) -> list[tuple[str, str]]:
     """(who, action) of each row of the console's trail table."""
     return re.findall(
-        r'<td><span class="mono">([^<]+)</span><br><span class="muted small">[^<]*</span></td>\s*'
-        r'<td><span class="mono">([^<]+)</span>',
+        r'<td[^>]*><span class="mono">([^<]+)</span><br><span class="muted small">[^<]*</span></td>'
+        r'\s*<td[^>]*><span class="mono">([^<]+)</span>',
         html,
     )
 

@@ -1,10 +1,14 @@
 """The console: pages for inspectors and the admin, behind a server-side session.
 
 :func:`install` adds its routes and the answer to a request without a session (a redirect to
-the sign-in page) to an app.
+the sign-in page) to an app. Each section is a module with its own router: sign-in and home
+(``routes``), the access trail (``access``), rejections and gaps (``rejections``), search and
+exports (``search``), product dossiers and recalls (``dossier``).
 """
 
-from fastapi import FastAPI
+from typing import Final
+
+from fastapi import APIRouter, FastAPI
 
 from traceapi.console import rejections
 from traceapi.console.access import router as access_router
@@ -13,14 +17,21 @@ from traceapi.console.routes import router, sign_in_required
 from traceapi.console.search import router as search_router
 from traceapi.console.session import SignInRequired
 
-__all__ = ["install"]
+__all__ = ["ROUTERS", "install"]
+
+#: Every router of the console, in the order they are matched (search's ``/console/products``
+#: before the dossier's ``/console/products/{key}``).
+ROUTERS: Final[tuple[APIRouter, ...]] = (
+    router,
+    access_router,
+    rejections.router,
+    search_router,
+    dossier_router,
+)
 
 
 def install(app: FastAPI) -> None:
     """Serve the console on ``app`` under ``/console/``."""
     app.add_exception_handler(SignInRequired, sign_in_required)
-    app.include_router(router)
-    app.include_router(access_router)
-    app.include_router(rejections.router)
-    app.include_router(search_router)
-    app.include_router(dossier_router)
+    for console_router in ROUTERS:
+        app.include_router(console_router)

@@ -123,7 +123,7 @@ def sign_in_form(
     except SignInRequired:
         pass
     else:
-        return RedirectResponse(_safe_next(next), status.HTTP_303_SEE_OTHER)
+        return RedirectResponse(_safe_next(next), status.HTTP_303_SEE_OTHER, headers=dict(HEADERS))
     notice = None
     if ended in (*SESSION_ENDINGS, "required"):
         notice = text(language, f"console.ended.{ended}")
