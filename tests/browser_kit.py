@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Final
 
 from playwright.sync_api import Page
 
-__all__ = ["AXE_TAGS", "CHROMIUM_ARGS", "axe_violations", "check_page"]
+__all__ = ["ARTIFACTS", "AXE_TAGS", "CHROMIUM_ARGS", "axe_violations", "check_page", "shot"]
 
 # Chromium as root in a sandbox-less container, and without the background services that
 # call Google's hosts (refused on a closed network, noisily).
@@ -20,6 +21,8 @@ CHROMIUM_ARGS: Final = [
     "--disable-component-update",
     "--disable-sync",
 ]
+#: Where browser tests save their screenshots (CI keeps them).
+ARTIFACTS: Final = Path(os.environ.get("AGRITRACE_ARTIFACTS", "build/test-artifacts"))
 #: axe-core's rule tags of WCAG 2.1 levels A and AA.
 AXE_TAGS: Final = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 _AXE_RUN: Final = """(tags) => axe.run(document, {runOnly: {type: 'tag', values: tags}})"""
@@ -46,3 +49,8 @@ def check_page(page: Page, axe_js: Path, screenshot: Path) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= width, screenshot.name
     problems = axe_violations(page, axe_js)
     assert not problems, f"{screenshot.name}:\n" + "\n".join(problems)
+
+
+def shot(page: Page, axe_js: Path, name: str) -> None:
+    """:func:`check_page` with the screenshot saved as ``ARTIFACTS/{name}.png``."""
+    check_page(page, axe_js, ARTIFACTS / f"{name}.png")

@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from browser_kit import CHROMIUM_ARGS
 from fastapi import FastAPI
+from playwright.sync_api import Browser, sync_playwright
 from pydantic import SecretStr
 from sqlalchemy import Engine
 from trace_kit import (
@@ -264,3 +266,12 @@ def console_world(
         with _serve(app) as base:
             yield ConsoleWorld(base, world, engine)
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Browser]:
+    """One headless Chromium for a module of browser tests."""
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

@@ -7,38 +7,16 @@ in with the keyboard only, sees who is signed in, signs out. Screenshots go to
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_kit import CHROMIUM_ARGS, axe_violations
-from playwright.sync_api import Browser, Page, sync_playwright
+from browser_kit import shot
+from playwright.sync_api import Browser
 
 pytestmark = pytest.mark.slow
 
-ARTIFACTS = Path(os.environ.get("AGRITRACE_ARTIFACTS", "build/test-artifacts"))
 SCREENS = {"390": (390, 844), "1280": (1280, 800)}
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    """One headless Chromium for the module."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-def _check(page: Page, axe_js: Path, name: str) -> None:
-    """Screenshot the page, then assert it fits the width and passes axe."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    width = page.viewport_size["width"] if page.viewport_size else 0
-    assert page.evaluate("document.documentElement.scrollWidth") <= width, name
-    problems = axe_violations(page, axe_js)
-    assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
 SIGN_OUT = {"zh-CN": "退出登录", "en": "Sign out"}
@@ -57,12 +35,12 @@ def test_sign_in_and_out_with_the_keyboard(
     try:
         page.goto(f"{console_site.base}/console/")
         assert page.url.startswith(f"{console_site.base}/console/sign-in")
-        _check(page, axe_js, f"console-sign-in-{language}-{screen}")
+        shot(page, axe_js, f"console-sign-in-{language}-{screen}")
         page.fill("#token", "at_this-is-not-a-token")
         with page.expect_navigation():
             page.keyboard.press("Enter")
         assert page.locator("#error").is_visible()
-        _check(page, axe_js, f"console-refused-{language}-{screen}")
+        shot(page, axe_js, f"console-refused-{language}-{screen}")
         # Keyboard only: the token field has the focus, Enter sends the form.
         page.locator("#token").focus()
         page.keyboard.type(console_site.inspector)
@@ -70,12 +48,12 @@ def test_sign_in_and_out_with_the_keyboard(
             page.keyboard.press("Enter")
         assert page.url == f"{console_site.base}/console/"
         assert "gansu-amr" in page.inner_text("#who")
-        _check(page, axe_js, f"console-home-{language}-{screen}")
+        shot(page, axe_js, f"console-home-{language}-{screen}")
         with page.expect_navigation():
             page.get_by_role("button", name=words).click()
         assert "/console/sign-in" in page.url
         assert page.locator("[role=status]").is_visible()
-        _check(page, axe_js, f"console-signed-out-{language}-{screen}")
+        shot(page, axe_js, f"console-signed-out-{language}-{screen}")
         page.goto(f"{console_site.base}/console/")
         assert "/console/sign-in" in page.url, "signed out means signed out"
     finally:

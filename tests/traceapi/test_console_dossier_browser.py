@@ -10,41 +10,24 @@ to the lineage graph).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_kit import CHROMIUM_ARGS, axe_violations
-from playwright.sync_api import Browser, Page, sync_playwright
+from browser_kit import ARTIFACTS, shot
+from playwright.sync_api import Browser, Page
 from trace_kit import EGG_CASE, EGG_FLOCK, EGG_LOT, RECALLED_CUTS, TAMPERED_CASE
 
 pytestmark = pytest.mark.slow
 
-ARTIFACTS = Path(os.environ.get("AGRITRACE_ARTIFACTS", "build/test-artifacts"))
 SCREENS = {"390": (390, 844), "1280": (1280, 800)}
 LANGUAGES = {"zh-CN": "zh", "en": "en"}
 
 
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    """One headless Chromium for the module."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
 def _check(page: Page, axe_js: Path, name: str) -> None:
-    """Screenshot the page (whole and first screen), then assert it fits and passes axe."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    """:func:`shot`, and what the screen shows first as ``{name}-view.png``."""
+    shot(page, axe_js, name)
     page.screenshot(path=str(ARTIFACTS / f"{name}-view.png"))
-    width = page.viewport_size["width"] if page.viewport_size else 0
-    assert page.evaluate("document.documentElement.scrollWidth") <= width, name
-    problems = axe_violations(page, axe_js)
-    assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
 def _sign_in(page: Page, base: str, token: str) -> None:

@@ -8,19 +8,16 @@ opens it, downloads its raw bytes, and goes on to the device that sent it. Scree
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_kit import CHROMIUM_ARGS, axe_violations
-from playwright.sync_api import Browser, Page, sync_playwright
+from browser_kit import shot
+from playwright.sync_api import Browser, Page
 from rejection_kit import Refusals, add_refusals
 
 pytestmark = pytest.mark.slow
 
-ARTIFACTS = Path(os.environ.get("AGRITRACE_ARTIFACTS", "build/test-artifacts"))
 SCREENS = {"390": (390, 844), "1280": (1280, 800)}
 LANGUAGES = {"zh-CN": "zh", "en": "en"}
 #: How many Tab presses may lie between the top of a page and the link sought.
@@ -31,25 +28,6 @@ MAX_TABS = 300
 def refusals(console_world: Any) -> Refusals:
     """The refused messages of rejection_kit, added once for the module."""
     return add_refusals(console_world.world)
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    """One headless Chromium for the module."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-def _check(page: Page, axe_js: Path, name: str) -> None:
-    """Screenshot the page, then assert it fits the width and passes axe."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    width = page.viewport_size["width"] if page.viewport_size else 0
-    assert page.evaluate("document.documentElement.scrollWidth") <= width, name
-    problems = axe_violations(page, axe_js)
-    assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
 def _tab_to(page: Page, selector: str) -> None:
@@ -87,7 +65,7 @@ def test_from_the_overview_to_a_refusal_and_its_device_with_the_keyboard(
             page.keyboard.press("Enter")
         assert page.url == f"{base}/console/rejections"
         assert page.locator("#reason-table").is_visible()
-        _check(page, axe_js, f"console-rejections-overview-{lang}-{screen}")
+        shot(page, axe_js, f"console-rejections-overview-{lang}-{screen}")
 
         newest = refusals.ids["revoked_key"]
         _tab_to(page, "a.open")
@@ -96,7 +74,7 @@ def test_from_the_overview_to_a_refusal_and_its_device_with_the_keyboard(
             page.keyboard.press("Enter")
         assert page.url == f"{base}/console/rejections/{newest}?lang={lang}"
         assert page.locator("#refused-by").is_visible()
-        _check(page, axe_js, f"console-rejections-detail-{lang}-{screen}")
+        shot(page, axe_js, f"console-rejections-detail-{lang}-{screen}")
 
         _tab_to(page, "#download")
         with page.expect_download() as download:
@@ -110,10 +88,10 @@ def test_from_the_overview_to_a_refusal_and_its_device_with_the_keyboard(
             page.keyboard.press("Enter")
         assert "/console/rejections/devices/hens01-rogue" in page.url
         assert page.locator("#keys").is_visible()
-        _check(page, axe_js, f"console-rejections-device-{lang}-{screen}")
+        shot(page, axe_js, f"console-rejections-device-{lang}-{screen}")
 
         page.goto(f"{base}/console/rejections/{refusals.ids['malformed']}?lang={lang}")
         assert page.locator("pre.dump").first.is_visible()
-        _check(page, axe_js, f"console-rejections-malformed-{lang}-{screen}")
+        shot(page, axe_js, f"console-rejections-malformed-{lang}-{screen}")
     finally:
         context.close()

@@ -10,15 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from browser_kit import CHROMIUM_ARGS, check_page
-from playwright.sync_api import Browser, Page, sync_playwright
+from browser_kit import shot
+from playwright.sync_api import Browser, Page
 from trace_kit import ABATTOIR, COLLECT, EGG_LOT, FARM, GTIN
 
 from tracecore.identifiers import ProductKey
@@ -26,21 +24,11 @@ from tracecore.message import Event
 
 pytestmark = pytest.mark.slow
 
-ARTIFACTS = Path(os.environ.get("AGRITRACE_ARTIFACTS", "build/test-artifacts"))
 SCREENS = {"390": (390, 844), "1280": (1280, 800)}
 WORDS = {
     "zh-CN": {"key": "产品编码", "next": "下一页", "prev": "上一页"},
     "en": {"key": "Product code", "next": "Next page", "prev": "Previous page"},
 }
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    """One headless Chromium for the module."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +49,6 @@ def site(console_world: Any) -> Any:
     )
     world.checkpoint()
     return console_world
-
-
-def _check(page: Page, axe_js: Path, name: str) -> None:
-    check_page(page, axe_js, ARTIFACTS / f"{name}.png")
 
 
 def _sign_in(page: Page, base: str, token: str) -> None:
@@ -160,19 +144,19 @@ def test_search_sort_page_and_download_with_the_keyboard(
     page = context.new_page()
     try:
         _sign_in(page, site.base, site.world.tokens["inspector"])
-        _check(page, axe_js, f"console-search-form-{suffix}")
+        shot(page, axe_js, f"console-search-form-{suffix}")
         found = _search_by_keyboard(page)
-        _check(page, axe_js, f"console-search-{suffix}")
+        shot(page, axe_js, f"console-search-{suffix}")
         _sort_by_key(page, words["key"], found)
         _download_both(page, found)
         _next_page(page, site.base, words)
-        _check(page, axe_js, f"console-search-page-2-{suffix}")
+        shot(page, axe_js, f"console-search-page-2-{suffix}")
         page.goto(f"{site.base}/console/products?owner=No!&from=2026-11-28&to=2026-11-27")
         assert page.locator("#errors").is_visible()
         assert page.locator("#f-owner").get_attribute("aria-invalid") == "true"
-        _check(page, axe_js, f"console-search-errors-{suffix}")
+        shot(page, axe_js, f"console-search-errors-{suffix}")
         page.goto(f"{site.base}/console/parties?q=%E5%85%B0%E5%B7%9E")  # 兰州
         assert page.locator("#parties tbody tr").count() == 3
-        _check(page, axe_js, f"console-parties-{suffix}")
+        shot(page, axe_js, f"console-parties-{suffix}")
     finally:
         context.close()

@@ -13,14 +13,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_kit import CHROMIUM_ARGS, axe_violations
-from playwright.sync_api import Browser, Page, sync_playwright
+from browser_kit import shot
+from playwright.sync_api import Browser, Page
 from sqlmodel import col, select
 from trace_kit import EGG_CASE, EGG_FLOCK, EGG_LOT, FARM
 
@@ -29,28 +27,8 @@ from tracecore.storage import LogEntry, session_scope
 
 pytestmark = pytest.mark.slow
 
-ARTIFACTS = Path(os.environ.get("AGRITRACE_ARTIFACTS", "build/test-artifacts"))
 SCREENS = {"390": (390, 844), "1280": (1280, 800)}
 LANGUAGES = {"zh-CN": "zh", "en": "en"}
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    """One headless Chromium for the module."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-def _check(page: Page, axe_js: Path, name: str) -> None:
-    """Screenshot the page, then assert it fits the width and passes axe."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    width = page.viewport_size["width"] if page.viewport_size else 0
-    assert page.evaluate("document.documentElement.scrollWidth") <= width, name
-    problems = axe_violations(page, axe_js)
-    assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
 def _sign_in(page: Page, base: str, token: str) -> None:
@@ -140,7 +118,7 @@ def test_an_inspectors_visit_from_sign_in_to_sign_out(
             with page.expect_navigation():
                 page.locator(f'svg.lineage a.node[href^="/console/products/{key.path}?"]').click()
             assert page.url.startswith(f"{base}/console/products/{key.path}?")
-        _check(page, axe_js, "console-walk-flock-en-1280")
+        shot(page, axe_js, "console-walk-flock-en-1280")
 
         with page.expect_navigation():
             page.locator("#recall-button").click()
@@ -160,7 +138,7 @@ def test_an_inspectors_visit_from_sign_in_to_sign_out(
         trail = page.locator("table").inner_text()
         for seen in ("GET /console/products", "POST /console/recall", "GET /console/export"):
             assert seen in trail, seen
-        _check(page, axe_js, "console-walk-access-en-1280")
+        shot(page, axe_js, "console-walk-access-en-1280")
 
         page.get_by_role("button", name="Sign out").click()
         page.wait_for_url(f"{base}/console/sign-in*")
@@ -189,6 +167,6 @@ def test_the_access_trail_page_fits_and_passes_axe(
         page.goto(f"{console_world.base}/console/products/{EGG_LOT.path}")
         page.goto(f"{console_world.base}/console/access")
         assert page.locator("table tbody tr").count() >= 2
-        _check(page, axe_js, f"console-access-{LANGUAGES[language]}-{screen}")
+        shot(page, axe_js, f"console-access-{LANGUAGES[language]}-{screen}")
     finally:
         context.close()

@@ -12,20 +12,18 @@ named ``pages-{variant}-{language}-{width}.png`` (and the phone's first screen a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_kit import CHROMIUM_ARGS, axe_violations
-from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
+from browser_kit import ARTIFACTS, axe_violations
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page
 from trace_kit import PAGE_LANGUAGES, PAGE_VARIANTS
 
 pytestmark = pytest.mark.slow
 
-ARTIFACTS = Path(os.environ.get("AGRITRACE_ARTIFACTS", "build/test-artifacts"))
 PHONE = (390, 844)
 DESKTOP = (1280, 800)
 #: What a buyer sees on a phone before scrolling, by variant: the verdict banner first, then
@@ -71,15 +69,6 @@ class Visit:
     status: int
     content_type: str
     problems: list[str] = field(default_factory=list)
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    """One headless Chromium for the whole module."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
