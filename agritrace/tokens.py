@@ -36,7 +36,11 @@ def add_token_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     """Add ``agritrace token create|list|revoke`` to the command line."""
     from tracecore.storage import DEFAULT_TOKEN_LIFETIME_MS, MAX_TOKEN_LIFETIME_MS
 
-    token = commands.add_parser("token", help="issue, list and revoke party and inspector tokens")
+    token = commands.add_parser(
+        "token",
+        aliases=["tokens"],  # `agritrace tokens list` reads as naturally
+        help="issue, list and revoke party and inspector tokens",
+    )
     actions = token.add_subparsers(metavar="ACTION", required=True)
 
     create = actions.add_parser(

@@ -128,3 +128,9 @@ def test_a_database_not_migrated_is_refused(
     status, _, err = run(tmp_path, capsys, "list")
     assert status == 1
     assert "run `agritrace migrate` first" in err
+
+
+def test_tokens_is_token(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`agritrace tokens list` is `agritrace token list` (docs/operations.md)."""
+    assert main(["--data-dir", str(data_dir), "tokens", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
