@@ -1,5 +1,5 @@
 """The console's authorization matrix: every console route x {no session, a forged cookie,
-an inspector, the admin}, and every form without its CSRF token.
+an inspector, the admin, the owning farm}, and every form without its CSRF token.
 
 A console route without a row here fails :func:`test_matrix_covers_every_console_route`.
 """
@@ -17,32 +17,33 @@ from sqlmodel import select
 from trace_kit import EGG_LOT, FARM
 
 from traceapi.console import ROUTERS
-from tracecore.storage import Device, session_scope
+from tracecore.storage import Device, Product, session_scope
 
-PRINCIPALS = ("none", "forged", "inspector", "admin")
+PRINCIPALS = ("none", "forged", "inspector", "admin", "owner")
 _SIGN_IN = "sign-in"  # a 303 to the sign-in page
 
 #: Expected answer per route for each principal, in the order of PRINCIPALS.
 MATRIX: dict[str, tuple[int | str, ...]] = {
-    "GET /console": (308, 308, 308, 308),
-    "GET /console/": (_SIGN_IN, _SIGN_IN, 200, 200),
+    "GET /console": (308, 308, 308, 308, 308),
+    "GET /console/": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
     # Signed in, the sign-in page sends one on to the console.
-    "GET /console/sign-in": (200, 200, 303, 303),
-    "POST /console/sign-in": (403, 403, 403, 403),  # no sign-in form cookie, no CSRF token
-    "POST /console/sign-out": (_SIGN_IN, _SIGN_IN, 403, 403),  # no CSRF token
-    "GET /console/access": (_SIGN_IN, _SIGN_IN, 200, 200),
-    "GET /console/products": (_SIGN_IN, _SIGN_IN, 200, 200),
-    "GET /console/products/{key:path}": (_SIGN_IN, _SIGN_IN, 200, 200),
-    "GET /console/parties": (_SIGN_IN, _SIGN_IN, 200, 200),
-    "GET /console/export/kde.csv": (_SIGN_IN, _SIGN_IN, 200, 200),
-    "GET /console/export/epcis.json": (_SIGN_IN, _SIGN_IN, 200, 200),
-    "GET /console/recall": (_SIGN_IN, _SIGN_IN, 200, 200),
-    "POST /console/recall": (_SIGN_IN, _SIGN_IN, 403, 403),  # no CSRF token
-    "GET /console/rejections": (_SIGN_IN, _SIGN_IN, 200, 200),
+    "GET /console/sign-in": (200, 200, 303, 303, 303),
+    "POST /console/sign-in": (403, 403, 403, 403, 403),  # no sign-in form cookie, no CSRF token
+    "POST /console/sign-out": (_SIGN_IN, _SIGN_IN, 403, 403, 403),  # no CSRF token
+    "GET /console/access": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
+    "GET /console/products": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
+    "GET /console/products/{key:path}": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
+    "GET /console/parties": (_SIGN_IN, _SIGN_IN, 200, 200, 403),
+    "GET /console/export/kde.csv": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
+    "GET /console/export/epcis.json": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
+    "GET /console/recall": (_SIGN_IN, _SIGN_IN, 200, 200, 403),
+    "POST /console/recall": (_SIGN_IN, _SIGN_IN, 403, 403, 403),  # no CSRF token
+    "GET /console/rejections": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
+    # The owning farm (the party of EGG_LOT and of the device) sees its own; it never recalls.
     # The world has no refused message: who may look gets 404, not a sign-in page.
-    "GET /console/rejections/{rejection_id}": (_SIGN_IN, _SIGN_IN, 404, 404),
-    "GET /console/rejections/{rejection_id}/raw": (_SIGN_IN, _SIGN_IN, 404, 404),
-    "GET /console/rejections/devices/{device_id}": (_SIGN_IN, _SIGN_IN, 200, 200),
+    "GET /console/rejections/{rejection_id}": (_SIGN_IN, _SIGN_IN, 404, 404, 404),
+    "GET /console/rejections/{rejection_id}/raw": (_SIGN_IN, _SIGN_IN, 404, 404, 404),
+    "GET /console/rejections/devices/{device_id}": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
 }
 
 
@@ -64,7 +65,11 @@ def test_matrix_covers_every_console_route() -> None:
 @pytest.fixture(scope="module")
 def callers(console_world: Any) -> Iterator[dict[str, httpx.Client]]:
     """An HTTP client per principal (the signed-in ones through the sign-in form)."""
-    with console_world.client("inspector") as inspector, console_world.client("admin") as admin:
+    with (
+        console_world.client("inspector") as inspector,
+        console_world.client("admin") as admin,
+        console_world.client("farm") as owner,
+    ):
         none = httpx.Client(base_url=console_world.base, timeout=30)
         forged = httpx.Client(
             base_url=console_world.base,
@@ -72,7 +77,13 @@ def callers(console_world: Any) -> Iterator[dict[str, httpx.Client]]:
             cookies={"agritrace_console": "A" * 43},
         )
         try:
-            yield {"none": none, "forged": forged, "inspector": inspector, "admin": admin}
+            yield {
+                "none": none,
+                "forged": forged,
+                "inspector": inspector,
+                "admin": admin,
+                "owner": owner,
+            }
         finally:
             none.close()
             forged.close()
@@ -131,3 +142,27 @@ def test_an_inspector_never_sees_the_admins_trail(
 def _who(html: str) -> set[str]:
     """Who made the accesses of a trail page (the party id above the role in each row)."""
     return set(re.findall(r'<span class="mono">([^<]+)</span><br><span class="muted small">', html))
+
+
+def test_a_party_sees_nothing_of_another_partys(
+    callers: dict[str, httpx.Client], console_world: Any
+) -> None:
+    """The farm's session: another party's product and device are refused, its search and
+    exports hold its own products only."""
+    owner = callers["owner"]
+    with session_scope(console_world.engine) as session:
+        other_product = session.exec(
+            select(Product.key).where(Product.owner_party_id != FARM)
+        ).first()
+        other_device = session.exec(select(Device.id).where(Device.party_id != FARM)).first()
+    assert other_product is not None
+    assert other_device is not None
+    assert owner.get(f"/console/products/{other_product}").status_code == 403
+    assert (
+        owner.get(f"/console/rejections/devices/{other_device}").status_code == 404
+    )  # not even whether it exists
+    found = owner.get("/console/products", params={"owner": "", "lang": "en"})
+    assert found.status_code == 200
+    assert other_product not in found.text
+    spreadsheet = owner.get("/console/export/kde.csv")
+    assert other_product not in spreadsheet.text

@@ -135,13 +135,11 @@ def test_admin_signs_in_and_a_changed_admin_token_ends_it(console: Console) -> N
     [
         ("at_no-such-token", "the token is not valid"),
         ("", "the token is not valid"),
-        ("farm", "for inspectors and the administrator"),
     ],
 )
 def test_a_refused_token_says_why(console: Console, token: str, why: str) -> None:
-    """A wrong token, an empty one or a farm's token: 401 and the reason on the page."""
-    presented = console.farm if token == "farm" else token
-    response = console.sign_in(presented)
+    """A wrong token or an empty one: 401 and the reason on the page."""
+    response = console.sign_in(token)
     assert response.status_code == 401
     assert why in response.text
     assert COOKIE not in console.client.cookies
@@ -220,3 +218,16 @@ def test_next_never_leaves_the_console(console: Console) -> None:
     ]:
         console.client.cookies.clear()
         assert console.sign_in(console.inspector, next=target).headers["location"] == expected
+
+
+def test_a_party_signs_in_to_its_own_console(console: Console) -> None:
+    """A farm's token opens the producer console: no parties page, its own trail only."""
+    assert console.sign_in(console.farm).status_code == 303
+    home = console.home()
+    assert home.status_code == 200
+    assert "Producer console" in home.text
+    assert "/console/parties" not in home.text
+    assert console.client.get("/console/parties").status_code == 403
+    trail = console.client.get("/console/access", params={"who": "agency-1", "party": "x-1"})
+    assert trail.status_code == 200
+    assert 'name="who"' not in trail.text

@@ -2,7 +2,7 @@
 
 Every console page but the sign-in page requires a session (:func:`current_user`); a browser
 without one is sent to the sign-in page, which says why the last session ended. The sign-in
-form takes an inspector's token or the admin token once; failed attempts are recorded per
+form takes a party's token, an inspector's token or the admin token once; failed attempts are recorded per
 client and limited (``AGRITRACE_SIGN_IN_FAILURES`` within ``AGRITRACE_SIGN_IN_WINDOW_MINUTES``).
 """
 
@@ -143,8 +143,6 @@ def _token_refusal(request: Request, token: str) -> tuple[str | None, int | None
     state = info.state(request.app.state.clock())
     if state in ("revoked", "expired"):
         return f"console.sign_in.{state}", info.id, None
-    if info.role != "inspector":
-        return "console.sign_in.party", info.id, None
     return None, info.id, None
 
 
