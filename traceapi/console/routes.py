@@ -2,8 +2,9 @@
 
 Every console page but the sign-in page requires a session (:func:`current_user`); a browser
 without one is sent to the sign-in page, which says why the last session ended. The sign-in
-form takes a party's token, an inspector's token or the admin token once; failed attempts are recorded per
-client and limited (``AGRITRACE_SIGN_IN_FAILURES`` within ``AGRITRACE_SIGN_IN_WINDOW_MINUTES``).
+form takes a party's token, an inspector's token or the admin token once; failed attempts are
+recorded per client and limited (``AGRITRACE_SIGN_IN_FAILURES`` within
+``AGRITRACE_SIGN_IN_WINDOW_MINUTES``).
 """
 
 from __future__ import annotations
