@@ -17,7 +17,7 @@ from sqlmodel import select
 from trace_kit import EGG_LOT, FARM
 
 from traceapi.console import ROUTERS
-from tracecore.storage import Device, Product, session_scope
+from tracecore.storage import Device, Product, Token, session_scope
 
 PRINCIPALS = ("none", "forged", "inspector", "admin", "owner")
 _SIGN_IN = "sign-in"  # a 303 to the sign-in page
@@ -44,6 +44,14 @@ MATRIX: dict[str, tuple[int | str, ...]] = {
     "GET /console/rejections/{rejection_id}": (_SIGN_IN, _SIGN_IN, 404, 404, 404),
     "GET /console/rejections/{rejection_id}/raw": (_SIGN_IN, _SIGN_IN, 404, 404, 404),
     "GET /console/rejections/devices/{device_id}": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
+    # The producer console (docs/farms.md): everyone reads its pages, each its own share.
+    "GET /console/devices": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
+    "GET /console/complaints": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
+    "POST /console/complaints/{complaint_id}/answer": (_SIGN_IN, _SIGN_IN, 403, 403, 403),
+    "GET /console/credit": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
+    "GET /console/tokens": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
+    "POST /console/tokens": (_SIGN_IN, _SIGN_IN, 403, 403, 403),  # no CSRF token
+    "POST /console/tokens/{token_id}/revoke": (_SIGN_IN, _SIGN_IN, 403, 403, 403),
 }
 
 
@@ -97,12 +105,18 @@ def _request(route: str, engine: Any) -> tuple[str, str, dict[str, str] | None]:
         template.replace("{key:path}", EGG_LOT.path)
         .replace("{rejection_id}", "1")
         .replace("{device_id}", str(device))
+        .replace("{complaint_id}", "1")
+        .replace("{token_id}", "1")
     )
     if route == "GET /console/recall":
         path += f"?product={EGG_LOT.path}"
     if route.endswith(("/export/kde.csv", "/export/epcis.json")):
         path += f"?owner={FARM}"
-    form = {"product": EGG_LOT.path, "reason": "matrix", "token": "x"} if method == "POST" else None
+    form = (
+        {"product": EGG_LOT.path, "reason": "matrix", "token": "x", "answer": "x", "days": "30"}
+        if method == "POST"
+        else None
+    )
     return method, path, form
 
 
@@ -121,9 +135,14 @@ def test_console_authorization_matrix(callers: dict[str, httpx.Client], console_
             if got != 308:  # ``/console`` is ``/console/``, for anyone
                 assert "no-store" in answer.headers.get("cache-control", ""), (route, principal)
     assert mismatches == []
-    # Nothing above recalled anything: every POST lacked its CSRF token.
+    # Nothing above recalled anything, revoked a token or issued one: every POST lacked its
+    # CSRF token.
     lot = console_world.world.client.get(f"/{EGG_LOT.path}", headers={"Accept": "application/json"})
     assert lot.json()["verdict"] != "recalled"
+    with session_scope(console_world.engine) as session:
+        tokens = session.exec(select(Token)).all()
+    assert all(token.revoked_ms is None for token in tokens)
+    assert len(tokens) == len(console_world.world.tokens)
 
 
 def test_an_inspector_never_sees_the_admins_trail(

@@ -28,8 +28,9 @@ __all__ = [
     "read_form",
 ]
 
-#: The largest console form (a token, a CSRF token, a few short fields).
-FORM_LIMIT: Final = 16_384
+#: The largest console form (``traceapi.limits.CONSOLE_MAX_BODY``): a token, a CSRF token, a few
+#: short fields, or an answer of 2,000 Chinese characters (18,000 bytes percent-encoded).
+FORM_LIMIT: Final = 32_768
 #: Every console answer: never cached, never framed by another site (clickjacking).
 HEADERS: Final = {
     "Cache-Control": "no-store",

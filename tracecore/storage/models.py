@@ -44,6 +44,7 @@ __all__ = [
     "AccessRecord",
     "ChainLink",
     "Checkpoint",
+    "ComplaintAnswer",
     "ConsoleSession",
     "ContractQueue",
     "ContractResult",
@@ -702,3 +703,30 @@ class AccessParty(SQLModel, table=True):
         )
     )
     party_id: str = Field(sa_column=Column(String(ID_LENGTH), primary_key=True))
+
+
+class ComplaintAnswer(SQLModel, table=True):
+    """The owning party's answer to a buyer's complaint: one per complaint, never replaced.
+
+    A second answer to the same complaint is refused (the primary key), so what a buyer, the
+    party and inspectors read is the one the party wrote, when it wrote it.
+    """
+
+    __tablename__ = "complaint_answers"
+    __table_args__ = (
+        CheckConstraint(
+            "length(text) >= 1 AND length(text) <= 2000", name="ck_complaint_answers_text"
+        ),
+    )
+
+    feedback_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("feedback.id"), primary_key=True, autoincrement=False)
+    )
+    party_id: str = Field(
+        sa_column=Column(String(ID_LENGTH), ForeignKey("parties.id"), nullable=False)
+    )
+    token_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("tokens.id"), nullable=True)
+    )
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
