@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
+from contracts.credit import Weights
 from traceapi.access import note_parties
 from traceapi.console.pages import LangQuery, page, page_language
 from traceapi.console.rejections import reader_party
@@ -96,4 +97,5 @@ def credit(
         window=window,
         windows=WINDOWS,
         choices=choices,
+        weights=Weights(),
     )
