@@ -21,7 +21,15 @@ from trace_kit import CLIMATE, COLLECT, EGG_LOT, FARM, PACKER, TREATED_STEER
 
 from tracecore.errors import Conflict, NotFound, RejectReason
 from tracecore.storage import session_scope
-from tracecore.storage.models import ComplaintAnswer, Device, Feedback, Product, Receipt, Token
+from tracecore.storage.models import (
+    AccessRecord,
+    ComplaintAnswer,
+    Device,
+    Feedback,
+    Product,
+    Receipt,
+    Token,
+)
 from tracecore.storage.producer import answer_complaint, last_receipts
 from tracecore.storage.queries import device_gaps
 from tracecore.storage.rejections import RejectionFilter, reason_totals
@@ -213,6 +221,14 @@ def test_the_farm_answers_a_complaint_once_and_markup_stays_text(
         assert stored is not None
         assert stored.text == ANSWER
         assert stored.party_id == FARM
+    with session_scope(console_world.engine) as session:
+        trail = session.exec(
+            select(AccessRecord).where(
+                AccessRecord.action == "POST /console/complaints/{complaint_id}/answer",
+                AccessRecord.target == f"/console/complaints/{complaint}/answer",
+            )
+        ).all()
+    assert {(row.who, row.role) for row in trail} == {(FARM, "party")}  # on the access trail
     seen = inspector.get("/console/complaints", params={"lang": "en"})
     inspected = _card(seen.text, f"complaint-{complaint}")
     assert str(escape(ANSWER)) in inspected
