@@ -106,7 +106,9 @@ async def answer(
         return _render(request, user, language, status_code=404)
     if not 1 <= len(text) <= ANSWER_LIMIT:
         error = (number, "console.party.complaints.bad_length")
-        return _render(request, user, language, status_code=422, error=error, draft=text[:ANSWER_LIMIT])
+        return _render(
+            request, user, language, status_code=422, error=error, draft=text[:ANSWER_LIMIT]
+        )
     engine: Engine = request.app.state.engine
     note_parties(request, user.party_id)
     try:
