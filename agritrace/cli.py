@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agritrace.devices import add_device_parsers
 from agritrace.tokens import add_token_parser
 from tracecore.errors import AgritraceError, ConfigError
 from tracecore.keys import VerifierKey
@@ -196,6 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_sim_parser(commands)
     _add_broker_parser(commands)
     add_token_parser(commands)
+    add_device_parsers(commands)
     return parser
 
 

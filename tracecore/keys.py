@@ -39,9 +39,11 @@ __all__ = [
     "LOG_KEY_FILE",
     "SignerKey",
     "VerifierKey",
+    "device_fingerprint",
     "device_kid",
     "generate_signer",
     "key_window_refusal",
+    "kid_fingerprint",
     "load_or_create_log_key",
     "note_key_id",
     "read_key_file",
@@ -115,6 +117,22 @@ def device_kid(public_key: bytes) -> bytes:
     """
     _check_public_key(public_key)
     return hashlib.sha256(public_key).digest()[:KID_LENGTH]
+
+
+def device_fingerprint(public_key: bytes) -> str:
+    """Return the fingerprint people compare: the device kid in hex, in groups of four digits.
+
+    For example ``3f2a-91c0-7b1e-55d4``: the 8 bytes of :func:`device_kid`, so the gateway,
+    the console and ``agritrace gateway-key`` show the same 19 characters for the same key
+    (docs/gateway.md). Raises :class:`KeyFileError` when ``public_key`` is not 32 bytes.
+    """
+    return kid_fingerprint(device_kid(public_key))
+
+
+def kid_fingerprint(kid: bytes) -> str:
+    """Return the fingerprint of a key known by its kid: hex digits in groups of four."""
+    digits = kid.hex()
+    return "-".join(digits[i : i + 4] for i in range(0, len(digits), 4))
 
 
 def note_key_id(name: str, public_key: bytes, alg: int = ALG_ED25519) -> bytes:

@@ -15,6 +15,8 @@ from tracecore.errors import ConfigError
 
 __all__ = ["Settings", "load_settings"]
 
+_EMBEDDED_BROKER = "mqtt://127.0.0.1:1883"
+
 
 class Settings(BaseSettings):
     """Configuration shared by the agritrace services (design.md, "Storage and configuration")."""
@@ -25,6 +27,10 @@ class Settings(BaseSettings):
     db_url: str | None = Field(default=None, description="SQLAlchemy URL; unset: SQLite file")
     mqtt_url: str | None = Field(default=None, description="mqtt://host:port; unset: embedded")
     public_url: str = Field(default="http://127.0.0.1:8000", description="base of QR URIs")
+    public_mqtt_url: str | None = Field(
+        default=None,
+        description="mqtt://host:port a gateway reaches, for provisioning files; unset: mqtt_url",
+    )
     log_origin: str = Field(default="agritrace.localhost/log", description="checkpoint origin")
     admin_token: SecretStr | None = Field(default=None, description="bearer token of the admin")
     witnesses: str = Field(default="", description="space-separated 'URL=vkey' pairs")
@@ -143,6 +149,19 @@ class Settings(BaseSettings):
         if self.trusted_proxies:
             return self.trusted_proxies
         return 1 if self.trust_forwarded else 0
+
+    @property
+    def gateway_broker(self) -> str:
+        """The broker URL written into provisioning files (docs/gateway.md), without credentials.
+
+        ``public_mqtt_url`` when set, else ``mqtt_url`` (the broker ingest uses), else the
+        embedded broker's ``mqtt://127.0.0.1:1883``. User name and password are dropped: the
+        URL of ingest's own connection may carry ingest's login, which no gateway may learn.
+        """
+        from tracecore.mqtt import BrokerAddress  # noqa: PLC0415 (amqtt only when asked)
+
+        address = BrokerAddress.parse(self.public_mqtt_url or self.mqtt_url or _EMBEDDED_BROKER)
+        return str(BrokerAddress(address.host, address.port))
 
     @property
     def keys_dir(self) -> Path:

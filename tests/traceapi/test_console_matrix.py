@@ -52,6 +52,12 @@ MATRIX: dict[str, tuple[int | str, ...]] = {
     "GET /console/tokens": (_SIGN_IN, _SIGN_IN, 200, 200, 200),
     "POST /console/tokens": (_SIGN_IN, _SIGN_IN, 403, 403, 403),  # no CSRF token
     "POST /console/tokens/{token_id}/revoke": (_SIGN_IN, _SIGN_IN, 403, 403, 403),
+    # A farm registers and revokes its own devices (the admin any); inspectors never do.
+    "GET /console/devices/new": (_SIGN_IN, _SIGN_IN, 403, 200, 200),
+    "POST /console/devices/new": (_SIGN_IN, _SIGN_IN, 403, 403, 403),  # no CSRF token
+    "POST /console/devices/provisioning": (_SIGN_IN, _SIGN_IN, 403, 403, 403),  # no CSRF token
+    "GET /console/devices/{device_id}/revoke": (_SIGN_IN, _SIGN_IN, 403, 200, 200),
+    "POST /console/devices/{device_id}/revoke": (_SIGN_IN, _SIGN_IN, 403, 403, 403),  # no CSRF
 }
 
 

@@ -17,6 +17,7 @@ from traceapi.console.complaints import router as complaints_router
 from traceapi.console.credit import router as credit_router
 from traceapi.console.devices import router as devices_router
 from traceapi.console.dossier import router as dossier_router
+from traceapi.console.onboard import router as onboard_router
 from traceapi.console.routes import router, sign_in_required
 from traceapi.console.search import router as search_router
 from traceapi.console.session import SignInRequired
@@ -32,6 +33,7 @@ ROUTERS: Final[tuple[APIRouter, ...]] = (
     rejections.router,
     search_router,
     dossier_router,
+    onboard_router,  # /console/devices/new before any /console/devices/{device} route
     devices_router,
     complaints_router,
     credit_router,

@@ -57,7 +57,7 @@ from tracecore.storage.registry import (
     update_party,
 )
 
-__all__ = ["router"]
+__all__ = ["record_registration", "record_revocation", "router"]
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 
@@ -191,17 +191,29 @@ def post_device(body: DeviceCreate, request: Request, principal: AdminOrParty) -
         raise forbidden("a party token may register devices of its own party only")
     note_parties(request, body.party)
     public_key = decode_public_key(body.public_key)
-    now = _now_ms(request)
-    with log_session(_engine(request)) as session:
-        key = register_device(
-            session, body.id, body.party, public_key, now, place=Place(body.place, body.place_en)
-        )
+    place = Place(body.place, body.place_en)
+    return record_registration(
+        _engine(request), body.id, body.party, public_key, place=place, now_ms=_now_ms(request)
+    )
+
+
+def record_registration(
+    engine: Engine, device_id: str, party: str, public_key: bytes, *, place: Place, now_ms: int
+) -> DeviceCreated:
+    """Register a device with its first key and log the registration, in one transaction.
+
+    What ``POST /v1/devices`` and the console's ``/console/devices/new`` do once the caller may
+    act for ``party``. Raises NotFound (party), Conflict (device or key registered already),
+    IdentifierError (device id, place) and KeyFileError (not a usable key) unchanged.
+    """
+    with log_session(engine) as session:
+        key = register_device(session, device_id, party, public_key, now_ms, place=place)
         # design.md: registrations are log entries, so the key history is provable.
-        entry = DeviceRegistered(key.device_id, body.party, key.public_key, key.valid_from_ms, now)
-        append_registry_entry(session, entry, now)
+        entry = DeviceRegistered(key.device_id, party, key.public_key, key.valid_from_ms, now_ms)
+        append_registry_entry(session, entry, now_ms)
         return DeviceCreated(
             id=key.device_id,
-            party=body.party,
+            party=party,
             kid=key.kid.hex(),
             public_key=encode_bytes(key.public_key),
             valid_from_ms=key.valid_from_ms,
@@ -239,11 +251,22 @@ def post_revoke(
     now = _now_ms(request)
     since_ms = body.since_ms if body.since_ms is not None else now
     reason = body.reason.strip()
+    return record_revocation(engine, device_id, kid, since_ms=since_ms, reason=reason, now_ms=now)
+
+
+def record_revocation(
+    engine: Engine, device_id: str, kid: bytes | None, *, since_ms: int, reason: str, now_ms: int
+) -> KeyOut:
+    """Revoke a device key (``kid`` None: the current one) since ``since_ms`` and log it.
+
+    What ``POST /v1/devices/{id}/revoke`` and the console's revoke form do once the caller may
+    act for the device's party, in one transaction. Raises NotFound for an unknown device or kid.
+    """
     with log_session(engine) as session:
         key = revoke_key(session, device_id, kid, revoked_since_ms=since_ms, reason=reason)
         revoked_ms = key.revoked_ms if key.revoked_ms is not None else since_ms
-        entry = KeyRevoked(key.device_id, key.kid, revoked_ms, reason, now)
-        append_registry_entry(session, entry, now)
+        entry = KeyRevoked(key.device_id, key.kid, revoked_ms, reason, now_ms)
+        append_registry_entry(session, entry, now_ms)
         return KeyOut.of(key)
 
 

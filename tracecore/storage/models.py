@@ -59,6 +59,7 @@ __all__ = [
     "Party",
     "Product",
     "ProductParent",
+    "ProvisioningFile",
     "Receipt",
     "Rejection",
     "Scan",
@@ -195,6 +196,36 @@ class DeviceKey(SQLModel, table=True):
     valid_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     revoked_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     revoke_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class ProvisioningFile(SQLModel, table=True):
+    """The one download of a device's provisioning file (docs/gateway.md).
+
+    Registering a device in the console issues a random token; the row keeps its SHA-256
+    (``token_hash``), the device and key it names (``kid``), and who registered it
+    (``issued_to``: the party id, or ``admin``), the only one who may download it. ``used_ms``
+    is set by the first download; a second one is refused (410 Gone).
+    """
+
+    __tablename__ = "provisioning_files"
+    __table_args__ = (
+        UniqueConstraint("token_hash", name="uq_provisioning_files_token_hash"),
+        CheckConstraint("length(token_hash) = 32", name="ck_provisioning_files_token_hash_length"),
+        CheckConstraint("length(kid) = 8", name="ck_provisioning_files_kid_length"),
+        Index("ix_provisioning_files_device_id", "device_id"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
+    )
+    token_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    device_id: str = Field(
+        sa_column=Column(String(ID_LENGTH), ForeignKey("devices.id"), nullable=False)
+    )
+    kid: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    issued_to: str = Field(sa_column=Column(String(ID_LENGTH), nullable=False))
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    used_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 #: The predicate of the partial index ``ix_log_entries_registry``; a query that should use the
