@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agritrace.devices import add_device_parsers
+from agritrace.devices import add_device_parsers, add_sim_send_parser
 from agritrace.tokens import add_token_parser
 from tracecore.errors import AgritraceError, ConfigError
 from tracecore.keys import VerifierKey
@@ -521,6 +521,7 @@ def _add_sim_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
             action.add_argument(
                 "--fault", action="append", default=[], metavar="NAME[:RATE]", help="repeatable"
             )
+    add_sim_send_parser(actions)
 
 
 def _sim_admin_token(args: argparse.Namespace, settings: Settings) -> str | None:

@@ -25,7 +25,12 @@ from tracecore.settings import Settings
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["add_device_parsers", "fetch_provisioning", "register_over_http"]
+__all__ = [
+    "add_device_parsers",
+    "add_sim_send_parser",
+    "fetch_provisioning",
+    "register_over_http",
+]
 
 _HTTP_TIMEOUT_S = 30.0
 
@@ -65,6 +70,60 @@ def add_device_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--out", type=Path, default=Path("provisioning.json"), help="the provisioning file"
     )
     add.set_defaults(command=_device_add)
+
+
+def add_sim_send_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``agritrace sim send``: a gateway started from its provisioning file sends once."""
+    send = actions.add_parser(
+        "send",
+        help="as a provisioned gateway: send one reading or event, wait for its verified receipt",
+    )
+    send.add_argument("--provisioning", type=Path, required=True, help="the provisioning file")
+    send.add_argument("--keys", type=Path, required=True, help="the gateway's key directory")
+    send.add_argument("--product", required=True, help="product key, e.g. 01/0690.../10/L1")
+    what = send.add_mutually_exclusive_group(required=True)
+    what.add_argument("--celsius", type=float, help="send a temperature reading")
+    what.add_argument("--step", help="send a business event (commissioning, shipping, ...)")
+    send.add_argument("--broker", default=None, help="override the file's broker URL")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a receipt")
+    send.set_defaults(command=_sim_send)
+
+
+def _sim_send(args: argparse.Namespace, settings: Settings) -> int:
+    del settings  # a gateway has its file and its key, nothing of a server
+    import asyncio
+
+    from firmware_sim.gateway import send_from_provisioning
+    from tracecore.identifiers import ProductKey
+    from tracecore.mqtt import BrokerAddress
+    from tracecore.provisioning import Provisioning
+
+    try:
+        text = args.provisioning.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.provisioning}: {exc.strerror}") from exc
+    provisioning = Provisioning.parse(text)
+    broker = BrokerAddress.parse(args.broker) if args.broker else None
+    try:
+        sent = asyncio.run(
+            send_from_provisioning(
+                provisioning,
+                args.keys,
+                [ProductKey.parse(args.product)],
+                celsius=args.celsius,
+                step=args.step,
+                timeout_s=args.timeout,
+                broker=broker,
+            )
+        )
+    except TimeoutError:
+        sys.stderr.write(
+            f"agritrace: no verified receipt within {args.timeout:g} s; the message stays in "
+            "the outbox and goes out again with the next run\n"
+        )
+        return 1
+    print(f"receipt: {sent.device} seq {sent.seq} is log entry {sent.log_index} (verified)")
+    return 0
 
 
 def _gateway_key(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import re
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,7 +17,7 @@ from trace_kit import CLIMATE, FARM, LOG, PACKER
 
 from agritrace.cli import main
 from firmware_sim.device import load_or_create_device_key
-from tracecore.keys import device_fingerprint
+from tracecore.keys import SignerKey, device_fingerprint
 from tracecore.provisioning import Provisioning
 from tracecore.storage import Device, DeviceKey, LogEntry, session_scope
 from tracecore.storage.models import ChainLink
@@ -24,13 +25,16 @@ from tracecore.storage.models import ChainLink
 _CST = timezone(timedelta(hours=8))
 
 
-def _gateway_key(tmp_path: Path, device: str, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+def _gateway_key(
+    tmp_path: Path, device: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[str, str]:
     """Make the key as a gateway does (``agritrace gateway-key``): its public key, fingerprint."""
     assert main(["gateway-key", "--device-id", device, "--out", str(tmp_path / "keys")]) == 0
     printed = capsys.readouterr().out
     public = re.search(r"public key:\s+(\S+)", printed)
     fingerprint = re.search(r"fingerprint:\s+(\S+)", printed)
-    assert public and fingerprint, printed
+    assert public, printed
+    assert fingerprint, printed
     return public.group(1), fingerprint.group(1)
 
 
@@ -70,8 +74,10 @@ def test_a_farm_registers_its_gateway_and_downloads_the_file_once(
         added = _register(farm, "henhouse-7", public_key, party=PACKER)
         assert added.status_code == 201, added.text
         shown = re.search(r'id="fingerprint">([^<]+)<', added.text)
-        assert shown and shown.group(1) == gateway_fingerprint
-        assert "<svg" in added.text and "PRIVATE" not in added.text
+        assert shown
+        assert shown.group(1) == gateway_fingerprint
+        assert "<svg" in added.text
+        assert "PRIVATE" not in added.text
         token = _token(added.text)
         # Another party can neither take the file nor use the token up.
         refused = _download(packer, token)
@@ -121,15 +127,12 @@ def test_the_admin_registers_for_a_party_it_chooses(console_world: Any) -> None:
         assert _download(admin, token).status_code == 200
     with session_scope(console_world.engine) as session:
         device = session.get(Device, "pack-scale-1")
-        assert device is not None and device.party_id == PACKER
+        assert device is not None
+        assert device.party_id == PACKER
 
 
 def load_key_bytes(label: str) -> bytes:
     """A valid Ed25519 public key of its own for each label."""
-    import hashlib
-
-    from tracecore.keys import SignerKey
-
     return SignerKey(label, hashlib.sha256(label.encode()).digest()).public_key
 
 
@@ -184,9 +187,7 @@ def _expected_impact(console_world: Any, device: str, since_ms: int) -> tuple[in
     """The device's messages at or after ``since_ms`` and their products, read row by row."""
     with session_scope(console_world.engine) as session:
         rows = session.exec(
-            select(LogEntry).where(
-                LogEntry.kind == "device_message", LogEntry.device_id == device
-            )
+            select(LogEntry).where(LogEntry.kind == "device_message", LogEntry.device_id == device)
         ).all()
         later = [r.index for r in rows if r.time_ms is not None and r.time_ms >= since_ms]
         links = session.exec(select(ChainLink).where(col(ChainLink.log_index).in_(later))).all()
@@ -217,7 +218,8 @@ def test_the_revoke_page_previews_the_messages_and_products_it_untrusts(
     """The preview counts the device's messages from "since" on and links their products."""
     since, since_ms = _since(console_world, CLIMATE.name)
     count, products = _expected_impact(console_world, CLIMATE.name, since_ms)
-    assert count > 0 and products
+    assert count > 0
+    assert products
     with console_world.client("farm") as farm:
         page = farm.get(
             f"/console/devices/{CLIMATE.name}/revoke", params={"since": since, "lang": "en"}

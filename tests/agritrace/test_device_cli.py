@@ -1,0 +1,253 @@
+"""``agritrace gateway-key``, ``agritrace device add`` and ``agritrace sim send``: a farm
+onboards a gateway with its token, and the gateway, started from its provisioning file, gets
+its first verified receipt through the real mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from mqtt_kit import free_port, unique, wipe_session
+from pydantic import SecretStr
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from agritrace.cli import main
+from ingest import IngestConfig, IngestStats, Processor, ServiceOptions
+from ingest.service import run_ingest
+from traceapi.app import create_app
+from tracecore.identifiers import ProductKey
+from tracecore.keys import SignerKey, generate_signer
+from tracecore.mqtt import BrokerAddress
+from tracecore.provisioning import Provisioning
+from tracecore.settings import Settings
+from tracecore.storage import (
+    Device,
+    DeviceKey,
+    LogEntry,
+    create_party,
+    issue_token,
+    make_engine,
+    session_scope,
+    upgrade,
+)
+
+ORIGIN = "device-cli.test/log"
+FARM = "linxia-hens-02"
+GTIN = "06901234567892"
+
+
+@dataclass
+class Stack:
+    """The API served on loopback over a SQLite database, with a farm and its token."""
+
+    base: str
+    engine: Engine
+    token: str
+    log_key: SignerKey
+    settings: Settings
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """A uvicorn server over a fresh database whose broker for gateways is ``gateway.test``."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'agritrace.sqlite3'}")
+    upgrade(engine)
+    now = time.time_ns() // 1_000_000
+    with session_scope(engine) as session:
+        create_party(session, FARM, "临夏蛋鸡二场", "farm", now)
+        create_party(session, "other-farm", "Other", "farm", now)
+        token = issue_token(session, FARM, now).token
+    log_key = generate_signer(ORIGIN)
+    port = free_port()
+    settings = Settings(
+        admin_token=SecretStr("admin-" + secrets.token_hex(8)),
+        log_origin=ORIGIN,
+        data_dir=tmp_path / "server",
+        public_url=f"http://127.0.0.1:{port}",
+        public_mqtt_url="mqtt://ingest:secret@gateway.test:8883",
+    )
+    app = create_app(settings, engine, log_vkey=log_key.verifier)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{base}/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.1)
+    try:
+        yield Stack(base, engine, token, log_key, settings)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        engine.dispose()
+
+
+def _gateway_key(keys: Path, device: str, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    assert main(["gateway-key", "--device-id", device, "--out", str(keys)]) == 0
+    out = capsys.readouterr().out
+    public = re.search(r"public key:\s+(\S+)", out)
+    fingerprint = re.search(r"fingerprint:\s+(\S+)", out)
+    assert public, out
+    assert fingerprint, out
+    return public.group(1), fingerprint.group(1)
+
+
+def test_gateway_key_makes_a_private_key_file_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The key file is 0600 in a 0700 directory; a second run shows the same key again."""
+    keys = tmp_path / "keys"
+    public, fingerprint = _gateway_key(keys, "barn-3", capsys)
+    assert re.fullmatch(r"[0-9a-f]{4}(-[0-9a-f]{4}){3}", fingerprint)
+    assert stat.S_IMODE((keys / "barn-3.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert "PRIVATE" not in public
+    assert _gateway_key(keys, "barn-3", capsys) == (public, fingerprint)
+    assert main(["gateway-key", "--device-id", "Bad Id", "--out", str(keys)]) == 1
+
+
+def _add(stack: Stack, device: str, public: str, out: Path, *more: str) -> int:
+    return main(
+        [
+            "device",
+            "add",
+            "--api",
+            stack.base,
+            "--token",
+            stack.token,
+            "--id",
+            device,
+            "--place",
+            "鸡舍三号",
+            "--public-key",
+            public,
+            "--out",
+            str(out),
+            *more,
+        ]
+    )
+
+
+def test_device_add_registers_and_writes_the_provisioning_file(
+    stack: Stack,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The device is the token's party's; the file names the public broker, not its login."""
+    monkeypatch.setenv("AGRITRACE_PUBLIC_MQTT_URL", "mqtt://ingest:secret@gateway.test:8883")
+    public, fingerprint = _gateway_key(tmp_path / "keys", "barn-4", capsys)
+    out = tmp_path / "provisioning.json"
+    assert _add(stack, "barn-4", public, out) == 0
+    assert fingerprint in capsys.readouterr().out
+    document = Provisioning.parse(out.read_text(encoding="utf-8"))
+    assert document.device == "barn-4"
+    assert document.fingerprint == fingerprint
+    assert document.log_vkey == str(stack.log_key.verifier)
+    assert document.api == stack.base
+    assert document.broker == "mqtt://gateway.test:8883"  # never ingest's user or password
+    assert document.receipt_topic == "agritrace/v1/devices/barn-4/receipt"
+    assert "PRIVATE" not in out.read_text(encoding="utf-8")
+    with session_scope(stack.engine) as session:
+        device = session.get(Device, "barn-4")
+        assert device is not None
+        assert (device.party_id, device.place) == (FARM, "鸡舍三号")
+    # Again: the file is never overwritten; a taken id is the registry's clear refusal.
+    assert _add(stack, "barn-4", public, out) == 1
+    assert "exists already" in capsys.readouterr().err
+    assert _add(stack, "barn-4", public, tmp_path / "again.json") == 1
+    assert "409" in capsys.readouterr().err
+    assert _add(stack, "barn-5", "AAAA", tmp_path / "bad.json") == 1
+    assert "Ed25519" in capsys.readouterr().err
+    assert _add(stack, "barn-6", public, tmp_path / "theirs.json", "--party", "other-farm") == 1
+    assert "403" in capsys.readouterr().err
+
+
+def test_sim_send_refuses_a_file_made_for_another_key(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gateway whose key is not the file's fingerprint does not send."""
+    public, _ = _gateway_key(tmp_path / "keys", "barn-7", capsys)
+    out = tmp_path / "provisioning.json"
+    assert _add(stack, "barn-7", public, out) == 0
+    _gateway_key(tmp_path / "other", "barn-7", capsys)  # another gateway's key, same id
+    lot = ProductKey.from_parts(GTIN, lot="L7").path
+    argv = ["sim", "send", "--provisioning", str(out), "--product", lot, "--celsius", "4.5"]
+    assert main([*argv, "--keys", str(tmp_path / "other")]) == 1
+    assert "do not use it" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def _ingest(engine: Engine, log_key: SignerKey, broker: BrokerAddress) -> Iterator[None]:
+    """The ingest service on the broker, in a thread with its own event loop."""
+    client_id = unique("ingest")
+    processor = Processor(engine, log_key, IngestConfig(batch_size=50))
+    options = ServiceOptions(broker, client_id=client_id, linger_ms=20, reconnect_initial_s=0.1)
+    stats = IngestStats()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    def serve() -> None:
+        loop.run_until_complete(run_ingest(processor, options, stop, stats=stats))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while stats.connects < 1:
+        assert time.monotonic() < deadline, "ingest did not connect"
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()
+        processor.close()
+        asyncio.run(wipe_session(broker, client_id))
+
+
+@pytest.mark.mosquitto
+def test_a_gateway_from_its_provisioning_file_gets_a_verified_first_receipt(
+    stack: Stack, mosquitto: BrokerAddress, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Key on the gateway, device add with the farm's token, sim send: two verified receipts."""
+    device = unique("barn")
+    keys = tmp_path / "gateway-keys"
+    public, _ = _gateway_key(keys, device, capsys)
+    out = tmp_path / "provisioning.json"
+    assert _add(stack, device, public, out, "--broker", str(mosquitto)) == 0
+    assert Provisioning.parse(out.read_text(encoding="utf-8")).broker == str(mosquitto)
+    lot = ProductKey.from_parts(GTIN, lot=unique("L").upper()).path
+    send = ["sim", "send", "--provisioning", str(out), "--keys", str(keys), "--product", lot]
+    try:
+        with _ingest(stack.engine, stack.log_key, mosquitto):
+            assert main([*send, "--step", "commissioning", "--timeout", "30"]) == 0
+            assert main([*send, "--celsius", "4.5", "--timeout", "30"]) == 0
+        printed = capsys.readouterr().out
+    finally:
+        asyncio.run(wipe_session(mosquitto, f"gateway-{device}"))
+    assert printed.count("(verified)") == 2
+    with session_scope(stack.engine) as session:
+        logged = session.exec(
+            select(LogEntry).where(LogEntry.device_id == device, LogEntry.kind == "device_message")
+        ).all()
+        assert [entry.seq for entry in logged] == [1, 2]
+        key = session.exec(select(DeviceKey).where(DeviceKey.device_id == device)).one()
+        assert key.revoked_ms is None
