@@ -21,6 +21,7 @@ Only the owning party or the admin may revoke. docs/gateway.md is the farm's wal
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Final
@@ -176,8 +177,11 @@ def _qr(content: str) -> Markup:
     pyqrcode.create(content, error="L", mode="binary").svg(
         buffer, scale=3, quiet_zone=4, xmldecl=False, svgns=True, title="provisioning.json"
     )
+    svg = buffer.getvalue().decode("utf-8")
+    # A viewBox, so that the code scales down to a phone's width instead of being cut.
+    svg = re.sub(r'height="(\d+)" width="(\d+)"', r'viewBox="0 0 \2 \1" width="\2"', svg, count=1)
     # pyqrcode's output: rectangles and the escaped title only.
-    return Markup(buffer.getvalue().decode("utf-8"))  # noqa: S704
+    return Markup(svg)  # noqa: S704
 
 
 def provisioning_file(request: Request, device: str, kid: bytes) -> Provisioning:
