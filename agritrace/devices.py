@@ -69,6 +69,11 @@ def add_device_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPar
     add.add_argument(
         "--out", type=Path, default=Path("provisioning.json"), help="the provisioning file"
     )
+    add.add_argument(
+        "--existing",
+        action="store_true",
+        help="the device is registered already (a lost file): check its key, write the file",
+    )
     add.set_defaults(command=_device_add)
 
 
@@ -217,6 +222,30 @@ def _token_party(api: str, token: str) -> str:
     return str(parties.pop())
 
 
+def _check_registered(api: str, token: str, device: str, public_key: str) -> str:
+    """Check that ``device`` is registered with ``public_key`` as its current, unrevoked key
+    (``GET /v1/devices/{id}``, owner or admin only); return its id."""
+    import httpx
+
+    try:
+        reply = httpx.get(
+            f"{api.rstrip('/')}/v1/devices/{device}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=_HTTP_TIMEOUT_S,
+        )
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach {api}: {exc}") from exc
+    if reply.status_code != 200:
+        raise ConfigError(f"cannot read device {device} ({reply.status_code}): {_detail(reply)}")
+    keys = reply.json().get("keys", [])
+    current = [k for k in keys if k.get("valid_until_ms") is None]
+    if not current or current[-1].get("public_key") != public_key:
+        raise ConfigError(f"{device}'s current key is not this public key: no file for it")
+    if current[-1].get("revoked_ms") is not None:
+        raise ConfigError(f"{device}'s key is revoked: make a new key and a new device")
+    return device
+
+
 def _device_add(args: argparse.Namespace, settings: Settings) -> int:
     from tracecore.storage.registry import validate_public_key
 
@@ -229,18 +258,23 @@ def _device_add(args: argparse.Namespace, settings: Settings) -> int:
     validate_public_key(public_key)  # a clear error here rather than the server's 422
     if args.out.exists():
         raise ConfigError(f"{args.out} exists already; refusing to overwrite it")
-    party = args.party or _token_party(args.api, args.token)
-    body = {"id": args.id, "party": party, "public_key": args.public_key}
-    if args.place:
-        body["place"] = args.place
-    if args.place_en:
-        body["place_en"] = args.place_en
     broker = args.broker or settings.gateway_broker
-    answer = register_over_http(args.api, args.token, body)
-    text = fetch_provisioning(args.api, str(answer["id"]), public_key, broker)
+    if args.existing:
+        device = _check_registered(args.api, args.token, args.id, args.public_key)
+        sys.stderr.write(f"{device} is registered with this key; ")
+    else:
+        party = args.party or _token_party(args.api, args.token)
+        body = {"id": args.id, "party": party, "public_key": args.public_key}
+        if args.place:
+            body["place"] = args.place
+        if args.place_en:
+            body["place_en"] = args.place_en
+        device = str(register_over_http(args.api, args.token, body)["id"])
+        sys.stderr.write(f"registered {device} for {party}; ")
+    text = fetch_provisioning(args.api, device, public_key, broker)
     args.out.write_text(text, encoding="utf-8")
     from tracecore.keys import device_fingerprint
 
-    sys.stderr.write(f"registered {answer['id']} for {party}; wrote {args.out}\n")
+    sys.stderr.write(f"wrote {args.out}\n")
     print(f"fingerprint: {device_fingerprint(public_key)}")
     return 0

@@ -5,6 +5,7 @@ its first verified receipt through the real mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 import secrets
@@ -178,6 +179,14 @@ def test_device_add_registers_and_writes_the_provisioning_file(
     assert "Ed25519" in capsys.readouterr().err
     assert _add(stack, "barn-6", public, tmp_path / "theirs.json", "--party", "other-farm") == 1
     assert "403" in capsys.readouterr().err
+    # A lost file: made again for the registered device and key, and for nothing else.
+    lost = tmp_path / "lost.json"
+    assert _add(stack, "barn-4", public, lost, "--existing") == 0
+    assert lost.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
+    other = base64.b64encode(generate_signer("stranger").public_key).decode()
+    assert _add(stack, "barn-4", other, tmp_path / "stranger.json", "--existing") == 1
+    assert "not this public key" in capsys.readouterr().err
+    assert not (tmp_path / "stranger.json").exists()
 
 
 def test_sim_send_refuses_a_file_made_for_another_key(

@@ -32,7 +32,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from markupsafe import Markup
 from sqlalchemy import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from traceapi.access import note_parties
 from traceapi.console.history import dossier_href
@@ -41,7 +41,7 @@ from traceapi.console.session import ConsoleUser, current_user
 from traceapi.i18n import Lang, text
 from traceapi.pages import DISPLAY_TZ
 from traceapi.routes.registry import record_registration, record_revocation
-from traceapi.schemas import decode_public_key
+from traceapi.schemas import DeviceCreated, decode_public_key
 from traceapi.state import log_vkey
 from tracecore.errors import Conflict, IdentifierError, KeyFileError, NotFound
 from tracecore.identifiers import parse_device_id
@@ -245,6 +245,12 @@ async def add_device(  # noqa: PLR0911 (one answer per way the form can be refus
         return refuse(422, "key", "public_key")
     now = _now(request)
     engine = _engine(request)
+    tokens: list[str] = []
+
+    def issue(session: Session, created: DeviceCreated) -> None:
+        kid = bytes.fromhex(created.kid)
+        tokens.append(issue_provisioning(session, created.id, kid, _who(user), now))
+
     try:
         created = record_registration(
             engine,
@@ -253,17 +259,20 @@ async def add_device(  # noqa: PLR0911 (one answer per way the form can be refus
             public_key,
             place=Place(typed.place, typed.place_en or None),
             now_ms=now,
+            then=issue,
         )
     except NotFound:
         return refuse(422, "party", "party")
-    except Conflict as exc:
-        which = "device_taken" if "device" in str(exc) and "exists" in str(exc) else "key_taken"
-        return refuse(409, which, "device" if which == "device_taken" else "public_key")
+    except Conflict:
+        with session_scope(engine) as session:
+            taken = session.get(Device, device) is not None
+        if taken:
+            return refuse(409, "device_taken", "device")
+        return refuse(409, "key_taken", "public_key")
     except (IdentifierError, KeyFileError):
         return refuse(422, "place", "place", max=_TEXT_MAX)
     kid = bytes.fromhex(created.kid)
-    with session_scope(engine) as session:
-        token = issue_provisioning(session, created.id, kid, _who(user), now)
+    token = tokens[0]
     document = provisioning_file(request, created.id, kid)
     return page(
         "console/device_added.html",

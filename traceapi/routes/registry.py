@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from traceapi.access import note_parties
 from traceapi.auth import (
@@ -198,26 +199,38 @@ def post_device(body: DeviceCreate, request: Request, principal: AdminOrParty) -
 
 
 def record_registration(
-    engine: Engine, device_id: str, party: str, public_key: bytes, *, place: Place, now_ms: int
+    engine: Engine,
+    device_id: str,
+    party: str,
+    public_key: bytes,
+    *,
+    place: Place,
+    now_ms: int,
+    then: Callable[[Session, DeviceCreated], None] | None = None,
 ) -> DeviceCreated:
     """Register a device with its first key and log the registration, in one transaction.
 
     What ``POST /v1/devices`` and the console's ``/console/devices/new`` do once the caller may
-    act for ``party``. Raises NotFound (party), Conflict (device or key registered already),
-    IdentifierError (device id, place) and KeyFileError (not a usable key) unchanged.
+    act for ``party``; ``then`` runs in the same transaction afterwards (the console issues the
+    provisioning download there, so a device is never registered without it). Raises NotFound
+    (party), Conflict (device or key registered already), IdentifierError (device id, place)
+    and KeyFileError (not a usable key) unchanged.
     """
     with log_session(engine) as session:
         key = register_device(session, device_id, party, public_key, now_ms, place=place)
         # design.md: registrations are log entries, so the key history is provable.
         entry = DeviceRegistered(key.device_id, party, key.public_key, key.valid_from_ms, now_ms)
         append_registry_entry(session, entry, now_ms)
-        return DeviceCreated(
+        created = DeviceCreated(
             id=key.device_id,
             party=party,
             kid=key.kid.hex(),
             public_key=encode_bytes(key.public_key),
             valid_from_ms=key.valid_from_ms,
         )
+        if then is not None:
+            then(session, created)
+        return created
 
 
 @router.post(
