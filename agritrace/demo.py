@@ -640,6 +640,9 @@ class _Walkthrough:
             token = self.inspector["Authorization"].removeprefix("Bearer ")
             _say(f"   the inspection console: {base}/console/")
             _say(f"     sign in as {INSPECTOR} with the token {token}")
+        farm_token = farm_auth["Authorization"].removeprefix("Bearer ")
+        _say(f"   the producer console: {base}/console/")
+        _say(f"     sign in as {FARM} with the token {farm_token}")
 
 
 async def _receipted(outbox: Outbox, ids: list[tuple[str, int]]) -> None:

@@ -183,17 +183,25 @@ def test_demo_runs_the_pipeline_and_resumes(
 
 
 def _sign_in_as_printed(client: Any, out: str, here: str) -> None:
-    """Sign in to the console with the inspector token the demo printed (docs/inspection.md)."""
-    console = re.search(rf"console: {here}console/\n +sign in as \S+ with the token (\S+)", out)
-    assert console is not None, out
-    form = client.get("/console/sign-in")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert csrf is not None
-    signed_in = client.post(
-        "/console/sign-in", data={"csrf": csrf.group(1), "token": console.group(1)}
-    )
-    assert signed_in.status_code == 303, signed_in.text
-    assert "inspector" in client.get("/console/", params={"lang": "en"}).text
+    """Sign in to the console with the inspector's and the farm's tokens the demo printed
+    (docs/inspection.md, docs/farms.md)."""
+    for console, role in (("inspection", "inspector"), ("producer", "Producer console")):
+        printed = re.search(
+            rf"the {console} console: {here}console/\n +sign in as \S+ with the token (\S+)", out
+        )
+        assert printed is not None, out
+        form = client.get("/console/sign-in")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf is not None
+        signed_in = client.post(
+            "/console/sign-in", data={"csrf": csrf.group(1), "token": printed.group(1)}
+        )
+        assert signed_in.status_code == 303, signed_in.text
+        home = client.get("/console/", params={"lang": "en"})
+        assert role in home.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', home.text)
+        assert csrf is not None
+        client.post("/console/sign-out", data={"csrf": csrf.group(1)})
 
 
 def test_demo_refuses_a_busy_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
