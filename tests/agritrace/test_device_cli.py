@@ -12,24 +12,30 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiomqtt
 import httpx
 import pytest
 import uvicorn
+from browser_kit import CHROMIUM_ARGS, shot
 from mqtt_kit import free_port, unique, wipe_session
+from playwright.sync_api import Page, sync_playwright
 from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlmodel import select
 
 from agritrace.cli import main
+from firmware_sim.device import load_or_create_device_key, wall_clock_ms
 from ingest import IngestConfig, IngestStats, Processor, ServiceOptions
 from ingest.service import run_ingest
 from traceapi.app import create_app
+from tracecore.cose import sign_message
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey, generate_signer
+from tracecore.message import Reading, Sensor
 from tracecore.mqtt import BrokerAddress
 from tracecore.provisioning import Provisioning
 from tracecore.settings import Settings
@@ -37,12 +43,14 @@ from tracecore.storage import (
     Device,
     DeviceKey,
     LogEntry,
+    Rejection,
     create_party,
     issue_token,
     make_engine,
     session_scope,
     upgrade,
 )
+from tracecore.topics import up_topic
 
 ORIGIN = "device-cli.test/log"
 FARM = "linxia-hens-02"
@@ -260,3 +268,143 @@ def test_a_gateway_from_its_provisioning_file_gets_a_verified_first_receipt(
         assert [entry.seq for entry in logged] == [1, 2]
         key = session.exec(select(DeviceKey).where(DeviceKey.device_id == device)).one()
         assert key.revoked_ms is None
+
+
+async def _publish(broker: BrokerAddress, topic: str, payload: bytes) -> None:
+    async with aiomqtt.Client(broker.host, broker.port, identifier=unique("forger")) as client:
+        await client.publish(topic, payload, qos=1)
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _farm_page(chromium: str, base: str, token: str) -> Iterator[Page]:
+    """A Chromium page signed in to the console as the farm (playwright's sync API runs an
+    event loop: the gateway's own asyncio runs between two of these, never inside one)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(locale="en", viewport={"width": 1280, "height": 800})
+            page = context.new_page()
+            page.goto(f"{base}/console/sign-in?lang=en")
+            page.locator("#token").fill(token)
+            with page.expect_navigation():
+                page.locator("#token").press("Enter")
+            yield page
+        finally:
+            browser.close()
+
+
+def _gateway_sends(  # noqa: PLR0917 (the walk's one gateway step)
+    stack: Stack, mosquitto: BrokerAddress, provisioning: Path, keys: Path, device: str, lot: str
+) -> None:
+    """The gateway, from its file: commissions the lot and sends a reading, both receipted; then
+    a forger sends a reading with a broken signature, which is refused."""
+    send = ["sim", "send", "--provisioning", str(provisioning), "--keys", str(keys)]
+    send += ["--product", lot, "--broker", str(mosquitto), "--timeout", "30"]
+    try:
+        with _ingest(stack.engine, stack.log_key, mosquitto):
+            assert main([*send, "--step", "commissioning"]) == 0
+            assert main([*send, "--celsius", "4.5"]) == 0
+            signer = load_or_create_device_key(keys, device)
+            cold = (Sensor("Temperature", 2.0, "CEL"),)
+            reading = Reading(device, 3, wall_clock_ms(), (ProductKey.parse(lot),), cold)
+            forged = bytearray(sign_message(reading, signer.signing_key))
+            forged[-1] ^= 0x01
+            asyncio.run(_publish(mosquitto, up_topic(device), bytes(forged)))
+            _wait_for(lambda: _rejection_id(stack.engine) is not None, "the refusal")
+    finally:
+        asyncio.run(wipe_session(mosquitto, f"gateway-{device}"))
+
+
+def _answer_a_complaint(page: Page, base: str, lot: str) -> None:
+    """A buyer complains about the lot (with markup); the farm answers it in the console."""
+    complaint = httpx.post(
+        f"{base}/v1/feedback/{lot}",
+        json={"rating": 1, "complaint": "蛋壳有裂纹 <b>cracked shells</b>"},
+        timeout=30,
+    )
+    assert complaint.status_code == 201, complaint.text
+    number = complaint.json()["id"]
+    page.goto(f"{base}/console/complaints?lang=en")
+    page.locator(f"#answer-text-{number}").fill("已为您更换 Replaced, sorry")
+    with page.expect_navigation():
+        page.locator(f"#complaint-{number} button[type=submit]").click()
+    assert "Replaced, sorry" in page.locator(f"#answer-{number}").inner_text()
+    assert "<b>" in page.locator(f"#complaint-{number} .complaint").inner_text()  # escaped
+
+
+@pytest.mark.slow
+@pytest.mark.mosquitto
+def test_a_farm_onboards_a_gateway_in_the_console_and_manages_it(
+    stack: Stack,
+    *,
+    mosquitto: BrokerAddress,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    chromium: str,
+    axe_js: Path,
+) -> None:
+    """In Chromium, as the farm: register a gateway, download its file, see its first reading
+    receipted; see a forged reading refused and why; answer a complaint; revoke the key; sign
+    out (docs/gateway.md, docs/farms.md)."""
+    device = unique("barn")
+    keys = tmp_path / "gateway-keys"
+    public, fingerprint = _gateway_key(keys, device, capsys)
+    lot = ProductKey.from_parts(GTIN, lot=unique("L").upper()).path
+    provisioning = tmp_path / "provisioning.json"
+    base = stack.base
+    with _farm_page(chromium, base, stack.token) as page:
+        page.goto(f"{base}/console/devices/new?lang=en")
+        page.locator("#device").fill(device)
+        page.locator("#place").fill("鸡舍三号")
+        page.locator("#public_key").fill(public)
+        with page.expect_navigation():
+            page.locator("#register").click()
+        assert page.locator("#fingerprint").inner_text().strip() == fingerprint
+        shot(page, axe_js, "console-walk-farm-added-en-1280")
+        with page.expect_download() as download:
+            page.locator("#download").click()
+        download.value.save_as(provisioning)
+
+    _gateway_sends(stack, mosquitto, provisioning, keys, device, lot)
+    assert capsys.readouterr().out.count("(verified)") == 2
+
+    with _farm_page(chromium, base, stack.token) as page:
+        page.goto(f"{base}/console/devices?lang=en")
+        card = page.locator(f"#device-{device}")
+        assert "2" in card.locator(".receipt").inner_text()  # the reading's receipt, seq 2
+        assert "Bad signature" in card.locator(".refused").inner_text()
+        with page.expect_navigation():
+            card.locator(".refused a").first.click()
+        with page.expect_navigation():
+            page.locator(f'a[href^="/console/rejections/{_rejection_id(stack.engine)}?"]').click()
+        assert "signature" in page.locator("#refused-by").inner_text().lower()
+        shot(page, axe_js, "console-walk-farm-refusal-en-1280")
+
+        _answer_a_complaint(page, base, lot)
+
+        page.goto(f"{base}/console/devices/{device}/revoke?lang=en")
+        page.locator("#reason").fill("网关被盗 gateway stolen")
+        page.locator("#confirm").check()
+        with page.expect_navigation():
+            page.locator("#revoke").click()
+        assert page.locator("#done").is_visible()
+        shot(page, axe_js, "console-walk-farm-revoked-en-1280")
+
+        page.get_by_role("button", name="Sign out").click()
+        page.wait_for_url(f"{base}/console/sign-in*")
+    with session_scope(stack.engine) as session:
+        key = session.exec(select(DeviceKey).where(DeviceKey.device_id == device)).one()
+        assert key.revoked_ms is not None
+
+
+def _rejection_id(engine: Engine) -> int | None:
+    """The id of the one refused message of the test's database, once it is stored."""
+    with session_scope(engine) as session:
+        return session.exec(select(Rejection.id)).first()
