@@ -7,9 +7,7 @@ egg world's first lot, ``LOT``), and run after the tests that read what they cha
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -43,6 +41,7 @@ from trace_kit import (
     TAMPERED_LOT,
     TREATED_STEER,
 )
+from vnu_kit import html_problems
 
 from traceapi.access import noted_parties
 from traceapi.app import create_app
@@ -264,20 +263,7 @@ def test_the_pages_are_valid_html(
             path = tmp_path / f"{name.replace('/', '_')}-{lang}.html"
             path.write_bytes(answer.content)
             files.append(str(path))
-    java, jar = vnu_jar
-    checked = subprocess.run(  # noqa: S603 (a fixed program on files this test wrote)
-        [java, "-jar", str(jar), "--format", "json", "--stdout", *files],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    messages = json.loads(checked.stdout)["messages"]
-    problems = [
-        f"{Path(m.get('url', '')).name}:{m.get('lastLine', '?')}: {m.get('message', '')}"
-        for m in messages
-        if m.get("type") in ("error", "non-document-error") or m.get("subType") == "warning"
-    ]
+    problems = html_problems(vnu_jar, files)
     assert not problems, "\n".join(problems)
 
 

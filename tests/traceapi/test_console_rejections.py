@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import re
-import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +21,7 @@ from pydantic import SecretStr
 from rejection_kit import GHOST, MARKUP, ROGUE, Refusals, add_refusals, cst_day, table_rows
 from sqlmodel import select
 from trace_kit import ADMIN, CLIMATE, COLLECT, FARM, LOG, ORIGIN
+from vnu_kit import html_problems
 
 from traceapi.access import noted_parties
 from traceapi.app import create_app
@@ -453,14 +452,6 @@ def test_every_reason_check_and_kind_has_words_in_both_languages() -> None:
             assert text(lang, f"console.rejections.{word}"), (lang, word)
 
 
-def _html_problem(message: dict[str, Any]) -> bool:
-    """An error, or a warning (vnu: type info, subType warning); not a plain info note."""
-    kind = message.get("type")
-    return kind in ("error", "non-document-error") or (
-        kind == "info" and message.get("subType") == "warning"
-    )
-
-
 def test_the_pages_are_valid_html(
     inspector: httpx.Client, refusals: Refusals, vnu_jar: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -481,22 +472,7 @@ def test_the_pages_are_valid_html(
             page = tmp_path / f"page-{n}-{lang}.html"
             page.write_bytes(response.content)
             files.append(str(page))
-    java, jar = vnu_jar
-    checked = subprocess.run(  # noqa: S603 (a fixed program on files this test wrote)
-        [java, "-jar", str(jar), "--format", "json", "--stdout", *files],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    report = checked.stdout.strip()
-    assert report, f"vnu.jar gave no report (exit {checked.returncode}):\n{checked.stderr}"
-    problems = [
-        f"{Path(m.get('url', '')).name}:{m.get('lastLine', '?')}: {m.get('message', '')} "
-        f"[{m.get('extract', '').strip()[:80]}]"
-        for m in json.loads(report)["messages"]
-        if _html_problem(m)
-    ]
+    problems = html_problems(vnu_jar, files)
     assert not problems, f"{len(problems)} HTML problem(s):\n" + "\n".join(problems)
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import re
-import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,6 +34,7 @@ from trace_kit import (
     TAMPERED_CASE,
     TREATED_STEER,
 )
+from vnu_kit import html_problems
 
 from traceapi.console import search as console_search
 from traceapi.console.search_form import PAGE_SIZE, read_search
@@ -484,18 +483,5 @@ def test_every_search_page_is_valid_html(
             file = tmp_path / f"{name}-{language}.html"
             file.write_bytes(page.content)
             files.append(str(file))
-    java, jar = vnu_jar
-    checked = subprocess.run(  # noqa: S603 (a fixed program on files this test wrote)
-        [java, "-jar", str(jar), "--format", "json", "--stdout", *files],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    messages = json.loads(checked.stdout)["messages"]
-    problems = [
-        f"{m.get('url', '').rsplit('/', 1)[-1]}:{m.get('lastLine')}: {m.get('message')}"
-        for m in messages
-        if m.get("type") in ("error", "non-document-error") or m.get("subType") == "warning"
-    ]
+    problems = html_problems(vnu_jar, files)
     assert problems == []

@@ -7,23 +7,13 @@ checked in one run of the checker (a JVM start costs a second or two).
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import httpx
 from trace_kit import PAGE_LANGUAGES, PAGE_VARIANTS, PRINTED_PAGES
-
-
-def _problem(message: dict[str, Any]) -> bool:
-    """An error, or a warning (vnu: type info, subType warning); not a plain info note."""
-    kind = message.get("type")
-    return kind in ("error", "non-document-error") or (
-        kind == "info" and message.get("subType") == "warning"
-    )
+from vnu_kit import html_problems
 
 
 def test_every_page_is_valid_html(
@@ -46,22 +36,5 @@ def test_every_page_is_valid_html(
             path = tmp_path / f"{name}-{language}.html"
             path.write_bytes(response.content)
             files.append(str(path))
-    java, jar = vnu_jar
-    checked = subprocess.run(  # noqa: S603 (a fixed program on files this test wrote)
-        [java, "-jar", str(jar), "--format", "json", "--stdout", *files],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    report = checked.stdout.strip()
-    assert report, f"vnu.jar gave no report (exit {checked.returncode}):\n{checked.stderr}"
-    messages = json.loads(report)["messages"]
-    problems = [
-        f"{Path(unquote(urlparse(m.get('url', '')).path)).name}:{m.get('lastLine', '?')}: "
-        f"{m.get('message', '')} [{m.get('extract', '').strip()[:80]}]"
-        for m in messages
-        if _problem(m)
-    ]
+    problems = html_problems(vnu_jar, files)
     assert not problems, f"{len(problems)} HTML problem(s):\n" + "\n".join(problems)
-    assert checked.returncode == 0, checked.stderr
