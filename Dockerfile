@@ -14,6 +14,7 @@ COPY ingest ./ingest
 COPY traceapi ./traceapi
 COPY witness ./witness
 COPY firmware_sim ./firmware_sim
+COPY gateway ./gateway
 COPY contracts ./contracts
 RUN pip install --no-cache-dir . && rm -rf /src
 

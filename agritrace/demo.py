@@ -44,9 +44,9 @@ from agritrace.runner import (
     run_service,
     serve_until_stopped,
 )
-from firmware_sim.device import Fleet, load_or_create_device_key
-from firmware_sim.outbox import Outbox
 from firmware_sim.sim import SimOptions, run_simulation
+from gateway.outbox import Outbox
+from gateway.runtime import Fleet, load_or_create_device_key
 from tracecore.bundle import Policy, parse_bundle, verify_bundle
 from tracecore.errors import ConfigError
 from tracecore.identifiers import ProductKey

@@ -98,7 +98,7 @@ def _sim_send(args: argparse.Namespace, settings: Settings) -> int:
     del settings  # a gateway has its file and its key, nothing of a server
     import asyncio
 
-    from firmware_sim.gateway import send_from_provisioning
+    from gateway.provisioned import send_from_provisioning
     from tracecore.identifiers import ProductKey
     from tracecore.mqtt import BrokerAddress
     from tracecore.provisioning import Provisioning
@@ -133,7 +133,7 @@ def _sim_send(args: argparse.Namespace, settings: Settings) -> int:
 
 def _gateway_key(args: argparse.Namespace, settings: Settings) -> int:
     del settings  # the key lives where the gateway says (--out), not in a server's data dir
-    from firmware_sim.device import load_or_create_device_key
+    from gateway.runtime import load_or_create_device_key
     from tracecore.keys import device_fingerprint
 
     existed = (args.out / f"{args.device_id}.key").exists()

@@ -1,9 +1,9 @@
 """Faults on demand: named misbehaviours applied to a fleet's traffic (``--fault NAME[:rate]``).
 
 A :class:`Fault` is a name from :data:`FAULTS` and a rate in [0, 1]; :func:`parse_fault` reads
-the command-line form. A :class:`FaultInjector` wraps a :class:`~firmware_sim.device.Fleet`
+the command-line form. A :class:`FaultInjector` wraps a :class:`~gateway.runtime.Fleet`
 and applies the faults to the messages its devices send through :class:`FaultyDevice` (the
-same ``send_reading`` / ``send_event`` as :class:`~firmware_sim.device.Device`); run the
+same ``send_reading`` / ``send_event`` as :class:`~gateway.runtime.Device`); run the
 fleet with :meth:`FaultInjector.run` instead of :meth:`Fleet.run` so that outages and delayed
 publishes (replays, equivocations) happen. Choices come from a seeded RNG: the same seed, the
 same sends and the same faults give the same injections.
@@ -43,7 +43,7 @@ from typing import Final, Literal
 import aiomqtt
 import cbor2
 
-from firmware_sim.device import Device, Fleet
+from gateway.runtime import Device, Fleet
 from tracecore.cbor import encode_deterministic
 from tracecore.cose import COSE_SIGN1_TAG, SIGNATURE_LENGTH, parse_message, sign_message
 from tracecore.errors import ConfigError

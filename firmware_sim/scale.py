@@ -1,7 +1,7 @@
 """A load driver: thousands of simulated devices in one process (issue 5, item 5).
 
 :class:`ScaleLoad` runs ``devices`` devices spread round-robin over ``fleets``
-:class:`~firmware_sim.device.Fleet` objects (one MQTT connection and one SQLite outbox each).
+:class:`~gateway.runtime.Fleet` objects (one MQTT connection and one SQLite outbox each).
 Every device sends one signed message every ``period_s`` seconds, at a phase drawn from the
 seed, so that the load is spread evenly instead of arriving in bursts. The first message of a
 device is the ``commissioning`` event of its own lot (so that an ingest service has a product for
@@ -46,8 +46,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
-from firmware_sim.device import Device, Fleet, ResendPolicy
-from firmware_sim.outbox import Outbox
+from gateway.outbox import Outbox
+from gateway.runtime import Device, Fleet, ResendPolicy
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey
 from tracecore.message import Sensor

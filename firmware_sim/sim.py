@@ -9,7 +9,7 @@ party or device is there already (a device's registered key is then checked agai
 Running maps the timeline's scenario offsets to device time ``t0 + offset / speed``, where ``t0``
 is the wall clock after provisioning: so every message time lies after its key's registration
 (``valid_from_ms``) and never ahead of the server's clock (the 5-minute ``clock_skew`` rule),
-whatever the speed. One :class:`~firmware_sim.device.Fleet` per party (one MQTT connection and
+whatever the speed. One :class:`~gateway.runtime.Fleet` per party (one MQTT connection and
 one outbox file each) sends the messages; before a device touches a product that another
 device touched last, the runner waits for that message's receipt, because the rights rules
 refuse (not park) a receiving that overtakes its shipping.
@@ -33,7 +33,6 @@ from typing import Final, TextIO
 
 import httpx
 
-from firmware_sim.device import Fleet, ResendPolicy, load_or_create_device_key
 from firmware_sim.faults import (
     FAULTS,
     Fault,
@@ -43,8 +42,9 @@ from firmware_sim.faults import (
     Injection,
     Revoker,
 )
-from firmware_sim.outbox import Outbox
 from firmware_sim.scenarios import Planned, Scenario, ScenarioConfig, build_scenario
+from gateway.outbox import Outbox
+from gateway.runtime import Fleet, ResendPolicy, load_or_create_device_key
 from tracecore.errors import ConfigError
 from tracecore.keys import VerifierKey
 from tracecore.mqtt import BrokerAddress

@@ -25,8 +25,8 @@ import aiomqtt
 from sqlalchemy import Engine, func, select
 from sqlmodel import SQLModel
 
-from firmware_sim.device import Fleet, ResendPolicy
-from firmware_sim.outbox import Outbox
+from gateway.outbox import Outbox
+from gateway.runtime import Fleet, ResendPolicy
 from tracecore.backoff import Backoff
 from tracecore.cose import parse_message
 from tracecore.errors import KeyFileError

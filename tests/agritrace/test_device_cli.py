@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from agritrace.cli import main
-from firmware_sim.device import load_or_create_device_key, wall_clock_ms
+from gateway.runtime import load_or_create_device_key, wall_clock_ms
 from ingest import IngestConfig, IngestStats, Processor, ServiceOptions
 from ingest.service import run_ingest
 from traceapi.app import create_app

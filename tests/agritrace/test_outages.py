@@ -36,7 +36,7 @@ from mqtt_kit import (
 )
 from outage_kit import PgCluster
 
-from firmware_sim.device import Fleet
+from gateway.runtime import Fleet
 from tracecore.keys import load_or_create_log_key
 from tracecore.message import Sensor
 from tracecore.mqtt import BrokerAddress

@@ -20,7 +20,6 @@ from mqtt_kit import lot, make_fleet, now_ms, provision, unique, wait_for, wipe_
 from sqlalchemy import Engine, select
 from sqlmodel import SQLModel
 
-from firmware_sim.device import Device, Fleet
 from firmware_sim.faults import (
     FAULT_NAMES,
     FAULTS,
@@ -33,6 +32,7 @@ from firmware_sim.faults import (
     parse_fault,
     parse_faults,
 )
+from gateway.runtime import Device, Fleet
 from ingest import IngestConfig, IngestStats, Processor, ServiceOptions
 from ingest.service import run_ingest
 from tracecore.cose import parse_message, sign_message

@@ -24,9 +24,9 @@ from sqlalchemy import Engine, text
 
 import firmware_sim.sim
 from agritrace.cli import main
-from firmware_sim.outbox import Outbox
 from firmware_sim.scenarios import BEEF_CARCASS_GTIN, BEEF_CUTS_GTIN, EGG_GTIN
 from firmware_sim.sim import SimOptions, SimSummary
+from gateway.outbox import Outbox
 from tracecore.mqtt import BrokerAddress
 from tracecore.storage import make_engine
 

@@ -39,7 +39,7 @@ from mqtt_kit import (
     wipe_session,
 )
 
-from firmware_sim.device import Fleet
+from gateway.runtime import Fleet
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey, read_log_key
 from tracecore.message import Sensor

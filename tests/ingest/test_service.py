@@ -37,7 +37,7 @@ from mqtt_kit import (
 from sqlalchemy import Engine, select
 from sqlmodel import SQLModel
 
-from firmware_sim.device import Fleet
+from gateway.runtime import Fleet
 from ingest import BatchResult, Inbound, IngestConfig, IngestStats, Processor, ServiceOptions
 from ingest.service import run_ingest, subscription_topic
 from tracecore.cose import parse_message

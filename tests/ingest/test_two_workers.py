@@ -39,7 +39,7 @@ from mqtt_kit import (
 from sqlalchemy import Engine, select
 from sqlmodel import col
 
-from firmware_sim.device import Fleet
+from gateway.runtime import Fleet
 from tracecore.keys import SignerKey, read_log_key
 from tracecore.merkle import verify_consistency
 from tracecore.message import Sensor

@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from trace_kit import CLIMATE, FARM, LOG, PACKER
 
 from agritrace.cli import main
-from firmware_sim.device import load_or_create_device_key
+from gateway.runtime import load_or_create_device_key
 from tracecore.keys import SignerKey, device_fingerprint
 from tracecore.provisioning import Provisioning
 from tracecore.storage import Device, DeviceKey, LogEntry, session_scope

@@ -1,7 +1,7 @@
-"""The device runtime: simulated gateways that sign, publish, and resend until receipted.
+"""The gateway runtime: devices that sign, publish, and resend until receipted.
 
 A :class:`Fleet` is a group of devices that share one MQTT connection and one persistent
-:class:`~firmware_sim.outbox.Outbox` (one SQLite file). It does what docs/protocol.md asks of
+:class:`~gateway.outbox.Outbox` (one SQLite file). It does what docs/protocol.md asks of
 device firmware:
 
 * each message gets the device's next sequence number, is signed with the device's Ed25519 key
@@ -17,8 +17,9 @@ device firmware:
   (:class:`ResendPolicy`), and all at once after a reconnect;
 * the connection is re-established with jittered exponential backoff.
 
-This package speaks only MQTT and the documented format: it imports tracecore, never the
-services (import-linter enforces it).
+A farm's gateway (``agritrace gateway``) and the simulator (:mod:`firmware_sim`) both run on
+it. This package speaks only MQTT and the documented format: it imports tracecore, never the
+services or the simulator (import-linter enforces it).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Final
 import aiomqtt
 import nacl.signing
 
-from firmware_sim.outbox import Outbox, OutboxItem, StoredReceipt
+from gateway.outbox import Outbox, OutboxItem, StoredReceipt
 from tracecore.backoff import Backoff
 from tracecore.cose import parse_message, sign_message
 from tracecore.errors import KeyFileError, MessageRejected, UnknownKey
@@ -96,7 +97,7 @@ class ResendPolicy:
     spreads its resends instead of repeating every message on one timer. The lower half is
     kept: with full jitter (``[0, b]``) a resend could follow its send at once, before any
     receipt could have come back. ``n`` is the message's persisted
-    ``attempts`` (firmware_sim/outbox.py), so the schedule survives restarts.
+    ``attempts`` (gateway/outbox.py), so the schedule survives restarts.
     """
 
     initial_s: float = 30.0
@@ -130,7 +131,7 @@ class FleetStats:
 
 @dataclass(slots=True)
 class Device:
-    """One simulated device gateway of a :class:`Fleet`: its id, key and clock."""
+    """One device of a :class:`Fleet`: its id, key and clock."""
 
     id: str
     key: SignerKey

@@ -4,7 +4,7 @@ What a farm's real gateway does after onboarding (docs/gateway.md): it reads the
 file the farm downloaded (:class:`tracecore.provisioning.Provisioning`) and its own key from its
 key directory (made there by ``agritrace gateway-key``), checks that the file was made for that
 key (the fingerprints agree), connects to the broker the file names, pins the log key the file
-names, and sends signed messages through the persistent outbox (:class:`firmware_sim.device.Fleet`)
+names, and sends signed messages through the persistent outbox (:class:`gateway.runtime.Fleet`)
 until each has a receipt that verifies under that key. ``agritrace sim send`` runs it once.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from firmware_sim.device import Fleet, load_or_create_device_key
-from firmware_sim.outbox import Outbox
+from gateway.outbox import Outbox
+from gateway.runtime import Fleet, load_or_create_device_key
 from tracecore.errors import ConfigError
 from tracecore.identifiers import ProductKey
 from tracecore.keys import VerifierKey, device_fingerprint, read_key_file

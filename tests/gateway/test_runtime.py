@@ -21,8 +21,8 @@ import aiomqtt
 import pytest
 from mqtt_kit import free_port, lot, make_fleet, unique, wait_for, wipe_session
 
-from firmware_sim.device import Fleet, ResendPolicy, load_or_create_device_key
-from firmware_sim.outbox import Outbox, StoredReceipt
+from gateway.outbox import Outbox, StoredReceipt
+from gateway.runtime import Fleet, ResendPolicy, load_or_create_device_key
 from tracecore.cose import parse_message
 from tracecore.errors import KeyFileError
 from tracecore.keys import SignerKey, generate_signer
