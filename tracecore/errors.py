@@ -18,6 +18,9 @@ with ``raise ... from exc``, so a caller never has to know which library sits un
     │   └── UnverifiedNote             no trusted signature verifies, or a known one is bad
     ├── BundleError                an evidence bundle or trust policy is malformed or fails a check
     ├── ConfigError                a setting is missing or invalid
+    ├── InputError                 a line or row of a gateway's CSV input breaks a rule: ``.line``,
+    │                              ``.column``, ``.reason`` (docs/gateway-csv.md)
+    ├── BatchError                 a batch file has bad rows: ``.problems`` lists every InputError
     ├── ProofError                 a Merkle proof is malformed, asks for impossible sizes, or fails
     └── StorageError               the database refused or lost something
         ├── NotFound                   no such record
@@ -38,11 +41,13 @@ from enum import StrEnum
 __all__ = [
     "AgritraceError",
     "BadSignature",
+    "BatchError",
     "BundleError",
     "ConfigError",
     "Conflict",
     "DatabaseUnavailable",
     "IdentifierError",
+    "InputError",
     "KeyFileError",
     "MalformedMessage",
     "MalformedNote",
@@ -161,6 +166,44 @@ class BundleError(AgritraceError):
 
 class ConfigError(AgritraceError):
     """A setting is missing or invalid."""
+
+
+class InputError(AgritraceError, ValueError):
+    """A line or row of a gateway's CSV input (docs/gateway-csv.md) breaks a rule.
+
+    ``line`` is the 1-based line number when the caller knows it, ``column`` the column's name
+    (``"time"``, ``"unit"``, ``"products"``, …) when one column is at fault, ``reason`` what is
+    wrong and what is expected. The message reads like
+    ``line 17, column "unit": "degC" is not a unit we know; use …``.
+    """
+
+    def __init__(self, reason: str, *, line: int | None = None, column: str | None = None) -> None:
+        self.reason = reason
+        self.line = line
+        self.column = column
+        where = [f"line {line}"] if line is not None else []
+        if column is not None:
+            where.append(f'column "{column}"')
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+
+class BatchError(AgritraceError, ValueError):
+    """A batch file (docs/gateway-csv.md) has bad rows; none of its events may be sent.
+
+    ``problems`` holds every :class:`InputError` found, in line order; the message lists them
+    (the first 50, then how many more).
+    """
+
+    shown: int = 50
+
+    def __init__(self, problems: tuple[InputError, ...]) -> None:
+        self.problems = problems
+        count = len(problems)
+        lines = [str(problem) for problem in problems[: self.shown]]
+        if count > self.shown:
+            lines.append(f"... and {count - self.shown} more")
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{count} {noun}, nothing was accepted:\n" + "\n".join(lines))
 
 
 class ProofError(AgritraceError):
