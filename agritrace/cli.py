@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agritrace.devices import add_device_parsers, add_sim_send_parser
+from agritrace.gateway_cli import add_gateway_parser
 from agritrace.tokens import add_token_parser
 from tracecore.errors import AgritraceError, ConfigError
 from tracecore.keys import VerifierKey
@@ -198,6 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_broker_parser(commands)
     add_token_parser(commands)
     add_device_parsers(commands)
+    add_gateway_parser(commands)
     return parser
 
 

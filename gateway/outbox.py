@@ -9,7 +9,9 @@ Tables:
 
 ``counters``  the last sequence number handed out per device;
 ``outbox``    every message not yet receipted: exact bytes, attempts, when to send it next;
-``receipts``  the receipts that settled a message (the device's proof of inclusion).
+``receipts``  the receipts that settled a message (the device's proof of inclusion);
+``cursors``   how far each input of a gateway has been read (a file offset, a batch row),
+              committed with the message made from it, so a restart neither skips nor repeats.
 
 A new sequence number and its message are committed in the *same* transaction, before the
 caller can publish the message: after a crash either both exist (the message is resent) or
@@ -56,6 +58,10 @@ _SCHEMA: Final = (
         raw BLOB NOT NULL,
         received_ms INTEGER NOT NULL,
         PRIMARY KEY (device_id, seq)
+    )""",
+    """CREATE TABLE IF NOT EXISTS cursors (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
     )""",
 )
 
@@ -144,15 +150,42 @@ class Outbox:
             )
 
     def append(
-        self, device_id: str, build: Callable[[int], bytes], *, now_ms: int, next_send_ms: int
+        self,
+        device_id: str,
+        build: Callable[[int], bytes],
+        *,
+        now_ms: int,
+        next_send_ms: int,
+        cursor: tuple[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """Give ``device_id`` its next sequence number, sign and store the message; return both.
 
         ``build(seq)`` returns the signed bytes for that sequence number. The counter and the
         message are committed together before this returns, i.e. before any publish. If
-        ``build`` raises, nothing is stored and the number is not used.
+        ``build`` raises, nothing is stored and the number is not used. ``cursor``
+        (name, value) is set in the same transaction: the position of the input the message
+        was made from (:meth:`cursor`).
         """
-        return self.append_many([(device_id, build)], now_ms=now_ms, next_send_ms=next_send_ms)[0]
+        return self.append_many(
+            [(device_id, build)], now_ms=now_ms, next_send_ms=next_send_ms, cursor=cursor
+        )[0]
+
+    def cursor(self, name: str) -> str | None:
+        """Return the input position last committed under ``name``, or None."""
+        row = self._db.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_cursor(self, name: str, value: str) -> None:
+        """Commit an input position without a message (an input line that made none)."""
+        with self._transaction():
+            self._set_cursor(name, value)
+
+    def _set_cursor(self, name: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO cursors (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
 
     def append_many(
         self,
@@ -160,10 +193,13 @@ class Outbox:
         *,
         now_ms: int,
         next_send_ms: int,
+        cursor: tuple[str, str] | None = None,
     ) -> list[tuple[int, bytes]]:
         """Like :meth:`append` for several messages, in one transaction (one disk sync)."""
         stored: list[tuple[int, bytes]] = []
         with self._transaction():
+            if cursor is not None:
+                self._set_cursor(*cursor)
             for device_id, build in items:
                 row = self._db.execute(
                     "SELECT last_seq FROM counters WHERE device_id = ?", (device_id,)

@@ -138,13 +138,16 @@ class Device:
     fleet: Fleet
     clock: Callable[[], int] = wall_clock_ms
 
-    async def send(self, build: Callable[[int], DeviceMessage]) -> tuple[int, bytes]:
+    async def send(
+        self, build: Callable[[int], DeviceMessage], *, cursor: tuple[str, str] | None = None
+    ) -> tuple[int, bytes]:
         """Sign and send the message ``build(seq)``; return its sequence number and bytes.
 
         The message is in the persistent outbox when this returns; it is published as soon as
-        the fleet is connected and resent until receipted.
+        the fleet is connected and resent until receipted. ``cursor`` is committed with it
+        (:meth:`gateway.outbox.Outbox.append`).
         """
-        return await self.fleet.send(self.id, build)
+        return await self.fleet.send(self.id, build, cursor=cursor)
 
     async def send_reading(
         self,
@@ -152,6 +155,7 @@ class Device:
         sensors: Sequence[Sensor],
         *,
         time_ms: int | None = None,
+        cursor: tuple[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """Send a reading of ``sensors`` for ``products`` (time: the device clock)."""
         when = self.clock() if time_ms is None else time_ms
@@ -165,7 +169,7 @@ class Device:
                 sensors=tuple(sensors),
             )
 
-        return await self.send(build)
+        return await self.send(build, cursor=cursor)
 
     async def send_event(
         self,
@@ -176,6 +180,7 @@ class Device:
         location: str | None = None,
         data: Mapping[str, object] | None = None,
         time_ms: int | None = None,
+        cursor: tuple[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """Send a business event ``step`` for ``products`` (time: the device clock)."""
         when = self.clock() if time_ms is None else time_ms
@@ -192,7 +197,7 @@ class Device:
                 data=data,
             )
 
-        return await self.send(build)
+        return await self.send(build, cursor=cursor)
 
 
 @dataclass(slots=True)
@@ -274,6 +279,8 @@ class Fleet:
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self._settled = asyncio.Condition()
+        #: Called with each batch of receipts once they are settled in the outbox (status).
+        self.settle_listeners: list[Callable[[Sequence[StoredReceipt]], None]] = []
 
     # -- devices and sending ---------------------------------------------------------------------
 
@@ -288,9 +295,16 @@ class Fleet:
         return device
 
     async def send(
-        self, device_id: str, build: Callable[[int], DeviceMessage]
+        self,
+        device_id: str,
+        build: Callable[[int], DeviceMessage],
+        *,
+        cursor: tuple[str, str] | None = None,
     ) -> tuple[int, bytes]:
-        """Sign ``build(seq)`` with the device's key, store it, queue it; return seq and bytes."""
+        """Sign ``build(seq)`` with the device's key, store it, queue it; return seq and bytes.
+
+        ``cursor`` (name, value) is committed in the same transaction as the message.
+        """
         signing_key = self._signing_keys[device_id]
         now = self._clock()
 
@@ -301,7 +315,11 @@ class Fleet:
             return sign_message(message, signing_key)
 
         seq, raw = self.outbox.append(
-            device_id, sign, now_ms=now, next_send_ms=now + self.resend.delay_ms(1, self._rng)
+            device_id,
+            sign,
+            now_ms=now,
+            next_send_ms=now + self.resend.delay_ms(1, self._rng),
+            cursor=cursor,
         )
         self.stats.created += 1
         await self._send_queue.put(_Outgoing(device_id, seq, raw))
@@ -437,6 +455,8 @@ class Fleet:
     async def _flush(self, pending: _Settle) -> None:
         settled = self.outbox.settle(pending.items)
         self.stats.receipted += settled
+        for listener in self.settle_listeners:
+            listener(pending.items)
         pending.clear()
         async with self._settled:
             self._settled.notify_all()

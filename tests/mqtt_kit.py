@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from sqlmodel import SQLModel
 
 from gateway.outbox import Outbox
 from gateway.runtime import Fleet, ResendPolicy
+from ingest import IngestConfig, IngestStats, Processor, ServiceOptions
+from ingest.service import run_ingest
 from tracecore.backoff import Backoff
 from tracecore.cose import parse_message
 from tracecore.errors import KeyFileError
@@ -47,6 +51,7 @@ __all__ = [
     "check_receipts",
     "count_rows",
     "free_port",
+    "ingest_thread",
     "lot",
     "make_fleet",
     "now_ms",
@@ -303,3 +308,32 @@ def check_receipts(fleets: list[Fleet], sent: dict[tuple[str, int], bytes], log_
         assert fleet.stats.bad_receipts == 0
         fleet.outbox.close()
     assert held == set(sent)
+
+
+@contextlib.contextmanager
+def ingest_thread(engine: Engine, log_key: SignerKey, broker: BrokerAddress) -> Iterator[None]:
+    """Run the ingest service on ``broker`` in a thread with its own loop, during the block."""
+    client_id = unique("ingest")
+    processor = Processor(engine, log_key, IngestConfig(batch_size=50))
+    options = ServiceOptions(broker, client_id=client_id, linger_ms=20, reconnect_initial_s=0.1)
+    stats = IngestStats()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    def serve() -> None:
+        loop.run_until_complete(run_ingest(processor, options, stop, stats=stats))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while stats.connects < 1:
+        assert time.monotonic() < deadline, "ingest did not connect"
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()
+        processor.close()
+        asyncio.run(wipe_session(broker, client_id))

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import uvicorn
 from browser_kit import CHROMIUM_ARGS, shot
-from mqtt_kit import free_port, unique, wipe_session
+from mqtt_kit import free_port, ingest_thread, unique, wipe_session
 from playwright.sync_api import Page, sync_playwright
 from pydantic import SecretStr
 from sqlalchemy import Engine
@@ -29,8 +29,6 @@ from sqlmodel import select
 
 from agritrace.cli import main
 from gateway.runtime import load_or_create_device_key, wall_clock_ms
-from ingest import IngestConfig, IngestStats, Processor, ServiceOptions
-from ingest.service import run_ingest
 from traceapi.app import create_app
 from tracecore.cose import sign_message
 from tracecore.identifiers import ProductKey
@@ -211,35 +209,6 @@ def test_sim_send_refuses_a_file_made_for_another_key(
     assert "do not use it" in capsys.readouterr().err
 
 
-@contextlib.contextmanager
-def _ingest(engine: Engine, log_key: SignerKey, broker: BrokerAddress) -> Iterator[None]:
-    """The ingest service on the broker, in a thread with its own event loop."""
-    client_id = unique("ingest")
-    processor = Processor(engine, log_key, IngestConfig(batch_size=50))
-    options = ServiceOptions(broker, client_id=client_id, linger_ms=20, reconnect_initial_s=0.1)
-    stats = IngestStats()
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    def serve() -> None:
-        loop.run_until_complete(run_ingest(processor, options, stop, stats=stats))
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while stats.connects < 1:
-        assert time.monotonic() < deadline, "ingest did not connect"
-        time.sleep(0.05)
-    try:
-        yield
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
-        processor.close()
-        asyncio.run(wipe_session(broker, client_id))
-
-
 @pytest.mark.mosquitto
 def test_a_gateway_from_its_provisioning_file_gets_a_verified_first_receipt(
     stack: Stack, mosquitto: BrokerAddress, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -254,7 +223,7 @@ def test_a_gateway_from_its_provisioning_file_gets_a_verified_first_receipt(
     lot = ProductKey.from_parts(GTIN, lot=unique("L").upper()).path
     send = ["sim", "send", "--provisioning", str(out), "--keys", str(keys), "--product", lot]
     try:
-        with _ingest(stack.engine, stack.log_key, mosquitto):
+        with ingest_thread(stack.engine, stack.log_key, mosquitto):
             assert main([*send, "--step", "commissioning", "--timeout", "30"]) == 0
             assert main([*send, "--celsius", "4.5", "--timeout", "30"]) == 0
         printed = capsys.readouterr().out
@@ -308,7 +277,7 @@ def _gateway_sends(  # noqa: PLR0917 (the walk's one gateway step)
     send = ["sim", "send", "--provisioning", str(provisioning), "--keys", str(keys)]
     send += ["--product", lot, "--broker", str(mosquitto), "--timeout", "30"]
     try:
-        with _ingest(stack.engine, stack.log_key, mosquitto):
+        with ingest_thread(stack.engine, stack.log_key, mosquitto):
             assert main([*send, "--step", "commissioning"]) == 0
             assert main([*send, "--celsius", "4.5"]) == 0
             signer = load_or_create_device_key(keys, device)

@@ -1,0 +1,285 @@
+"""``agritrace gateway``: the long-running process of a farm's gateway.
+
+It loads ``gateway.toml`` (:mod:`gateway.config`), the device identity (the provisioning file
+and the key it was made for), and runs, in one TaskGroup of named tasks:
+
+* the runtime (:class:`gateway.runtime.Fleet`): the MQTT connection to the service, sends,
+  resends, verified receipts;
+* one task per source (:mod:`gateway.sources`, :mod:`gateway.spool`);
+* the status: a line per source on the terminal every ``status_interval`` seconds, and the
+  same counters as Prometheus metrics when ``metrics`` is set (:mod:`gateway.status`);
+* key rotation on its schedule and on request (:mod:`gateway.rotation`).
+
+It stops when ``stop`` is set (SIGTERM or SIGINT in the CLI); what is not receipted stays in the
+outbox for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TextIO
+
+from gateway.config import EventsSource, GatewayConfig, LinesSource, MqttSource
+from gateway.outbox import Outbox
+from gateway.runtime import Device, Fleet, wall_clock_ms
+from gateway.sources import run_lines_source, run_mqtt_source
+from gateway.spool import run_events_source
+from gateway.status import Status, prometheus_text, status_lines
+from tracecore.errors import ConfigError, MessageRejected
+from tracecore.identifiers import ProductKey
+from tracecore.keys import SignerKey, VerifierKey, device_fingerprint, read_key_file
+from tracecore.message import Sensor
+from tracecore.mqtt import BrokerAddress
+from tracecore.provisioning import Provisioning
+
+__all__ = ["Gateway", "load_identity", "run_gateway"]
+
+_log = logging.getLogger(__name__)
+#: Longest wait for a metrics request's headers.
+_METRICS_READ_TIMEOUT_S: Final = 5.0
+
+
+def load_identity(provisioning_path: Path, keys_dir: Path) -> tuple[Provisioning, SignerKey]:
+    """Read the provisioning file and the device key it was made for.
+
+    Raises:
+        ConfigError: no file, no key, or a key whose fingerprint is not the file's (a file made
+            for another gateway: docs/gateway.md).
+    """
+    try:
+        provisioning = Provisioning.parse(provisioning_path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the provisioning file {provisioning_path}: {exc}") from exc
+    device = provisioning.device
+    if not (keys_dir / f"{device}.key").exists():
+        raise ConfigError(f"no key of {device} in {keys_dir}: run agritrace gateway-key there")
+    key = read_key_file(keys_dir, device)
+    if device_fingerprint(key.public_key) != provisioning.fingerprint:
+        raise ConfigError(
+            f"the provisioning file is for the key {provisioning.fingerprint}, but this "
+            f"gateway's key is {device_fingerprint(key.public_key)}: do not use it"
+        )
+    return provisioning, key
+
+
+@dataclass(slots=True)
+class Gateway:
+    """A configured gateway: its device in a fleet of one, the outbox, and the status."""
+
+    config: GatewayConfig
+    provisioning: Provisioning
+    fleet: Fleet
+    device: Device
+    status: Status
+
+    @classmethod
+    def open(
+        cls, config: GatewayConfig, outbox: Outbox, *, clock: Callable[[], int] = wall_clock_ms
+    ) -> Gateway:
+        """Load the identity of ``config`` and prepare (not connect) the gateway."""
+        provisioning, key = load_identity(config.provisioning, config.keys)
+        broker = config.broker or BrokerAddress.parse(provisioning.broker)
+        log_key = VerifierKey.parse(provisioning.log_vkey).public_key
+        fleet = Fleet(
+            broker, outbox, log_key, client_id=f"gateway-{provisioning.device}", clock=clock
+        )
+        device = fleet.add_device(provisioning.device, key)
+        status = Status(provisioning.device)
+        status.earlier((item.device_id, item.seq) for item in outbox.pending())
+        for source in config.sources:
+            status.add_source(source.name, source.kind)
+        fleet.settle_listeners.append(
+            lambda receipts: status.settled((r.device_id, r.seq) for r in receipts)
+        )
+        return cls(config, provisioning, fleet, device, status)
+
+    # -- the sink of the sources ---------------------------------------------------------------
+
+    async def reading(
+        self,
+        source: str,
+        products: Sequence[ProductKey],
+        sensors: Sequence[Sensor],
+        *,
+        time_ms: int | None = None,
+        cursor: tuple[str, str] | None = None,
+    ) -> bool:
+        """Sign and store a reading of ``source``; False (recorded) if it cannot be made."""
+        try:
+            seq, _ = await self.device.send_reading(
+                products, sensors, time_ms=time_ms, cursor=cursor
+            )
+        except MessageRejected as exc:
+            self.refuse(source, "malformed", str(exc))
+            return False
+        self.status.sent(source, self.device.id, seq)
+        return True
+
+    async def event(
+        self,
+        source: str,
+        products: Sequence[ProductKey],
+        step: str,
+        *,
+        parents: Sequence[ProductKey] = (),
+        location: str | None = None,
+        data: Mapping[str, object] | None = None,
+        time_ms: int | None = None,
+        cursor: tuple[str, str] | None = None,
+    ) -> bool:
+        """Sign and store an event of ``source``; False (recorded) if it cannot be made."""
+        try:
+            seq, _ = await self.device.send_event(
+                products,
+                step,
+                parents=parents,
+                location=location,
+                data=data,
+                time_ms=time_ms,
+                cursor=cursor,
+            )
+        except MessageRejected as exc:
+            self.refuse(source, "malformed", str(exc))
+            return False
+        self.status.sent(source, self.device.id, seq)
+        return True
+
+    def refuse(self, source: str, reason: str, detail: str) -> None:
+        """Record and log an input of ``source`` that could not become a message."""
+        self.status.rejected(source, reason, detail)
+        _log.warning("source %s: rejected (%s): %s", source, reason, detail)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Copy the runtime's state into the status (before it is shown)."""
+        self.status.connected = self.fleet.connected.is_set()
+        self.status.outbox_pending = self.fleet.pending_count()
+        self.status.resent = self.fleet.stats.resent
+
+    async def run(self, stop: asyncio.Event, *, out: TextIO | None = None) -> None:
+        """Run the runtime, every source and the status until ``stop`` is set."""
+        config = self.config
+        outbox = self.fleet.outbox
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.fleet.run(stop), name="gateway-runtime")
+            for source in config.sources:
+                tasks.create_task(self._source(source, stop, outbox), name=f"source-{source.name}")
+            if out is not None and config.status_interval_s > 0:
+                tasks.create_task(
+                    self._print_status(stop, out, config.status_interval_s), name="gateway-status"
+                )
+            if config.metrics is not None:
+                tasks.create_task(
+                    self._serve_metrics(stop, *config.metrics), name="gateway-metrics"
+                )
+
+    async def _source(
+        self, source: MqttSource | LinesSource | EventsSource, stop: asyncio.Event, outbox: Outbox
+    ) -> None:
+        if isinstance(source, MqttSource):
+            await run_mqtt_source(
+                source, self, stop, client_id=f"agritrace-{self.device.id}-{source.name}"
+            )
+        elif isinstance(source, LinesSource):
+            await run_lines_source(
+                source,
+                self,
+                stop,
+                timezone=self.config.timezone,
+                cursor_of=outbox.cursor,
+                set_cursor=outbox.set_cursor,
+                now_ms=wall_clock_ms,
+            )
+        else:
+            await run_events_source(
+                source,
+                self,
+                stop,
+                timezone=self.config.timezone,
+                cursor_of=outbox.cursor,
+                now_ms=wall_clock_ms,
+            )
+
+    async def _print_status(self, stop: asyncio.Event, out: TextIO, interval_s: float) -> None:
+        shown = 0
+        live = out.isatty()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await stop.wait()
+            self.refresh()
+            lines = status_lines(self.status)
+            if live and shown:
+                # ECMA-48 CPL (cursor previous line) and EL (erase line): redraw in place.
+                out.write(f"\x1b[{shown}F")
+                out.write("".join(f"\x1b[2K{line}\n" for line in lines))
+            else:
+                out.write("".join(f"{line}\n" for line in lines))
+            out.flush()
+            shown = len(lines) if live else 0
+
+    async def _serve_metrics(self, stop: asyncio.Event, host: str, port: int) -> None:
+        server = await asyncio.start_server(self._metrics_request, host, port)
+        _log.info("gateway metrics on http://%s:%d/metrics", host, port)
+        async with server:
+            await stop.wait()
+
+    async def _metrics_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            async with asyncio.timeout(_METRICS_READ_TIMEOUT_S):
+                request = await reader.readuntil(b"\r\n\r\n")
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            writer.close()
+            return
+        method, _, rest = request.partition(b" ")
+        target = rest.partition(b" ")[0]
+        if method == b"GET" and target.split(b"?")[0] == b"/metrics":
+            self.refresh()
+            body = prometheus_text(self.status).encode()
+            head = "200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8"
+        else:
+            body = b"only GET /metrics here\n"
+            head = "404 Not Found\r\nContent-Type: text/plain; charset=utf-8"
+        writer.write(
+            f"HTTP/1.1 {head}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+
+def outbox_path(config: GatewayConfig, device: str) -> Path:
+    """Return where the gateway of ``config`` keeps the outbox of ``device``."""
+    return config.state / f"{device}.outbox"
+
+
+async def run_gateway(
+    config: GatewayConfig,
+    stop: asyncio.Event,
+    *,
+    out: TextIO | None = None,
+    ready: Callable[[Gateway], None] | None = None,
+) -> Status:
+    """Run the gateway of ``config`` until ``stop`` is set; return its final status.
+
+    ``out`` receives the status lines (the terminal); ``ready`` is called with the opened
+    gateway before it connects (tests and the CLI use it to print what runs).
+    """
+    provisioning, _ = load_identity(config.provisioning, config.keys)
+    config.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with Outbox(outbox_path(config, provisioning.device)) as outbox:
+        gateway = Gateway.open(config, outbox)
+        if ready is not None:
+            ready(gateway)
+        await gateway.run(stop, out=out)
+        gateway.refresh()
+        return gateway.status
