@@ -17,7 +17,7 @@ import sys
 import termios
 import time
 import zoneinfo
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -215,13 +215,13 @@ async def run_lines_source(
         )
 
     if source.path is None:
-        reader = await _pipe_reader(sys.stdin.fileno())
-        await _read_stream(reader, stop, lambda line, n: handle(line, n, None))
+        async with _pipe_reader(sys.stdin.fileno()) as reader:
+            await _read_stream(reader, stop, lambda line, n: handle(line, n, None))
     elif source.input.startswith("serial:"):
         fd = _open_serial(source.path, source.baud)
         try:
-            reader = await _pipe_reader(fd)
-            await _read_stream(reader, stop, lambda line, n: handle(line, n, None))
+            async with _pipe_reader(fd) as reader:
+                await _read_stream(reader, stop, lambda line, n: handle(line, n, None))
         finally:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -229,14 +229,23 @@ async def run_lines_source(
         await _follow_file(source.path, f"lines:{source.name}", stop, handle, cursor_of)
 
 
-async def _pipe_reader(fd: int) -> asyncio.StreamReader:
+@contextlib.asynccontextmanager
+async def _pipe_reader(fd: int) -> AsyncIterator[asyncio.StreamReader]:
+    """A stream of the pipe, terminal or serial device ``fd``, closed at the end of the block."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_LINE * 4)
     protocol = asyncio.StreamReaderProtocol(reader)
     # A duplicate of the descriptor: the transport closes its own copy, never stdin itself.
     pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
-    await loop.connect_read_pipe(lambda: protocol, pipe)
-    return reader
+    try:
+        transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
+    except BaseException:
+        pipe.close()
+        raise
+    try:
+        yield reader
+    finally:
+        transport.close()
 
 
 async def _read_stream(

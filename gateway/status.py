@@ -94,6 +94,8 @@ def status_lines(status: Status) -> list[str]:
     lines = []
     width = max((len(s.name) for s in status.sources.values()), default=0)
     for source in status.sources.values():
+        if source.name == EARLIER and not source.waiting:
+            continue  # an earlier run's messages, all receipted now: nothing to show
         rejected = sum(source.rejected.values())
         line = (
             f"{source.name:<{width}}  sent {source.sent}  receipted {source.receipted}  "

@@ -26,12 +26,14 @@ from gateway.service import Gateway, run_gateway
 from tracecore.cose import parse_message
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey, device_fingerprint, generate_signer
+from tracecore.logentry import DeviceRegistered
 from tracecore.message import DeviceMessage
 from tracecore.mqtt import BrokerAddress
 from tracecore.provisioning import Provisioning
 from tracecore.storage import LogEntry, create_party, register_device, session_scope
+from tracecore.storage.logwriter import append_registry_entry, log_session
 
-__all__ = ["GTIN", "Farm", "RunningGateway", "logged_messages", "publish", "wait_until"]
+__all__ = ["GTIN", "ORIGIN", "Farm", "RunningGateway", "logged_messages", "publish", "wait_until"]
 
 GTIN = "06901234567892"
 ORIGIN = "gateway.test/log"
@@ -66,10 +68,14 @@ class Farm:
         device = unique("gw")
         key = load_or_create_device_key(directory / "keys", device)
         log_key = generate_signer(ORIGIN)
-        since = time.time_ns() // 1_000_000 - 60_000
+        since = time.time_ns() // 1_000_000 - 30 * 86_400_000  # readings of the past month
         with session_scope(engine) as session:
             create_party(session, party, "张家川养殖场", "farm", since)
-            register_device(session, device, party, key.public_key, since)
+        with log_session(engine) as session:
+            # Logged as the registry API logs it: the key history is part of every proof.
+            registered = register_device(session, device, party, key.public_key, since)
+            entry = DeviceRegistered(device, party, key.public_key, registered.valid_from_ms, since)
+            append_registry_entry(session, entry, since)
         provisioning = Provisioning.make(
             device,
             str(broker),
@@ -86,9 +92,10 @@ class Farm:
 
     def config(self, sources: str, *, gateway: str = "") -> GatewayConfig:
         """Write and read a gateway.toml with these ``[[source]]`` tables."""
+        quiet = "" if "status_interval" in gateway else "status_interval = 0\n"
         text = (
             '[gateway]\nprovisioning = "provisioning.json"\nkeys = "keys"\n'
-            f"status_interval = 0\n{gateway}\n{sources}"
+            f"{quiet}{gateway}\n{sources}"
         )
         path = self.directory / "gateway.toml"
         path.write_text(text, encoding="utf-8")
