@@ -38,6 +38,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from agritrace.address import local_url
+from agritrace.demo_farm import PROBE_TOPIC, DemoFarm
 from agritrace.runner import (
     configure_logging,
     quiet_server,
@@ -45,13 +46,11 @@ from agritrace.runner import (
     serve_until_stopped,
 )
 from firmware_sim.sim import SimOptions, run_simulation
-from gateway.outbox import Outbox
-from gateway.runtime import Fleet, load_or_create_device_key
+from gateway.runtime import load_or_create_device_key
 from tracecore.bundle import Policy, parse_bundle, verify_bundle
 from tracecore.errors import ConfigError
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey, VerifierKey, load_or_create_log_key
-from tracecore.message import Sensor
 from tracecore.mqtt import DEFAULT_EMBEDDED, BrokerAddress
 from tracecore.note import cosigner_verifier, parse_note
 from tracecore.settings import Settings
@@ -273,59 +272,27 @@ class _Walkthrough:
             ProductKey.from_parts(EGG_GTIN, lot=lot.lot, serial=f"{lot.lot}-C{n:04d}")
             for n in (1, 2)
         ]
-        _say(f"\n4. Signed messages over MQTT ({self.broker}), each kept until receipted:")
-        with Outbox(self.out / "outbox.sqlite3") as outbox:
-            fleet = Fleet(self.broker, outbox, log_vkey.public_key, client_id="demo-gansu-hens-01")
-            collect = fleet.add_device(COLLECT, keys[COLLECT])
-            climate = fleet.add_device(CLIMATE, keys[CLIMATE])
-            fleet_stop = asyncio.Event()
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(fleet.run(fleet_stop), name="demo-fleet")
-                # Message times follow the keys' registration: a key signs only from then on.
-                now = _now_ms()
-                sent = [
-                    await collect.send_event(
-                        [lot],
-                        "commissioning",
-                        location="gansu-hens-01/house-1",
-                        data={"count": 21600, "house": "1"},
-                        time_ms=now,
-                    )
-                ]
-                for n, celsius in enumerate((18.5, 18.9, 19.4, 19.1, 18.7, 18.2), 1):
-                    sensors = [
-                        Sensor("Temperature", celsius, "CEL"),
-                        Sensor("RelativeHumidity", 60 + n, "P1"),
-                    ]
-                    sent.append(await climate.send_reading([lot], sensors, time_ms=now + n * 1_000))
-                sent.append(
-                    await collect.send_event(
-                        cartons,
-                        "commissioning",
-                        parents=[lot],
-                        location="gansu-hens-01/packing",
-                        data={"grade": "AA", "eggs_per_case": 360},
-                        time_ms=now + 10_000,
-                    )
-                )
-                await fleet.connected.wait()
-                tampered = bytearray(sent[-1][1])
-                tampered[-70] ^= 0x01  # one bit of the payload, flipped after signing
-                await fleet.publish_raw(COLLECT, bytes(tampered))
-                ids = [(COLLECT, sent[0][0])]
-                ids += [(CLIMATE, seq) for seq, _ in sent[1:-1]]
-                ids += [(COLLECT, sent[-1][0])]
-                try:
-                    await _receipted(outbox, ids)
-                finally:
-                    fleet_stop.set()
-            if stop.is_set():
-                raise ConfigError("stopped before the messages were receipted")
-        _say(f"   lot {lot.path}: commissioned by {COLLECT}")
-        _say(f"   6 hen-house readings by {CLIMATE}; 2 cartons packed from the lot")
-        _say(f"   {len(sent)} messages signed and all receipted; each receipt verified")
+        _say(f"\n4. The farm's two gateways (agritrace gateway) send over MQTT ({self.broker}):")
+        farm = DemoFarm(
+            out=self.out,
+            keys_dir=self.settings.keys_dir,
+            keys=keys,
+            devices=(COLLECT, CLIMATE),
+            links=(self.broker, log_vkey, self.base),
+            lot=lot,
+            cartons=tuple(cartons),
+        )
+        sent = await farm.run(stop, within_s=SETTLE_SECONDS)
+        collect_dir, climate_dir = farm.directories
+        _say(f"   {COLLECT}: the packing line's CSV file in its spool")
+        _say(f"     commissioned lot {lot.path} and packed 2 cartons from it")
+        _say(f"   {CLIMATE}: a Tasmota AM2301 probe publishing on {PROBE_TOPIC}")
+        _say("     6 hen-house readings (temperature and humidity) of the lot")
+        _say(f"   {sent} messages signed and all receipted; each receipt verified")
         _say("   against the pinned log key before the gateway dropped its copy")
-        _say("   a copy of the last message with one bit flipped was published too")
+        _say("   a reading signed by the hen house's key, one bit flipped after, was published too")
+        _say(f"   their configuration: {collect_dir / 'gateway.toml'}")
+        _say(f"                        {climate_dir / 'gateway.toml'}")
         return cartons
 
     async def _wait_for_checkpoint(self, http: httpx.AsyncClient) -> str | None:
@@ -643,15 +610,6 @@ class _Walkthrough:
         farm_token = farm_auth["Authorization"].removeprefix("Bearer ")
         _say(f"   the producer console: {base}/console/")
         _say(f"     sign in as {FARM} with the token {farm_token}")
-
-
-async def _receipted(outbox: Outbox, ids: list[tuple[str, int]]) -> None:
-    """Wait until the gateways hold a verified receipt for each of ``ids``."""
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while any(outbox.get(device, seq) is not None for device, seq in ids):
-        if time.monotonic() > deadline:
-            raise ConfigError(f"messages not receipted within {SETTLE_SECONDS} s")
-        await asyncio.sleep(0.1)
 
 
 def _metric(reply: httpx.Response, name: str) -> float:
