@@ -475,7 +475,9 @@ def parse_batch(text: str, *, now_ms: int, tz: ZoneInfo) -> Batch:
     Raises :class:`~tracecore.errors.BatchError` whose ``problems`` name line, column and reason
     of each bad cell, row or header.
     """
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
+    reader = csv.reader(
+        io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True, skipinitialspace=True
+    )
     problems: list[InputError] = []
     events: list[BatchEvent] = []
     header: _Header | None = None

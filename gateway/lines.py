@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import decimal
 import difflib
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -246,7 +247,7 @@ class LineFormat:
 
     def _split(self, text: str, line: int | None) -> list[str] | None:
         body = text.removeprefix("\ufeff")  # a UTF-8 byte order mark, as some editors write
-        body = body.removesuffix("\n").removesuffix("\r")
+        body = body.removesuffix("\n").removesuffix("\r").strip(" \t")
         if body.strip() == "" or body.lstrip().startswith("#"):
             return None
         if len(body) > MAX_LINE_LENGTH:
@@ -258,7 +259,7 @@ class LineFormat:
             raise InputError("a sensor line must not contain a line break", line=line)
         try:
             # RFC 4180 quoting, on this one record; strict: a stray quote is an error.
-            records = list(csv.reader([body], strict=True))
+            records = list(csv.reader([body], strict=True, skipinitialspace=True))
         except csv.Error as exc:
             raise InputError(f"the line is not valid CSV ({exc})", line=line) from exc
         fields = [cell.strip() for cell in records[0]] if records else []
@@ -266,7 +267,7 @@ class LineFormat:
             return None
         if len(fields) != len(COLUMNS):
             raise InputError(
-                f"expected 4 fields time,sensor,value,unit, got {len(fields)}: {body!r}",
+                f"expected 4 fields time,sensor,value,unit, got {len(fields)}: {_shorten(body)}",
                 line=line,
             )
         return fields
@@ -316,6 +317,10 @@ class LineFormat:
         return code
 
 
+def _shorten(text: str) -> str:
+    return repr(text) if len(text) <= 80 else repr(text[:77]) + "..."
+
+
 def _describe(code: str) -> str:
     name = UNIT_CODES.get(code)
     return f"{code} ({name})" if name else code
@@ -330,15 +335,19 @@ def _parse_value(text: str, fail: _Fail) -> int | float:
             "(no thousands separators, no unit)",
         )
     if _INTEGER.fullmatch(text):
-        if len(text.lstrip("+-")) > 19:  # beyond any signed 64-bit integer, before int() works
+        # docs/protocol.md §5: integers in the signed 64-bit range (length first: int() of a
+        # thousand digits is slow, and refused anyway).
+        if len(text.lstrip("+-0")) > 19 or not -(2**63) <= int(text) < 2**63:
             raise fail("value", f"{text!r} is outside the signed 64-bit integer range")
         return int(text)
     number = float(text)
-    exact = decimal.Decimal(text)
-    if not exact.is_finite() or decimal.Decimal(repr(number)) != exact:
+    if not math.isfinite(number):
+        raise fail("value", f"{text!r} is too large for a number")
+    # The shortest text of the float must have the value written: else it was rounded.
+    if decimal.Decimal(repr(number)) != decimal.Decimal(text):
         raise fail(
             "value",
-            f"{text!r} has more digits than a number keeps (about 15 significant digits) or is "
-            "too large; nothing is rounded, so shorten it",
+            f"{text!r} has more digits than a number keeps (about 15 significant digits), or "
+            "is too small; nothing is rounded, so shorten it",
         )
     return number
