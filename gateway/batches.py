@@ -101,6 +101,14 @@ _PROBE_DEVICE: Final = "x" * 64
 _PROBE_KEY: Final = nacl.signing.SigningKey(bytes(32))
 
 
+def _identity(key: ProductKey) -> tuple[str, str | None, str | None]:
+    """What a key names: GTIN + serial for an item, whatever its lot (docs/identifiers.md;
+    GS1 General Specifications §3.5.2); GTIN + lot for a lot. Cheaper than ``key.item``."""
+    if key.serial is not None:
+        return (key.gtin, None, key.serial)
+    return (key.gtin, key.lot, None)
+
+
 @dataclass(frozen=True, slots=True)
 class BatchEvent:
     """One event to send: the arguments of ``Device.send_event``, and the row it came from.
@@ -132,7 +140,7 @@ class BatchEvent:
             location=self.location,
             data=self.data,
         )
-        items = [key.item for key in (*self.products, *self.parents) if key.item is not None]
+        items = [_identity(key) for key in (*self.products, *self.parents) if key.serial]
         if len(set(items)) != len(items):
             # docs/protocol.md §6, serial_conflict: a message names two keys of one GTIN + serial.
             raise MalformedMessage("products and parents name one item (GTIN + serial) twice")
@@ -194,13 +202,13 @@ class Batch:
 
 def _commissioned_twice(events: Iterable[BatchEvent]) -> list[InputError]:
     """Report every product a ``commissioning`` names after an earlier one named it."""
-    first: dict[ProductKey, int | None] = {}
+    first: dict[tuple[str, str | None, str | None], int | None] = {}
     problems = []
     for event in events:
         if event.step != "commissioning":
             continue
         for key in event.products:
-            identity = key.item or key  # docs/identifiers.md: GTIN + serial is the item
+            identity = _identity(key)
             if identity in first:
                 where = first[identity]
                 on = f"on line {where}" if where is not None else "earlier"
@@ -364,9 +372,9 @@ def _check_row_keys(
     products: Sequence[ProductKey], parents: Sequence[ProductKey], fail: _Fail
 ) -> None:
     for column, keys in (("products", products), ("parents", parents)):
-        seen: dict[ProductKey, ProductKey] = {}
+        seen: dict[tuple[str, str | None, str | None], ProductKey] = {}
         for key in keys:
-            identity = key.item or key
+            identity = _identity(key)
             if identity in seen:
                 earlier = seen[identity]
                 if earlier == key:
@@ -379,9 +387,9 @@ def _check_row_keys(
                     )
             else:
                 seen[identity] = key
-    own = {key.item or key for key in products}
+    own = {_identity(key) for key in products}
     for key in parents:
-        if (key.item or key) in own:
+        if _identity(key) in own:
             fail("parents", f"{key.path} is also one of the products")
 
 
@@ -456,12 +464,10 @@ def _column_of(detail: str) -> str | None:
     return next((name for name in ("location", "data") if detail.startswith(name)), None)
 
 
-def _budget(total: int) -> tuple[int, str]:
-    """How many more keys a row may name when the file has ``total`` already, and why."""
-    left = MAX_FILE_PRODUCTS - total
-    if left < MAX_ROW_PRODUCTS:
-        return left, f"a file names at most {MAX_FILE_PRODUCTS} products (split the file)"
-    return MAX_ROW_PRODUCTS, f"a row names at most {MAX_ROW_PRODUCTS} products (split the row)"
+_ROW_BUDGET: Final = (
+    MAX_ROW_PRODUCTS,
+    f"a row names at most {MAX_ROW_PRODUCTS} products (split the row)",
+)
 
 
 def parse_batch(text: str, *, now_ms: int, tz: ZoneInfo) -> Batch:
@@ -475,14 +481,43 @@ def parse_batch(text: str, *, now_ms: int, tz: ZoneInfo) -> Batch:
     Raises :class:`~tracecore.errors.BatchError` whose ``problems`` name line, column and reason
     of each bad cell, row or header.
     """
+    records, problems = _read_records(text)
+    if not records:
+        raise BatchError((*problems, InputError("the file has no header row (e.g. step,products)")))
+    header_line, header_cells = records[0]
+    header, reasons = _parse_header(header_cells)
+    if header is None:
+        raise BatchError(tuple(InputError(reason, line=header_line) for reason in reasons))
+    width = len(header_cells)
+    _check_file_size(records[1:], header)
+    events: list[BatchEvent] = []
+    for line, record in records[1:]:
+        if len(record) != width:
+            problems.append(
+                InputError(f"expected {width} cells as in the header, got {len(record)}", line=line)
+            )
+            continue
+        cells = {name: record[index].strip() for name, index in header.reserved.items()}
+        data_cells = [(name, path, record[i].strip()) for i, name, path in header.data]
+        row_events, row_problems = _build_row(
+            cells, data_cells, line=line, now_ms=now_ms, tz=tz, budget=_ROW_BUDGET
+        )
+        problems += row_problems
+        events += row_events
+    if problems:
+        # Good rows may still commission a product twice: report that in the same pass.
+        problems += _commissioned_twice(events)
+        problems.sort(key=lambda problem: problem.line or 0)
+        raise BatchError(tuple(problems))
+    return Batch(tuple(events))
+
+
+def _read_records(text: str) -> tuple[list[tuple[int, list[str]]], list[InputError]]:
+    """Return the records that are not skipped, each with its first line, and CSV problems."""
     reader = csv.reader(
         io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True, skipinitialspace=True
     )
-    problems: list[InputError] = []
-    events: list[BatchEvent] = []
-    header: _Header | None = None
-    width = 0
-    total = 0
+    records: list[tuple[int, list[str]]] = []
     last_line = 0
     try:
         for record in reader:
@@ -490,42 +525,36 @@ def parse_batch(text: str, *, now_ms: int, tz: ZoneInfo) -> Batch:
             last_line = reader.line_num
             if not record or record[0].startswith("#") or all(c.strip() == "" for c in record):
                 continue
-            if header is None:
-                header, reasons = _parse_header(record)
-                if header is None:
-                    raise BatchError(tuple(InputError(r, line=line) for r in reasons))
-                width = len(record)
-                continue
-            if len(record) != width:
-                problems.append(
-                    InputError(
-                        f"expected {width} cells as in the header, got {len(record)}", line=line
-                    )
-                )
-                continue
-            cells = {name: record[index].strip() for name, index in header.reserved.items()}
-            data_cells = [(name, path, record[i].strip()) for i, name, path in header.data]
-            row_events, row_problems = _build_row(
-                cells,
-                data_cells,
-                line=line,
-                now_ms=now_ms,
-                tz=tz,
-                budget=_budget(total),
-            )
-            problems += row_problems
-            events += row_events
-            total += sum(len(event.products) for event in row_events)
+            records.append((line, record))
     except csv.Error as exc:  # RFC 4180: a stray quote, or a cell over the csv module's limit
-        problems.append(InputError(f"not valid CSV ({exc})", line=reader.line_num))
-    if header is None:
-        raise BatchError((InputError("the file has no header row (e.g. step,products,…)"),))
-    if problems:
-        # Good rows may still commission a product twice: report that in the same pass.
-        problems += _commissioned_twice(events)
-        problems.sort(key=lambda problem: problem.line or 0)
-        raise BatchError(tuple(problems))
-    return Batch(tuple(events))
+        return records, [InputError(f"not valid CSV ({exc})", line=reader.line_num)]
+    return records, []
+
+
+def _check_file_size(rows: Sequence[tuple[int, list[str]]], header: _Header) -> None:
+    """Refuse a file naming more than MAX_FILE_PRODUCTS keys before expanding any of them."""
+    column = header.reserved["products"]
+    total = 0
+    for line, record in rows:
+        if column < len(record):
+            total += sum(_count_keys(token) for token in record[column].split())
+        if total > MAX_FILE_PRODUCTS:
+            raise BatchError(
+                (
+                    InputError(
+                        f"the file names more than {MAX_FILE_PRODUCTS} products by this row; "
+                        "split it into several files",
+                        line=line,
+                        column="products",
+                    ),
+                )
+            )
+
+
+def _count_keys(token: str) -> int:
+    """How many keys a token stands for (1 unless it holds a well-formed range)."""
+    found = _RANGE.search(token)
+    return 1 if found is None else max(1, int(found[2]) - int(found[1]) + 1)
 
 
 def event_from_args(
@@ -572,7 +601,7 @@ def event_from_args(
     }
     data_cells = [(name, path, values[i - 2]) for i, name, path in header.data]
     events, problems = _build_row(
-        cells, data_cells, line=None, now_ms=now_ms, tz=tz, budget=_budget(0)
+        cells, data_cells, line=None, now_ms=now_ms, tz=tz, budget=_ROW_BUDGET
     )
     if problems:
         raise BatchError(tuple(problems))
