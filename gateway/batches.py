@@ -586,6 +586,14 @@ def event_from_args(
         if not sep:
             problems.append(InputError(f"{pair!r} is not name=value", column="data"))
             continue
+        if name.strip().lower() in RESERVED_COLUMNS:
+            problems.append(
+                InputError(
+                    f"{name.strip()!r} is not a data field: give it as its own argument",
+                    column="data",
+                )
+            )
+            continue
         names.append(name.strip())
         values.append(value.strip())
     header, reasons = _parse_header(["step", "products", *names])

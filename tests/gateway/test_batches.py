@@ -27,6 +27,7 @@ GTIN = "06901234567892"
 LOT = f"01/{GTIN}/10/L261206"
 CARTON = f"01/{GTIN}/10/L261206/21/L261206-C"
 GLN = "414/6901234000004"
+LOT_STEP = "holding"
 
 
 def key(text: str) -> ProductKey:
@@ -440,6 +441,8 @@ def test_event_from_args_lists_every_problem() -> None:
         )
     found = [(p.line, p.column) for p in caught.value.problems]
     assert found == [(None, "data"), (None, "data")]
+    with pytest.raises(BatchError, match="'Time' is not a data field: give it as its own"):
+        event_from_args(LOT_STEP, [LOT], data=["Time=1796601600000"], now_ms=NOW, tz=SHANGHAI)
     with pytest.raises(BatchError) as caught:
         event_from_args("ship", ["x"], time="soon", now_ms=NOW, tz=SHANGHAI)
     assert [p.column for p in caught.value.problems] == ["step", "products", "time"]
