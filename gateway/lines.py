@@ -22,7 +22,8 @@ reads them (the I/O is the caller's); :meth:`LineFormat.parse_line` turns one li
   keeps exactly (nothing is rounded).
 * ``unit``: a code of :data:`UNIT_CODES` (UN/CEFACT Recommendation 20), the configured unit of
   the sensor, or a symbol of :data:`UNIT_SYMBOLS`; empty means the sensor's configured unit. A
-  unit that differs from the configured one is an error: units are never converted.
+  unit that differs from the configured one is an error: units are never converted. A code of
+  the table must suit the measurement type (:data:`UNIT_MEASURES`).
 
 Every error is an :class:`~tracecore.errors.InputError` naming the line (when given) and the
 column. Pure: the clock (``now_ms``) and the zone are arguments.
@@ -50,6 +51,7 @@ __all__ = [
     "COLUMNS",
     "MAX_LINE_LENGTH",
     "UNIT_CODES",
+    "UNIT_MEASURES",
     "UNIT_SYMBOLS",
     "LineFormat",
     "LineReading",
@@ -75,7 +77,7 @@ UNIT_CODES: Final = MappingProxyType(
         "MTS": "metre per second", "KMH": "kilometre per hour",
         "LTR": "litre", "MLT": "millilitre", "A93": "gram per cubic metre",
         "SEC": "second", "MIN": "minute", "HUR": "hour",
-        "C62": "one (a count, or a number without unit)",
+        "C62": "one: a count or a pure number",
     }
 )  # fmt: skip
 
@@ -93,6 +95,30 @@ UNIT_SYMBOLS: Final = MappingProxyType(
         "m": "MTR", "cm": "CMT", "mm": "MMT", "m/s": "MTS", "km/h": "KMH",
         "l": "LTR", "L": "LTR", "ml": "MLT", "mL": "MLT", "g/m³": "A93", "g/m3": "A93",
         "s": "SEC", "min": "MIN", "h": "HUR", "pcs": "C62",
+    }
+)  # fmt: skip
+
+# What each code of UNIT_CODES can measure: the EPCIS 2.0 measurement types of its quantity
+# (docs/protocol.md §5), so that "3,%" is not accepted as a temperature. Codes configured in a
+# SensorSpec that are not in UNIT_CODES are the operator's choice and are not checked.
+_TEMPERATURE: Final = frozenset({"Temperature"})
+_FRACTION: Final = frozenset({"RelativeHumidity", "VolumeFraction", "Dimensionless"})
+UNIT_MEASURES: Final = MappingProxyType(
+    {
+        "CEL": _TEMPERATURE, "FAH": _TEMPERATURE, "KEL": _TEMPERATURE,
+        "P1": _FRACTION, "59": frozenset({"VolumeFraction", "Dimensionless"}),
+        **dict.fromkeys(("GRM", "KGM", "MGM", "TNE"), frozenset({"Mass"})),
+        **dict.fromkeys(("PAL", "A97", "KPA", "BAR", "MBR"), frozenset({"Pressure"})),
+        "LUX": frozenset({"Illuminance"}),
+        "VLT": frozenset({"Voltage"}), "2Z": frozenset({"Voltage"}),
+        "AMP": frozenset({"ElectricCurrent"}), "4K": frozenset({"ElectricCurrent"}),
+        "WTT": frozenset({"Power"}), "KWH": frozenset({"Energy"}), "HTZ": frozenset({"Frequency"}),
+        **dict.fromkeys(("MTR", "CMT", "MMT"), frozenset({"Length", "Altitude"})),
+        "MTS": frozenset({"Speed"}), "KMH": frozenset({"Speed"}),
+        "LTR": frozenset({"Volume"}), "MLT": frozenset({"Volume"}),
+        "A93": frozenset({"AbsoluteHumidity", "MassConcentration"}),
+        **dict.fromkeys(("SEC", "MIN", "HUR"), frozenset({"Time"})),
+        "C62": frozenset({"Count", "Dimensionless"}),
     }
 )  # fmt: skip
 
@@ -149,6 +175,10 @@ class SensorSpec:
                 "sensor unit must be a UN/CEFACT Rec 20 code of 2-3 characters A-Z/0-9 such as "
                 f"CEL{hint}, got {self.unit!r}"
             )
+        if self.unit is not None:
+            unsuited = _unsuited(self.unit, self.type)
+            if unsuited:
+                raise ConfigError(f"sensor unit: {unsuited}")
         if self.products is not None:
             _check_products("sensor products", self.products, 1)
 
@@ -231,7 +261,7 @@ class LineFormat:
             raise fail("time", str(exc)) from exc
         measurement, spec = self._sensor(sensor_text, fail)
         value = _parse_value(value_text, fail)
-        unit = self._unit(unit_text, sensor_text, spec, fail)
+        unit = self._unit(unit_text, sensor_text, measurement, spec, fail)
         products = (spec.products if spec else None) or self.default_products
         if not products:
             raise fail(
@@ -287,7 +317,9 @@ class LineFormat:
             f"type such as Temperature{hint}",
         )
 
-    def _unit(self, text: str, sensor: str, spec: SensorSpec | None, fail: _Fail) -> str:
+    def _unit(
+        self, text: str, sensor: str, measurement: str, spec: SensorSpec | None, fail: _Fail
+    ) -> str:
         expected = spec.unit if spec else None
         if text == "":
             if expected is None:
@@ -314,7 +346,20 @@ class LineFormat:
                 f"{_describe(code)}; units are never converted: fix the sensor or its "
                 "configured unit",
             )
+        unsuited = _unsuited(code, measurement)
+        if unsuited:
+            raise fail("unit", unsuited)
         return code
+
+
+def _unsuited(code: str, measurement: str) -> str:
+    """Why ``code`` cannot measure ``measurement`` (empty if it can, or is not in the table)."""
+    suits = UNIT_MEASURES.get(code)
+    if suits is None or measurement in suits:
+        return ""
+    fitting = [c for c, types in UNIT_MEASURES.items() if measurement in types]
+    hint = f"; use {', '.join(_describe(c) for c in fitting)}" if fitting else ""
+    return f"{_describe(code)} is not a unit of {measurement}{hint}"
 
 
 def _shorten(text: str) -> str:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.lines import UNIT_CODES, UNIT_SYMBOLS, LineFormat, LineReading, SensorSpec
+from gateway.lines import (
+    UNIT_CODES,
+    UNIT_MEASURES,
+    UNIT_SYMBOLS,
+    LineFormat,
+    LineReading,
+    SensorSpec,
+)
 from gateway.timestamps import parse_time
 from tracecore.errors import ConfigError, InputError
 from tracecore.identifiers import ProductKey
@@ -198,8 +207,9 @@ def test_bad_values_name_the_value_column(fmt: LineFormat, cell: str, words: str
 def test_every_documented_symbol_maps_to_its_code(symbol: str, code: str) -> None:
     """Each symbol of the table gives its UN/CEFACT code, and each code is itself accepted."""
     plain = LineFormat({}, (LOT,), SHANGHAI)
-    by_symbol = plain.parse_line(f',Dimensionless,1,"{symbol}"', now_ms=NOW)
-    by_code = plain.parse_line(f",Dimensionless,1,{code}", now_ms=NOW)
+    measured = min(UNIT_MEASURES[code])
+    by_symbol = plain.parse_line(f',{measured},1,"{symbol}"', now_ms=NOW)
+    by_code = plain.parse_line(f",{measured},1,{code}", now_ms=NOW)
     assert by_symbol is not None
     assert by_code is not None
     assert by_symbol.sensors[0].uom == by_code.sensors[0].uom == code
@@ -226,6 +236,30 @@ def test_a_configured_unit_outside_the_table_is_accepted_for_its_sensor() -> Non
     assert reading.sensors == (Sensor("VolumeFlowRate", 2.5, "G51"),)
     with pytest.raises(InputError, match="not a unit we know"):
         fmt.parse_line(",VolumeFlowRate,2.5,G51", now_ms=NOW)
+
+
+def test_every_code_says_what_it_measures() -> None:
+    """The table of codes and the table of what they measure cover the same codes."""
+    assert set(UNIT_CODES) == set(UNIT_MEASURES)
+    assert set(UNIT_SYMBOLS.values()) <= set(UNIT_CODES)
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        (",Temperature,3,%", ("P1 (percent) is not a unit of Temperature; use CEL (degree "
+                             "Celsius), FAH (degree Fahrenheit), KEL (kelvin)")),
+        (",RelativeHumidity,55,CEL", "CEL (degree Celsius) is not a unit of RelativeHumidity"),
+        (",Mass,3,pcs", "C62 (one: a count or a pure number) is not a unit of Mass; use GRM"),
+        (",Count,3,kg", "KGM (kilogram) is not a unit of Count; use C62"),
+        (",Voltage,3,mA", "4K (milliampere) is not a unit of Voltage; use VLT (volt), 2Z"),
+    ],
+)  # fmt: skip
+def test_a_unit_must_suit_the_measurement_type(fmt: LineFormat, line: str, words: str) -> None:
+    """A known unit of another quantity than the sensor's type is refused."""
+    problem = error(fmt, line)
+    assert problem.column == "unit"
+    assert words in problem.reason
 
 
 def test_unknown_unit_message(fmt: LineFormat) -> None:
@@ -330,6 +364,7 @@ def test_errors_without_a_line_number_name_only_the_column(fmt: LineFormat) -> N
     [
         (lambda: SensorSpec("temperature"), "EPCIS 2.0 measurement type"),
         (lambda: SensorSpec("Temperature", "°C"), "for °C write CEL"),
+        (lambda: SensorSpec("Temperature", "P1"), "P1 \\(percent\\) is not a unit of Temperature"),
         (lambda: SensorSpec("Temperature", "CEL", ()), "1 to 64 product keys"),
         (lambda: SensorSpec("Temperature", "CEL", (LOT, LOT)), "twice"),
         (lambda: LineFormat({"Temperature": SensorSpec("Temperature")}, (LOT,), SHANGHAI),
@@ -361,3 +396,15 @@ def test_the_configuration_cannot_change_after_checking() -> None:
 def test_utc_helper_agrees_with_datetime() -> None:
     """The test's own clock helper is right about NOW (guards the other expectations)."""
     assert datetime.fromtimestamp(NOW / 1000, UTC).isoformat() == "2026-12-07T00:00:00+00:00"
+
+
+def test_the_documented_unit_table_is_the_one_in_force() -> None:
+    """docs/gateway-csv.md lists exactly the codes, symbols and types the parser uses."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "gateway-csv.md").read_text("utf-8")
+    rows = re.findall(r"^\| `([A-Z0-9]+)` \| [^|]+ \| ([^|]*) \| ([^|]+) \|$", doc, re.MULTILINE)
+    assert {code for code, _, _ in rows} == set(UNIT_CODES)
+    for code, symbols, types in rows:
+        assert {s for s, c in UNIT_SYMBOLS.items() if c == code} == set(
+            re.findall(r"`([^`]+)`", symbols)
+        ), code
+        assert {t.strip() for t in types.split(",")} == UNIT_MEASURES[code], code
