@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.batches import (
     MAX_FILE_PRODUCTS,
@@ -19,7 +22,7 @@ from tracecore.cose import MAX_MESSAGE_BYTES, sign_message
 from tracecore.errors import BatchError, InputError, MalformedMessage
 from tracecore.identifiers import ProductKey
 from tracecore.keys import generate_signer
-from tracecore.message import Event, decode_payload
+from tracecore.message import Event, decode_payload, encode_payload
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOW = 1_796_601_600_000  # 2026-12-07T00:00:00Z
@@ -454,3 +457,62 @@ def test_input_error_reads_well_in_all_forms() -> None:
     assert str(InputError("bad", line=3)) == "line 3: bad"
     assert str(InputError("bad", column="data")) == 'column "data": bad'
     assert str(InputError("bad")) == "bad"
+
+
+def outcome_of(text: str) -> Batch | BatchError:
+    """The batch of a file, or the error it raises."""
+    try:
+        return parse(text)
+    except BatchError as problem:
+        return problem
+
+
+def _quote(cell: str) -> str:
+    """The cell as an RFC 4180 quoted field."""
+    return '"' + cell.replace('"', '""') + '"'
+
+
+@given(cell=st.text(min_size=1).filter(lambda t: t == t.strip() and t[0] != "#"))
+def test_property_data_cells_are_kept_exactly_or_typed_without_loss(cell: str) -> None:
+    """A data cell is its own text, or a number or boolean that writes back to the same value."""
+    outcome = outcome_of(f"step,products,note\nother,{LOT},{_quote(cell)}\n")
+    if isinstance(outcome, BatchError):  # only the message rules may refuse a cell (surrogates)
+        assert [p.column for p in outcome.problems] == [None]
+        return
+    (event,) = outcome.events
+    assert event.data is not None
+    value = event.data["note"]
+    if isinstance(value, bool):
+        assert cell.lower() == str(value).lower()
+    elif isinstance(value, int):
+        assert str(value) == cell
+    elif isinstance(value, float):
+        assert Decimal(repr(value)) == Decimal(cell)
+    else:
+        assert value == cell
+
+
+_ROW_PIECES = st.sampled_from(
+    ["commissioning", "shipping", "Packing", LOT, f"{CARTON}{{001..070}}", f"{CARTON}001",
+     f"01/{GTIN}/21/L261206-C001", "{1..3}", GLN, "2026-12-06T08:00:00", "1796515200000", "30",
+     "true", "", " ", '"', "\ufeff", "x" * 201, "a.b"]
+)  # fmt: skip
+
+
+@given(
+    rows=st.lists(st.lists(_ROW_PIECES | st.text(max_size=6), min_size=1, max_size=7), max_size=5),
+    header=st.permutations(["step", "products", "parents", "location", "time", "n"]),
+)
+def test_property_a_file_is_all_good_events_or_one_batch_error(
+    rows: list[list[str]], header: list[str]
+) -> None:
+    """Any file gives events that each sign into a valid message, or raises BatchError only."""
+    text = ",".join(header) + "\n" + "".join(",".join(row) + "\n" for row in rows)
+    outcome = outcome_of(text)
+    if isinstance(outcome, BatchError):
+        assert outcome.problems
+        return
+    for event in outcome.events:
+        message = Event("packer-1", 1, event.time_ms, event.products, event.step,
+                        event.parents, event.location, event.data)  # fmt: skip
+        assert decode_payload(encode_payload(message)) == message

@@ -8,6 +8,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.lines import (
     UNIT_CODES,
@@ -408,3 +410,35 @@ def test_the_documented_unit_table_is_the_one_in_force() -> None:
             re.findall(r"`([^`]+)`", symbols)
         ), code
         assert {t.strip() for t in types.split(",")} == UNIT_MEASURES[code], code
+
+
+_PIECES = st.sampled_from(
+    ["", " ", "2026-12-06T08:00:00+08:00", "2026-12-06T08:00:00", "1796515200000", "17965152",
+     "2026-10-25T02:30", "coldroom-1", "rh-1", "Temperature", "Mass", "3.5", "-0", "1e308",
+     "1e309", "9" * 25, "°C", "C", "%", "pcs", "kg", "KGM", '"', '""', "#", "\ufeff", "é"]
+)  # fmt: skip
+
+
+@given(
+    pieces=st.lists(_PIECES | st.text(max_size=8), max_size=6),
+    glue=st.sampled_from([",", ", ", ";"]),
+)
+def test_property_a_line_gives_a_valid_reading_none_or_input_error(
+    pieces: list[str], glue: str
+) -> None:
+    """Any line parses to a reading ingest would accept, to None, or raises InputError only."""
+    fmt = LineFormat(
+        {"coldroom-1": SensorSpec("Temperature", "CEL"), "rh-1": SensorSpec("RelativeHumidity")},
+        (LOT,),
+        SHANGHAI,
+    )
+    reading: LineReading | InputError | None
+    try:
+        reading = fmt.parse_line(glue.join(pieces), now_ms=NOW, line=1)
+    except InputError as problem:
+        reading = problem
+    if isinstance(reading, InputError):
+        assert reading.line == 1
+    elif reading is not None:
+        message = Reading("probe-gw", 1, reading.time_ms, reading.products, reading.sensors)
+        assert decode_payload(encode_payload(message)) == message
