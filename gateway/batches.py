@@ -89,7 +89,7 @@ _DIGEST_DOMAIN: Final = "agritrace gateway batch v1"  # keeps batch digests apar
 
 _DATA_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
 _RANGE: Final = re.compile(r"\{(\d{1,20})\.\.(\d{1,20})\}", re.ASCII)
-_INTEGER: Final = re.compile(r"-?(0|[1-9]\d*)", re.ASCII)
+_INTEGER: Final = re.compile(r"0|-?[1-9]\d*", re.ASCII)  # "-0" and "007" stay text
 _DECIMAL: Final = re.compile(r"-?(0|[1-9]\d*)\.\d+", re.ASCII)
 _BOOLEANS: Final = {"true": True, "false": False}
 _INT64: Final = range(-(2**63), 2**63)
