@@ -56,6 +56,7 @@ __all__ = [
     "LineFormat",
     "LineReading",
     "SensorSpec",
+    "unit_mismatch",
 ]
 
 COLUMNS: Final = ("time", "sensor", "value", "unit")
@@ -176,8 +177,8 @@ class SensorSpec:
                 f"CEL{hint}, got {self.unit!r}"
             )
         if self.unit is not None:
-            unsuited = _unsuited(self.unit, self.type)
-            if unsuited:
+            unsuited = unit_mismatch(self.unit, self.type)
+            if unsuited is not None:
                 raise ConfigError(f"sensor unit: {unsuited}")
         if self.products is not None:
             _check_products("sensor products", self.products, 1)
@@ -346,17 +347,24 @@ class LineFormat:
                 f"{_describe(code)}; units are never converted: fix the sensor or its "
                 "configured unit",
             )
-        unsuited = _unsuited(code, measurement)
-        if unsuited:
+        unsuited = unit_mismatch(code, measurement)
+        if unsuited is not None:
             raise fail("unit", unsuited)
         return code
 
 
-def _unsuited(code: str, measurement: str) -> str:
-    """Why ``code`` cannot measure ``measurement`` (empty if it can, or is not in the table)."""
+def unit_mismatch(code: str, measurement: str) -> str | None:
+    """Say why unit ``code`` cannot measure ``measurement``, or return ``None`` if it can.
+
+    ``code`` is a UN/CEFACT Rec 20 code and ``measurement`` an EPCIS 2.0 measurement type. Only
+    codes of :data:`UNIT_CODES` are judged (by :data:`UNIT_MEASURES`); any other code is the
+    operator's choice and gives ``None``. The reason names the codes that would fit, e.g.
+    ``P1 (percent) is not a unit of Temperature; use CEL (degree Celsius), …``; a configuration
+    checker can report it at the key where the pair is configured.
+    """
     suits = UNIT_MEASURES.get(code)
     if suits is None or measurement in suits:
-        return ""
+        return None
     fitting = [c for c, types in UNIT_MEASURES.items() if measurement in types]
     hint = f"; use {', '.join(_describe(c) for c in fitting)}" if fitting else ""
     return f"{_describe(code)} is not a unit of {measurement}{hint}"

@@ -18,6 +18,7 @@ from gateway.lines import (
     LineFormat,
     LineReading,
     SensorSpec,
+    unit_mismatch,
 )
 from gateway.timestamps import parse_time
 from tracecore.errors import ConfigError, InputError
@@ -262,6 +263,17 @@ def test_a_unit_must_suit_the_measurement_type(fmt: LineFormat, line: str, words
     problem = error(fmt, line)
     assert problem.column == "unit"
     assert words in problem.reason
+
+
+def test_unit_mismatch_judges_only_the_codes_of_the_table() -> None:
+    """A checker gets the reason for a known pair, None for a fit or a foreign code."""
+    assert unit_mismatch("CEL", "Temperature") is None
+    assert unit_mismatch("G51", "Temperature") is None
+    assert unit_mismatch("KGM", "Temperature") == (
+        "KGM (kilogram) is not a unit of Temperature; use CEL (degree Celsius), "
+        "FAH (degree Fahrenheit), KEL (kelvin)"
+    )
+    assert unit_mismatch("CEL", "Wavenumber") == "CEL (degree Celsius) is not a unit of Wavenumber"
 
 
 def test_unknown_unit_message(fmt: LineFormat) -> None:
