@@ -101,6 +101,11 @@ _PROBE_DEVICE: Final = "x" * 64
 _PROBE_KEY: Final = nacl.signing.SigningKey(bytes(32))
 
 
+def _show(text: str) -> str:
+    """Quote a cell for an error message, shortened: a cell may be 100,000 characters long."""
+    return repr(text) if len(text) <= 80 else f"{text[:60]!r}… ({len(text)} characters)"
+
+
 def _identity(key: ProductKey) -> tuple[str, str | None, str | None]:
     """What a key names: GTIN + serial for an item, whatever its lot (docs/identifiers.md;
     GS1 General Specifications §3.5.2); GTIN + lot for a lot. Cheaper than ``key.item``."""
@@ -243,7 +248,7 @@ def _parse_header(cells: Sequence[str]) -> tuple[_Header | None, list[str]]:
         name = raw.strip()
         folded = name.lower()
         if folded in seen:
-            reasons.append(f"column {name!r} appears twice (column names ignore case)")
+            reasons.append(f"column {_show(name)} appears twice (column names ignore case)")
             continue
         seen[folded] = index
         if folded in RESERVED_COLUMNS:
@@ -255,12 +260,12 @@ def _parse_header(cells: Sequence[str]) -> tuple[_Header | None, list[str]]:
             reasons.append(f"column {index + 1} has no name")
         elif bad:
             reasons.append(
-                f"column {name!r} is not a data field name: use lowercase letters, digits and "
+                f"column {_show(name)} is not a data field name: use lowercase letters, digits and "
                 "'_', starting with a letter (e.g. 'count'), and '.' for a nested field"
             )
         elif len(path) > MAX_DATA_DEPTH:
             reasons.append(
-                f"column {name!r} nests {len(path)} names deep, at most {MAX_DATA_DEPTH} "
+                f"column {_show(name)} nests {len(path)} names deep, at most {MAX_DATA_DEPTH} "
                 "(docs/protocol.md §5)"
             )
         else:
@@ -283,8 +288,8 @@ def _path_clashes(paths: Sequence[tuple[str, tuple[str, ...]]]) -> list[str]:
     """Report a column that is both a value and a map (``treatment`` and ``treatment.drug``)."""
     full = {path: name for name, path in paths}
     return [
-        f"columns {full[path[:cut]]!r} and {name!r} clash: "
-        f"{full[path[:cut]]!r} cannot be both a value and a map"
+        f"columns {_show(full[path[:cut]])} and {_show(name)} clash: "
+        f"{_show(full[path[:cut]])} cannot be both a value and a map"
         for name, path in paths
         for cut in range(1, len(path))
         if path[:cut] in full
@@ -325,19 +330,21 @@ def _expand_keys(text: str, budget: int, limit: str) -> list[ProductKey]:
             try:
                 keys.append(ProductKey.parse_canonical(item))
             except IdentifierError as exc:
-                where = f" (from {token!r})" if item != token else ""
-                raise ValueError(f"{item!r}{where}: {exc}") from exc
+                where = f" (from {_show(token)})" if item != token else ""
+                raise ValueError(f"{_show(item)}{where}: {exc}") from exc
     return keys
 
 
 def _expand_range(token: str, budget: int, limit: str) -> list[str]:
     ranges = list(_RANGE.finditer(token))
     if len(ranges) > 1:
-        raise ValueError(f"{token!r} has more than one range; write one {{first..last}} per key")
+        raise ValueError(
+            f"{_show(token)} has more than one range; write one {{first..last}} per key"
+        )
     braces = token.count("{") + token.count("}")
     if braces != 2 * len(ranges):
         raise ValueError(
-            f"{token!r} has a brace that is not a range: a range is written {{001..120}} "
+            f"{_show(token)} has a brace that is not a range: a range is written {{001..120}} "
             "(digits, two dots, digits)"
         )
     if not ranges:
@@ -351,7 +358,7 @@ def _expand_range(token: str, budget: int, limit: str) -> list[str]:
         raise ValueError(f"{found[0]!r} counts down; write the smaller number first")
     count = high - low + 1
     if count > budget:
-        raise ValueError(f"{token!r} names {count} keys, too many: {limit}")
+        raise ValueError(f"{_show(token)} names {count} keys, too many: {limit}")
     if len(low_text) == len(high_text):
         width = len(low_text)
     elif low_text.startswith("0") or high_text.startswith("0"):
@@ -410,9 +417,9 @@ def _build_row(
 
     step = cells.get("step", "")
     if step not in BUSINESS_STEPS:
-        close = difflib.get_close_matches(step.lower(), sorted(BUSINESS_STEPS), n=1)
+        close = difflib.get_close_matches(step.lower()[:64], sorted(BUSINESS_STEPS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        shown = "(empty)" if step == "" else repr(step)
+        shown = "(empty)" if step == "" else _show(step)
         fail("step", f"{shown} is not a CBV 2.0 business step such as commissioning{hint}")
     keys: dict[str, list[ProductKey]] = {"products": [], "parents": []}
     parents_limit = (MAX_PARENTS, f"an event has at most {MAX_PARENTS} parents")
@@ -584,12 +591,12 @@ def event_from_args(
     for pair in data:
         name, sep, value = pair.partition("=")
         if not sep:
-            problems.append(InputError(f"{pair!r} is not name=value", column="data"))
+            problems.append(InputError(f"{_show(pair)} is not name=value", column="data"))
             continue
         if name.strip().lower() in RESERVED_COLUMNS:
             problems.append(
                 InputError(
-                    f"{name.strip()!r} is not a data field: give it as its own argument",
+                    f"{_show(name.strip())} is not a data field: give it as its own argument",
                     column="data",
                 )
             )

@@ -43,6 +43,7 @@ _ISO: Final = re.compile(
 )
 _DATE_ONLY: Final = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _EPOCH_DIGITS: Final = 13
+_MAX_LENGTH: Final = 40  # the longest accepted form, with 9 fraction digits, has 35
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS: Final = timedelta(milliseconds=1)
 _EXAMPLES: Final = (
@@ -62,6 +63,8 @@ def parse_time(text: str, *, now_ms: int, tz: ZoneInfo) -> int:
     """
     if text == "":
         return now_ms
+    if len(text) > _MAX_LENGTH:  # bounds every message below, which quote the text
+        raise ValueError(f"a time of {len(text)} characters is not a time; use {_EXAMPLES}")
     if text.isascii() and text.isdigit():
         millis = _epoch_millis(text)
     else:

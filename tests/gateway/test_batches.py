@@ -517,3 +517,13 @@ def test_property_a_file_is_all_good_events_or_one_batch_error(
         message = Event("packer-1", 1, event.time_ms, event.products, event.step,
                         event.parents, event.location, event.data)  # fmt: skip
         assert decode_payload(encode_payload(message)) == message
+
+
+def test_huge_cells_give_short_messages() -> None:
+    """A 100,000-character cell is named, shortened, not copied whole into the error."""
+    huge = "x" * 100_000
+    found = problems(f"step,products,time,{huge}\n")
+    assert [len(reason) < 500 for _, _, reason in found] == [True]
+    found = problems(f"step,products,time\n{huge},{huge},{huge}\n")
+    assert [column for _, column, _ in found] == ["step", "products", "time"]
+    assert all(len(reason) < 500 for _, _, reason in found), found
