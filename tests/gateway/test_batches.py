@@ -527,3 +527,12 @@ def test_huge_cells_give_short_messages() -> None:
     found = problems(f"step,products,time\n{huge},{huge},{huge}\n")
     assert [column for _, column, _ in found] == ["step", "products", "time"]
     assert all(len(reason) < 500 for _, _, reason in found), found
+
+
+def test_an_excel_export_with_bom_and_crlf_reads_like_plain_text() -> None:
+    """A UTF-8 BOM and CRLF line ends (as Excel writes) give the same events and digest."""
+    plain = parse(SHIPPING)
+    excel = parse("\ufeff" + SHIPPING.replace("\n", "\r\n"))
+    assert excel.events == plain.events
+    assert excel.digest == plain.digest
+    assert [event.line for event in excel.events] == [2, 3]
