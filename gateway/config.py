@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+from gateway.lines import unit_mismatch
 from tracecore.errors import ConfigError, IdentifierError
 from tracecore.identifiers import ProductKey
 from tracecore.message import SENSOR_TYPES
@@ -282,9 +283,12 @@ class _Reader:
             )
         return str(value)
 
-    def unit(self, value: object, where: Sequence[str | int]) -> str:
+    def unit(self, value: object, where: Sequence[str | int], measurement: str) -> str:
         if not isinstance(value, str) or not _UNIT.fullmatch(value):
             raise self.error(where, "a UN/CEFACT unit code such as CEL or P1", value)
+        mismatch = unit_mismatch(value, measurement)
+        if mismatch is not None:
+            raise self.error(where, f"a unit of {measurement}: {mismatch}")
         return value
 
     # -- the document --------------------------------------------------------------------------
@@ -413,10 +417,8 @@ class _Reader:
             spec = self.table(mapping, at, {"type", "unit"})
             if "type" not in spec or "unit" not in spec:
                 raise self.error(at, '{ type = "Temperature", unit = "CEL" }', mapping)
-            fields[key] = FieldMapping(
-                self.measurement(spec["type"], [*at, "type"]),
-                self.unit(spec["unit"], [*at, "unit"]),
-            )
+            measure = self.measurement(spec["type"], [*at, "type"])
+            fields[key] = FieldMapping(measure, self.unit(spec["unit"], [*at, "unit"], measure))
         return MqttSource(
             name=name,
             kind=kind,
@@ -469,9 +471,10 @@ class _Reader:
             if "type" not in entry:
                 raise self.error([*at, "type"], "the sensor's measurement type")
             own = self.products(entry["products"], [*at, "products"]) if "products" in entry else ()
+            measure = self.measurement(entry["type"], [*at, "type"])
             sensors[key] = LocalSensor(
-                type=self.measurement(entry["type"], [*at, "type"]),
-                unit=self.unit(entry["unit"], [*at, "unit"]) if "unit" in entry else None,
+                type=measure,
+                unit=self.unit(entry["unit"], [*at, "unit"], measure) if "unit" in entry else None,
                 products=own,
             )
             if not own and not products:

@@ -117,6 +117,13 @@ def test_zigbee2mqtt_without_devices_listens_to_every_device() -> None:
             "source[1].fields.ENERGY.Power.unit: expected a UN/CEFACT unit code",
         ),
         (
+            (
+                'belt-1 = { type = "Count", unit = "C62" }',
+                'belt-1 = { type = "Temperature", unit = "P1" }',
+            ),
+            "source[3].sensors.belt-1.unit: expected a unit of Temperature: P1 (percent) is not",
+        ),
+        (
             ("min_interval = 60", "min_interval = -1"),
             "source[2].min_interval: expected a number from 0 to 86400, got -1",
         ),
