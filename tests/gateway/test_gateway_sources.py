@@ -21,6 +21,7 @@ from mqtt_kit import unique
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from gateway.config import parse_config
 from gateway.outbox import Outbox
 from gateway.spool import queue_batch
 from gateway.status import prometheus_text, status_lines
@@ -33,6 +34,7 @@ from tracecore.settings import Settings
 from tracecore.storage import make_engine, upgrade
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
+GATEWAY_DOC = Path(__file__).parents[2] / "docs" / "gateway.md"
 
 
 @pytest.fixture
@@ -342,3 +344,70 @@ products = ["{lot}"]
 def _outbox_empty(farm: Farm) -> bool:
     with Outbox(farm.directory / "keys" / f"{farm.device}.outbox") as outbox:
         return outbox.pending_count() == 0 and outbox.receipt_count() == 3
+
+
+def _documented(kind: str, name: str) -> str:
+    """The fenced block after ``<!-- {kind}: {name} -->`` in docs/gateway.md."""
+    text = GATEWAY_DOC.read_text(encoding="utf-8")
+    after = text.split(f"<!-- {kind}: {name} -->\n", 1)[1]
+    return after.split("```", 2)[1].split("\n", 1)[1]
+
+
+def test_the_documented_tasmota_and_zigbee2mqtt_configurations_work_as_written(
+    farm: Farm, tmp_path: Path
+) -> None:
+    """docs/gateway.md's two configurations read as written and, pointed at this broker and
+    lot, turn the documented payloads into the readings the page says."""
+    lot = farm.lot("L").path
+    sources = []
+    for name in ("tasmota", "zigbee2mqtt"):
+        written = _documented("example", name)
+        assert parse_config(written, tmp_path / f"{name}.toml").sources[0].kind == name
+        # The same [[source]] table, on the test's broker, topics and lot.
+        table = written[written.index("[[source]]") :]
+        table = table.replace("mqtt://127.0.0.1:1883", str(farm.broker))
+        table = table.replace("01/06901234567892/10/L261206", lot)
+        table = table.replace("tele/henhouse1/SENSOR", f"tele/{farm.device}/SENSOR")
+        table = table.replace(
+            'type = "zigbee2mqtt"\n', f'type = "zigbee2mqtt"\nbase_topic = "{farm.device}"\n'
+        )
+        sources.append(table)
+    config = farm.config(
+        '[[source]]\nname = "events"\ntype = "events"\nspool = "spool"\n\n' + "\n".join(sources)
+    )
+    _commission(farm, lot)
+    with farm.ingest(), farm.run(config) as running:
+        status = running.gateway.status
+        wait_until(
+            lambda: (
+                bool(status.sources["henhouse-probes"].connected)
+                and bool(status.sources["coldroom"].connected)
+            ),
+            "the bridges to subscribe",
+        )
+        publish(
+            farm.broker, f"tele/{farm.device}/SENSOR", _documented("payload", "tasmota").encode()
+        )
+        publish(
+            farm.broker,
+            f"{farm.device}/coldroom_sensor",
+            _documented("payload", "zigbee2mqtt").encode(),
+        )
+        wait_until(
+            lambda: (
+                status.sources["henhouse-probes"].receipted == 1
+                and status.sources["coldroom"].receipted == 1
+            ),
+            "both documented readings receipted",
+        )
+    by_first = sorted((r.sensors for r in _readings(farm)), key=lambda s: s[0].type)
+    assert by_first == [
+        # "The reading has Dimensionless 97 P1, RelativeHumidity 80.12 P1 and Temperature 3.94 CEL"
+        (
+            Sensor("Dimensionless", 97, "P1"),
+            Sensor("RelativeHumidity", 80.12, "P1"),
+            Sensor("Temperature", 3.94, "CEL"),
+        ),
+        # "The reading has Temperature 4.6 CEL and RelativeHumidity 71.3 P1."
+        (Sensor("Temperature", 4.6, "CEL"), Sensor("RelativeHumidity", 71.3, "P1")),
+    ]
