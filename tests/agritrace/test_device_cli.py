@@ -377,3 +377,26 @@ def _rejection_id(engine: Engine) -> int | None:
     """The id of the one refused message of the test's database, once it is stored."""
     with session_scope(engine) as session:
         return session.exec(select(Rejection.id)).first()
+
+
+def test_gateway_init_sets_up_a_gateway_directory_once(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Key, provisioning file with the API's log key, a gateway.toml that checks; never twice."""
+    directory = tmp_path / "gw"
+    argv = ["gateway", "init", "--device-id", "barn-9", "--api", stack.base]
+    argv += ["--broker", "mqtt://trace.example.cn:1883", "--dir", str(directory)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    fingerprint = re.search(r"fingerprint:\s+(\S+)", out)
+    assert fingerprint
+    provisioning = Provisioning.parse((directory / "provisioning-barn-9.json").read_bytes())
+    assert provisioning.log_vkey == str(stack.log_key.verifier)
+    assert provisioning.fingerprint == fingerprint.group(1)
+    assert stat.S_IMODE((directory / "keys" / "barn-9.key").stat().st_mode) == 0o600
+    assert main(["gateway", "check", "--config", str(directory / "gateway.toml")]) == 0
+    assert "device barn-9" in capsys.readouterr().out
+    key_before = (directory / "keys" / "barn-9.key").read_bytes()
+    assert main(argv) == 1
+    assert "exists already" in capsys.readouterr().err
+    assert (directory / "keys" / "barn-9.key").read_bytes() == key_before

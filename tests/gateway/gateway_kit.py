@@ -108,8 +108,14 @@ class Farm:
             yield
 
     @contextlib.contextmanager
-    def run(self, config: GatewayConfig) -> Iterator[RunningGateway]:
-        """Run the gateway of ``config`` in a thread until the block ends."""
+    def run_offline(self, config: GatewayConfig) -> Iterator[RunningGateway]:
+        """Run the gateway of ``config`` without waiting for it to reach its broker."""
+        with self.run(config, connect=False) as running:
+            yield running
+
+    @contextlib.contextmanager
+    def run(self, config: GatewayConfig, *, connect: bool = True) -> Iterator[RunningGateway]:
+        """Run the gateway of ``config`` in a thread until the block ends (connected first)."""
         loop = asyncio.new_event_loop()
         stop = asyncio.Event()
         opened: list[Gateway] = []
@@ -132,7 +138,8 @@ class Farm:
             f"agritrace-{self.device}-{source.name}" for source in config.sources
         )
         try:
-            wait_until(running.gateway.fleet.connected.is_set, "the gateway to connect")
+            if connect:
+                wait_until(running.gateway.fleet.connected.is_set, "the gateway to connect")
             yield running
         finally:
             loop.call_soon_threadsafe(stop.set)
