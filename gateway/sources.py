@@ -17,7 +17,7 @@ import sys
 import termios
 import time
 import zoneinfo
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -193,18 +193,24 @@ async def run_lines_source(
     """
     parse = line_format(source, timezone)
 
-    async def handle(line: bytes, number: int, cursor: tuple[str, str] | None) -> None:
+    async def handle(line: bytes | None, number: int, cursor: tuple[str, str] | None) -> None:
         counters = sink.status.sources[source.name]
-        try:
-            text = line.decode("utf-8")
-            reading = parse.parse_line(text.rstrip("\r\n"), now_ms=now_ms(), line=number)
-        except UnicodeDecodeError:
-            sink.refuse(source.name, "not_utf8", f"line {number} is not UTF-8 text")
-            reading = None
-        except InputError as exc:
+        reading = None
+        if line is None:
             counters.received += 1
-            sink.refuse(source.name, "bad_line", str(exc))
-            reading = None
+            sink.refuse(source.name, "line_too_long", f"line {number}: over {MAX_LINE} bytes")
+        else:
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                counters.received += 1
+                sink.refuse(source.name, "not_utf8", f"line {number} is not UTF-8 text")
+            else:
+                try:
+                    reading = parse.parse_line(text.rstrip("\r\n"), now_ms=now_ms(), line=number)
+                except InputError as exc:
+                    counters.received += 1
+                    sink.refuse(source.name, "bad_line", str(exc))
         if reading is None:
             if cursor is not None:
                 set_cursor(*cursor)
@@ -233,7 +239,7 @@ async def run_lines_source(
 async def _pipe_reader(fd: int) -> AsyncIterator[asyncio.StreamReader]:
     """A stream of the pipe, terminal or serial device ``fd``, closed at the end of the block."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=MAX_LINE * 4)
+    reader = asyncio.StreamReader(limit=MAX_LINE)
     protocol = asyncio.StreamReaderProtocol(reader)
     # A duplicate of the descriptor: the transport closes its own copy, never stdin itself.
     pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
@@ -251,23 +257,22 @@ async def _pipe_reader(fd: int) -> AsyncIterator[asyncio.StreamReader]:
 async def _read_stream(
     reader: asyncio.StreamReader,
     stop: asyncio.Event,
-    handle: Callable[[bytes, int], object],
+    handle: Callable[[bytes | None, int], Awaitable[None]],
 ) -> None:
     number = 0
     while not stop.is_set():
+        line: bytes | None
         try:
             async with asyncio.timeout(0.5):
                 line = await reader.readline()
         except TimeoutError:
             continue
-        except (asyncio.LimitOverrunError, ValueError):
-            line = b"\xff"  # longer than any line we read: refused as not UTF-8 below
-        if not line:
+        except ValueError:  # LimitOverrunError: the stream dropped the over-long line
+            line = None
+        if line == b"":
             return  # end of input
         number += 1
-        result = handle(line, number)
-        if asyncio.iscoroutine(result):
-            await result
+        await handle(line, number)
 
 
 def _open_serial(path: Path, baud: int) -> int:
@@ -297,53 +302,72 @@ async def _follow_file(
     path: Path,
     name: str,
     stop: asyncio.Event,
-    handle: Callable[[bytes, int, tuple[str, str] | None], object],
+    handle: Callable[[bytes | None, int, tuple[str, str] | None], Awaitable[None]],
     cursor_of: Callable[[str], str | None],
 ) -> None:
-    """Read ``path`` from the committed position on, following appends, replacements, cuts."""
+    """Read ``path`` from the committed position on, following appends, replacements, cuts.
+
+    ``handle`` gets each complete line (None for one longer than :data:`MAX_LINE`, whose rest
+    is skipped) with the cursor to commit with what is made of it.
+    """
     inode, offset, number = _parse_cursor(cursor_of(name))
     while not stop.is_set():
         try:
-            handle_file = path.open("rb")
+            opened = path.open("rb")
         except FileNotFoundError:
             await _pause(stop)
             continue
-        with handle_file:
-            current = os.fstat(handle_file.fileno()).st_ino
+        with opened:
+            current = os.fstat(opened.fileno()).st_ino
             if current != inode:
                 inode, offset, number = current, 0, 0  # another file: read it from its start
-            handle_file.seek(offset)
+            opened.seek(offset)
             pending = b""
+            skipping = False  # inside a line that was too long
             while not stop.is_set():
-                chunk = handle_file.readline(MAX_LINE + 1)
-                if chunk.endswith(b"\n") or len(pending + chunk) > MAX_LINE:
+                chunk = opened.readline(MAX_LINE + 1)
+                complete = chunk.endswith(b"\n")
+                if skipping:
+                    offset += len(chunk)
+                    skipping = not complete
+                elif complete:
                     line, pending = pending + chunk, b""
                     offset += len(line)
                     number += 1
-                    result = handle(line, number, (name, f"{inode}:{offset}:{number}"))
-                    if asyncio.iscoroutine(result):
-                        await result
+                    await handle(line, number, (name, f"{inode}:{offset}:{number}"))
+                elif len(pending) + len(chunk) > MAX_LINE:
+                    offset += len(pending) + len(chunk)
+                    number += 1
+                    pending, skipping = b"", True
+                    await handle(None, number, (name, f"{inode}:{offset}:{number}"))
+                else:
+                    pending += chunk  # a line still being written, or the end: wait for more
+                if chunk:
                     continue
-                pending += chunk  # a line still being written: wait for its end
-                offset_seen = offset + len(pending)
                 await _pause(stop)
-                try:
-                    now = path.stat()  # noqa: ASYNC240 (one stat of a local file)
-                except FileNotFoundError:
-                    now = None
-                if now is None or now.st_ino != inode:
+                change = _changed(path, inode, offset + len(pending))
+                if change == "replaced":
                     # Replaced (logrotate): its unfinished last line is all it will ever be.
                     if pending:
                         offset += len(pending)
                         number += 1
-                        result = handle(pending, number, (name, f"{inode}:{offset}:{number}"))
-                        if asyncio.iscoroutine(result):
-                            await result
+                        await handle(pending, number, (name, f"{inode}:{offset}:{number}"))
                     break
-                if now.st_size < offset_seen:
+                if change == "truncated":
                     # Truncated in place (copytruncate): start again from its beginning.
-                    inode, offset, number, pending = -1, 0, 0, b""
+                    inode, offset, number = -1, 0, 0
                     break
+
+
+def _changed(path: Path, inode: int, read: int) -> str | None:
+    """Say whether the file at ``path`` was "replaced" or "truncated" below ``read`` bytes."""
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return "replaced"
+    if now.st_ino != inode:
+        return "replaced"
+    return "truncated" if now.st_size < read else None
 
 
 def _parse_cursor(value: str | None) -> tuple[int, int, int]:
