@@ -32,7 +32,13 @@ from gateway.spool import run_events_source
 from gateway.status import Status, prometheus_text, status_lines
 from tracecore.errors import ConfigError, MessageRejected
 from tracecore.identifiers import ProductKey
-from tracecore.keys import SignerKey, VerifierKey, device_fingerprint, read_key_file
+from tracecore.keys import (
+    SignerKey,
+    VerifierKey,
+    device_fingerprint,
+    kid_fingerprint,
+    read_key_file,
+)
 from tracecore.message import Sensor
 from tracecore.mqtt import BrokerAddress
 from tracecore.provisioning import Provisioning
@@ -59,12 +65,27 @@ def load_identity(provisioning_path: Path, keys_dir: Path) -> tuple[Provisioning
     if not (keys_dir / f"{device}.key").exists():
         raise ConfigError(f"no key of {device} in {keys_dir}: run agritrace gateway-key there")
     key = read_key_file(keys_dir, device)
-    if device_fingerprint(key.public_key) != provisioning.fingerprint:
+    if provisioning.fingerprint not in _own_fingerprints(keys_dir, device, key):
         raise ConfigError(
             f"the provisioning file is for the key {provisioning.fingerprint}, but this "
             f"gateway's key is {device_fingerprint(key.public_key)}: do not use it"
         )
     return provisioning, key
+
+
+def _own_fingerprints(keys_dir: Path, device: str, key: SignerKey) -> set[str]:
+    """The fingerprints of the device's key and of the keys it rotated out (docs/gateway.md).
+
+    The provisioning file names the key the device was registered with; after the device
+    rotated its own key, that key is kept as ``{device}.key.retired-{kid}`` (the service
+    receipted the rotation, so the chain from it to today's key is in the log).
+    """
+    fingerprints = {device_fingerprint(key.public_key)}
+    for retired in keys_dir.glob(f"{device}.key.retired-*"):
+        kid = retired.name.rpartition("-")[2]
+        if len(kid) == 16 and all(c in "0123456789abcdef" for c in kid):
+            fingerprints.add(kid_fingerprint(bytes.fromhex(kid)))
+    return fingerprints
 
 
 @dataclass(slots=True)
