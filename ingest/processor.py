@@ -17,11 +17,18 @@ bytes, the topic, the reason, a detail and the receive time:
    product, whatever its lot)  9. unknown product: parked, then applied when the commissioning
    arrives or rejected as unknown_product by :meth:`Processor.expire_parked`.
 
+A key rotation (docs/protocol.md §5, "Key rotations") names no product: after rule 7 it is
+checked by :meth:`_Run.rotate` (bad_rotation) and, if accepted, becomes a device_message entry
+followed by a key_rotated entry, and the device's keys change, all in the batch's transaction.
+
 Single writer: the transaction starts with a write lock (PostgreSQL: a transaction-scoped
 advisory lock; SQLite: ``BEGIN IMMEDIATE``), so several ingest processes on one database never
 assign the same log index and the log has no gaps. Rules 1-5 only read (devices and keys, in one
 short read transaction) and run before the lock, overlapped with the signature checks; rules 6-9,
-sequencing and all writes run under it.
+sequencing and all writes run under it. Under the lock the batch's device keys are read again
+and rule 4 is applied again, so that a key rotated or revoked by another writer (another worker,
+the registry API) since the first read holds for this batch, and a rotation sees every earlier
+one: every change of a device's keys is serialized by the same lock.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from sqlmodel import SQLModel
 from ingest.rights import COMMISSIONING, Decision, Outcome, ProductState, decide
 from tracecore.cose import MAX_MESSAGE_BYTES, SignedMessage, parse_message
 from tracecore.errors import (
+    BadRotation,
     MalformedMessage,
     MessageRejected,
     RejectReason,
@@ -60,10 +68,10 @@ from tracecore.errors import (
     UnknownKey,
 )
 from tracecore.identifiers import ProductKey
-from tracecore.keys import SignerKey, key_window_refusal
-from tracecore.logentry import GENESIS_PREV, ChainPosition, DeviceMessageEntry
+from tracecore.keys import SignerKey, device_kid, key_window_refusal
+from tracecore.logentry import GENESIS_PREV, ChainPosition, DeviceMessageEntry, KeyRotated
 from tracecore.merkle import leaf_hash
-from tracecore.message import Event
+from tracecore.message import Event, KeyRotation, verify_rotation_pop
 from tracecore.receipt import Receipt, sign_receipt
 from tracecore.storage import models as _models  # noqa: F401  (registers the tables)
 from tracecore.storage.engine import storage_errors
@@ -218,6 +226,19 @@ def _check_key(row: Any, device: str, kid: bytes, at_ms: int) -> bytes:
     if refusal is not None:
         raise RevokedKey(f"key {kid.hex()} of {device!r} {refusal}")
     return bytes(row.public_key)
+
+
+@dataclass(slots=True)
+class _KeyRow:
+    """A device key as read under the write lock, updated in memory by accepted rotations."""
+
+    id: int | None  # None: added by a rotation of this batch
+    device_id: str
+    kid: bytes
+    public_key: bytes
+    valid_from_ms: int
+    valid_until_ms: int | None
+    revoked_ms: int | None
 
 
 def _topic_device(topic: str) -> str | None:
@@ -596,6 +617,12 @@ class _Run:
         self.verify_futures: list[Future[list[MessageRejected | None]]] = []
         self.receipt_slots: list[tuple[str, int]] = []  # (device, seq) in result order
         self.stored_receipts: dict[tuple[str, int], bytes] = {}
+        # Device keys read under the write lock (rule 4 again, rotations), by (device, kid).
+        self.keys: dict[tuple[str, bytes], _KeyRow] = {}
+        self.key_ends: list[tuple[int, int]] = []  # (device_keys id, valid_until_ms)
+        self.new_keys: list[_KeyRow] = []
+        # Latest device time of the messages of each device accepted or parked in this batch.
+        self.latest_ms: dict[str, int] = {}
 
     # -- rejections -------------------------------------------------------------------------
 
@@ -894,8 +921,19 @@ class _Run:
         self.conn = conn
         self.sql = _Sql(conn.dialect.name)
         self._preload(checked)
+        self._load_keys({signed.message.device for _, signed, _ in checked})
         for (inbound, signed, party), error in zip(checked, self._verdicts(), strict=True):
             message = signed.message
+            try:  # rule 4 again, on the keys as they are now (module docstring)
+                _check_key(
+                    self.keys.get((message.device, signed.kid)),
+                    message.device,
+                    signed.kid,
+                    message.time,
+                )
+            except MessageRejected as exc:
+                self.reject_raw(inbound, exc.reason, exc.detail, message.device, message.seq)
+                continue
             if error is not None:  # rule 5
                 self.reject_raw(inbound, error.reason, error.detail, message.device, message.seq)
                 continue
@@ -922,8 +960,127 @@ class _Run:
             )
             if self._is_repeat(msg):  # rule 7
                 continue
+            if isinstance(message, KeyRotation):
+                self.rotate(msg, message)
+                continue
             self._apply(msg)  # rules 8 and 9
         self._write()
+
+    def _load_keys(self, devices: set[str]) -> None:
+        """Read the keys of ``devices`` under the write lock."""
+        ordered = sorted(devices)
+        for start in range(0, len(ordered), 500):
+            for row in self.conn.execute(
+                select(_KEYS).where(_KEYS.c.device_id.in_(ordered[start : start + 500]))
+            ):
+                self.keys[(row.device_id, bytes(row.kid))] = _KeyRow(
+                    id=row.id,
+                    device_id=row.device_id,
+                    kid=bytes(row.kid),
+                    public_key=bytes(row.public_key),
+                    valid_from_ms=row.valid_from_ms,
+                    valid_until_ms=row.valid_until_ms,
+                    revoked_ms=row.revoked_ms,
+                )
+
+    def rotate(self, msg: _Msg, rotation: KeyRotation) -> None:
+        """Accept a device's key rotation or refuse it as bad_rotation (docs/protocol.md §5).
+
+        Accepted: the message gets its device_message entry and receipt, a key_rotated entry
+        follows it, the signing key ends and the new key starts at the rotation time.
+        """
+        try:
+            old, until = self._check_rotation(msg, rotation)
+        except BadRotation as exc:
+            self.reject_msg(msg, exc.reason, exc.detail)
+            return
+        self._sequence(msg, Decision(Outcome.ACCEPT))
+        entry = KeyRotated(rotation.device, rotation.new_key, until, self.now_ms).to_bytes()
+        self.log_rows.append(
+            (
+                self.next_index,
+                "key_rotated",
+                None,
+                hashlib.sha256(entry).digest(),  # no device bytes: the entry's own hash
+                entry,
+                leaf_hash(entry),
+                rotation.device,
+                None,
+                self.now_ms,
+                None,
+                None,
+            )
+        )
+        self.next_index += 1
+        old.valid_until_ms = until  # a key added earlier in this batch is inserted with it
+        if old.id is not None:
+            self.key_ends.append((old.id, until))
+        new = _KeyRow(
+            id=None,
+            device_id=rotation.device,
+            kid=device_kid(rotation.new_key),
+            public_key=rotation.new_key,
+            valid_from_ms=until,
+            valid_until_ms=None,
+            revoked_ms=None,
+        )
+        self.new_keys.append(new)
+        self.keys[(new.device_id, new.kid)] = new
+
+    def _check_rotation(self, msg: _Msg, rotation: KeyRotation) -> tuple[_KeyRow, int]:
+        """The rotation rules; return the signing key and the rotation time, or raise."""
+        device, kid = rotation.device, msg.signed.kid
+        signer = self.keys[(device, kid)]  # rule 4 found it under the lock
+        rows = [row for (owner, _), row in self.keys.items() if owner == device]
+        current = [row for row in rows if row.valid_until_ms is None]
+        if signer.valid_until_ms is not None:
+            now = ", ".join(row.kid.hex() for row in current) or "none"
+            raise BadRotation(
+                f"signed by key {kid.hex()} of {device!r}, which was rotated out at "
+                f"{signer.valid_until_ms} (the current key is {now}): only the current key "
+                f"may rotate, so this is a second or forked rotation by an old key"
+            )
+        if signer.revoked_ms is not None:
+            raise BadRotation(
+                f"key {kid.hex()} of {device!r} is revoked since {signer.revoked_ms}: a revoked "
+                f"key cannot hand over to a new one (the device's party registers a new key)"
+            )
+        verify_rotation_pop(rotation, kid)
+        new_key = rotation.new_key
+        if new_key == signer.public_key:
+            raise BadRotation(f"new_key is the key {kid.hex()} that signs the rotation")
+        if any(row.kid == device_kid(new_key) for row in rows):
+            raise BadRotation(f"{device!r} has a key with kid {device_kid(new_key).hex()} already")
+        taken = [row.device_id for row in self.new_keys if row.public_key == new_key]
+        taken += self.conn.execute(
+            select(_KEYS.c.device_id).where(_KEYS.c.public_key == new_key)
+        ).scalars()
+        if taken:
+            raise BadRotation(
+                f"new_key {device_kid(new_key).hex()} is registered already (device "
+                f"{taken[0]!r}): a key belongs to one device, once"
+            )
+        return signer, self._rotation_time(device, rotation, signer)
+
+    def _rotation_time(self, device: str, rotation: KeyRotation, signer: _KeyRow) -> int:
+        """When the old key ends and the new one starts (docs/protocol.md §8, "Key rotation").
+
+        The server's time, but never at or before the device time of the rotation itself or of
+        any message of the device already accepted or parked: each of those stays signed by a
+        key valid at its time, so a resent duplicate still gets its receipt and every bundle of
+        accepted messages verifies (docs/keys.md).
+        """
+        latest = self.conn.execute(
+            select(func.max(_LOG.c.time_ms)).where(
+                _LOG.c.device_id == device, _LOG.c.kind == "device_message"
+            )
+        ).scalar()
+        times = [rotation.time, self.latest_ms.get(device, 0)]
+        if latest is not None:
+            times.append(int(latest))
+        for (raw,) in self.conn.execute(select(_PARKED.c.raw).where(_PARKED.c.device_id == device)):
+            times.append(parse_message(bytes(raw)).message.time)  # it parsed when parked
+        return max(self.now_ms, signer.valid_from_ms, max(times) + 1)
 
     def _preload(self, checked: list[_Checked]) -> None:
         """Load in a few queries the state the batch names (rule 7 dedupe, products, log)."""
@@ -999,6 +1156,8 @@ class _Run:
     def _apply(self, msg: _Msg) -> None:
         """Rules 8 and 9 for one message: accept and sequence it, refuse it, or park it."""
         message = msg.signed.message
+        if isinstance(message, KeyRotation):  # never parked: rotations go to rotate()
+            raise StorageError(f"internal error: rotation {msg.device}/{msg.seq} has no products")
         keys = [key.path for key in message.products]
         if isinstance(message, Event):
             keys += [key.path for key in message.parents]
@@ -1026,6 +1185,7 @@ class _Run:
         if not msg.parked:  # newly parked
             msg.parked = True
             self.new_parked.append(msg)
+            self._note_time(msg.device, msg.signed.message.time)
             self.seen[(msg.device, msg.seq)] = msg
             self.result.parked += 1
         elif msg.parked_id is not None and set(missing) != msg.waiting:
@@ -1152,6 +1312,12 @@ class _Run:
         self.receipt_slots.append(pair)
         self.seen[pair] = msg
         self.result.accepted += 1
+        self._note_time(message.device, message.time)
+
+    def _note_time(self, device: str, time: int) -> None:
+        """Remember the latest device time of the device's messages kept by this batch."""
+        if time > self.latest_ms.get(device, -1):
+            self.latest_ms[device] = time
 
     def _take_item(self, key: str) -> None:
         """Note that the product ``key`` now holds its item: later messages see it taken."""
@@ -1189,6 +1355,7 @@ class _Run:
             queued = sorted({row[0] for row in self.link_rows})
             conn.exec_driver_sql(self.sql.queue_contracts, [(key, self.now_ms) for key in queued])
         self._write_parked()
+        self._write_keys()
         self.rejections.write(conn)
         receipt_bytes = [raw for future in self.sign_futures for raw in future.result()]
         if receipt_bytes:
@@ -1211,6 +1378,31 @@ class _Run:
                 log.warning("no stored receipt for device=%s seq=%d", device, seq)
                 continue
             self.result.receipts.append((device, raw))
+
+    def _write_keys(self) -> None:
+        """Store what accepted rotations did to the device keys (after their log entries)."""
+        if self.key_ends:
+            self.conn.execute(
+                _KEYS.update()
+                .where(_KEYS.c.id == bindparam("b_id"))
+                .values(valid_until_ms=bindparam("b_until")),
+                [{"b_id": key_id, "b_until": until} for key_id, until in self.key_ends],
+            )
+        if self.new_keys:
+            self.conn.execute(
+                _KEYS.insert(),
+                [
+                    {
+                        "device_id": row.device_id,
+                        "kid": row.kid,
+                        "public_key": row.public_key,
+                        "valid_from_ms": row.valid_from_ms,
+                        "valid_until_ms": row.valid_until_ms,
+                        "revoked_ms": None,
+                    }
+                    for row in self.new_keys
+                ],
+            )
 
     def _update_products(self) -> None:
         changed = [key for key in self.changed_products if key not in self.new_products]

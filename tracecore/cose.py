@@ -33,7 +33,7 @@ import nacl.signing
 from tracecore.cbor import decode_strict, encode_deterministic, kind_name
 from tracecore.errors import BadSignature, MalformedMessage, UnknownKey
 from tracecore.keys import KID_LENGTH, device_kid
-from tracecore.message import DeviceMessage, decode_payload, encode_payload
+from tracecore.message import AnyMessage, decode_payload, encode_payload
 
 __all__ = [
     "ALG_EDDSA",
@@ -237,7 +237,7 @@ class SignedMessage:
     kid: bytes
     payload: bytes
     signature: bytes
-    message: DeviceMessage
+    message: AnyMessage
 
     @property
     def sha256(self) -> bytes:
@@ -255,7 +255,7 @@ class SignedMessage:
         _verify(self.kid, self.protected, self.payload, self.signature, public_key)
 
 
-def sign_message(message: DeviceMessage, signing_key: nacl.signing.SigningKey) -> bytes:
+def sign_message(message: AnyMessage, signing_key: nacl.signing.SigningKey) -> bytes:
     """Return the tagged COSE_Sign1 bytes a device sends for ``message``.
 
     The payload is :func:`tracecore.message.encode_payload` (deterministic CBOR), signed with

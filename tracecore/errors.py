@@ -11,7 +11,8 @@ with ``raise ... from exc``, so a caller never has to know which library sits un
     │   ├── TopicMismatch              reason "topic_mismatch": payload device ≠ topic device
     │   ├── UnknownKey                 reason "unknown_key": no key with this kid for the device
     │   ├── RevokedKey                 reason "revoked_key": key not valid at the message time
-    │   └── BadSignature               reason "bad_signature"
+    │   ├── BadSignature               reason "bad_signature"
+    │   └── BadRotation                reason "bad_rotation": a key rotation is refused
     ├── KeyFileError               a key file or vkey cannot be read or has the wrong form
     ├── NoteError                  a signed note, checkpoint or cosignature is refused
     │   ├── MalformedNote              breaks a C2SP note, checkpoint or tlog-witness format
@@ -40,6 +41,7 @@ from enum import StrEnum
 
 __all__ = [
     "AgritraceError",
+    "BadRotation",
     "BadSignature",
     "BatchError",
     "BundleError",
@@ -80,6 +82,9 @@ class RejectReason(StrEnum):
     # GS1 General Specifications §3.5.2: GTIN + serial names one item, whatever the lot.
     SERIAL_CONFLICT = "serial_conflict"
     UNKNOWN_PRODUCT = "unknown_product"
+    # docs/protocol.md §5, "Key rotations": the proof of possession fails, the signing key is
+    # not the device's current one, the new key is registered already, or the key is revoked.
+    BAD_ROTATION = "bad_rotation"
 
 
 class AgritraceError(Exception):
@@ -141,6 +146,12 @@ class BadSignature(_FixedReason):
     """The Ed25519 signature does not verify under the device key."""
 
     fixed_reason = RejectReason.BAD_SIGNATURE
+
+
+class BadRotation(_FixedReason):
+    """A device's key rotation is refused (docs/protocol.md §5, "Key rotations")."""
+
+    fixed_reason = RejectReason.BAD_ROTATION
 
 
 class KeyFileError(AgritraceError):

@@ -14,7 +14,8 @@ key           type        meaning
 ``chains``    array       one ``{"product", "pseq", "prev"}`` per product the message names,
                           in the message's order: the product's position in its own chain
                           (1 for its first entry) and the leaf hash of the product's previous
-                          entry (32 zero bytes for the first)
+                          entry (32 zero bytes for the first); empty for a key rotation,
+                          which names no product (docs/protocol.md §5)
 ============  ==========  ================================================================
 
 The leaf hash of the entry (RFC 9162 §2.1.1, :func:`tracecore.merkle.leaf_hash`) is what
@@ -111,8 +112,7 @@ class DeviceMessageEntry:
         parse_device_id(self.device)
         if self.seq < 1 or self.received < 0:
             raise MalformedMessage("seq must be >= 1 and received >= 0")
-        if not self.chains:
-            raise MalformedMessage("an entry names at least one product chain")
+        # No chain is a message that names no product: a device's key rotation (docs/log.md).
         if len({c.product for c in self.chains}) != len(self.chains):
             raise MalformedMessage("an entry names each product once")
 

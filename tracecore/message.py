@@ -14,7 +14,9 @@ The payload of a device's COSE_Sign1 is a deterministic CBOR map with text keys.
 
 A reading adds ``sensors``: 1-64 maps ``{type, value, uom}`` (EPCIS 2.0 sensor measurement type,
 an integer or finite float, a UN/CEFACT Recommendation 20 unit code). An event adds ``step`` (a CBV
-2.0 business step) and optionally ``parents``, ``location`` and ``data``. Each field rule that
+2.0 business step) and optionally ``parents``, ``location`` and ``data``. A key rotation
+(``"type": "key_rotation"``) has no ``products``; it carries ``new_key`` and ``pop``, the new
+key's proof of possession (:class:`KeyRotation`). Each field rule that
 breaks raises :class:`~tracecore.errors.MalformedMessage` whose detail names the field, the rule
 and the value found. docs/protocol.md is the prose version of this module.
 """
@@ -27,9 +29,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias
 
+import nacl.exceptions
+import nacl.signing
+from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
+from nacl.exceptions import CryptoError
+
 from tracecore.cbor import decode_strict, encode_deterministic, kind_name
-from tracecore.errors import IdentifierError, MalformedMessage
+from tracecore.errors import BadRotation, IdentifierError, MalformedMessage
 from tracecore.identifiers import ProductKey, parse_device_id
+from tracecore.keys import device_kid
 
 __all__ = [
     "BUSINESS_STEPS",
@@ -41,15 +49,21 @@ __all__ = [
     "MAX_SENSORS",
     "MAX_SEQ",
     "MAX_TIME_MS",
+    "ROTATION_POP_CONTEXT",
     "SENSOR_TYPES",
+    "AnyMessage",
     "DataValue",
     "DeviceMessage",
     "Event",
+    "KeyRotation",
     "Reading",
     "Sensor",
     "decode_payload",
     "encode_payload",
     "from_cbor_map",
+    "rotation_pop_input",
+    "sign_rotation_pop",
+    "verify_rotation_pop",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -108,7 +122,14 @@ _READING_FIELDS: Final = frozenset({*_COMMON_FIELDS, "sensors"})
 _EVENT_FIELDS: Final = frozenset({*_COMMON_FIELDS, "step", "parents", "location", "data"})
 _ALL_FIELDS: Final = _READING_FIELDS | _EVENT_FIELDS
 _SENSOR_FIELDS: Final = frozenset({"type", "value", "uom"})
+_ROTATION_FIELDS: Final = frozenset({"v", "device", "seq", "time", "type", "new_key", "pop"})
 _MESSAGE_TYPES: Final = ("reading", "event")
+#: Lengths of an Ed25519 public key and signature (RFC 8032 §5.1.5, §5.1.6).
+_PUBLIC_KEY_LENGTH: Final = 32
+_POP_LENGTH: Final = 64
+#: Domain separation of the proof of possession (docs/protocol.md §5, "Key rotations"): the
+#: bytes the new key signs can never be a Sig_structure, a receipt or another agritrace text.
+ROTATION_POP_CONTEXT: Final = "agritrace key rotation v1"
 
 DataValue: TypeAlias = (
     "int | float | str | bool | tuple[DataValue, ...] | Mapping[str, DataValue] | None"
@@ -397,8 +418,128 @@ class Event:
         return result
 
 
+def rotation_pop_input(device: str, seq: int, time: int, old_kid: bytes, new_key: bytes) -> bytes:
+    """Return the bytes the new key signs as its proof of possession in a key rotation.
+
+    The deterministic CBOR array (RFC 8949 §4.2.1)
+    ``["agritrace key rotation v1", device, seq, time, old_kid, new_key]``: the context text
+    separates it from every other thing an agritrace key signs (a COSE Sig_structure starts with
+    ``"Signature1"``, docs/protocol.md §3), and the other items bind the proof to this device,
+    this message (seq and time), the key being replaced and the key being introduced, so a proof
+    cannot be replayed onto another rotation (docs/protocol.md §5, "Key rotations").
+    """
+    return encode_deterministic([ROTATION_POP_CONTEXT, device, seq, time, old_kid, new_key])
+
+
+def sign_rotation_pop(
+    signing_key: nacl.signing.SigningKey, device: str, seq: int, time: int, old_kid: bytes
+) -> bytes:
+    """Return the 64-byte proof of possession of ``signing_key`` (the NEW key) for a rotation.
+
+    Ed25519 (RFC 8032 §5.1.6) over :func:`rotation_pop_input`; deterministic.
+    """
+    new_key = bytes(signing_key.verify_key)
+    return signing_key.sign(rotation_pop_input(device, seq, time, old_kid, new_key)).signature
+
+
+def verify_rotation_pop(rotation: KeyRotation, old_kid: bytes) -> None:
+    """Check the proof of possession of a parsed rotation whose envelope carries ``old_kid``.
+
+    The proof must be the new key's Ed25519 signature (RFC 8032 §5.1.7) over
+    :func:`rotation_pop_input` of the rotation's own fields and ``old_kid`` (the kid of the
+    COSE envelope, i.e. of the key that signs the rotation). Raises
+    :class:`~tracecore.errors.BadRotation` if it does not verify, or if ``new_key`` is not a
+    usable Ed25519 public key (not a point of the prime-order subgroup: such a "key" could be
+    made to accept forged signatures).
+    """
+    new_key = rotation.new_key
+    try:
+        crypto_sign_ed25519_pk_to_curve25519(new_key)  # libsodium's point and subgroup check
+    except CryptoError as exc:
+        raise BadRotation(
+            f"new_key {new_key.hex()} is not a valid Ed25519 public key (not a curve point of "
+            "the prime-order subgroup)"
+        ) from exc
+    signed = rotation_pop_input(rotation.device, rotation.seq, rotation.time, old_kid, new_key)
+    try:
+        nacl.signing.VerifyKey(new_key).verify(signed, rotation.pop)
+    except (nacl.exceptions.BadSignatureError, CryptoError, ValueError) as exc:
+        raise BadRotation(
+            f"pop does not verify: it is not the signature of new_key {device_kid(new_key).hex()} "
+            f"over this rotation (device {rotation.device!r}, seq {rotation.seq}, time "
+            f"{rotation.time}, old kid {old_kid.hex()})"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotation:
+    """A device replaces its key: signed by the OLD key, it names the NEW one (``new_key``).
+
+    ``pop`` is the new key's proof of possession (:func:`sign_rotation_pop`); parsing checks its
+    size only, :func:`verify_rotation_pop` checks it. A rotation names no product: ``products``
+    is always empty (docs/protocol.md §5, "Key rotations").
+    """
+
+    device: str
+    seq: int
+    time: int
+    new_key: bytes
+    pop: bytes
+
+    def __post_init__(self) -> None:
+        """Check the field rules; raise :class:`MalformedMessage` on the first broken one."""
+        _check_device(self.device)
+        _check_int("seq", self.seq, 1, MAX_SEQ)
+        _check_int("time", self.time, 0, MAX_TIME_MS, " (milliseconds since the Unix epoch)")
+        _check_bstr("new_key", self.new_key, _PUBLIC_KEY_LENGTH, " (an Ed25519 public key)")
+        _check_bstr("pop", self.pop, _POP_LENGTH, " (an Ed25519 signature)")
+
+    @property
+    def products(self) -> tuple[ProductKey, ...]:
+        """A rotation names no product (so it joins no product chain)."""
+        return ()
+
+    def to_cbor_map(self) -> dict[str, object]:
+        """Return the payload map (docs/protocol.md §5), ready to encode."""
+        return {
+            "v": FORMAT_VERSION,
+            "device": self.device,
+            "seq": self.seq,
+            "time": self.time,
+            "type": "key_rotation",
+            "new_key": self.new_key,
+            "pop": self.pop,
+        }
+
+
+def _check_bstr(name: str, value: object, size: int, note: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise _fail(f"{name} must be a byte string{note}, got {kind_name(value)} {_show(value)}")
+    if len(value) != size:
+        raise _fail(f"{name} must be {size} bytes{note}, got {len(value)}")
+    return value
+
+
+def _rotation_from_map(value: dict[Any, Any]) -> KeyRotation:
+    """Build a rotation from a payload map whose ``type`` is ``"key_rotation"``."""
+    _check_keys("key_rotation payload", value, _ROTATION_FIELDS, _ROTATION_FIELDS)
+    version = value["v"]
+    if not _is_int(version) or version != FORMAT_VERSION:
+        raise _fail(f"v must be {FORMAT_VERSION}, got {_show(version)}")
+    return KeyRotation(
+        device=value["device"],
+        seq=value["seq"],
+        time=value["time"],
+        new_key=value["new_key"],
+        pop=value["pop"],
+    )
+
+
 DeviceMessage: TypeAlias = Reading | Event
-"""A typed device message payload."""
+"""A typed device message payload about products: a reading or an event."""
+
+AnyMessage: TypeAlias = Reading | Event | KeyRotation
+"""Any typed device message payload: about products, or a key rotation."""
 
 
 def _check_keys(
@@ -420,7 +561,7 @@ def _check_keys(
         raise _fail(f"{where} lacks required field {missing[0]!r}")
 
 
-def from_cbor_map(value: object) -> DeviceMessage:
+def from_cbor_map(value: object) -> AnyMessage:
     """Build a typed message from a decoded payload map, checking every field rule.
 
     design.md, "Device protocol"; docs/protocol.md lists the rules. Raises
@@ -429,6 +570,8 @@ def from_cbor_map(value: object) -> DeviceMessage:
     """
     if not isinstance(value, dict):
         raise _fail(f"payload must be a map, got {kind_name(value)}")
+    if value.get("type") == "key_rotation":  # its own field set: no products (§5)
+        return _rotation_from_map(value)
     _check_keys("payload", value, _ALL_FIELDS, _COMMON_FIELDS)
     version = value["v"]
     if not _is_int(version) or version != FORMAT_VERSION:
@@ -498,12 +641,12 @@ def _event_from_map(
     )
 
 
-def encode_payload(message: DeviceMessage) -> bytes:
+def encode_payload(message: AnyMessage) -> bytes:
     """Return the deterministic CBOR payload bytes of ``message`` (RFC 8949 §4.2.1)."""
     return encode_deterministic(message.to_cbor_map())
 
 
-def decode_payload(payload: bytes) -> DeviceMessage:
+def decode_payload(payload: bytes) -> AnyMessage:
     """Decode payload bytes strictly (deterministic CBOR, no tags) and check every field rule.
 
     Raises :class:`~tracecore.errors.MalformedMessage`.

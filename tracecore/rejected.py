@@ -34,7 +34,7 @@ from tracecore.cose import (
     parse_cose,
 )
 from tracecore.errors import MalformedMessage, RejectReason
-from tracecore.message import DeviceMessage, from_cbor_map
+from tracecore.message import AnyMessage, from_cbor_map
 from tracecore.topics import device_from_up_topic
 
 __all__ = [
@@ -72,6 +72,7 @@ class Check(StrEnum):
     SIGNATURE = "signature"  # bad_signature (§3, "The signature")
     CLOCK = "clock"  # clock_skew (§5, time)
     SEQUENCE = "sequence"  # equivocation (§8, "Never reuse a seq")
+    ROTATION = "rotation"  # bad_rotation (§5, "Key rotations")
     RIGHTS = "rights"  # unauthorized_product
     SERIAL = "serial"  # serial_conflict (§5, events)
     COMMISSIONED = "commissioned"  # unknown_product (§5, events)
@@ -89,6 +90,7 @@ _BY_REASON: Final[Mapping[RejectReason, Check]] = {
     RejectReason.BAD_SIGNATURE: Check.SIGNATURE,
     RejectReason.CLOCK_SKEW: Check.CLOCK,
     RejectReason.EQUIVOCATION: Check.SEQUENCE,
+    RejectReason.BAD_ROTATION: Check.ROTATION,
     RejectReason.UNAUTHORIZED_PRODUCT: Check.RIGHTS,
     RejectReason.SERIAL_CONFLICT: Check.SERIAL,
     RejectReason.UNKNOWN_PRODUCT: Check.COMMISSIONED,
@@ -238,7 +240,7 @@ class DecodedRejection:
     payload: Part | None = None
     fields_error: str | None = None
     signature: str | None = None
-    message: DeviceMessage | None = None
+    message: AnyMessage | None = None
 
 
 def hex_dump(data: bytes, limit: int = DUMP_BYTES) -> tuple[str, ...]:

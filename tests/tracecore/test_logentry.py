@@ -72,13 +72,18 @@ def test_entry_round_trips() -> None:
     assert parse_entry(entry.to_bytes()) == entry
 
 
+def test_entry_without_chains_round_trips() -> None:
+    """A device message naming no product (a key rotation) is an entry with no chains."""
+    entry = _entry(chains=())
+    assert parse_entry(entry.to_bytes()) == entry
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"msg": b"short"}, "msg must be 32 bytes"),
         ({"device": "Bad Device"}, "device id"),
         ({"seq": 0}, "seq must be >= 1"),
-        ({"chains": ()}, "at least one product"),
         ({"chains": (ChainPosition(LOT, 1, GENESIS_PREV),) * 2}, "each product once"),
     ],
 )
