@@ -16,7 +16,14 @@ import pytest
 from tracecore.cose import SignedMessage, parse_message, sig_structure, sign_message
 from tracecore.errors import MessageRejected, RejectReason
 from tracecore.keys import device_kid
-from tracecore.message import Event, Reading, from_cbor_map
+from tracecore.message import (
+    Event,
+    KeyRotation,
+    Reading,
+    from_cbor_map,
+    rotation_pop_input,
+    verify_rotation_pop,
+)
 from tracecore.receipt import SignedReceipt, parse_receipt, sign_receipt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +31,7 @@ VECTORS = ROOT / "tests" / "vectors" / "protocol"
 PROTOCOL_DOC = ROOT / "docs" / "protocol.md"
 MANIFEST: list[dict[str, Any]] = json.loads((VECTORS / "manifest.json").read_text("utf-8"))
 BY_FILE = {entry["file"]: entry for entry in MANIFEST}
-MESSAGE_TYPES = {"reading": Reading, "event": Event}
+MESSAGE_TYPES = {"reading": Reading, "event": Event, "key_rotation": KeyRotation}
 
 
 def _outcome(entry: dict[str, Any]) -> tuple[str, SignedMessage | SignedReceipt | None]:
@@ -33,6 +40,8 @@ def _outcome(entry: dict[str, Any]) -> tuple[str, SignedMessage | SignedReceipt 
     try:
         parsed = parse(raw)
         parsed.verify(bytes.fromhex(entry["public_key_hex"]))
+        if isinstance(parsed, SignedMessage) and isinstance(parsed.message, KeyRotation):
+            verify_rotation_pop(parsed.message, parsed.kid)  # docs/protocol.md §5
     except MessageRejected as exc:
         return exc.reason.value, None
     return "valid", parsed
@@ -78,6 +87,8 @@ def test_manifest_covers_the_protocol() -> None:
     assert types["reading"] >= 2
     assert types["event"] >= 2
     assert any(e["kind"] == "receipt" and e["expect"] == "valid" for e in MANIFEST)
+    assert types["key_rotation"] >= 1
+    assert expects[RejectReason.BAD_ROTATION.value] >= 4
     for entry in MANIFEST:
         assert set(entry) >= {"file", "public_key_hex", "expect", "description"}
         assert entry["expect"] == "valid" or entry["expect"] in set(RejectReason)
@@ -99,6 +110,22 @@ def test_receipt_vector_matches_its_message() -> None:
     assert receipt.matches(message)
     other = parse_message((VECTORS / "valid_event_commissioning.cbor").read_bytes())
     assert not receipt.matches(other)
+
+
+def test_rotation_vector_names_the_key_of_its_new_seed() -> None:
+    """The valid rotation's new_key is the key of its new_seed_hex, whose pop verifies."""
+    entry = BY_FILE["valid_key_rotation.cbor"]
+    signed = parse_message((VECTORS / entry["file"]).read_bytes())
+    rotation = signed.message
+    assert isinstance(rotation, KeyRotation)
+    new = nacl.signing.SigningKey(bytes.fromhex(entry["new_seed_hex"]))
+    assert rotation.new_key == bytes(new.verify_key)
+    assert signed.kid == device_kid(bytes.fromhex(entry["public_key_hex"]))
+    signed_bytes = rotation_pop_input(
+        rotation.device, rotation.seq, rotation.time, signed.kid, rotation.new_key
+    )
+    assert new.sign(signed_bytes).signature == rotation.pop
+    assert rotation.products == ()
 
 
 def test_oversize_vector_is_otherwise_valid() -> None:
@@ -147,6 +174,26 @@ def _expected_example() -> dict[str, bytes]:
         "log_kid": device_kid(log_public),
         "receipt_payload": parse_receipt(receipt_raw).payload,
         "receipt": receipt_raw,
+        **_rotation_example(),
+    }
+
+
+def _rotation_example() -> dict[str, bytes]:
+    entry = BY_FILE["valid_key_rotation.cbor"]
+    raw = (VECTORS / entry["file"]).read_bytes()
+    signed = parse_message(raw)
+    rotation = signed.message
+    assert isinstance(rotation, KeyRotation)
+    return {
+        "rotation_new_seed": bytes.fromhex(entry["new_seed_hex"]),
+        "rotation_new_key": rotation.new_key,
+        "rotation_new_kid": device_kid(rotation.new_key),
+        "rotation_pop_input": rotation_pop_input(
+            rotation.device, rotation.seq, rotation.time, signed.kid, rotation.new_key
+        ),
+        "rotation_pop": rotation.pop,
+        "rotation_payload": signed.payload,
+        "rotation_message": raw,
     }
 
 

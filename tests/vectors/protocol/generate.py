@@ -30,7 +30,14 @@ from tracecore.cbor import encode_deterministic
 from tracecore.cose import sig_structure, sign_cose, sign_message
 from tracecore.identifiers import ProductKey
 from tracecore.keys import device_kid
-from tracecore.message import Event, Reading, Sensor
+from tracecore.message import (
+    Event,
+    KeyRotation,
+    Reading,
+    Sensor,
+    rotation_pop_input,
+    sign_rotation_pop,
+)
 from tracecore.receipt import Receipt, sign_receipt
 
 HERE = Path(__file__).resolve().parent
@@ -66,6 +73,8 @@ TRUCK = "carrier-kuehl-truck-7"
 ABATTOIR = "abattoir-sued-line-1"
 LOG = "log"
 OTHER = "not-registered"
+#: The barn sensor's next key, which it rotates onto in the key rotation vectors.
+BARN_NEXT = "farm-linden-barn-2/next"
 
 READING = Reading(
     device=BARN,
@@ -411,6 +420,80 @@ def signature_vectors() -> list[Vector]:
     ]  # fmt: skip
 
 
+def rotation(new_label: str = BARN_NEXT, pop_label: str | None = None, **pop_args: Any) -> bytes:
+    """The barn sensor rotating onto ``new_label``'s key: seq 2, an hour after READING.
+
+    ``pop_label`` signs the proof of possession instead of the new key; ``pop_args`` replace
+    the values (``device``, ``seq``, ``time``, ``old_kid``) it is computed over.
+    """
+    barn = key(BARN)
+    fields: dict[str, Any] = {
+        "device": BARN,
+        "seq": 2,
+        "time": T0 + 3_600_000,
+        "old_kid": device_kid(bytes(barn.verify_key)),
+    }
+    pop = sign_rotation_pop(key(pop_label or new_label), **(fields | pop_args))
+    new_key = bytes(key(new_label).verify_key)
+    return sign_message(KeyRotation(BARN, 2, T0 + 3_600_000, new_key, pop), barn)
+
+
+def rotation_map(**changes: Any) -> dict[str, Any]:
+    """The payload map of the valid rotation with some fields replaced (``None`` deletes)."""
+    result: dict[str, Any] = cbor2.loads(cbor2.loads(rotation()).value[2])
+    for name, value in changes.items():
+        if value is None:
+            result.pop(name, None)
+        else:
+            result[name] = value
+    return result
+
+
+def rotation_vectors() -> list[Vector]:
+    """Key rotations (docs/protocol.md §5): expect is the outcome of parse, verify, verify_pop."""
+    barn = key(BARN)
+    good = rotation()
+    flipped = cbor2.loads(cbor2.loads(good).value[2])
+    flipped["pop"] = flipped["pop"][:-1] + bytes((flipped["pop"][-1] ^ 0x01,))
+    enc = encode_deterministic
+    return [
+        Vector("valid_key_rotation.cbor", good, BARN, "valid",
+               ("key rotation: the barn sensor, signing with its key, names its next key (seed"
+                " SHA-256 of 'agritrace/vectors/protocol/farm-linden-barn-2/next') with that"
+                " key's proof of possession"),
+               seed_label=BARN, message_type="key_rotation",
+               extra={"new_seed_hex": seed(BARN_NEXT).hex()}),
+        Vector("bad_rotation_pop_bit_flip.cbor", sign_cose(enc(flipped), barn), BARN,
+               "bad_rotation", "key rotation whose pop has its last bit flipped"),
+        Vector("bad_rotation_pop_other_new_key.cbor",
+               sign_cose(enc(rotation_map(new_key=bytes(key(OTHER).verify_key))), barn), BARN,
+               "bad_rotation",
+               "key rotation naming another new key than the one whose pop it carries"),
+        Vector("bad_rotation_pop_by_old_key.cbor", rotation(pop_label=BARN), BARN,
+               "bad_rotation", "key rotation whose pop is signed by the old key, not the new"),
+        Vector("bad_rotation_pop_other_seq.cbor", rotation(seq=1), BARN, "bad_rotation",
+               "key rotation whose pop was made for seq 1, not the message's seq 2"),
+        Vector("bad_rotation_pop_other_old_kid.cbor",
+               rotation(old_kid=device_kid(bytes(key(OTHER).verify_key))), BARN,
+               "bad_rotation", "key rotation whose pop names another old kid than the signer's"),
+        Vector("malformed_rotation_new_key_31.cbor",
+               sign_cose(enc(rotation_map(new_key=bytes(key(BARN_NEXT).verify_key)[:31])), barn),
+               BARN, "malformed", "key rotation with a new_key of 31 bytes"),
+        Vector("malformed_rotation_pop_63.cbor",
+               sign_cose(enc(rotation_map(pop=bytes(63))), barn), BARN, "malformed",
+               "key rotation with a pop of 63 bytes"),
+        Vector("malformed_rotation_with_products.cbor",
+               sign_cose(enc(rotation_map(products=[EGG_LOT])), barn), BARN, "malformed",
+               "key rotation naming a product: a rotation has no products"),
+        Vector("malformed_rotation_without_pop.cbor",
+               sign_cose(enc(rotation_map(pop=None)), barn), BARN, "malformed",
+               "key rotation without its pop"),
+        Vector("malformed_rotation_new_key_text.cbor",
+               sign_cose(enc(rotation_map(new_key=bytes(key(BARN_NEXT).verify_key).hex())), barn),
+               BARN, "malformed", "key rotation whose new_key is hex text, not a byte string"),
+    ]  # fmt: skip
+
+
 def receipt_vectors(reading_raw: bytes) -> list[Vector]:
     log = key(LOG)
     entry_hash = hashlib.sha256(b"\x00" + b"example log entry (placeholder)").digest()
@@ -452,6 +535,7 @@ def all_vectors() -> list[Vector]:
         vectors.append(Vector(name, raw, BARN, "malformed", description))
     vectors += signature_vectors()
     vectors += receipt_vectors(vectors[0].data)
+    vectors += rotation_vectors()
     return vectors
 
 
@@ -497,8 +581,26 @@ def worked_example(show: Callable[[str], object]) -> None:
         ("log_kid", device_kid(bytes(key(LOG).verify_key))),
         ("receipt_payload", receipt_payload),
         ("receipt", receipt),
+        *rotation_example(),
     ]:
         show(f"<!-- hex:{name} -->\n```text\n{_wrap(value.hex())}\n```\n")
+
+
+def rotation_example() -> list[tuple[str, bytes]]:
+    """The values of the key rotation example of docs/protocol.md (valid_key_rotation.cbor)."""
+    raw = rotation()
+    payload = cbor2.loads(raw).value[2]
+    fields = cbor2.loads(payload)
+    kid = device_kid(bytes(key(BARN).verify_key))
+    return [
+        ("rotation_new_seed", seed(BARN_NEXT)),
+        ("rotation_new_key", fields["new_key"]),
+        ("rotation_new_kid", device_kid(fields["new_key"])),
+        ("rotation_pop_input", rotation_pop_input(BARN, 2, T0 + 3_600_000, kid, fields["new_key"])),
+        ("rotation_pop", fields["pop"]),
+        ("rotation_payload", payload),
+        ("rotation_message", raw),
+    ]
 
 
 def _wrap(text: str, width: int = 64) -> str:
