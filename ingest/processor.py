@@ -215,13 +215,21 @@ def _verify_chunk(tasks: Sequence[tuple[SignedMessage, bytes]]) -> list[MessageR
     return results
 
 
-def _check_key(row: Any, device: str, kid: bytes, at_ms: int) -> bytes:
+def _check_key(row: Any, device: str, kid: bytes, at_ms: int, *, rotation: bool = False) -> bytes:
     """Return the public key for ``kid`` at device time ``at_ms`` (rule 4).
 
     Same rule and details as :func:`tracecore.storage.registry.key_for`, on a preloaded row.
+    A key rotation signed by a key rotated out already (and not revoked at its time) passes:
+    the rotation rules refuse it as bad_rotation, whatever its time (docs/protocol.md §5).
     """
     if row is None:
         raise UnknownKey(f"device {device!r} has no key with kid {kid.hex()}")
+    if (
+        rotation
+        and row.valid_until_ms is not None
+        and (row.revoked_ms is None or at_ms < row.revoked_ms)
+    ):
+        return bytes(row.public_key)
     refusal = key_window_refusal(row.valid_from_ms, row.valid_until_ms, row.revoked_ms, at_ms)
     if refusal is not None:
         raise RevokedKey(f"key {kid.hex()} of {device!r} {refusal}")
@@ -867,6 +875,7 @@ class _Run:
                     message.device,
                     signed.kid,
                     message.time,
+                    rotation=isinstance(message, KeyRotation),
                 )
             except MessageRejected as exc:
                 self.reject_raw(inbound, exc.reason, exc.detail, message.device, message.seq)
@@ -930,6 +939,7 @@ class _Run:
                     message.device,
                     signed.kid,
                     message.time,
+                    rotation=isinstance(message, KeyRotation),
                 )
             except MessageRejected as exc:
                 self.reject_raw(inbound, exc.reason, exc.detail, message.device, message.seq)

@@ -160,12 +160,12 @@ def test_second_rotation_by_the_old_key_is_refused(
     world, _, _ = rotated
     dev = world.devices["dev-a"]
     entries = world.count("log_entries")
-    for label, time in (("attacker-1", NOW - 60_000), ("attacker-2", T0)):
+    for label, time in (("attacker-1", NOW - 60_000), ("attacker-2", T0), ("late", NOW + 9)):
         raw = rotation(dev, new_key(label), time=time)
         result = world.send(dev, raw, now_ms=NOW + HOUR)
         assert dict(result.rejected) == {RejectReason.BAD_ROTATION: 1}
     details = [detail for reason, detail in reasons(world) if reason == "bad_rotation"]
-    assert len(details) == 2, details
+    assert len(details) == 3, details
     assert all("rotated out" in d for d in details), details
     assert world.count("log_entries") == entries
     assert [k[0] for k in keys_of(world, "dev-a")][-1] == bytes(new_key("dev-a-second").verify_key)
