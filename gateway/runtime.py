@@ -43,7 +43,7 @@ from tracecore.cose import parse_message, sign_message
 from tracecore.errors import KeyFileError, MessageRejected, UnknownKey
 from tracecore.identifiers import ProductKey, parse_device_id
 from tracecore.keys import SignerKey, device_kid, generate_signer, read_key_file, write_key_file
-from tracecore.message import DeviceMessage, Event, Reading, Sensor
+from tracecore.message import AnyMessage, DeviceMessage, Event, Reading, Sensor
 from tracecore.mqtt import BrokerAddress
 from tracecore.receipt import SignedReceipt, parse_receipt
 from tracecore.topics import RECEIPT_SUFFIX, TOPIC_PREFIX, up_topic
@@ -281,6 +281,8 @@ class Fleet:
         self._settled = asyncio.Condition()
         #: Called with each batch of receipts once they are settled in the outbox (status).
         self.settle_listeners: list[Callable[[Sequence[StoredReceipt]], None]] = []
+        # Called once a message is settled by its receipt (a key rotation: gateway.rotation).
+        self._settle_hooks: dict[tuple[str, int], Callable[[StoredReceipt], None]] = {}
 
     # -- devices and sending ---------------------------------------------------------------------
 
@@ -294,10 +296,33 @@ class Fleet:
         self._signing_keys[device_id] = key.signing_key  # expanded once, not per message
         return device
 
+    def replace_key(self, device_id: str, key: SignerKey) -> None:
+        """Sign the device's messages from now on with ``key`` (after a receipted rotation).
+
+        Messages already in the outbox keep their bytes (docs/protocol.md §8).
+        """
+        device = self.devices[device_id]
+        device.key = key
+        self._signing_keys[device_id] = key.signing_key
+
+    def on_settled(
+        self, device_id: str, seq: int, hook: Callable[[StoredReceipt], None] | None
+    ) -> None:
+        """Call ``hook`` with the receipt once message ``seq`` of the device is settled.
+
+        ``None`` removes the hook. The hook runs in the event loop, right after the receipt is
+        committed to the outbox, before the fleet's next message is signed.
+        """
+        if hook is None:
+            self._settle_hooks.pop((device_id, seq), None)
+        else:
+            self._settle_hooks[(device_id, seq)] = hook
+
+
     async def send(
         self,
         device_id: str,
-        build: Callable[[int], DeviceMessage],
+        build: Callable[[int], AnyMessage],
         *,
         cursor: tuple[str, str] | None = None,
     ) -> tuple[int, bytes]:
@@ -455,6 +480,10 @@ class Fleet:
     async def _flush(self, pending: _Settle) -> None:
         settled = self.outbox.settle(pending.items)
         self.stats.receipted += settled
+        for receipt in pending.items:
+            hook = self._settle_hooks.pop((receipt.device_id, receipt.seq), None)
+            if hook is not None:
+                hook(receipt)
         for listener in self.settle_listeners:
             listener(pending.items)
         pending.clear()
