@@ -548,6 +548,26 @@ def test_migration_0008_downgrade_refuses_to_lose_serial_conflicts(
     assert current_revision(engine) == "0008"
 
 
+def test_migration_0013_admits_bad_rotation_and_downgrade_refuses_to_lose_it(
+    engine_factory: Callable[[], Engine],
+) -> None:
+    """Revision 0012 cannot store the reason bad_rotation, 0013 can; downgrading keeps it."""
+    engine = engine_factory()
+    upgrade(engine, "0012")
+    with pytest.raises(StorageError), session_scope(engine) as session:
+        session.add(_rejection(reason="bad_rotation"))
+    upgrade(engine, "0013")
+    with session_scope(engine) as session:
+        session.add(_rejection(reason="bad_rotation"))
+    with pytest.raises(RuntimeError, match="cannot downgrade below 0013"):
+        _downgrade(engine, "0012")
+    assert current_revision(engine) == "0013"
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM rejections"))
+    _downgrade(engine, "0012")
+    assert current_revision(engine) == "0012"
+
+
 # --- parties and tokens ------------------------------------------------------------------------
 
 
