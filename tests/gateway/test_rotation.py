@@ -132,6 +132,7 @@ async def _rotate_round_trip(broker: BrokerAddress, engine: Engine, tmp_path: Pa
             assert _signer_kid(engine, device, seq) == result.new_kid
             # The same rotation bytes again: a duplicate, no second key_rotated entry.
             rotation_raw = _logged_raw(engine, device, result.seq)
+            duplicates = fleet.stats.duplicate_receipts
             await fleet.publish_raw(device, rotation_raw)
             # The old key (kept retired) tries to rotate once more, with a new seq.
             attacker = generate_signer(device)
@@ -142,7 +143,10 @@ async def _rotate_round_trip(broker: BrokerAddress, engine: Engine, tmp_path: Pa
             await wait_for(
                 lambda: bool(_rejections(engine, device)), 20, "the old key's rotation refused"
             )
-            await asyncio.sleep(0.5)  # the replay, published first, is processed by now
+            # The replay, published first, was answered with the stored receipt again.
+            await wait_for(
+                lambda: fleet.stats.duplicate_receipts > duplicates, 20, "the replay's receipt"
+            )
     finally:
         await wipe_session(broker, fleet_id)
     [(reason, detail)] = _rejections(engine, device)
@@ -153,8 +157,12 @@ async def _rotate_round_trip(broker: BrokerAddress, engine: Engine, tmp_path: Pa
         history = [(bytes(k.public_key), k.valid_until_ms) for k in device_keys(session, device)]
     assert [key for key, _ in history] == [old.public_key, new.public_key]
     assert history[1][1] is None
-    # The files: the new key is the device's key, the old one is kept, nothing pending.
-    retired = retired_key_path(keys_dir, device, result.old_kid)
+    _check_key_files(keys_dir, device, old, result.old_kid)
+
+
+def _check_key_files(keys_dir: Path, device: str, old: SignerKey, old_kid: bytes) -> None:
+    """The new key is the device's key file, the old one is kept, nothing is pending."""
+    retired = retired_key_path(keys_dir, device, old_kid)
     assert retired.read_text() == str(old) + "\n"
     assert stat.S_IMODE((keys_dir / f"{device}.key").stat().st_mode) == 0o600
     assert not pending_key_path(keys_dir, device).exists()
