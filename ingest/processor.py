@@ -50,6 +50,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    or_,
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -247,6 +248,19 @@ class _KeyRow:
     valid_from_ms: int
     valid_until_ms: int | None
     revoked_ms: int | None
+
+    @classmethod
+    def of(cls, row: Any) -> _KeyRow:
+        """The key of a ``device_keys`` row."""
+        return cls(
+            id=row.id,
+            device_id=row.device_id,
+            kid=bytes(row.kid),
+            public_key=bytes(row.public_key),
+            valid_from_ms=row.valid_from_ms,
+            valid_until_ms=row.valid_until_ms,
+            revoked_ms=row.revoked_ms,
+        )
 
 
 def _topic_device(topic: str) -> str | None:
@@ -625,7 +639,8 @@ class _Run:
         self.verify_futures: list[Future[list[MessageRejected | None]]] = []
         self.receipt_slots: list[tuple[str, int]] = []  # (device, seq) in result order
         self.stored_receipts: dict[tuple[str, int], bytes] = {}
-        # Device keys read under the write lock (rule 4 again, rotations), by (device, kid).
+        # Device keys by (device, kid): read before the lock, brought up to date under it
+        # (rule 4 again, rotations), and changed in memory by the rotations of this batch.
         self.keys: dict[tuple[str, bytes], _KeyRow] = {}
         self.key_ends: list[tuple[int, int]] = []  # (device_keys id, valid_until_ms)
         self.new_keys: list[_KeyRow] = []
@@ -845,6 +860,7 @@ class _Run:
                 (row.device_id, bytes(row.kid)): row
                 for row in conn.execute(select(_KEYS).where(_KEYS.c.device_id.in_(devices)))
             }
+            self.keys = {pair: _KeyRow.of(row) for pair, row in key_rows.items()}
             if pairs:
                 sql = _Sql(conn.dialect.name).by_pairs(
                     "t.device_id, t.seq, t.raw_sha256", "log_entries", len(pairs)
@@ -930,7 +946,8 @@ class _Run:
         self.conn = conn
         self.sql = _Sql(conn.dialect.name)
         self._preload(checked)
-        self._load_keys({signed.message.device for _, signed, _ in checked})
+        rotating = {s.message.device for _, s, _ in checked if isinstance(s.message, KeyRotation)}
+        self._reload_keys({s.message.device for _, s, _ in checked}, rotating)
         for (inbound, signed, party), error in zip(checked, self._verdicts(), strict=True):
             message = signed.message
             try:  # rule 4 again, on the keys as they are now (module docstring)
@@ -976,22 +993,33 @@ class _Run:
             self._apply(msg)  # rules 8 and 9
         self._write()
 
-    def _load_keys(self, devices: set[str]) -> None:
-        """Read the keys of ``devices`` under the write lock."""
-        ordered = sorted(devices)
+    def _reload_keys(self, devices: set[str], rotating: set[str]) -> None:
+        """Bring the keys read before the lock up to date, under the write lock.
+
+        A key's window only ever closes (rotated out, revoked), so for most devices it is
+        enough to read the windows that are closed; the devices that rotate in this batch get
+        their whole key history (new keys included), which the rotation rules look at.
+        """
+        ordered = sorted(devices - rotating)
         for start in range(0, len(ordered), 500):
-            for row in self.conn.execute(
+            closed = self.conn.execute(
+                select(
+                    _KEYS.c.device_id, _KEYS.c.kid, _KEYS.c.valid_until_ms, _KEYS.c.revoked_ms
+                ).where(
+                    _KEYS.c.device_id.in_(ordered[start : start + 500]),
+                    or_(_KEYS.c.valid_until_ms.is_not(None), _KEYS.c.revoked_ms.is_not(None)),
+                )
+            )
+            for device_id, kid, valid_until_ms, revoked_ms in closed:
+                row = self.keys.get((device_id, bytes(kid)))
+                if row is not None:  # a key added since is unknown to this batch's messages
+                    row.valid_until_ms, row.revoked_ms = valid_until_ms, revoked_ms
+        ordered = sorted(rotating)
+        for start in range(0, len(ordered), 500):
+            for full in self.conn.execute(
                 select(_KEYS).where(_KEYS.c.device_id.in_(ordered[start : start + 500]))
             ):
-                self.keys[(row.device_id, bytes(row.kid))] = _KeyRow(
-                    id=row.id,
-                    device_id=row.device_id,
-                    kid=bytes(row.kid),
-                    public_key=bytes(row.public_key),
-                    valid_from_ms=row.valid_from_ms,
-                    valid_until_ms=row.valid_until_ms,
-                    revoked_ms=row.revoked_ms,
-                )
+                self.keys[(full.device_id, bytes(full.kid))] = _KeyRow.of(full)
 
     def rotate(self, msg: _Msg, rotation: KeyRotation) -> None:
         """Accept a device's key rotation or refuse it as bad_rotation (docs/protocol.md §5).
