@@ -109,7 +109,9 @@ async def rotate_device_key(
 
     ``keys_dir`` holds the device's key file (``{device_id}.key``); ``now_ms`` is the
     rotation's ``time`` (default: the device's clock). If a rotation of the device is already
-    in flight, waits for that one instead of starting another. Bound the wait with
+    in flight, waits for that one instead of starting another (call :func:`resume_rotation`
+    at start-up, so that one found receipted is finished then and not followed by a second
+    rotation here). Bound the wait with
     ``asyncio.timeout``: a cancelled wait leaves the rotation in flight, and the switch is made
     when its receipt arrives (or by :func:`resume_rotation` after a restart). A rotation the
     service refuses (``bad_rotation``, docs/protocol.md §6) gets no receipt and stays in the
@@ -161,10 +163,7 @@ def _resume_sent(
     seq, sha = int(str(record["seq"])), bytes.fromhex(str(record["msg_sha256"]))
     item = fleet.outbox.get(device_id, seq)
     if item is not None and hashlib.sha256(item.raw).digest() == sha:
-        flights[device_id] = _InFlight(record)
-        fleet.on_settled(
-            device_id, seq, lambda receipt: _switch(fleet, device_id, keys_dir, new_key, receipt)
-        )
+        _await_receipt(fleet, device_id, keys_dir, new_key, record)
         return RotationState.IN_FLIGHT
     for receipt in fleet.outbox.receipts(device_id):
         if receipt.seq == seq and receipt.msg == sha:
@@ -190,6 +189,7 @@ async def _send_rotation(fleet: Fleet, device_id: str, keys_dir: Path, now_ms: i
     old_kid = device_kid(old.public_key)
     record_path = keys_dir / f"{device_id}{_RECORD}"
     flights = _IN_FLIGHT.setdefault(fleet, {})
+    numbered: list[int] = []
 
     def build(seq: int) -> KeyRotation:
         pop = sign_rotation_pop(new_key.signing_key, device_id, seq, time_ms, old_kid)
@@ -204,18 +204,34 @@ async def _send_rotation(fleet: Fleet, device_id: str, keys_dir: Path, now_ms: i
         # Inside the outbox transaction, before its commit: a committed rotation always has
         # its record; a record whose message did not commit is found out by resume_rotation.
         _write_record(record_path, record)
-        flights[device_id] = _InFlight(record)
-        fleet.on_settled(
-            device_id, seq, lambda receipt: _switch(fleet, device_id, keys_dir, new_key, receipt)
-        )
+        numbered.append(seq)
+        _await_receipt(fleet, device_id, keys_dir, new_key, record)
         return rotation
 
     try:
         # Signed by the device's current (old) key; in the outbox when this returns.
         await fleet.send(device_id, build)
     except BaseException:
-        flights.pop(device_id, None)
+        # Not committed: the number may go to another message, whose receipt must not switch
+        # the key. Committed (the wait to queue it was cut short): it stays in flight.
+        if numbered and fleet.outbox.get(device_id, numbered[0]) is None:
+            fleet.on_settled(device_id, numbered[0], None)
+            flights.pop(device_id, None)
         raise
+
+
+def _await_receipt(
+    fleet: Fleet, device_id: str, keys_dir: Path, new_key: SignerKey, record: dict[str, object]
+) -> None:
+    """Register the rotation in flight: its receipt (and only its) makes the switch."""
+    sha = bytes.fromhex(str(record["msg_sha256"]))
+
+    def settled(receipt: StoredReceipt) -> None:
+        if receipt.msg == sha:
+            _switch(fleet, device_id, keys_dir, new_key, receipt)
+
+    _IN_FLIGHT.setdefault(fleet, {})[device_id] = _InFlight(record)
+    fleet.on_settled(device_id, int(str(record["seq"])), settled)
 
 
 def _switch(
