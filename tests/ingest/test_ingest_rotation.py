@@ -327,3 +327,21 @@ def test_two_workers_rotating_at_once_accept_one(
         "device_message",
         "key_rotated",
     ]
+
+
+def test_forged_rotation_is_bad_signature_not_bad_rotation(world: World) -> None:
+    """The usual checks come first: a rotation not signed by the key its kid names is forged."""
+    dev = world.devices["dev-a"]
+    genuine = rotation(dev, new_key("n1"))
+    signed = parse_message(genuine)
+    forged = bytearray(genuine)
+    forged[-1] ^= 0x01  # the envelope's signature, not the pop
+    thief = FakeDevice("dev-a", "farm-a", new_key("thief"))
+    by_thief = rotation(thief, new_key("n2"))
+    result = world.send(dev, bytes(forged), by_thief, now_ms=NOW)
+    assert dict(result.rejected) == {
+        RejectReason.BAD_SIGNATURE: 1,
+        RejectReason.UNKNOWN_KEY: 1,
+    }
+    assert signed.kid == device_kid(bytes(dev.key.verify_key))
+    assert world.count("log_entries") == 0
