@@ -318,7 +318,6 @@ class Fleet:
         else:
             self._settle_hooks[(device_id, seq)] = hook
 
-
     async def send(
         self,
         device_id: str,
