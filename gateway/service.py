@@ -8,7 +8,10 @@ and the key it was made for), and runs, in one TaskGroup of named tasks:
 * one task per source (:mod:`gateway.sources`, :mod:`gateway.spool`);
 * the status: a line per source on the terminal every ``status_interval`` seconds, and the
   same counters as Prometheus metrics when ``metrics`` is set (:mod:`gateway.status`);
-* key rotation on its schedule and on request (:mod:`gateway.rotation`).
+* key rotation on its schedule and on request (:mod:`gateway.rotation`). While a rotation
+  is in flight the sources' inputs wait (nothing new is signed): a message signed by the old
+  key after the service applied the rotation would be refused, and one signed by the new key
+  before the service knows it too (docs/gateway.md, "Rotating the device key").
 
 It stops when ``stop`` is set (SIGTERM or SIGINT in the CLI); what is not receipted stays in the
 outbox for the next start.
@@ -19,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TextIO
 
 from gateway.config import EventsSource, GatewayConfig, LinesSource, MqttSource
+from gateway.control import take_rotation_request
 from gateway.outbox import Outbox
+from gateway.rotation import RotationState, resume_rotation, rotate_device_key
 from gateway.runtime import Device, Fleet, wall_clock_ms
 from gateway.sources import run_lines_source, run_mqtt_source
 from gateway.spool import run_events_source
@@ -46,6 +52,10 @@ from tracecore.provisioning import Provisioning
 __all__ = ["Gateway", "load_identity", "run_gateway"]
 
 _log = logging.getLogger(__name__)
+#: How often a rotation request or a due schedule is looked for.
+ROTATION_POLL_S: Final = 1.0
+#: Longest time inputs wait for a rotation's receipt before they go on under the old key.
+ROTATION_HOLD_S: Final = 300.0
 #: Longest wait for a metrics request's headers.
 _METRICS_READ_TIMEOUT_S: Final = 5.0
 
@@ -97,6 +107,9 @@ class Gateway:
     fleet: Fleet
     device: Device
     status: Status
+    #: Set while no rotation is in flight; inputs wait for it before they are signed.
+    inputs_open: asyncio.Event = field(default_factory=asyncio.Event)
+    resumed: RotationState = RotationState.NONE
 
     @classmethod
     def open(
@@ -110,6 +123,8 @@ class Gateway:
             broker, outbox, log_key, client_id=f"gateway-{provisioning.device}", clock=clock
         )
         device = fleet.add_device(provisioning.device, key)
+        # Before anything is sent: a rotation left in flight by the last run is carried on.
+        resumed = resume_rotation(fleet, device.id, config.keys)
         status = Status(provisioning.device)
         status.earlier((item.device_id, item.seq) for item in outbox.pending())
         for source in config.sources:
@@ -117,7 +132,10 @@ class Gateway:
         fleet.settle_listeners.append(
             lambda receipts: status.settled((r.device_id, r.seq) for r in receipts)
         )
-        return cls(config, provisioning, fleet, device, status)
+        gateway = cls(config, provisioning, fleet, device, status, resumed=resumed)
+        if resumed is not RotationState.IN_FLIGHT:
+            gateway.inputs_open.set()
+        return gateway
 
     # -- the sink of the sources ---------------------------------------------------------------
 
@@ -131,6 +149,7 @@ class Gateway:
         cursor: tuple[str, str] | None = None,
     ) -> bool:
         """Sign and store a reading of ``source``; False (recorded) if it cannot be made."""
+        await self.inputs_open.wait()
         try:
             seq, _ = await self.device.send_reading(
                 products, sensors, time_ms=time_ms, cursor=cursor
@@ -154,6 +173,7 @@ class Gateway:
         cursor: tuple[str, str] | None = None,
     ) -> bool:
         """Sign and store an event of ``source``; False (recorded) if it cannot be made."""
+        await self.inputs_open.wait()
         try:
             seq, _ = await self.device.send_event(
                 products,
@@ -182,6 +202,7 @@ class Gateway:
         self.status.connected = self.fleet.connected.is_set()
         self.status.outbox_pending = self.fleet.pending_count()
         self.status.resent = self.fleet.stats.resent
+        self.status.rotating = not self.inputs_open.is_set()
 
     async def run(self, stop: asyncio.Event, *, out: TextIO | None = None) -> None:
         """Run the runtime, every source and the status until ``stop`` is set."""
@@ -195,6 +216,7 @@ class Gateway:
                 tasks.create_task(
                     self._print_status(stop, out, config.status_interval_s), name="gateway-status"
                 )
+            tasks.create_task(self._rotations(stop), name="gateway-rotation")
             if config.metrics is not None:
                 tasks.create_task(
                     self._serve_metrics(stop, *config.metrics), name="gateway-metrics"
@@ -226,6 +248,68 @@ class Gateway:
                 cursor_of=outbox.cursor,
                 now_ms=wall_clock_ms,
             )
+
+    async def _rotations(self, stop: asyncio.Event) -> None:
+        """Rotate the device key on request and on schedule, holding inputs while in flight."""
+        if self.resumed is RotationState.IN_FLIGHT:
+            await self._rotate(stop)  # finishes the one the last run left in flight
+        while not stop.is_set():
+            if self.fleet.connected.is_set() and (
+                take_rotation_request(self.config.state) or self._rotation_due()
+            ):
+                await self._rotate(stop)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ROTATION_POLL_S):
+                    await stop.wait()
+
+    def _rotation_due(self) -> bool:
+        every = self.config.rotate_every_days
+        if every <= 0:
+            return False
+        made = (self.config.keys / f"{self.device.id}.key").stat().st_mtime
+        return time.time() - made >= every * 86_400
+
+    async def _rotate(self, stop: asyncio.Event) -> None:
+        self.inputs_open.clear()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                rotation = tasks.create_task(
+                    rotate_device_key(self.fleet, self.device.id, self.config.keys),
+                    name="gateway-rotate-key",
+                )
+                watcher = tasks.create_task(stop.wait(), name="gateway-rotate-stop")
+                done, _ = await asyncio.wait(
+                    {rotation, watcher},
+                    timeout=ROTATION_HOLD_S,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    # No receipt in that time: most likely the service refused the rotation
+                    # (bad_rotation), so the old key is still the device's. Inputs go on under
+                    # it; a late receipt still makes the switch.
+                    _log.warning(
+                        "gateway %s: the key rotation has no receipt after %.0f s; sending "
+                        "with the old key meanwhile (the console's rejections say why)",
+                        self.device.id,
+                        ROTATION_HOLD_S,
+                    )
+                    self.inputs_open.set()
+                    await asyncio.wait({rotation, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                # Stopping mid-rotation: it stays in flight, the next start carries it on.
+                rotation.cancel()
+                watcher.cancel()
+            if not rotation.cancelled():
+                result = rotation.result()
+                self.status.rotations += 1
+                _log.info(
+                    "gateway %s: key rotated, %s -> %s (log entry %d)",
+                    self.device.id,
+                    result.old_kid.hex(),
+                    result.new_kid.hex(),
+                    result.receipt.log_index,
+                )
+        finally:
+            self.inputs_open.set()
 
     async def _print_status(self, stop: asyncio.Event, out: TextIO, interval_s: float) -> None:
         shown = 0

@@ -57,6 +57,7 @@ class Status:
     outbox_pending: int = 0
     resent: int = 0
     rotations: int = 0
+    rotating: bool = False
     _owner: dict[tuple[str, int], str] = field(default_factory=dict)
 
     def add_source(self, name: str, kind: str) -> SourceStatus:
@@ -109,9 +110,10 @@ def status_lines(status: Status) -> list[str]:
             line += f"  (last: {_clip(source.last_rejection, 100)})"
         lines.append(line)
     state = "connected" if status.connected else "NOT CONNECTED (messages wait in the outbox)"
+    rotating = "; ROTATING THE KEY (inputs wait for its receipt)" if status.rotating else ""
     lines.append(
         f"{status.device}: {state}; outbox {status.outbox_pending} waiting, "
-        f"{status.resent} resent, {status.rotations} key rotations"
+        f"{status.resent} resent, {status.rotations} key rotations{rotating}"
     )
     return lines
 
