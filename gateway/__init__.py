@@ -8,7 +8,7 @@ farm (docs/gateway.md); the simulator (:mod:`firmware_sim`) runs the same runtim
 simulated farms.
 """
 
-from gateway.outbox import Outbox, OutboxItem, StoredReceipt
+from gateway.outbox import Outbox, OutboxBound, OutboxItem, StoredReceipt
 from gateway.provisioned import Sent, send_from_provisioning
 from gateway.rotation import RotationResult, RotationState, resume_rotation, rotate_device_key
 from gateway.runtime import (
@@ -25,6 +25,7 @@ __all__ = [
     "Fleet",
     "FleetStats",
     "Outbox",
+    "OutboxBound",
     "OutboxItem",
     "ResendPolicy",
     "RotationResult",

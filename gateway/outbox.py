@@ -12,6 +12,12 @@ Tables:
 ``receipts``  the receipts that settled a message (the device's proof of inclusion);
 ``cursors``   how far each input of a gateway has been read (a file offset, a batch row),
               committed with the message made from it, so a restart neither skips nor repeats.
+``outbox_size`` one row: how many messages the outbox holds and their bytes, kept by triggers.
+
+The outbox is bounded (:class:`OutboxBound`, docs/gateway.md "When the broker is down"): a new
+message that would take it past its bound is refused with :class:`~tracecore.errors.OutboxFull`
+*before* a sequence number is given out, and nothing already in it is ever evicted; the caller
+decides what to do with the reading it could not store (wait, or drop and count it).
 
 A new sequence number and its message are committed in the *same* transaction, before the
 caller can publish the message: after a crash either both exist (the message is resent) or
@@ -32,7 +38,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["Outbox", "OutboxItem", "StoredReceipt"]
+from tracecore.errors import OutboxFull
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_MESSAGES",
+    "Outbox",
+    "OutboxBound",
+    "OutboxItem",
+    "StoredReceipt",
+]
+
+#: The default bound on unreceipted messages: 69 hours of 4 sensors (or 23 hours of 12) at one
+#: reading a second; about 330 MB on disk when full (docs/gateway.md, "When the broker is
+#: down"; measured by ``python -m bench.outage``).
+DEFAULT_MAX_MESSAGES: Final = 1_000_000
+#: The default bound on their stored bytes (the signed bytes only; the file is about a quarter
+#: larger). A reading of one or two sensors is 230 to 265 bytes, so the message bound is
+#: normally reached first; this one keeps large events (many parents, data) from filling the
+#: disk first.
+DEFAULT_MAX_BYTES: Final = 512 * 1024 * 1024
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS counters (
@@ -49,6 +74,24 @@ _SCHEMA: Final = (
         PRIMARY KEY (device_id, seq)
     )""",
     "CREATE INDEX IF NOT EXISTS outbox_next_send ON outbox (next_send_ms)",
+    # The bound is checked on every new message: one row kept by triggers answers it at once,
+    # where count(*) would read the whole outbox (large after a long outage).
+    """CREATE TABLE IF NOT EXISTS outbox_size (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        messages INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    )""",
+    # An outbox file from before the table existed starts from what it holds.
+    """INSERT OR IGNORE INTO outbox_size (id, messages, bytes)
+        SELECT 0, count(*), coalesce(sum(length(raw)), 0) FROM outbox""",
+    """CREATE TRIGGER IF NOT EXISTS outbox_size_insert AFTER INSERT ON outbox BEGIN
+        UPDATE outbox_size SET messages = messages + 1, bytes = bytes + length(NEW.raw)
+        WHERE id = 0;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS outbox_size_delete AFTER DELETE ON outbox BEGIN
+        UPDATE outbox_size SET messages = messages - 1, bytes = bytes - length(OLD.raw)
+        WHERE id = 0;
+    END""",
     """CREATE TABLE IF NOT EXISTS receipts (
         device_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -64,6 +107,25 @@ _SCHEMA: Final = (
         value TEXT NOT NULL
     )""",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBound:
+    """The most an outbox may hold: unreceipted messages and their stored bytes.
+
+    ``None`` lifts a limit. docs/gateway.md ("When the broker is down") gives the defaults in
+    hours of readings and megabytes on disk.
+    """
+
+    max_messages: int | None = DEFAULT_MAX_MESSAGES
+    max_bytes: int | None = DEFAULT_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        """Check that the limits, when set, are positive."""
+        if (self.max_messages is not None and self.max_messages < 1) or (
+            self.max_bytes is not None and self.max_bytes < 1
+        ):
+            raise ValueError("an outbox bound must be at least 1 message and 1 byte")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +156,20 @@ class StoredReceipt:
 class Outbox:
     """A fleet's outbox in one SQLite file; see the module docstring for the guarantees."""
 
-    def __init__(self, path: Path, *, durable: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, durable: bool = True, bound: OutboxBound | None = None
+    ) -> None:
         """Open (creating if needed) the outbox file at ``path``.
 
         ``durable`` (the default) commits with ``synchronous=FULL``: every committed message
         survives a power cut. ``False`` uses ``synchronous=NORMAL``, which survives a process
         crash but may lose the last commits on power loss (for large simulations only).
+        ``bound`` is the most it accepts (default :class:`OutboxBound`'s defaults); a file
+        that already holds more keeps all of it and refuses new messages until it drains.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.bound = bound or OutboxBound()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a sequence number and its
         # message are one transaction and nothing is left implicitly open.
         self._db = sqlite3.connect(path, isolation_level=None)
@@ -195,9 +262,16 @@ class Outbox:
         next_send_ms: int,
         cursor: tuple[str, str] | None = None,
     ) -> list[tuple[int, bytes]]:
-        """Like :meth:`append` for several messages, in one transaction (one disk sync)."""
+        """Like :meth:`append` for several messages, in one transaction (one disk sync).
+
+        Raises :class:`~tracecore.errors.OutboxFull` when the messages would take the outbox
+        past its bound: then none of them is stored and no sequence number is used (all or
+        nothing), and nothing already stored is touched.
+        """
         stored: list[tuple[int, bytes]] = []
         with self._transaction():
+            messages, size = self._size()
+            self._check_bound(messages + len(items), size)
             if cursor is not None:
                 self._set_cursor(*cursor)
             for device_id, build in items:
@@ -206,6 +280,8 @@ class Outbox:
                 ).fetchone()
                 seq = (int(row[0]) if row else 0) + 1
                 raw = build(seq)
+                size += len(raw)
+                self._check_bound(messages + len(items), size)
                 self._db.execute(
                     "INSERT INTO counters (device_id, last_seq) VALUES (?, ?) "
                     "ON CONFLICT (device_id) DO UPDATE SET last_seq = excluded.last_seq",
@@ -218,6 +294,30 @@ class Outbox:
                 )
                 stored.append((seq, raw))
         return stored
+
+    def _size(self) -> tuple[int, int]:
+        row = self._db.execute("SELECT messages, bytes FROM outbox_size WHERE id = 0").fetchone()
+        return int(row[0]), int(row[1])
+
+    def _check_bound(self, messages: int, size: int) -> None:
+        """Raise :class:`OutboxFull` (rolling back the transaction) if the outbox would overflow."""
+        bound = self.bound
+        if bound.max_messages is not None and messages > bound.max_messages:
+            raise OutboxFull(
+                f"the outbox {self.path} holds {bound.max_messages:,} unreceipted messages, its "
+                "bound: this one is refused until receipts come back",
+                limit="messages",
+            )
+        if bound.max_bytes is not None and size > bound.max_bytes:
+            raise OutboxFull(
+                f"the outbox {self.path} would hold {size:,} bytes of unreceipted messages, over "
+                f"its bound of {bound.max_bytes:,}: this one is refused until receipts come back",
+                limit="bytes",
+            )
+
+    def size(self) -> tuple[int, int]:
+        """Return how many unreceipted messages the outbox holds and their stored bytes."""
+        return self._size()
 
     # -- what to (re)send ---------------------------------------------------------------------
 
@@ -264,11 +364,10 @@ class Outbox:
     def pending_count(self, device_id: str | None = None) -> int:
         """Return how many messages wait for a receipt (of one device, or of the fleet)."""
         if device_id is None:
-            row = self._db.execute("SELECT count(*) FROM outbox").fetchone()
-        else:
-            row = self._db.execute(
-                "SELECT count(*) FROM outbox WHERE device_id = ?", (device_id,)
-            ).fetchone()
+            return self._size()[0]  # kept by triggers: no scan of a large outbox
+        row = self._db.execute(
+            "SELECT count(*) FROM outbox WHERE device_id = ?", (device_id,)
+        ).fetchone()
         return int(row[0])
 
     def pending(self, device_id: str | None = None) -> list[OutboxItem]:

@@ -40,7 +40,7 @@ import nacl.signing
 from gateway.outbox import Outbox, OutboxItem, StoredReceipt
 from tracecore.backoff import Backoff
 from tracecore.cose import parse_message, sign_message
-from tracecore.errors import KeyFileError, MessageRejected, UnknownKey
+from tracecore.errors import KeyFileError, MessageRejected, OutboxFull, UnknownKey
 from tracecore.identifiers import ProductKey, parse_device_id
 from tracecore.keys import SignerKey, device_kid, generate_signer, read_key_file, write_key_file
 from tracecore.message import AnyMessage, DeviceMessage, Event, Reading, Sensor
@@ -119,6 +119,8 @@ class FleetStats:
     """Counters of a fleet since it started (not persisted)."""
 
     created: int = 0
+    #: New messages refused because the outbox was at its bound (:class:`OutboxFull`).
+    refused_outbox_full: int = 0
     published: int = 0
     resent: int = 0
     publish_failures: int = 0
@@ -328,6 +330,10 @@ class Fleet:
         """Sign ``build(seq)`` with the device's key, store it, queue it; return seq and bytes.
 
         ``cursor`` (name, value) is committed in the same transaction as the message.
+
+        Raises :class:`~tracecore.errors.OutboxFull` (and counts it) when the outbox is at its
+        bound: the message is not stored, no sequence number is used, and the caller decides
+        whether to wait and try again or to drop the reading and count it.
         """
         signing_key = self._signing_keys[device_id]
         now = self._clock()
@@ -338,13 +344,17 @@ class Fleet:
                 raise ValueError("build(seq) must return a message of this device with this seq")
             return sign_message(message, signing_key)
 
-        seq, raw = self.outbox.append(
-            device_id,
-            sign,
-            now_ms=now,
-            next_send_ms=now + self.resend.delay_ms(1, self._rng),
-            cursor=cursor,
-        )
+        try:
+            seq, raw = self.outbox.append(
+                device_id,
+                sign,
+                now_ms=now,
+                next_send_ms=now + self.resend.delay_ms(1, self._rng),
+                cursor=cursor,
+            )
+        except OutboxFull:
+            self.stats.refused_outbox_full += 1
+            raise
         self.stats.created += 1
         await self._send_queue.put(_Outgoing(device_id, seq, raw))
         return seq, raw

@@ -23,6 +23,7 @@ with ``raise ... from exc``, so a caller never has to know which library sits un
     │                              ``.column``, ``.reason`` (docs/gateway-csv.md)
     ├── BatchError                 a batch file has bad rows: ``.problems`` lists every InputError
     ├── ProofError                 a Merkle proof is malformed, asks for impossible sizes, or fails
+    ├── OutboxFull                 a gateway's outbox is at its bound: a new message is refused
     └── StorageError               the database refused or lost something
         ├── NotFound                   no such record
         ├── Conflict                   the record exists already (or a unique rule would break)
@@ -56,6 +57,7 @@ __all__ = [
     "MessageRejected",
     "NotFound",
     "NoteError",
+    "OutboxFull",
     "ProofError",
     "RejectReason",
     "RevokedKey",
@@ -224,6 +226,19 @@ class ProofError(AgritraceError):
     for malformed proofs (a hash that is not 32 bytes, too few or too many hashes) and for proofs
     that do not lead to the expected root; the message says which.
     """
+
+
+class OutboxFull(AgritraceError):
+    """A gateway's outbox holds as much as its bound allows: a new message is refused.
+
+    Raised before a sequence number is given out, so no number is used and nothing already
+    stored is touched (docs/gateway.md, "When the broker is down"). ``limit`` says which bound
+    was reached: ``"messages"`` or ``"bytes"``.
+    """
+
+    def __init__(self, detail: str, *, limit: str) -> None:
+        self.limit = limit
+        super().__init__(detail)
 
 
 class StorageError(AgritraceError):
