@@ -14,7 +14,10 @@ device firmware:
   :meth:`~tracecore.receipt.SignedReceipt.matches` the exact stored bytes; anything else is
   counted and ignored;
 * unreceipted messages are resent, byte for byte, after a timeout that doubles up to a cap
-  (:class:`ResendPolicy`), and all at once after a reconnect;
+  (:class:`ResendPolicy`), counted from when each one actually went out and never shorter
+  than receipts are seen to take; after a reconnect every one is due, but they go out oldest
+  first, a window at a time, once the receipts the broker kept for the fleet have come in
+  (:mod:`gateway.pacing`);
 * the connection is re-established with jittered exponential backoff.
 
 A farm's gateway (``agritrace gateway``) and the simulator (:mod:`firmware_sim`) both run on
@@ -38,6 +41,7 @@ import aiomqtt
 import nacl.signing
 
 from gateway.outbox import Outbox, OutboxItem, StoredReceipt
+from gateway.pacing import DEFAULT_MAX_IN_FLIGHT, InFlight
 from tracecore.backoff import Backoff
 from tracecore.cose import parse_message, sign_message
 from tracecore.errors import KeyFileError, MessageRejected, OutboxFull, UnknownKey
@@ -63,6 +67,10 @@ _log = logging.getLogger(__name__)
 #: Longest wait for the broker's PUBACK of one message.
 PUBLISH_TIMEOUT_S: Final = 10.0
 _PUBLISH_CHUNK: Final = 256  # publishes awaited together: enough to fill the pipe on loopback
+#: After a (re)connect, resends wait until the broker has delivered the receipts it kept for
+#: the fleet's persistent session: no message for this long (or the longest wait below).
+_SESSION_QUIET_S: Final = 0.5
+_SESSION_WAIT_MAX_S: Final = 10.0
 
 
 def wall_clock_ms() -> int:
@@ -109,9 +117,15 @@ class ResendPolicy:
         exponent = min(max(attempts - 1, 0), 64)  # clamped: huge counts must not overflow
         return int(min(self.max_s, self.initial_s * self.factor**exponent) * 1000)
 
-    def delay_ms(self, attempts: int, rng: random.Random) -> int:
-        """Return the wait after the ``attempts``-th send: uniform in ``[nominal/2, nominal]``."""
-        return int(self.nominal_ms(attempts) * (1 + rng.random()) / 2)
+    def delay_ms(self, attempts: int, rng: random.Random, *, at_least_ms: int = 0) -> int:
+        """Return the wait after the ``attempts``-th send: uniform in ``[b/2, b]``.
+
+        ``b`` is :meth:`nominal_ms`, raised to ``2 * at_least_ms`` (the time receipts are seen
+        to take, :class:`gateway.pacing.ReceiptClock`) but never above the cap: a resend never
+        comes before a receipt could, yet keeps its jitter.
+        """
+        bound = max(self.nominal_ms(attempts), min(2 * at_least_ms, int(self.max_s * 1000)))
+        return int(bound * (1 + rng.random()) / 2)
 
 
 @dataclass(slots=True)
@@ -207,6 +221,7 @@ class _Outgoing:
     device_id: str
     seq: int
     raw: bytes
+    next_send_ms: int
 
 
 @dataclass(slots=True)
@@ -252,6 +267,7 @@ class Fleet:
         reconnect: Backoff | None = None,
         scan_interval_s: float = 0.5,
         send_queue_size: int = 10_000,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         rng: random.Random | None = None,
         clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
@@ -260,6 +276,8 @@ class Fleet:
         ``log_public_key`` is the pinned 32-byte log key that every receipt must verify
         under. ``client_id`` must be stable across restarts: the broker keeps the fleet's
         persistent session (its receipt subscription and queued receipts) under it.
+        ``max_in_flight`` bounds how many messages wait for their receipt at once
+        (:class:`gateway.pacing.InFlight`).
         """
         self.broker = broker
         self.outbox = outbox
@@ -279,6 +297,9 @@ class Fleet:
         # out with the next resend scan.
         self._send_queue: asyncio.Queue[_Outgoing] = asyncio.Queue(maxsize=send_queue_size)
         self._client: aiomqtt.Client | None = None
+        self._in_flight = InFlight(max_window=max_in_flight)
+        self._room = asyncio.Event()  # set when a receipt frees a place in the window
+        self._last_message_s = 0.0  # monotonic time of the last message the broker delivered
         self.connected = asyncio.Event()
         self._settled = asyncio.Condition()
         #: Called with each batch of receipts once they are settled in the outbox (status).
@@ -344,19 +365,16 @@ class Fleet:
                 raise ValueError("build(seq) must return a message of this device with this seq")
             return sign_message(message, signing_key)
 
+        next_send_ms = now + self._delay_ms(1)
         try:
             seq, raw = self.outbox.append(
-                device_id,
-                sign,
-                now_ms=now,
-                next_send_ms=now + self.resend.delay_ms(1, self._rng),
-                cursor=cursor,
+                device_id, sign, now_ms=now, next_send_ms=next_send_ms, cursor=cursor
             )
         except OutboxFull:
             self.stats.refused_outbox_full += 1
             raise
         self.stats.created += 1
-        await self._send_queue.put(_Outgoing(device_id, seq, raw))
+        await self._send_queue.put(_Outgoing(device_id, seq, raw, next_send_ms))
         return seq, raw
 
     async def publish_raw(self, device_id: str, raw: bytes) -> None:
@@ -419,6 +437,8 @@ class Fleet:
                     self._client = client
                     self.stats.connects += 1
                     self._reconnect.reset()
+                    self._in_flight.reset()
+                    self._last_message_s = time.monotonic()
                     # Resend everything at once after (re)connecting (docs/protocol.md §8).
                     self.outbox.make_all_due(self._clock())
                     self.connected.set()
@@ -438,6 +458,7 @@ class Fleet:
     async def _receive(self, client: aiomqtt.Client) -> None:
         pending = _Settle()
         async for message in client.messages:
+            self._last_message_s = time.monotonic()
             if isinstance(message.payload, bytes):
                 self._check_receipt(message.topic.value, message.payload, pending)
             # Flush in small batches: one outbox commit per burst of receipts, not per receipt.
@@ -495,6 +516,10 @@ class Fleet:
                 hook(receipt)
         for listener in self.settle_listeners:
             listener(pending.items)
+        now = self._clock()
+        for receipt in pending.items:
+            self._in_flight.receipted((receipt.device_id, receipt.seq), now)
+        self._room.set()
         pending.clear()
         async with self._settled:
             self._settled.notify_all()
@@ -511,30 +536,66 @@ class Fleet:
                 # Offline: the messages are safe in the outbox; the resend after the reconnect
                 # publishes them. Do not hold them here.
                 continue
-            await self._publish([(o.device_id, o.raw) for o in batch])
+            ok = await self._publish([(o.device_id, o.raw) for o in batch])
+            sent_ms = self._clock()
+            for outgoing, sent in zip(batch, ok, strict=True):
+                if sent:  # waits for its receipt until the resend time set when it was stored
+                    key = (outgoing.device_id, outgoing.seq)
+                    self._in_flight.sent(key, sent_ms, outgoing.next_send_ms)
             self.stats.published += len(batch)
 
     async def _resender(self, stop: asyncio.Event) -> None:
+        connects = 0
         while not stop.is_set():
             if not await _wait_unless(self.connected, stop):
                 return
+            if connects != self.stats.connects:
+                # Receipts the broker kept while we were away settle their messages first, so
+                # that these are not resent for nothing.
+                connects = self.stats.connects
+                await self._wait_session_delivered(stop)
+                continue
             now = self._clock()
-            due = self.outbox.due(now, limit=_PUBLISH_CHUNK * 4)
+            room = self._in_flight.room(now)
+            due = self.outbox.due(now, limit=min(room, _PUBLISH_CHUNK * 4)) if room else []
             if due:
-                await self._resend(due, now)
+                await self._resend(due)
                 continue  # there may be more due: go again at once
-            await _sleep_unless(stop, self._scan_interval_s)
+            # Wake on a receipt (room in the window) or after the scan interval.
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._scan_interval_s):
+                    await self._room.wait()
 
-    async def _resend(self, due: Sequence[OutboxItem], now: int) -> None:
+    async def _wait_session_delivered(self, stop: asyncio.Event) -> None:
+        """Wait until the broker has gone quiet after a connect (its queued receipts are in)."""
+        began = time.monotonic()
+        while not stop.is_set() and self.connected.is_set():
+            now = time.monotonic()
+            if now - self._last_message_s >= _SESSION_QUIET_S or now - began >= _SESSION_WAIT_MAX_S:
+                return
+            await _sleep_unless(stop, 0.05)
+
+    async def _resend(self, due: Sequence[OutboxItem]) -> None:
         for start in range(0, len(due), _PUBLISH_CHUNK):
             chunk = due[start : start + _PUBLISH_CHUNK]
             ok = await self._publish([(item.device_id, item.raw) for item in chunk])
-            self.outbox.mark_sent(
-                (item.device_id, item.seq, now + self.resend.delay_ms(item.attempts + 1, self._rng))
-                for item, sent in zip(chunk, ok, strict=True)
-                if sent
-            )
+            # The next resend counts from when the message went out (the broker's PUBACK),
+            # not from when it was found due: a long burst must not eat the wait.
+            sent_ms = self._clock()
+            sent = []
+            for item, published in zip(chunk, ok, strict=True):
+                if published:
+                    next_ms = sent_ms + self._delay_ms(item.attempts + 1)
+                    self._in_flight.sent((item.device_id, item.seq), sent_ms, next_ms)
+                    sent.append((item.device_id, item.seq, next_ms))
+            self.outbox.mark_sent(sent)
             self.stats.resent += sum(ok)
+
+    def _delay_ms(self, attempts: int) -> int:
+        """The wait after the ``attempts``-th send: the policy's, at least a receipt's time."""
+        timeout = self._in_flight.clock.timeout_ms()
+        return self.resend.delay_ms(attempts, self._rng, at_least_ms=timeout)
 
     async def _publish(self, messages: Iterable[tuple[str, bytes]]) -> list[bool]:
         """Publish at QoS 1 concurrently; return which publishes the broker acknowledged."""
