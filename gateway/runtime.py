@@ -102,7 +102,9 @@ class ResendPolicy:
     docs/protocol.md §8: after the ``n``-th send of a message the device waits a uniform random
     time in ``[b/2, b]`` with ``b = min(max_s, initial_s * factor**(n-1))`` ("equal jitter"), so
     a fleet that sent many messages together, or that ingest answers slower than it sends,
-    spreads its resends instead of repeating every message on one timer. The lower half is
+    spreads its resends instead of repeating every message on one timer. The fleet raises
+    ``b`` to twice the receipt round trip it measures (``at_least_ms``, :mod:`gateway.pacing`),
+    never above ``max_s``. The lower half is
     kept: with full jitter (``[0, b]``) a resend could follow its send at once, before any
     receipt could have come back. ``n`` is the message's persisted
     ``attempts`` (gateway/outbox.py), so the schedule survives restarts.
