@@ -19,6 +19,8 @@ Pure: times are milliseconds passed in by the caller; nothing here reads a clock
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Final
@@ -91,6 +93,10 @@ class InFlight:
     window: int = INITIAL_WINDOW
     clock: ReceiptClock = field(default_factory=ReceiptClock)
     _entries: dict[Hashable, _Entry] = field(default_factory=dict)
+    # Deadlines in order, so that expiring is not a scan of every entry; an item whose entry
+    # has gone or been replaced since is skipped when it comes up.
+    _deadlines: list[tuple[int, int, Hashable, _Entry]] = field(default_factory=list)
+    _order: itertools.count[int] = field(default_factory=itertools.count)
     timeouts: int = 0
 
     def __post_init__(self) -> None:
@@ -106,16 +112,20 @@ class InFlight:
     def reset(self) -> None:
         """Forget every entry and start from the initial window (a new connection)."""
         self._entries.clear()
+        self._deadlines.clear()
         self.window = min(INITIAL_WINDOW, self.max_window)
 
     def room(self, now_ms: int) -> int:
         """Expire entries whose resend time has come; return how many more may be sent now."""
-        expired = [key for key, entry in self._entries.items() if entry.deadline_ms <= now_ms]
-        if expired:
-            for key in expired:
-                entry = self._entries.pop(key)
+        expired = 0
+        while self._deadlines and self._deadlines[0][0] <= now_ms:
+            _, _, key, entry = heapq.heappop(self._deadlines)
+            if self._entries.get(key) is entry:
+                del self._entries[key]
                 self.clock.timed_out(entry.deadline_ms - entry.sent_ms)
-            self.timeouts += len(expired)
+                expired += 1
+        if expired:
+            self.timeouts += expired
             # RFC 5681 §3.1 halves on a loss; one halving per look, not per message, so that a
             # window of messages timing out together does not collapse it at once to one.
             self.window = max(1, self.window // 2)
@@ -125,7 +135,9 @@ class InFlight:
         """Record a publish of ``key`` at ``sent_ms``, due again at ``deadline_ms``."""
         previous = self._entries.get(key)
         sends = 1 if previous is None else previous.sends + 1
-        self._entries[key] = _Entry(sent_ms, deadline_ms, sends)
+        entry = _Entry(sent_ms, deadline_ms, sends)
+        self._entries[key] = entry
+        heapq.heappush(self._deadlines, (deadline_ms, next(self._order), key, entry))
 
     def receipted(self, key: Hashable, now_ms: int) -> None:
         """Take ``key``'s receipt: free its place, open the window, measure the round trip.
@@ -136,6 +148,12 @@ class InFlight:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
+        if len(self._deadlines) > 4 * len(self._entries) + 1024:
+            # Mostly receipted items: rebuild, so memory follows what is in flight.
+            self._deadlines = [
+                item for item in self._deadlines if self._entries.get(item[2]) is item[3]
+            ]
+            heapq.heapify(self._deadlines)
         if entry.sends == 1:
             self.clock.observe(now_ms - entry.sent_ms)
         self.window = min(self.max_window, self.window + 1)

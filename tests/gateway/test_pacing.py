@@ -93,3 +93,19 @@ def test_the_resend_wait_is_never_shorter_than_a_receipt_takes(seed: int) -> Non
     assert all(150_000 <= w <= 300_000 for w in capped)
     plain = [policy.delay_ms(3, rng, at_least_ms=1) for _ in range(500)]
     assert all(10_000 <= w <= 20_000 for w in plain)  # a short round trip changes nothing
+
+
+def test_receipted_and_replaced_entries_neither_expire_nor_pile_up() -> None:
+    """A resent message expires at its new deadline only; receipted ones leave no trace."""
+    flight = InFlight(max_window=10_000)
+    flight.sent("m", sent_ms=0, deadline_ms=100)
+    flight.sent("m", sent_ms=100, deadline_ms=500)  # resent: the old deadline no longer counts
+    assert flight.room(200) == flight.window - 1
+    assert flight.timeouts == 0
+    assert flight.room(500) == flight.window  # now it expired (and the window halved)
+    assert flight.timeouts == 1
+    for n in range(100_000):
+        flight.sent(n, sent_ms=n, deadline_ms=n + 10**9)
+        flight.receipted(n, now_ms=n + 5)
+    assert len(flight._deadlines) <= 1024 + 1  # rebuilt as receipts came in
+    assert len(flight) == 0
