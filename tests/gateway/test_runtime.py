@@ -223,7 +223,11 @@ async def _run_scenario(
                     async with asyncio.timeout(30):
                         await fleet.wait_settled()
                 else:
-                    await asyncio.sleep(2.0)
+                    # Every message's first receipt has come (and been refused), however busy
+                    # the machine: a fixed sleep here failed under load.
+                    await wait_for(
+                        lambda: fleet.stats.bad_receipts >= 3 * per_device, 60, "the bad receipts"
+                    )
                 stop.set()
                 service_stop.set()
         finally:
