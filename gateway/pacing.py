@@ -12,7 +12,10 @@ Two things, after TCP's (RFC 6298, RFC 5681), keep the copies few:
 * :class:`InFlight` bounds how many messages may wait for their receipt at once (a window).
   Each receipt opens the window by one, up to its maximum; a resend timeout that passes without
   a receipt halves it, down to one: while ingest or the broker is slow or away, the fleet probes
-  with a few messages instead of resending its whole backlog on every timeout.
+  with a few messages instead of resending its whole backlog on every timeout. A receipt that
+  comes after its timeout, for a message not sent again, shows the timeout was too short: the
+  halving is undone and the round trip measured (as TCP's Eifel detection, RFC 3522), so a
+  backlog that merely makes receipts slower does not shrink the window to nothing.
 
 Pure: times are milliseconds passed in by the caller; nothing here reads a clock or does I/O.
 """
@@ -93,11 +96,16 @@ class InFlight:
     window: int = INITIAL_WINDOW
     clock: ReceiptClock = field(default_factory=ReceiptClock)
     _entries: dict[Hashable, _Entry] = field(default_factory=dict)
+    # Timed out, not sent again yet: a receipt for one of these was merely late.
+    _expired: dict[Hashable, _Entry] = field(default_factory=dict)
+    _window_before: int = 0
     # Deadlines in order, so that expiring is not a scan of every entry; an item whose entry
     # has gone or been replaced since is skipped when it comes up.
     _deadlines: list[tuple[int, int, Hashable, _Entry]] = field(default_factory=list)
     _order: itertools.count[int] = field(default_factory=itertools.count)
     timeouts: int = 0
+    #: Timeouts shown too short by a late receipt.
+    late: int = 0
 
     def __post_init__(self) -> None:
         """Check the window: at least one message, the start no larger than the maximum."""
@@ -112,6 +120,7 @@ class InFlight:
     def reset(self) -> None:
         """Forget every entry and start from the initial window (a new connection)."""
         self._entries.clear()
+        self._expired.clear()
         self._deadlines.clear()
         self.window = min(INITIAL_WINDOW, self.max_window)
 
@@ -122,10 +131,12 @@ class InFlight:
             _, _, key, entry = heapq.heappop(self._deadlines)
             if self._entries.get(key) is entry:
                 del self._entries[key]
+                self._expired[key] = entry
                 self.clock.timed_out(entry.deadline_ms - entry.sent_ms)
                 expired += 1
         if expired:
             self.timeouts += expired
+            self._window_before = max(self._window_before, self.window)
             # RFC 5681 §3.1 halves on a loss; one halving per look, not per message, so that a
             # window of messages timing out together does not collapse it at once to one.
             self.window = max(1, self.window // 2)
@@ -133,7 +144,7 @@ class InFlight:
 
     def sent(self, key: Hashable, sent_ms: int, deadline_ms: int) -> None:
         """Record a publish of ``key`` at ``sent_ms``, due again at ``deadline_ms``."""
-        previous = self._entries.get(key)
+        previous = self._entries.get(key) or self._expired.pop(key, None)
         sends = 1 if previous is None else previous.sends + 1
         entry = _Entry(sent_ms, deadline_ms, sends)
         self._entries[key] = entry
@@ -147,6 +158,13 @@ class InFlight:
         """
         entry = self._entries.pop(key, None)
         if entry is None:
+            late = self._expired.pop(key, None)
+            if late is not None and late.sends == 1:
+                # Timed out, yet answered before being sent again: the wait was too short.
+                self.late += 1
+                self.clock.observe(now_ms - late.sent_ms)
+                self.window = min(self.max_window, max(self.window, self._window_before))
+                self._window_before = 0
             return
         if len(self._deadlines) > 4 * len(self._entries) + 1024:
             # Mostly receipted items: rebuild, so memory follows what is in flight.

@@ -109,3 +109,26 @@ def test_receipted_and_replaced_entries_neither_expire_nor_pile_up() -> None:
         flight.receipted(n, now_ms=n + 5)
     assert len(flight._deadlines) <= 1024 + 1  # rebuilt as receipts came in
     assert len(flight) == 0
+
+
+def test_a_late_receipt_undoes_the_halving_and_is_measured() -> None:
+    """Eifel (RFC 3522): timed out but answered before a resend: the wait was too short."""
+    flight = InFlight(max_window=1000)
+    for n in range(100):
+        flight.sent(n, sent_ms=0, deadline_ms=500)
+        flight.receipted(n, now_ms=100)
+    assert flight.window == INITIAL_WINDOW + 100
+    flight.sent("slow", sent_ms=1_000, deadline_ms=1_500)
+    flight.sent("lost", sent_ms=1_000, deadline_ms=1_500)
+    flight.room(1_600)
+    assert flight.window == (INITIAL_WINDOW + 100) // 2
+    flight.receipted("slow", now_ms=2_000)  # late, never sent again
+    assert flight.window == INITIAL_WINDOW + 100
+    assert flight.late == 1
+    assert flight.clock.timeout_ms() < 2_000  # measured again: the backoff is over
+    flight.sent("lost", sent_ms=2_000, deadline_ms=3_000)  # resent: its receipt is ambiguous
+    flight.room(3_100)
+    halved = flight.window
+    flight.receipted("lost", now_ms=3_200)
+    assert flight.window == halved  # a resent message's late receipt proves nothing
+    assert flight.late == 1
