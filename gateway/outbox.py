@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: The default bound on unreceipted messages: 69 hours of 4 sensors (or 23 hours of 12) at one
-#: reading a second; about 330 MB on disk when full (docs/gateway.md, "When the broker is
+#: reading a second; about 315 MB on disk when full (docs/gateway.md, "When the broker is
 #: down"; measured by ``python -m bench.outage``).
 DEFAULT_MAX_MESSAGES: Final = 1_000_000
 #: The default bound on their stored bytes (the signed bytes only; the file is about a quarter

@@ -71,5 +71,5 @@ def test_an_hour_without_the_broker_loses_nothing_and_repeats_little(
     assert result.fleet_connects >= 2  # it did lose the broker and come back
     # The goal (below 1.1 arrivals per message) is measured by `python -m bench.outage`
     # (docs/benchmarks.md). Here a bound that machine load does not reach, but that resending
-    # the whole backlog at once on a fixed timer did (6 arrivals per message in this scenario).
+    # the whole backlog at once on a fixed timer did (5.6 to 6.2 arrivals per message here).
     assert phase.arrivals_per_message < 1.5
