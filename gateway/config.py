@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from gateway.lines import unit_mismatch
+from gateway.outbox import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, OutboxBound
 from tracecore.errors import ConfigError, IdentifierError
 from tracecore.identifiers import ProductKey
 from tracecore.message import SENSOR_TYPES
@@ -52,8 +53,6 @@ _KINDS: Final = ("tasmota", "zigbee2mqtt", "lines", "events")
 _NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # docs/protocol.md §5: UN/CEFACT Recommendation 20 codes are 2 or 3 characters A-Z 0-9.
 _UNIT: Final = re.compile(r"[A-Z0-9]{2,3}")
-#: Default for the outbox bound (unreceipted messages): 24 hours of 10 sensors at 1 reading/s.
-DEFAULT_OUTBOX_LIMIT: Final = 864_000
 
 
 class GatewayConfigError(ConfigError):
@@ -138,7 +137,7 @@ class GatewayConfig:
     status_interval_s: float
     metrics: tuple[str, int] | None
     rotate_every_days: float
-    outbox_limit: int
+    outbox: OutboxBound
     sources: tuple[Source, ...] = field(default=())
 
     def source(self, name: str) -> Source:
@@ -309,7 +308,8 @@ class _Reader:
                 "status_interval",
                 "metrics",
                 "rotate_every_days",
-                "outbox_limit",
+                "outbox_max_messages",
+                "outbox_max_mib",
             },
         )
         for required in ("provisioning", "keys"):
@@ -349,11 +349,20 @@ class _Reader:
             rotate_every_days=self.number(
                 gateway.get("rotate_every_days", 0), ["gateway", "rotate_every_days"], 0, 3650
             ),
-            outbox_limit=self.integer(
-                gateway.get("outbox_limit", DEFAULT_OUTBOX_LIMIT),
-                ["gateway", "outbox_limit"],
-                100,
-                100_000_000,
+            outbox=OutboxBound(
+                max_messages=self.integer(
+                    gateway.get("outbox_max_messages", DEFAULT_MAX_MESSAGES),
+                    ["gateway", "outbox_max_messages"],
+                    100,
+                    100_000_000,
+                ),
+                max_bytes=self.integer(
+                    gateway.get("outbox_max_mib", DEFAULT_MAX_BYTES // 2**20),
+                    ["gateway", "outbox_max_mib"],
+                    1,
+                    1_000_000,
+                )
+                * 2**20,
             ),
             sources=sources,
         )

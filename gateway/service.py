@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Final, Literal, TextIO
 
 from gateway.config import EventsSource, GatewayConfig, LinesSource, MqttSource
 from gateway.control import take_rotation_request
@@ -36,7 +36,7 @@ from gateway.runtime import Device, Fleet, wall_clock_ms
 from gateway.sources import run_lines_source, run_mqtt_source
 from gateway.spool import run_events_source
 from gateway.status import Status, prometheus_text, status_lines
-from tracecore.errors import ConfigError, MessageRejected
+from tracecore.errors import ConfigError, MessageRejected, OutboxFull
 from tracecore.identifiers import ProductKey
 from tracecore.keys import (
     SignerKey,
@@ -52,6 +52,10 @@ from tracecore.provisioning import Provisioning
 __all__ = ["Gateway", "load_identity", "run_gateway"]
 
 _log = logging.getLogger(__name__)
+#: How often an input that waits for room in a full outbox tries again.
+OUTBOX_FULL_RETRY_S: Final = 1.0
+#: What a source's reading does when the outbox is full (docs/gateway.md).
+WhenFull = Literal["wait", "drop"]
 #: How often a rotation request or a due schedule is looked for.
 ROTATION_POLL_S: Final = 1.0
 #: Longest time inputs wait for a rotation's receipt before they go on under the old key.
@@ -147,18 +151,29 @@ class Gateway:
         *,
         time_ms: int | None = None,
         cursor: tuple[str, str] | None = None,
+        when_full: WhenFull = "wait",
     ) -> bool:
-        """Sign and store a reading of ``source``; False (recorded) if it cannot be made."""
-        await self.inputs_open.wait()
-        try:
-            seq, _ = await self.device.send_reading(
-                products, sensors, time_ms=time_ms, cursor=cursor
-            )
-        except MessageRejected as exc:
-            self.refuse(source, "malformed", str(exc))
-            return False
-        self.status.sent(source, self.device.id, seq)
-        return True
+        """Sign and store a reading of ``source``; False (recorded) if it cannot be made.
+
+        When the outbox is at its bound, ``when_full`` says what happens: ``"wait"`` until
+        receipts make room (an input that can wait: a file, a pipe), or ``"drop"`` the reading
+        and count it as ``outbox_full`` (a sensor whose next message comes anyway).
+        """
+        while True:
+            await self.inputs_open.wait()
+            try:
+                seq, _ = await self.device.send_reading(
+                    products, sensors, time_ms=time_ms, cursor=cursor
+                )
+            except MessageRejected as exc:
+                self.refuse(source, "malformed", str(exc))
+                return False
+            except OutboxFull as exc:
+                if not await self._outbox_full(source, exc, when_full):
+                    return False
+                continue
+            self.status.sent(source, self.device.id, seq)
+            return True
 
     async def event(
         self,
@@ -172,22 +187,42 @@ class Gateway:
         time_ms: int | None = None,
         cursor: tuple[str, str] | None = None,
     ) -> bool:
-        """Sign and store an event of ``source``; False (recorded) if it cannot be made."""
-        await self.inputs_open.wait()
-        try:
-            seq, _ = await self.device.send_event(
-                products,
-                step,
-                parents=parents,
-                location=location,
-                data=data,
-                time_ms=time_ms,
-                cursor=cursor,
-            )
-        except MessageRejected as exc:
-            self.refuse(source, "malformed", str(exc))
+        """Sign and store an event of ``source``; False (recorded) if it cannot be made.
+
+        A full outbox makes it wait for room: a batch file's events are never dropped.
+        """
+        while True:
+            await self.inputs_open.wait()
+            try:
+                seq, _ = await self.device.send_event(
+                    products,
+                    step,
+                    parents=parents,
+                    location=location,
+                    data=data,
+                    time_ms=time_ms,
+                    cursor=cursor,
+                )
+            except MessageRejected as exc:
+                self.refuse(source, "malformed", str(exc))
+                return False
+            except OutboxFull as exc:
+                await self._outbox_full(source, exc, "wait")
+                continue
+            self.status.sent(source, self.device.id, seq)
+            return True
+
+    async def _outbox_full(self, source: str, exc: OutboxFull, when_full: WhenFull) -> bool:
+        """Drop (and count) the input, or wait a while for room; True to try again."""
+        self.status.outbox_full = True
+        if when_full == "drop":
+            self.refuse(source, "outbox_full", f"the outbox is at its bound ({exc.limit})")
             return False
-        self.status.sent(source, self.device.id, seq)
+        if self.status.sources[source].waiting_for_room is False:
+            _log.warning("source %s waits: the outbox is at its bound (%s)", source, exc.limit)
+        self.status.sources[source].waiting_for_room = True
+        await asyncio.sleep(OUTBOX_FULL_RETRY_S)
+        self.status.sources[source].waiting_for_room = False
         return True
 
     def refuse(self, source: str, reason: str, detail: str) -> None:
@@ -203,6 +238,9 @@ class Gateway:
         self.status.outbox_pending = self.fleet.pending_count()
         self.status.resent = self.fleet.stats.resent
         self.status.rotating = not self.inputs_open.is_set()
+        self.status.outbox_full = self.fleet.outbox.size()[0] >= (
+            self.config.outbox.max_messages or 2**63
+        ) or any(s.waiting_for_room for s in self.status.sources.values())
 
     async def run(self, stop: asyncio.Event, *, out: TextIO | None = None) -> None:
         """Run the runtime, every source and the status until ``stop`` is set."""
@@ -381,7 +419,7 @@ async def run_gateway(
     """
     provisioning, _ = load_identity(config.provisioning, config.keys)
     config.state.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with Outbox(outbox_path(config, provisioning.device)) as outbox:
+    with Outbox(outbox_path(config, provisioning.device), bound=config.outbox) as outbox:
         gateway = Gateway.open(config, outbox)
         if ready is not None:
             ready(gateway)

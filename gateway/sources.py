@@ -19,7 +19,7 @@ import time
 import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 import aiomqtt
 
@@ -59,6 +59,7 @@ class Sink(Protocol):
         *,
         time_ms: int | None = None,
         cursor: tuple[str, str] | None = None,
+        when_full: Literal["wait", "drop"] = "wait",
     ) -> bool:
         """Sign and store a reading; return False (recorded with its reason) if it cannot."""
         ...
@@ -156,7 +157,7 @@ async def _bridge(
         except PayloadRefused as exc:
             sink.refuse(source.name, exc.reason, f"{topic}: {exc.detail}")
             continue
-        if await sink.reading(source.name, source.products, sensors):
+        if await sink.reading(source.name, source.products, sensors, when_full="drop"):
             last_seen[topic] = now
 
 

@@ -40,6 +40,8 @@ class SourceStatus:
     last_rejection: str = ""
     #: For a source on the farm's broker: whether it is connected and subscribed (else None).
     connected: bool | None = None
+    #: The source's input waits because the outbox is at its bound.
+    waiting_for_room: bool = False
 
     @property
     def waiting(self) -> int:
@@ -58,6 +60,7 @@ class Status:
     resent: int = 0
     rotations: int = 0
     rotating: bool = False
+    outbox_full: bool = False
     _owner: dict[tuple[str, int], str] = field(default_factory=dict)
 
     def add_source(self, name: str, kind: str) -> SourceStatus:
@@ -106,11 +109,15 @@ def status_lines(status: Status) -> list[str]:
             line += f"  throttled {source.throttled}"
         if source.connected is False:
             line += "  FARM BROKER UNREACHABLE"
+        if source.waiting_for_room:
+            line += "  WAITING FOR ROOM IN THE OUTBOX"
         if source.last_rejection:
             line += f"  (last: {_clip(source.last_rejection, 100)})"
         lines.append(line)
     state = "connected" if status.connected else "NOT CONNECTED (messages wait in the outbox)"
     rotating = "; ROTATING THE KEY (inputs wait for its receipt)" if status.rotating else ""
+    if status.outbox_full:
+        rotating += "; OUTBOX FULL (new readings wait or are dropped)"
     lines.append(
         f"{status.device}: {state}; outbox {status.outbox_pending} waiting, "
         f"{status.resent} resent, {status.rotations} key rotations{rotating}"
@@ -199,6 +206,12 @@ def prometheus_text(status: Status) -> str:
         "gauge",
         "Messages in the outbox waiting for a receipt.",
         [(device, status.outbox_pending)],
+    )
+    family(
+        "agritrace_gateway_outbox_full",
+        "gauge",
+        "1 while the outbox is at its bound (new readings wait or are dropped).",
+        [(device, int(status.outbox_full))],
     )
     family(
         "agritrace_gateway_resent_total",

@@ -411,3 +411,51 @@ def test_the_documented_tasmota_and_zigbee2mqtt_configurations_work_as_written(
         # "The reading has Temperature 4.6 CEL and RelativeHumidity 71.3 P1."
         (Sensor("Temperature", 4.6, "CEL"), Sensor("RelativeHumidity", 71.3, "P1")),
     ]
+
+
+def test_a_full_outbox_holds_file_lines_and_drops_sensor_messages(farm: Farm) -> None:
+    """At the bound, lines of a file wait in the file and sensor messages are dropped and
+    counted; once receipts make room the waiting lines go out, none lost, none twice."""
+    lot = farm.lot("L").path
+    topic = f"tele/{farm.device}/SENSOR"
+    config = farm.config(
+        f"""
+[[source]]
+name = "events"
+type = "events"
+spool = "spool"
+
+[[source]]
+name = "probe"
+type = "lines"
+input = "file:probe.csv"
+products = ["{lot}"]
+
+[[source]]
+name = "henhouse"
+type = "tasmota"
+broker = "{farm.broker}"
+topics = ["{topic}"]
+products = ["{lot}"]
+""",
+        gateway="outbox_max_messages = 100",
+    )
+    _commission(farm, lot)
+    (farm.directory / "probe.csv").write_text(
+        "".join(f",Temperature,{n / 10},CEL\n" for n in range(1, 106)), encoding="utf-8"
+    )
+    with farm.run(config) as running:  # no ingest yet: nothing is receipted
+        status = running.gateway.status
+        probe = status.sources["probe"]
+        wait_until(lambda: probe.waiting_for_room, "the file's lines to wait for room")
+        assert probe.sent + status.sources["events"].sent == 100  # the bound
+        wait_until(lambda: bool(status.sources["henhouse"].connected), "the bridge")
+        publish(farm.broker, topic, b'{"AM2301":{"Temperature":4.6},"TempUnit":"C"}')
+        wait_until(
+            lambda: status.sources["henhouse"].rejected["outbox_full"] == 1, "the drop counted"
+        )
+        assert any("OUTBOX FULL" in line for line in status_lines(status))
+        with farm.ingest():
+            wait_until(lambda: probe.receipted == 105, "every line receipted", 120)
+    values = [r.sensors[0].value for r in _readings(farm)]
+    assert sorted(values) == [n / 10 for n in range(1, 106)]
