@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from gateway.config import FieldMapping
-from tracecore.errors import AgritraceError
+from tracecore.errors import AgritraceError, MessageRejected
 from tracecore.message import MAX_SENSORS, Sensor
 
 __all__ = ["PayloadRefused", "read_tasmota", "read_zigbee2mqtt", "zigbee2mqtt_device"]
@@ -46,6 +46,8 @@ _Z2M_DEFAULTS: Final = {
     "humidity": FieldMapping("RelativeHumidity", "P1"),
     "pressure": FieldMapping("Pressure", "A97"),
 }
+#: The largest sensor message read (Tasmota's and Zigbee2MQTT's are a few hundred bytes).
+MAX_PAYLOAD: Final = 64 * 1024
 #: Topics below a Zigbee2MQTT base topic that are not device state.
 _Z2M_NOT_STATE: Final = ("availability", "set", "get")
 
@@ -67,8 +69,12 @@ class _Found:
 
 
 def _json_object(raw: bytes) -> dict[str, object]:
+    if len(raw) > MAX_PAYLOAD:
+        raise PayloadRefused("too_large", f"{len(raw)} bytes, more than {MAX_PAYLOAD}")
     try:
         value = json.loads(raw)
+    except RecursionError:
+        raise PayloadRefused("not_json", "the payload nests too deep") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadRefused("not_json", f"the payload is not JSON ({exc})") from None
     if not isinstance(value, dict):
@@ -86,7 +92,10 @@ def _measure(found: list[_Found]) -> tuple[Sensor, ...]:
             )
         if isinstance(value, float) and not math.isfinite(value):
             raise PayloadRefused("not_a_number", f"{item.field} is not finite")
-        sensors.append(Sensor(item.mapping.type, value, item.mapping.unit))
+        try:
+            sensors.append(Sensor(item.mapping.type, value, item.mapping.unit))
+        except MessageRejected as exc:  # e.g. an integer beyond 64 bits (docs/protocol.md §5)
+            raise PayloadRefused("out_of_range", f"{item.field}: {exc}") from None
     if not sensors:
         raise PayloadRefused("nothing_mapped", "no temperature, humidity, pressure or mapped field")
     if len(sensors) > MAX_SENSORS:

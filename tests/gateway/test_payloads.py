@@ -83,6 +83,10 @@ def test_zigbee2mqtt_defaults_and_mapped_battery() -> None:
         (b'{"AM2301":{"Temperature":"24.6"}}', "not_a_number"),
         (b'{"AM2301":{"Temperature":true}}', "not_a_number"),
         (b'{"AM2301":{"Temperature":null}}', "not_a_number"),
+        (b'{"AM2301":{"Temperature":1e400}}', "not_a_number"),
+        (b"[" * 20_000 + b"]" * 20_000, "not_json"),
+        (b'{"x":"' + b"a" * 70_000 + b'"}', "too_large"),
+        (b'{"AM2301":{"Temperature":100000000000000000000000}}', "out_of_range"),
     ],
 )
 def test_tasmota_refusals_have_reasons(payload: bytes, reason: str) -> None:
