@@ -24,7 +24,7 @@ import sys
 import zoneinfo
 from pathlib import Path
 
-from tracecore.errors import ConfigError
+from tracecore.errors import AgritraceError, ConfigError
 from tracecore.settings import Settings
 
 __all__ = ["add_gateway_parser"]
@@ -136,7 +136,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         waiting = status.outbox_pending
         sys.stderr.write(f"gateway stopped; {waiting} messages wait in the outbox for next time\n")
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except* AgritraceError as group:
+        # A task's error (a source that cannot start) is reported like any other: one line.
+        raise group.exceptions[0] from None
     return 0
 
 

@@ -51,6 +51,8 @@ __all__ = [
 SourceKind = Literal["tasmota", "zigbee2mqtt", "lines", "events"]
 _KINDS: Final = ("tasmota", "zigbee2mqtt", "lines", "events")
 _NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# The sensor names gateway.lines.LineFormat accepts.
+_SENSOR_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 # docs/protocol.md §5: UN/CEFACT Recommendation 20 codes are 2 or 3 characters A-Z 0-9.
 _UNIT: Final = re.compile(r"[A-Z0-9]{2,3}")
 
@@ -490,6 +492,18 @@ class _Reader:
                 raise self.error([*at, "products"], "products here or in the source")
         if not products and not sensors:
             raise self.error([*where, "products"], "the products the lines are about")
+        for key in sensors:
+            if key in SENSOR_TYPES:
+                raise self.error(
+                    [*where, "sensors", key],
+                    "a sensor name that is not a measurement type (lines naming it would be "
+                    "ambiguous)",
+                )
+            if not _SENSOR_NAME.fullmatch(key):
+                raise self.error(
+                    [*where, "sensors", key],
+                    "a sensor name of 1-64 characters A-Z a-z 0-9 . _ : -, a letter or digit first",
+                )
         return LinesSource(
             name=name,
             input=text,
