@@ -52,6 +52,8 @@ from tracecore.provisioning import Provisioning
 __all__ = ["Gateway", "load_identity", "run_gateway"]
 
 _log = logging.getLogger(__name__)
+#: How often an input held during a key rotation looks whether the gateway is stopping.
+INPUT_WAIT_POLL_S: Final = 0.2
 #: How often an input that waits for room in a full outbox tries again.
 OUTBOX_FULL_RETRY_S: Final = 1.0
 #: What a source's reading does when the outbox is full (docs/gateway.md).
@@ -114,6 +116,7 @@ class Gateway:
     #: Set while no rotation is in flight; inputs wait for it before they are signed.
     inputs_open: asyncio.Event = field(default_factory=asyncio.Event)
     resumed: RotationState = RotationState.NONE
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def open(
@@ -160,7 +163,8 @@ class Gateway:
         and count it as ``outbox_full`` (a sensor whose next message comes anyway).
         """
         while True:
-            await self.inputs_open.wait()
+            if not await self._inputs_ready():
+                return False
             try:
                 seq, _ = await self.device.send_reading(
                     products, sensors, time_ms=time_ms, cursor=cursor
@@ -192,7 +196,8 @@ class Gateway:
         A full outbox makes it wait for room: a batch file's events are never dropped.
         """
         while True:
-            await self.inputs_open.wait()
+            if not await self._inputs_ready():
+                return False
             try:
                 seq, _ = await self.device.send_event(
                     products,
@@ -211,6 +216,19 @@ class Gateway:
                 continue
             self.status.sent(source, self.device.id, seq)
             return True
+
+    async def _inputs_ready(self) -> bool:
+        """Wait until inputs may be signed; False once the gateway is stopping.
+
+        Once stopping, nothing new is signed: an input not stored stays where it was (a line in
+        its file, a batch file in the spool) for the next start, and a rotation left in flight
+        is carried on then, not undercut by messages under the old key.
+        """
+        while not self.inputs_open.is_set() and not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(INPUT_WAIT_POLL_S):
+                    await self.inputs_open.wait()
+        return not self.stopping.is_set()
 
     async def _outbox_full(self, source: str, exc: OutboxFull, when_full: WhenFull) -> bool:
         """Drop (and count) the input, or wait a while for room; True to try again."""
@@ -247,6 +265,7 @@ class Gateway:
         config = self.config
         outbox = self.fleet.outbox
         async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._watch_stop(stop), name="gateway-stop-watch")
             tasks.create_task(self.fleet.run(stop), name="gateway-runtime")
             for source in config.sources:
                 tasks.create_task(self._source(source, stop, outbox), name=f"source-{source.name}")
@@ -286,6 +305,10 @@ class Gateway:
                 cursor_of=outbox.cursor,
                 now_ms=wall_clock_ms,
             )
+
+    async def _watch_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.stopping.set()
 
     async def _rotations(self, stop: asyncio.Event) -> None:
         """Rotate the device key on request and on schedule, holding inputs while in flight."""

@@ -69,7 +69,8 @@ def _kids_of_messages(engine: Engine, device: str) -> list[tuple[int, str, bytes
 
 def test_a_requested_rotation_holds_inputs_and_then_signs_with_the_new_key(farm: Farm) -> None:
     """Lines written while the rotation waits for its receipt are signed after it, by the new
-    key; nothing is refused; the gateway starts again from its provisioning file."""
+    key, also across a restart mid-rotation; nothing is refused; the gateway starts again from
+    its provisioning file."""
     lot = farm.lot("L").path
     config = farm.config(_sources(lot))
     queue_batch(farm.directory / "spool", f"step,products\ncommissioning,{lot}\n", "lot", tz=_tz())
@@ -86,9 +87,11 @@ def test_a_requested_rotation_holds_inputs_and_then_signs_with_the_new_key(farm:
             handle.write(",Temperature,4.2,CEL\n,Temperature,4.3,CEL\n")
         time.sleep(1.5)  # the file is looked at every 0.5 s: the lines are read, not signed
         assert status.sources["probe"].sent == 1
-        with farm.ingest():
-            wait_until(lambda: status.rotations == 1, "the rotation's receipt")
-            wait_until(lambda: status.sources["probe"].receipted == 3, "the readings after it")
+    # Stopped mid-rotation. The next start carries it on (and resends all it holds at once).
+    with farm.ingest(), farm.run(config) as running:
+        status = running.gateway.status
+        wait_until(lambda: status.rotations == 1, "the rotation's receipt")
+        wait_until(lambda: status.sources["probe"].receipted == 2, "the readings after it")
     # The next start: the provisioning file names the first key, now retired.
     with farm.ingest(), farm.run(config) as running:
         with probe.open("a", encoding="utf-8") as handle:
