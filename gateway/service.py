@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, TextIO
@@ -162,22 +162,11 @@ class Gateway:
         receipts make room (an input that can wait: a file, a pipe), or ``"drop"`` the reading
         and count it as ``outbox_full`` (a sensor whose next message comes anyway).
         """
-        while True:
-            if not await self._inputs_ready():
-                return False
-            try:
-                seq, _ = await self.device.send_reading(
-                    products, sensors, time_ms=time_ms, cursor=cursor
-                )
-            except MessageRejected as exc:
-                self.refuse(source, "malformed", str(exc))
-                return False
-            except OutboxFull as exc:
-                if not await self._outbox_full(source, exc, when_full):
-                    return False
-                continue
-            self.status.sent(source, self.device.id, seq)
-            return True
+        return await self._store(
+            source,
+            lambda: self.device.send_reading(products, sensors, time_ms=time_ms, cursor=cursor),
+            when_full,
+        )
 
     async def event(
         self,
@@ -195,24 +184,38 @@ class Gateway:
 
         A full outbox makes it wait for room: a batch file's events are never dropped.
         """
+        return await self._store(
+            source,
+            lambda: self.device.send_event(
+                products,
+                step,
+                parents=parents,
+                location=location,
+                data=data,
+                time_ms=time_ms,
+                cursor=cursor,
+            ),
+            "wait",
+        )
+
+    async def _store(
+        self,
+        source: str,
+        send: Callable[[], Awaitable[tuple[int, bytes]]],
+        when_full: WhenFull,
+    ) -> bool:
+        """Sign and store one input of ``source`` once inputs may be signed (see reading())."""
         while True:
             if not await self._inputs_ready():
                 return False
             try:
-                seq, _ = await self.device.send_event(
-                    products,
-                    step,
-                    parents=parents,
-                    location=location,
-                    data=data,
-                    time_ms=time_ms,
-                    cursor=cursor,
-                )
+                seq, _ = await send()
             except MessageRejected as exc:
                 self.refuse(source, "malformed", str(exc))
                 return False
             except OutboxFull as exc:
-                await self._outbox_full(source, exc, "wait")
+                if not await self._outbox_full(source, exc, when_full):
+                    return False
                 continue
             self.status.sent(source, self.device.id, seq)
             return True

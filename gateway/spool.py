@@ -72,7 +72,8 @@ class EventSink(Protocol):
 
 def _read_batch(path: Path, tz: zoneinfo.ZoneInfo) -> Batch:
     """Parse the file at ``path``; rows without a time get its modification time."""
-    size = path.stat().st_size
+    stat = path.stat()
+    size = stat.st_size
     if size > MAX_FILE_BYTES:
         raise InputError(f"{path.name}: {size} bytes, larger than {MAX_FILE_BYTES}")
     raw = path.read_bytes()
@@ -80,7 +81,7 @@ def _read_batch(path: Path, tz: zoneinfo.ZoneInfo) -> Batch:
         text = raw.decode("utf-8-sig")  # Excel writes a BOM before UTF-8 CSV
     except UnicodeDecodeError as exc:
         raise InputError(f"{path.name} is not UTF-8 text (byte {exc.start})") from None
-    return parse_batch(text, now_ms=path.stat().st_mtime_ns // 1_000_000, tz=tz)
+    return parse_batch(text, now_ms=stat.st_mtime_ns // 1_000_000, tz=tz)
 
 
 def _move(path: Path, folder: Path) -> Path:
