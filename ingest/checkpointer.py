@@ -55,7 +55,11 @@ def wall_clock_ms() -> int:
 def checkpoint_once(
     engine: Engine, log_key: SignerKey, origin: str, now_ms: int
 ) -> Checkpoint | None:
-    """Integrate and, if the log grew, sign and commit a checkpoint (blocking; one transaction).
+    """Integrate, update the product index and, if the log grew, sign and commit a checkpoint.
+
+    Blocking; one transaction. When entries were appended since the last index root, the round
+    appends a new ``index_root`` entry (:func:`tracecore.storage.index.update_index`) and the
+    checkpoint covers it.
 
     Returns None when the log has not grown, or when another worker holds the integrator's lock
     (it checkpoints the same log this round).

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from tracecore.keys import SignerKey
 from tracecore.note import CheckpointBody, append_signatures, sign_note
+from tracecore.storage.index import update_index
 from tracecore.storage.models import Checkpoint
 from tracecore.storage.rawsql import fetch_all, fetch_one
 from tracecore.storage.tree import integrate, log_size, root_at
@@ -50,12 +51,20 @@ def latest_checkpoint(session: Session) -> Checkpoint | None:
 def make_checkpoint(
     session: Session, origin: str, log_key: SignerKey, now_ms: int
 ) -> Checkpoint | None:
-    """Integrate new leaves and, if the log grew, sign and store a checkpoint of its new size.
+    """Integrate new leaves, update the product index and, if the log grew, sign a checkpoint.
+
+    When entries were appended since the last index root, an ``index_root`` entry with the
+    product index's new root is appended first (:func:`tracecore.storage.index.update_index`),
+    so that every checkpoint covers the root of the index over all entries but that one
+    (docs/log.md, "The product index"). The leaves and the index are folded before the root
+    takes the log's write lock: ingest waits only for the append and the signature.
 
     Returns the new :class:`Checkpoint` (flushed, committed with the caller's transaction), or
     None when the log has not grown since the latest checkpoint (or is empty). ``origin`` is
     the checkpoint origin line (``AGRITRACE_LOG_ORIGIN``), ``log_key`` the log's signer key.
     """
+    integrate(session)
+    update_index(session, now_ms)
     size = log_size(session)
     latest = latest_checkpoint(session)
     if size == 0 or (latest is not None and size <= latest.size):

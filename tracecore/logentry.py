@@ -43,6 +43,10 @@ kind                   further keys
                        characters), ``parties`` (sorted array of 0-1000 distinct party ids
                        whose data it showed): an authenticated read or action on data that is
                        not public (docs/inspection.md, "The access trail"); never a secret
+``index_root``         ``size`` (uint), ``root`` (bstr 32): the root of the product index
+                       (:mod:`tracecore.indexstate`) over the log's first ``size`` entries,
+                       written by the checkpointer at an index ``>= size`` (docs/log.md,
+                       "The product index")
 =====================  ============================================================
 """
 
@@ -65,6 +69,7 @@ __all__ = [
     "ChainPosition",
     "DeviceMessageEntry",
     "DeviceRegistered",
+    "IndexRoot",
     "KeyRevoked",
     "KeyRotated",
     "Recall",
@@ -350,6 +355,26 @@ class Access:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class IndexRoot:
+    """The root of the product index over the log's first ``size`` entries (docs/log.md)."""
+
+    size: int
+    root: bytes
+    time: int
+
+    def __post_init__(self) -> None:
+        if type(self.size) is not int or self.size < 0:
+            raise MalformedMessage("an index root's size is a non-negative integer")
+        _check_bytes("root", self.root, HASH_SIZE)
+        if type(self.time) is not int or self.time < 0:
+            raise MalformedMessage("registry entry times are integer ms since the Unix epoch")
+
+    def to_bytes(self) -> bytes:
+        """Return the deterministic CBOR encoding of the entry."""
+        return _encode_registry("index_root", self.time, {"size": self.size, "root": self.root})
+
+
 def _is_party(text: str) -> bool:
     try:
         parse_party_id(text)
@@ -358,7 +383,7 @@ def _is_party(text: str) -> bool:
     return True
 
 
-RegistryEntry: TypeAlias = DeviceRegistered | KeyRotated | KeyRevoked | Recall | Access
+RegistryEntry: TypeAlias = DeviceRegistered | KeyRotated | KeyRevoked | Recall | Access | IndexRoot
 AnyEntry: TypeAlias = DeviceMessageEntry | RegistryEntry
 
 _REGISTRY_FIELDS: Final = {
@@ -367,6 +392,7 @@ _REGISTRY_FIELDS: Final = {
     "key_revoked": (KeyRevoked, {"device", "kid", "since", "reason"}),
     "recall": (Recall, {"products", "reason", "by"}),
     "access": (Access, {"who", "role", "action", "target", "parties"}),
+    "index_root": (IndexRoot, {"size", "root"}),
 }
 
 

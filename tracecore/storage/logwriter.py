@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Final
 
 from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy.orm import Session as BaseSession
 from sqlmodel import Session, col
 
 from tracecore.logentry import RegistryEntry
@@ -33,6 +34,7 @@ __all__ = [
     "WRITE_LOCK_KEY",
     "append_registry_entry",
     "checkpoint_transaction",
+    "hold_write_lock",
     "log_session",
     "next_log_index",
     "write_transaction",
@@ -49,6 +51,7 @@ _KINDS: Final = {
     "KeyRevoked": "key_revoked",
     "Recall": "recall",
     "Access": "access",
+    "IndexRoot": "index_root",
 }
 
 
@@ -123,13 +126,26 @@ def _session_on(conn: Connection) -> Iterator[Session]:
         session.close()
 
 
-def next_log_index(session: Session) -> int:
+def hold_write_lock(session: BaseSession) -> None:
+    """Take the log's single-writer lock in ``session``'s transaction, until it ends.
+
+    For the checkpointer, whose round runs under its own lock and appends one entry (the index
+    root) at its end. PostgreSQL: ``pg_advisory_xact_lock(WRITE_LOCK_KEY)``. SQLite: nothing to
+    do, the round's ``BEGIN IMMEDIATE`` holds the database's write lock already.
+    """
+    if session.connection().dialect.name != "sqlite":
+        session.connection().execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY}
+        )
+
+
+def next_log_index(session: BaseSession) -> int:
     """Return the index the next log entry gets (call under :func:`write_transaction`)."""
     top = session.scalar(select(func.max(col(LogEntry.index))))
     return 0 if top is None else int(top) + 1
 
 
-def append_registry_entry(session: Session, entry: RegistryEntry, received_ms: int) -> int:
+def append_registry_entry(session: BaseSession, entry: RegistryEntry, received_ms: int) -> int:
     """Append a registry fact to the log and return its index.
 
     Call inside a session bound to a :func:`write_transaction` connection, in the same

@@ -52,6 +52,8 @@ __all__ = [
     "Device",
     "DeviceKey",
     "Feedback",
+    "IndexNode",
+    "IndexValueRow",
     "LogEntry",
     "MerkleNode",
     "ParkedMessage",
@@ -90,6 +92,7 @@ LOG_ENTRY_KINDS: Final = (
     "recall",
     "statement",
     "access",
+    "index_root",
 )
 
 
@@ -488,6 +491,34 @@ class MerkleNode(SQLModel, table=True):
     level: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class IndexNode(SQLModel, table=True):
+    """A stored subtree of the product index (:mod:`tracecore.smt`), named by its path.
+
+    ``leaf`` false: an interior node, ``a`` and ``b`` its left and right children's hashes.
+    ``leaf`` true: the subtree holds one key, ``a`` the key and ``b`` its leaf hash.
+    """
+
+    __tablename__ = "index_nodes"
+    __table_args__ = (
+        CheckConstraint("length(a) = 32 AND length(b) = 32", name="ck_index_nodes_hashes"),
+    )
+
+    path: bytes = Field(sa_column=Column(LargeBinary, primary_key=True))
+    leaf: bool = Field(sa_column=Column(Boolean, nullable=False))
+    a: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    b: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class IndexValueRow(SQLModel, table=True):
+    """The current value of a product-index key (:mod:`tracecore.indexstate`)."""
+
+    __tablename__ = "index_values"
+    __table_args__ = (CheckConstraint("length(key) = 32", name="ck_index_values_key"),)
+
+    key: bytes = Field(sa_column=Column(LargeBinary, primary_key=True))
+    value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class Checkpoint(SQLModel, table=True):

@@ -1,0 +1,215 @@
+"""The stored product index: its update by the checkpointer, and its proofs (docs/log.md).
+
+The index is a sparse Merkle map (:mod:`tracecore.smt`) from each product to its chain head and
+recalls and from each device to its registry entries (:mod:`tracecore.indexstate`), as of a log
+size. ``index_nodes`` holds its subtrees by path, ``index_values`` each key's value.
+
+:func:`update_index` is the checkpointer's step: it folds the entries appended since the last
+index root into the map and appends an ``index_root`` log entry with the new root, in the
+checkpoint round's transaction, so that the checkpoint signed right after it commits to the root
+and the stored map is always the one the latest ``index_root`` entry names. Only the integrator
+writes the index (one at a time: :func:`tracecore.storage.logwriter.checkpoint_transaction`).
+
+:func:`index_proofs` reads proofs of presence or absence for a set of keys from the stored map;
+:func:`latest_index_root` says which root they prove against.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy.orm import Session
+
+from tracecore import smt
+from tracecore.errors import MalformedMessage, NotFound, StorageError
+from tracecore.indexstate import IndexChanges, IndexValue, parse_value, touched_keys
+from tracecore.logentry import IndexRoot, parse_any_entry
+from tracecore.storage.logwriter import append_registry_entry, hold_write_lock
+from tracecore.storage.rawsql import fetch_all, fetch_one, marks
+from tracecore.storage.tree import log_size
+
+__all__ = [
+    "INDEX_CHUNK",
+    "StoredRoot",
+    "index_proofs",
+    "latest_index_root",
+    "read_nodes",
+    "update_index",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Log entries folded per map update while catching up (bounds memory on a first build).
+INDEX_CHUNK: Final = 1 << 16
+#: Values per ``IN (...)`` list (SQLite's default limit on parameters is far above this).
+_IN_CHUNK: Final = 500
+
+_LATEST_ROOT = (
+    "SELECT \"index\", entry FROM log_entries WHERE kind <> 'device_message' "
+    "AND kind = 'index_root' ORDER BY \"index\" DESC LIMIT 1"
+)
+_LATEST_ROOT_BELOW = (
+    "SELECT \"index\", entry FROM log_entries WHERE kind <> 'device_message' "
+    'AND kind = \'index_root\' AND "index" < ? ORDER BY "index" DESC LIMIT 1'
+)
+_ENTRIES = 'SELECT "index", entry FROM log_entries WHERE "index" >= ? AND "index" < ? ORDER BY 1'
+_NODES = "SELECT path, leaf, a, b FROM index_nodes WHERE path IN ({})"
+_VALUES = "SELECT key, value FROM index_values WHERE key IN ({})"
+_PUT_NODE = (
+    "INSERT INTO index_nodes (path, leaf, a, b) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (path) DO UPDATE SET leaf = excluded.leaf, a = excluded.a, b = excluded.b"
+)
+_PUT_VALUE = (
+    "INSERT INTO index_values (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRoot:
+    """An ``index_root`` entry of the log: where it is, its bytes, what it says."""
+
+    index: int
+    entry: bytes
+    root: IndexRoot
+
+
+def _chunks(items: Sequence[bytes]) -> Iterator[Sequence[bytes]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start : start + _IN_CHUNK]
+
+
+def _stored_root(row: tuple[object, ...] | None) -> StoredRoot | None:
+    if row is None:
+        return None
+    index, entry = int(row[0]), bytes(row[1])  # type: ignore[call-overload]
+    parsed = parse_any_entry(entry)
+    if not isinstance(parsed, IndexRoot):  # the kind column and the bytes disagree
+        raise StorageError(f"log entry {index} is stored as index_root but is not one")
+    return StoredRoot(index, entry, parsed)
+
+
+def latest_index_root(session: Session, below: int | None = None) -> StoredRoot | None:
+    """The newest ``index_root`` entry of the log (with ``below``: at an index under it)."""
+    if below is None:
+        return _stored_root(fetch_one(session, _LATEST_ROOT))
+    return _stored_root(fetch_one(session, _LATEST_ROOT_BELOW, [below]))
+
+
+def read_nodes(session: Session, paths: Sequence[bytes]) -> dict[bytes, smt.Node]:
+    """The stored index nodes of ``paths`` (a :data:`tracecore.smt.NodeReader`)."""
+    found: dict[bytes, smt.Node] = {}
+    for chunk in _chunks(paths):
+        for path, leaf, a, b in fetch_all(session, _NODES.format(marks(len(chunk))), chunk):
+            node: smt.Node = (
+                smt.Leaf(bytes(a), bytes(b)) if leaf else smt.Interior(bytes(a), bytes(b))
+            )
+            found[bytes(path)] = node
+    return found
+
+
+def _read_values(session: Session, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+    found: dict[bytes, bytes] = {}
+    for chunk in _chunks(keys):
+        for key, value in fetch_all(session, _VALUES.format(marks(len(chunk))), chunk):
+            found[bytes(key)] = bytes(value)
+    return found
+
+
+def index_proofs(
+    session: Session, keys: Sequence[bytes]
+) -> dict[bytes, tuple[bytes | None, smt.MapProof]]:
+    """Each key's stored value (None when absent) and its proof in the stored map."""
+    proofs = smt.prove(lambda paths: read_nodes(session, paths), keys)
+    values = _read_values(session, sorted(set(keys)))
+    return {key: (values.get(key), proofs[key]) for key in keys}
+
+
+def _executemany(session: Session, sql: str, rows: list[tuple[object, ...]]) -> None:
+    connection = session.connection()
+    text = sql if connection.dialect.name == "sqlite" else sql.replace("?", "%s")
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(text, rows)
+    finally:
+        cursor.close()
+
+
+def _fold_range(session: Session, start: int, end: int) -> bytes | None:
+    """Fold entries ``[start, end)`` into the stored map; the new root (None: nothing changed)."""
+    rows = fetch_all(session, _ENTRIES, [start, end])
+    if len(rows) != end - start:
+        raise NotFound(f"log entries [{start}, {end}) are not all present")
+    parsed = []
+    for i, e in rows:
+        try:
+            parsed.append((int(i), parse_any_entry(bytes(e)), bytes(e)))
+        except MalformedMessage as exc:
+            # Ingest and the registry write only well-formed entries; one that is not changes
+            # no key, here and in every monitor (docs/log.md), which report it.
+            _log.warning("log entry %s does not parse, the index skips it: %s", i, exc)
+    keys = sorted({key for _, entry, _ in parsed for key in touched_keys(entry)})
+    if not keys:
+        return None
+    stored = {key: parse_value(value) for key, value in _read_values(session, keys).items()}
+
+    def current(key: bytes) -> IndexValue | None:
+        return stored.get(key)
+
+    changes = IndexChanges(current)
+    for index, entry, data in parsed:
+        changes.apply(index, entry, data)
+    result = smt.update(lambda paths: read_nodes(session, paths), changes.leaves())
+    _executemany(
+        session,
+        _PUT_VALUE,
+        [(key, value.to_bytes()) for key, value in sorted(changes.values.items())],
+    )
+    _executemany(
+        session,
+        _PUT_NODE,
+        [
+            (path, isinstance(node, smt.Leaf), *_columns(node))
+            for path, node in sorted(result.writes.items())
+        ],
+    )
+    return result.root
+
+
+def _columns(node: smt.Node) -> tuple[bytes, bytes]:
+    return (node.key, node.leaf) if isinstance(node, smt.Leaf) else (node.left, node.right)
+
+
+def _stored_map_root(session: Session) -> bytes:
+    top = read_nodes(session, [smt.node_path(0, b"")])
+    node = top.get(smt.node_path(0, b""))
+    return smt.EMPTY if node is None else node.hash
+
+
+def update_index(session: Session, now_ms: int) -> StoredRoot | None:
+    """Fold the entries appended since the last index root and log the new root.
+
+    Call in the checkpoint round's transaction (:func:`tracecore.storage.logwriter.
+    checkpoint_transaction`), before :func:`tracecore.checkpoint.make_checkpoint`. Returns the
+    new ``index_root`` entry, or None when no entry but the last root was appended since it
+    (an idle log gets no new root, and so no new checkpoint). The map is folded without the
+    log's write lock; only the append of the root takes it (PostgreSQL), so ingest waits for
+    the append, not for the map.
+    """
+    last = latest_index_root(session)
+    size = log_size(session)
+    if size == 0 or (last is not None and size == last.index + 1):
+        return None
+    start = 0 if last is None else last.root.size
+    root: bytes | None = None
+    for chunk in range(start, size, INDEX_CHUNK):
+        root = _fold_range(session, chunk, min(size, chunk + INDEX_CHUNK)) or root
+    if root is None:
+        root = _stored_map_root(session)
+    hold_write_lock(session)
+    entry = IndexRoot(size=size, root=root, time=now_ms)
+    index = append_registry_entry(session, entry, now_ms)
+    return StoredRoot(index, entry.to_bytes(), entry)
