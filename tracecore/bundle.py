@@ -31,12 +31,21 @@ from typing import Any, Final
 from tracecore.cose import SignedMessage, parse_message
 from tracecore.errors import AgritraceError, BundleError
 from tracecore.identifiers import ProductKey
+from tracecore.indexstate import (
+    DeviceState,
+    IndexValue,
+    ProductState,
+    device_key,
+    parse_value,
+    product_key,
+)
 from tracecore.keys import VerifierKey, device_kid, key_window_refusal
 from tracecore.logentry import (
     GENESIS_PREV,
     AnyEntry,
     DeviceMessageEntry,
     DeviceRegistered,
+    IndexRoot,
     KeyRevoked,
     KeyRotated,
     Recall,
@@ -45,6 +54,7 @@ from tracecore.logentry import (
 from tracecore.merkle import leaf_hash, verify_consistency, verify_inclusion
 from tracecore.message import Event
 from tracecore.note import CheckpointBody, parse_note, verify_cosignature, verify_note
+from tracecore.smt import Leaf, MapProof, verify_proof
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -52,6 +62,8 @@ __all__ = [
     "BundleEntry",
     "Check",
     "Consistency",
+    "IndexEvidence",
+    "IndexProof",
     "Inspection",
     "Policy",
     "Report",
@@ -71,6 +83,8 @@ _VERIFY_CHUNK: Final = 256
 #: thousand entries: more would make every full garbage collection of the API slower).
 _MEMO_SIZE: Final = 16_384
 MAX_BUNDLE_ENTRIES: Final = 1_000_000
+#: The most index proofs one bundle carries (its lineage's products and their devices).
+MAX_INDEX_PROOFS: Final = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +106,23 @@ class Consistency:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexProof:
+    """One key of the product index: its value (None: proven absent) and the map proof."""
+
+    key: bytes
+    value: bytes | None
+    proof: MapProof
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEvidence:
+    """Proofs from the product index whose root the ``index_root`` entry at ``root`` holds."""
+
+    root: int
+    proofs: tuple[IndexProof, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Bundle:
     """A parsed evidence bundle (form checked, nothing verified)."""
 
@@ -102,6 +133,9 @@ class Bundle:
     #: The server's contract results for the product (deterministic CBOR, docs/contracts.md):
     #: claims, which ``agritrace verify`` recomputes and compares, never trusts.
     contracts: tuple[bytes, ...] = ()
+    #: Proofs of the product's and its ancestors' chain heads and recalls, and of the signing
+    #: devices' registry entries, from the product index (docs/bundle.md, "Completeness").
+    index: IndexEvidence | None = None
 
     def to_json(self) -> str:
         """Return the bundle as JSON text (docs/bundle.md)."""
@@ -126,6 +160,11 @@ class Bundle:
             }
         if self.contracts:
             doc["contracts"] = [_b64(result) for result in self.contracts]
+        if self.index is not None:
+            doc["index"] = {
+                "root": self.index.root,
+                "proofs": [_index_proof_json(item) for item in self.index.proofs],
+            }
         return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
 
 
@@ -155,11 +194,53 @@ def parse_bundle(text: str | bytes) -> Bundle:
         if not isinstance(claimed, list):
             raise BundleError("'contracts' must be a list of base64 results")
         contracts = tuple(_unb64(item, f"contracts[{n}]") for n, item in enumerate(claimed))
+        index = None if doc.get("index") is None else _parse_index(_field(doc, "index", dict))
     except AgritraceError as exc:
         if isinstance(exc, BundleError):
             raise
         raise BundleError(str(exc)) from exc
-    return Bundle(product, checkpoint, entries, consistency, contracts)
+    return Bundle(product, checkpoint, entries, consistency, contracts, index)
+
+
+def _index_proof_json(item: IndexProof) -> dict[str, object]:
+    other = item.proof.other
+    return {
+        "key": _b64(item.key),
+        "value": None if item.value is None else _b64(item.value),
+        "siblings": [_b64(h) for h in item.proof.siblings],
+        "other": None if other is None else {"key": _b64(other.key), "leaf": _b64(other.leaf)},
+    }
+
+
+def _parse_index(doc: Mapping[str, object]) -> IndexEvidence:
+    raw = doc.get("proofs")
+    if not isinstance(raw, list) or len(raw) > MAX_INDEX_PROOFS:
+        raise BundleError(f"index.proofs must be a list of at most {MAX_INDEX_PROOFS} proofs")
+    proofs = []
+    for n, item in enumerate(raw):
+        what = f"index.proofs[{n}]"
+        if not isinstance(item, dict):
+            raise BundleError(f"{what} is not an object")
+        key = _unb64(item.get("key"), f"{what}.key")
+        if len(key) != 32:
+            raise BundleError(f"{what}.key is 32 bytes")
+        value = item.get("value")
+        other = item.get("other")
+        leaf = None
+        if other is not None:
+            if not isinstance(other, dict):
+                raise BundleError(f"{what}.other is an object or null")
+            leaf = Leaf(
+                _unb64(other.get("key"), f"{what}.other.key"),
+                _unb64(other.get("leaf"), f"{what}.other.leaf"),
+            )
+        proof = MapProof(_hashes(item.get("siblings"), f"{what}.siblings"), leaf)
+        proofs.append(
+            IndexProof(key, None if value is None else _unb64(value, f"{what}.value"), proof)
+        )
+    if len({p.key for p in proofs}) != len(proofs):
+        raise BundleError("index.proofs has two proofs of one key")
+    return IndexEvidence(_uint(doc.get("root"), "index.root"), tuple(proofs))
 
 
 def _parse_entry(item: object, n: int) -> BundleEntry:
@@ -284,6 +365,9 @@ class _State:
     messages: dict[int, SignedMessage] = field(default_factory=dict)
     chains: dict[str, list[tuple[int, int, bytes]]] | None = None
     lineage: frozenset[str] | None = None
+    #: The verified index root, and each proven key's value (None: proven absent).
+    index_root: IndexRoot | None = None
+    index_values: dict[bytes, IndexValue | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +417,16 @@ def bundle_digest(bundle: Bundle, policy: Policy, previous: str | None = None) -
         ]
     if bundle.consistency is not None:
         fields += [str(bundle.consistency.old).encode(), b"".join(bundle.consistency.proof)]
+    if bundle.index is not None:
+        fields.append(b"i" + bundle.index.root.to_bytes(8, "big"))
+        for proof in bundle.index.proofs:
+            other = proof.proof.other
+            fields += [
+                proof.key,
+                b"-" if proof.value is None else b"v" + proof.value,
+                b"".join(proof.proof.siblings),
+                b"-" if other is None else b"o" + other.key + other.leaf,
+            ]
     digest = hashlib.sha256(struct.pack(f">Q{len(fields)}Q", len(fields), *map(len, fields)))
     digest.update(b"".join(fields))
     return digest.digest()
@@ -388,9 +482,13 @@ def inspect_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) 
     registry entries in the bundle say), ``chains`` (every product's chain runs 1..n, each entry
     pointing at the leaf hash of the previous one), ``lineage`` (every parent named by a message
     has its chain in the bundle), ``inclusion`` (the proofs put each chain head and each registry
-    entry in the checkpoint's tree), ``recalls`` (informational: the recalls of the product or an
-    ancestor, proven like every registry entry). A check that cannot run because an earlier one
-    failed is reported as failed with the reason.
+    entry in the checkpoint's tree), ``index`` (the product index's proofs lead to the root of an
+    ``index_root`` entry in the bundle), ``heads`` (each chain in the bundle reaches the head the
+    index holds: no newer entry was left out), ``recalls`` (every recall of the product or an
+    ancestor that the index holds is in the bundle; none, proven absent up to the index's log
+    size), ``registry`` (every registry entry of each signing device that the index holds is in
+    the bundle: no revocation left out). A check that cannot run because an earlier one failed
+    is reported as failed with the reason.
     """
     checks = _Checks()
     state = _State()
@@ -404,7 +502,10 @@ def inspect_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) 
         checks.run("chains", lambda: _check_chains(bundle, state))
         checks.run("lineage", lambda: _check_lineage(bundle, state))
         checks.run("inclusion", lambda: _check_inclusion(bundle, state))
-        checks.run("recalls", lambda: _recalls(bundle, state))
+        checks.run("index", lambda: _check_index(bundle, state))
+        checks.run("heads", lambda: _check_heads(bundle, state))
+        checks.run("recalls", lambda: _check_recalls(bundle, state))
+        checks.run("registry", lambda: _check_registry(state))
     size = state.body.size if state.body is not None else 0
     report = Report(bundle.product.path, size, tuple(checks.items))
     return Inspection(report, state.body, state.entries, state.messages)
@@ -676,17 +777,6 @@ def _check_lineage(bundle: Bundle, state: _State) -> str:
     return f"{len(lineage) - 1} ancestor(s), all with their chains"
 
 
-def _recalls(bundle: Bundle, state: _State) -> str:
-    """Report the recalls in the bundle (they are proven by the inclusion check)."""
-    lineage = _lineage(bundle, state)
-    found = [
-        f"RECALLED {', '.join(p.path for p in e.products)} by {e.by}: {e.reason}"
-        for _, e in sorted(state.entries.items())
-        if isinstance(e, Recall) and any(p.path in lineage for p in e.products)
-    ]
-    return "; ".join(found) if found else "no recall of the product or its ancestors"
-
-
 def _check_inclusion(bundle: Bundle, state: _State) -> str:
     if state.body is None:
         raise BundleError("no verified checkpoint to prove inclusion against")
@@ -702,6 +792,148 @@ def _check_inclusion(bundle: Bundle, state: _State) -> str:
             raise BundleError(f"entry {index} must carry an inclusion proof")
         verify_inclusion(index, state.body.size, state.leaves[index], proof, state.body.root_hash)
     return f"{len(required)} inclusion proofs lead to the checkpoint root"
+
+
+def _check_index(bundle: Bundle, state: _State) -> str:
+    """Verify the index proofs against the root of the bundle's ``index_root`` entry."""
+    if bundle.index is None:
+        raise BundleError(
+            "the bundle carries no proofs from the product index, so that nothing was left "
+            "out of it (a newer entry, a recall, a revocation) is not proven"
+        )
+    root = state.entries.get(bundle.index.root)
+    if not isinstance(root, IndexRoot):
+        raise BundleError(f"entry {bundle.index.root} is not an index_root entry of the bundle")
+    if root.size > bundle.index.root:
+        raise BundleError(f"index root entry {bundle.index.root} claims a later log size")
+    # The root entry carries an inclusion proof like every non-message entry (the inclusion
+    # check): so the root is the one the witnessed log holds.
+    for item in bundle.index.proofs:
+        value = None
+        if item.value is not None:
+            value = _index_value(item.value)
+            named = value.key
+            if named != item.key:
+                raise BundleError("an index proof's value names another key than the proof")
+        verify_proof(root.root, item.key, item.value, item.proof)
+        state.index_values[item.key] = value
+    state.index_root = root
+    return (
+        f"{len(bundle.index.proofs)} proofs lead to the index root at log size {root.size} "
+        f"(entry {bundle.index.root})"
+    )
+
+
+def _index_value(data: bytes) -> IndexValue:
+    try:
+        return parse_value(data)
+    except AgritraceError as exc:
+        raise BundleError(f"an index value does not parse: {exc}") from exc
+
+
+def _indexed(state: _State, key: bytes, what: str) -> IndexValue | None:
+    if state.index_root is None:
+        raise BundleError("no verified product index (see the index check)")
+    if key not in state.index_values:
+        raise BundleError(f"the bundle has no index proof for {what}")
+    return state.index_values[key]
+
+
+def _check_heads(bundle: Bundle, state: _State) -> str:
+    """Each lineage chain, up to the index's log size, ends at the head the index holds."""
+    chains = _chains(state)
+    lineage = _lineage(bundle, state)
+    for product in sorted(lineage):
+        value = _indexed(state, product_key(product), product)
+        size = state.index_root.size if state.index_root is not None else 0
+        covered = [link for link in chains.get(product, []) if link[1] < size]
+        head = value.chain if isinstance(value, ProductState) else None
+        if head is None:
+            if covered:
+                raise BundleError(
+                    f"{product}: the index at log size {size} holds no entry of it, the bundle "
+                    f"has entry {covered[0][1]}"
+                )
+            continue
+        if not covered or covered[-1][0] < head.pseq:
+            shown = f"position {covered[-1][0]} (entry {covered[-1][1]})" if covered else "nothing"
+            raise BundleError(
+                f"{product}: the bundle's chain reaches {shown} but the log's index at size "
+                f"{size} has position {head.pseq} (entry {head.index}): entries were left out"
+            )
+        pseq, index, _ = covered[-1]
+        if (pseq, index) != (head.pseq, head.index) or state.leaves[index] != head.leaf:
+            raise BundleError(
+                f"{product}: position {pseq} is entry {index}, the index says entry {head.index}"
+            )
+    size = state.index_root.size if state.index_root is not None else 0
+    return f"{len(lineage)} chain head(s) are the log's up to size {size}: nothing newer left out"
+
+
+def _check_recalls(bundle: Bundle, state: _State) -> str:
+    """The recalls of the lineage: all that the index holds are in the bundle, or none exists."""
+    lineage = _lineage(bundle, state)
+    found = [
+        (index, entry)
+        for index, entry in sorted(state.entries.items())
+        if isinstance(entry, Recall) and any(p.path in lineage for p in entry.products)
+    ]
+    shown = "; ".join(
+        f"RECALLED {', '.join(p.path for p in e.products)} by {e.by}: {e.reason}" for _, e in found
+    )
+    in_bundle = {index for index, _ in found}
+    for product in sorted(lineage):
+        try:
+            value = _indexed(state, product_key(product), product)
+        except BundleError as exc:
+            raise BundleError(f"{shown or 'no recall in the bundle'}, not proven: {exc}") from exc
+        recalls = value.recalls if isinstance(value, ProductState) else ()
+        missing = [index for index in recalls if index not in in_bundle]
+        if missing:
+            raise BundleError(
+                f"{product}: the log's index holds the recall at entry {missing[0]}, which the "
+                "bundle left out"
+            )
+        size = state.index_root.size if state.index_root is not None else 0
+        unindexed = [
+            index
+            for index, entry in found
+            if index < size and index not in recalls and product in {p.path for p in entry.products}
+        ]
+        if unindexed:
+            raise BundleError(f"{product}: the recall at entry {unindexed[0]} is not in the index")
+    size = state.index_root.size if state.index_root is not None else 0
+    if found:
+        return shown
+    return (
+        f"no recall of the product or its {len(lineage) - 1} ancestor(s) up to log size {size} "
+        "(proof of absence)"
+    )
+
+
+def _check_registry(state: _State) -> str:
+    """Every registry entry of each signing device that the index holds is in the bundle."""
+    devices = sorted({signed.message.device for signed in state.messages.values()})
+    size = state.index_root.size if state.index_root is not None else 0
+    for device in devices:
+        value = _indexed(state, device_key(device), f"device {device}")
+        registry = value.registry if isinstance(value, DeviceState) else ()
+        present = {
+            index
+            for index, entry in state.entries.items()
+            if isinstance(entry, DeviceRegistered | KeyRotated | KeyRevoked)
+            and entry.device == device
+        }
+        missing = [index for index in registry if index not in present]
+        if missing:
+            raise BundleError(
+                f"device {device}: the log's index holds its registry entry {missing[0]}, which "
+                "the bundle left out"
+            )
+        extra = sorted(i for i in present if i < size and i not in registry)
+        if extra:
+            raise BundleError(f"device {device}: registry entry {extra[0]} is not in the index")
+    return f"{len(devices)} device key histories complete up to log size {size}"
 
 
 def _field(doc: Mapping[str, object], name: str, kind: type) -> Any:

@@ -138,8 +138,9 @@ def test_bundle_verifies_offline(site: Site) -> None:
     report = verify_bundle(bundle, site.policy())
     assert report.ok, report.render()
     kinds = json.loads(_bundle(site, CARTON))["entries"]
-    assert len(kinds) == 6  # 2 registrations + commissioning + 2 readings + carton
-    assert sum(1 for e in kinds if e["proof"] is not None) == 4  # 2 registry + 2 heads
+    # 2 registrations + commissioning + 2 readings + carton + the product index's root
+    assert len(kinds) == 7
+    assert sum(1 for e in kinds if e["proof"] is not None) == 5  # 2 registry + 2 heads + root
 
 
 def test_verify_command_accepts_and_names_failures(
@@ -305,3 +306,180 @@ def test_stored_results_of_an_older_checkpoint_still_verify(
     assert f"as the server says: egg-cold-chain (stored at size {stored_at})" in (
         capsys.readouterr().out
     )
+
+
+# Completeness: what a bundle leaves out is caught by the product index (docs/bundle.md).
+
+
+def _later_readings(site: Site, seqs: range) -> None:
+    """Ingest more readings of the lot, then checkpoint (the lot's chain grows)."""
+    processor = Processor(site.engine, LOG)
+    try:
+        for seq in seqs:
+            reading = Reading(
+                CLIMATE.name, seq, T0 + 7_000 + seq, (LOT,), (Sensor("Temperature", 6.5, "CEL"),)
+            )
+            raw = sign_message(reading, CLIMATE.signing_key)
+            assert processor.process(
+                [Inbound(up_topic(CLIMATE.name), raw, T0 + 8_000)], T0 + 8_000
+            ).accepted
+    finally:
+        processor.close()
+    with session_scope(site.engine) as session:
+        assert make_checkpoint(session, ORIGIN, LOG, T0 + 9_000) is not None
+
+
+def _recall(site: Site, product: ProductKey) -> None:
+    reply = site.client.post(
+        "/v1/recalls",
+        json={"product": product.path, "reason": "Salmonella Enteritidis in lot samples"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert reply.status_code == 201, reply.text
+    with session_scope(site.engine) as session:
+        assert make_checkpoint(session, ORIGIN, LOG, T0 + 9_500) is not None
+
+
+def _verify_cli(doc: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run `agritrace verify` on the bundle ``doc``; return its output."""
+    capsys.readouterr()
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    policy = tmp_path / "policy.txt"
+    # Quorum 0: the site's witness cosigned only the first checkpoint.
+    policy.write_text(f"log {LOG.verifier}\nquorum 0\n")
+    code = cli(["verify", str(tmp_path / "b.json"), "--policy", str(policy)])
+    out = capsys.readouterr().out
+    assert (code == 0) == ("\nVERIFIED\n" in out), out
+    return out
+
+
+def _failed(out: str) -> set[str]:
+    (last,) = [line for line in out.splitlines() if line.startswith("NOT VERIFIED: ")]
+    return set(last.removeprefix("NOT VERIFIED: ").split(", "))
+
+
+def _entries_of(doc: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [e for e in doc["entries"] if cbor2.loads(base64.b64decode(e["entry"]))["kind"] == kind]
+
+
+def _chain_of(doc: dict[str, Any], product: ProductKey) -> list[dict[str, Any]]:
+    """The bundle entries of ``product``'s chain, in chain order."""
+    found = []
+    for item in _entries_of(doc, "device_message"):
+        for link in cbor2.loads(base64.b64decode(item["entry"]))["chains"]:
+            if link["product"] == product.path:
+                found.append((link["pseq"], item))
+    return [item for _, item in sorted(found, key=lambda pair: pair[0])]
+
+
+def test_a_genuine_bundle_proves_the_absence_of_recalls(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With nothing recalled, verify reports absence as proven, up to the index's log size."""
+    doc = json.loads(_bundle(site, CARTON))
+    out = _verify_cli(doc, tmp_path, capsys)
+    root = cbor2.loads(base64.b64decode(_entries_of(doc, "index_root")[0]["entry"]))
+    assert (
+        f"no recall of the product or its 1 ancestor(s) up to log size {root['size']} "
+        "(proof of absence)"
+    ) in out
+    assert "ok   heads" in out
+    assert "ok   registry" in out
+
+
+def test_leaving_out_the_newest_chain_entry_is_caught(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lot's newest reading dropped, its predecessor proven from the public route: heads."""
+    _later_readings(site, range(3, 5))
+    doc = json.loads(_bundle(site, CARTON))
+    chain = _chain_of(doc, LOT)
+    newest, previous = chain[-1], chain[-2]
+    doc["entries"].remove(newest)
+    size = int(doc["checkpoint"].split("\n")[1])
+    proof = site.client.get(f"/v1/log/proof/inclusion?index={previous['index']}&size={size}")
+    previous["proof"] = proof.json()["hashes"]
+    out = _verify_cli(doc, tmp_path, capsys)
+    assert _failed(out) == {"heads"}
+    assert "entries were left out" in out
+
+
+def test_leaving_out_a_middle_chain_entry_is_caught(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reading from the middle of the lot's chain dropped: the chain check names the gap."""
+    _later_readings(site, range(3, 5))
+    doc = json.loads(_bundle(site, CARTON))
+    doc["entries"].remove(_chain_of(doc, LOT)[2])
+    out = _verify_cli(doc, tmp_path, capsys)
+    assert "chains" in _failed(out)
+    assert "position 3 is missing" in out
+
+
+@pytest.mark.parametrize("recalled", [CARTON, LOT], ids=["product", "ancestor"])
+def test_leaving_out_a_recall_is_caught(
+    site: Site, recalled: ProductKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recall of the carton, or of the lot it came from, removed from the bundle: recalls."""
+    _recall(site, recalled)
+    doc = json.loads(_bundle(site, CARTON))
+    assert "RECALLED" in _verify_cli(doc, tmp_path, capsys)
+    (recall,) = _entries_of(doc, "recall")
+    doc["entries"].remove(recall)
+    out = _verify_cli(doc, tmp_path, capsys)
+    assert _failed(out) == {"recalls"}
+    assert f"{recalled.path}: the log's index holds the recall at entry {recall['index']}" in out
+
+
+@pytest.mark.parametrize("forgery", ["empty list", "absent"])
+def test_a_forged_no_recall_claim_is_caught(
+    site: Site, forgery: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The recall removed and the lot's index value rewritten to show none: the index check."""
+    _recall(site, LOT)
+    doc = json.loads(_bundle(site, CARTON))
+    doc["entries"].remove(_entries_of(doc, "recall")[0])
+    key = base64.b64encode(hashlib.sha256(b"product\x00" + LOT.path.encode()).digest()).decode()
+    (proof,) = [p for p in doc["index"]["proofs"] if p["key"] == key]
+    if forgery == "absent":
+        proof["value"] = None
+    else:
+        value = cbor2.loads(base64.b64decode(proof["value"]))
+        assert value["recalls"]
+        value["recalls"] = []
+        proof["value"] = base64.b64encode(cbor2.dumps(value, canonical=True)).decode()
+    out = _verify_cli(doc, tmp_path, capsys)
+    assert "index" in _failed(out)
+    assert "does not lead to the index root" in out
+    assert "(proof of absence)" not in out
+
+
+def test_leaving_out_a_revocation_is_caught(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key revocation of a signing device removed from the bundle: registry."""
+    reply = site.client.post(
+        f"/v1/devices/{CLIMATE.name}/revoke",
+        json={"since_ms": T0 + 60_000, "reason": "sensor stolen"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert reply.status_code == 200, reply.text
+    _later_readings(site, range(3, 4))
+    doc = json.loads(_bundle(site, CARTON))
+    assert "\nVERIFIED\n" in _verify_cli(doc, tmp_path, capsys)
+    (revocation,) = _entries_of(doc, "key_revoked")
+    doc["entries"].remove(revocation)
+    out = _verify_cli(doc, tmp_path, capsys)
+    assert _failed(out) == {"registry"}
+    assert f"registry entry {revocation['index']}, which the bundle left out" in out
+
+
+def test_a_bundle_without_index_proofs_proves_no_absence(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Index proofs stripped (as a bundle of an older server): absence is not claimed."""
+    doc = json.loads(_bundle(site, CARTON))
+    del doc["index"]
+    out = _verify_cli(doc, tmp_path, capsys)
+    assert _failed(out) == {"index", "heads", "recalls", "registry"}
+    assert "no recall in the bundle, not proven" in out

@@ -3,7 +3,9 @@
 :func:`build_bundle` gathers, as of the latest checkpoint, every log entry of the product and of
 its ancestors with the raw device messages, the registry entries of every device that signed
 them, the recalls naming any of these products, an inclusion proof for each chain head and
-each registry entry, and the checkpoint with its cosignatures. The result verifies offline
+each registry entry, the newest ``index_root`` entry under the checkpoint with the product
+index's proofs for each of these products and devices, and the checkpoint with its
+cosignatures. The result verifies offline
 with :func:`tracecore.bundle.verify_bundle`.
 """
 
@@ -16,11 +18,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from tracecore.bundle import Bundle, BundleEntry, Consistency
+from tracecore.bundle import Bundle, BundleEntry, Consistency, IndexEvidence, IndexProof
 from tracecore.checkpoint import latest_checkpoint, served_note
-from tracecore.errors import NotFound, ProofError
+from tracecore.errors import NotFound, ProofError, StorageError
 from tracecore.identifiers import ProductKey
+from tracecore.indexstate import device_key, product_key
 from tracecore.logentry import Recall, parse_any_entry
+from tracecore.storage.index import index_proofs, latest_index_root
 from tracecore.storage.models import REGISTRY_WHERE, Checkpoint
 from tracecore.storage.rawsql import Row, fetch_all, fetch_one, marks
 from tracecore.storage.tree import consistency_proof, inclusion_proof
@@ -158,13 +162,40 @@ def build_bundle(session: Session, product: ProductKey, previous: int | None = N
 _PRODUCT = 'SELECT 1 FROM products WHERE "key" = ?'
 
 
+#: How often a bundle is rebuilt when the checkpointer moved the product index on meanwhile.
+_INDEX_RETRIES = 5
+
+
 def bundle_at(
     session: Session, product: ProductKey, checkpoint: Checkpoint, previous: int | None = None
 ) -> Bundle:
     """Return the evidence bundle of ``product``, a known product, as of ``checkpoint``.
 
     :func:`build_bundle` without its two lookups, for a caller that has made them already.
+    The stored product index is always the one of the newest ``index_root`` entry; when that
+    entry is newer than ``checkpoint`` (a checkpoint round committed after the caller read
+    it), the bundle is made as of the newer latest checkpoint instead, so that its index
+    proofs and its checkpoint agree.
     """
+    for _ in range(_INDEX_RETRIES):
+        newest = latest_index_root(session)
+        if newest is not None and newest.index >= checkpoint.size:
+            fresh = latest_checkpoint(session)
+            if fresh is None or fresh.size <= checkpoint.size:
+                raise StorageError("the product index is newer than the latest checkpoint")
+            checkpoint = fresh
+            continue
+        bundle = _bundle_at(session, product, checkpoint, previous)
+        # The proofs were read from the stored index: it must still be the same one.
+        again = latest_index_root(session)
+        if (None if again is None else again.index) == (None if newest is None else newest.index):
+            return bundle
+    raise StorageError("the product index kept changing while the bundle was read; retry")
+
+
+def _bundle_at(
+    session: Session, product: ProductKey, checkpoint: Checkpoint, previous: int | None
+) -> Bundle:
     size = checkpoint.size
     products = lineage(session, product.path)
     head_rows = fetch_all(session, _HEADS.format(marks(len(products))), [*products, size])
@@ -194,7 +225,9 @@ def bundle_at(
         for row, recall in _recall_entries(session, size)
         if any(p.path in named for p in recall.products)
     ]
-    rows = sorted([*messages, *registry, *recalls], key=lambda row: int(row[0]))
+    root = latest_index_root(session, below=size)
+    index_rows = [] if root is None else _rows(session, '"index" = ?', [root.index])
+    rows = sorted([*messages, *registry, *recalls, *index_rows], key=lambda row: int(row[0]))
     proofs = {
         int(row[0]): _proof(session, checkpoint.root, int(row[0]), size)
         for row in rows
@@ -205,8 +238,15 @@ def bundle_at(
         if not 0 < previous <= size:
             raise ProofError(f"previous size must be between 1 and the checkpoint size {size}")
         consistency = Consistency(previous, tuple(consistency_proof(session, previous, size)))
+    index = None
+    if root is not None:
+        keys = [product_key(p) for p in products] + [device_key(d) for d in devices]
+        found = index_proofs(session, keys)
+        index = IndexEvidence(
+            root.index, tuple(IndexProof(key, *found[key]) for key in sorted(set(keys)))
+        )
     note = served_note(session, checkpoint)
-    return _assemble(product, note, rows, proofs, consistency)
+    return _assemble(product, note, rows, proofs, consistency, index=index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +255,7 @@ class _Built:
 
     rows: list[Row]
     proofs: dict[int, tuple[bytes, ...]]
+    index: IndexEvidence | None
     bundle: Bundle
 
 
@@ -229,6 +270,8 @@ def _assemble(
     rows: list[Row],
     proofs: dict[int, tuple[bytes, ...]],
     consistency: Consistency | None,
+    *,
+    index: IndexEvidence | None,
 ) -> Bundle:
     """The bundle of these rows; the same object again when every value read is the same.
 
@@ -243,7 +286,7 @@ def _assemble(
         found = _BUNDLES.get(key)
         if found is not None:
             _BUNDLES.move_to_end(key)
-    if found is not None and found.rows == rows and found.proofs == proofs:
+    if found is not None and found.rows == rows and found.proofs == proofs and found.index == index:
         return found.bundle
     items = tuple(
         BundleEntry(
@@ -254,9 +297,9 @@ def _assemble(
         )
         for index, kind, entry, raw, _device in rows
     )
-    bundle = Bundle(product, note, items, consistency)
+    bundle = Bundle(product, note, items, consistency, index=index)
     with _BUNDLES_LOCK:
-        _BUNDLES[key] = _Built(rows, proofs, bundle)
+        _BUNDLES[key] = _Built(rows, proofs, index, bundle)
         _BUNDLES.move_to_end(key)
         while len(_BUNDLES) > _BUNDLES_SIZE:
             _BUNDLES.popitem(last=False)
