@@ -364,11 +364,12 @@ def _entries_of(doc: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 
 def _chain_of(doc: dict[str, Any], product: ProductKey) -> list[dict[str, Any]]:
     """The bundle entries of ``product``'s chain, in chain order."""
-    found = []
-    for item in _entries_of(doc, "device_message"):
-        for link in cbor2.loads(base64.b64decode(item["entry"]))["chains"]:
-            if link["product"] == product.path:
-                found.append((link["pseq"], item))
+    found = [
+        (link["pseq"], item)
+        for item in _entries_of(doc, "device_message")
+        for link in cbor2.loads(base64.b64decode(item["entry"]))["chains"]
+        if link["product"] == product.path
+    ]
     return [item for _, item in sorted(found, key=lambda pair: pair[0])]
 
 
