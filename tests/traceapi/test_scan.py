@@ -52,7 +52,8 @@ def test_json_scan_of_a_genuine_carton_is_verified(world: World) -> None:
     assert [p["value"] for p in series["points"]] == [21.0, 5.5, 6.0, 8.4, 6.2]
     assert series["device"] == CLIMATE.name
     assert [e["step"] for e in body["events"]] == ["commissioning"] * 3
-    assert body["checkpoint"]["size"] == 10  # 2 registrations and 8 device messages
+    # 2 registrations, 8 device messages and the product index's root
+    assert body["checkpoint"]["size"] == 11
     assert body["bundle_url"].endswith(f"/v1/bundle/{CARTON.path}")
 
 

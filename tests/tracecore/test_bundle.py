@@ -9,19 +9,32 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tracecore.bundle import Bundle, BundleEntry, Consistency, Policy, parse_bundle, verify_bundle
+from tracecore import smt
+from tracecore.bundle import (
+    Bundle,
+    BundleEntry,
+    Consistency,
+    IndexEvidence,
+    IndexProof,
+    Policy,
+    parse_bundle,
+    verify_bundle,
+)
 from tracecore.cose import sign_message
 from tracecore.errors import BundleError
 from tracecore.identifiers import ProductKey
+from tracecore.indexstate import fold
 from tracecore.keys import SignerKey
 from tracecore.logentry import (
     GENESIS_PREV,
     ChainPosition,
     DeviceMessageEntry,
     DeviceRegistered,
+    IndexRoot,
     KeyRevoked,
     KeyRotated,
     RegistryEntry,
+    parse_any_entry,
     parse_entry,
 )
 from tracecore.merkle import consistency_proof, inclusion_proof, leaf_hash, root_of
@@ -95,8 +108,31 @@ class World:
         lines = [cosign(text, w, 1_795_000_000 + n) for n, w in enumerate(self.witnesses)]
         return note + "".join(line + "\n" for line in lines[:cosigners])
 
+    def index(self) -> IndexEvidence:
+        """Log the product index's root over every entry (once), as the checkpointer does."""
+        last = self.entries[-1][0]
+        if not isinstance(parse_any_entry(last), IndexRoot):
+            self.entries.append((self._root_entry(len(self.entries)).to_bytes(), None))
+        root_index = len(self.entries) - 1
+        values = fold(
+            (i, parse_any_entry(e), e) for i, (e, _) in enumerate(self.entries[:root_index])
+        )
+        tree = smt.MemoryTree()
+        tree.apply({k: smt.leaf_hash(k, smt.value_hash(v.to_bytes())) for k, v in values.items()})
+        proofs = tuple(
+            IndexProof(key, values[key].to_bytes(), tree.prove(key)) for key in sorted(values)
+        )
+        return IndexEvidence(root_index, proofs)
+
+    def _root_entry(self, size: int) -> IndexRoot:
+        values = fold((i, parse_any_entry(e), e) for i, (e, _) in enumerate(self.entries[:size]))
+        leaves = {k: smt.leaf_hash(k, smt.value_hash(v.to_bytes())) for k, v in values.items()}
+        return IndexRoot(size=size, root=smt.root_of(leaves), time=T0)
+
     def bundle(self, product: ProductKey, previous: int | None = None) -> Bundle:
-        """Return the bundle of ``product`` with every entry, proofs on heads and registry."""
+        """Return the bundle of ``product`` with every entry, proofs on heads and registry,
+        and the product index's proofs of every key."""
+        evidence = self.index()
         size = len(self.entries)
         proven = {index for _, index in self.heads.values()}
         items = []
@@ -108,7 +144,7 @@ class World:
         if previous is not None:
             proof = tuple(consistency_proof(previous, size, self._subtree))
             consistency = Consistency(previous, proof)
-        return Bundle(product, self.checkpoint(), tuple(items), consistency)
+        return Bundle(product, self.checkpoint(), tuple(items), consistency, index=evidence)
 
     def policy(self, quorum: int = 2) -> Policy:
         """The trust policy of this world."""
@@ -177,7 +213,10 @@ def test_a_genuine_bundle_verifies(world: World) -> None:
         "chains",
         "lineage",
         "inclusion",
+        "index",
+        "heads",
         "recalls",
+        "registry",
     ]
     assert "VERIFIED" in report.render()
 
@@ -311,7 +350,8 @@ def test_a_missing_parent_chain_fails_lineage(world: World) -> None:
     carton_head = world.heads[CARTON][1]
     entries = tuple(e for e in bundle.entries if e.message is None or e.index == carton_head)
     failed = _failed(dataclasses.replace(bundle, entries=entries), world.policy())
-    assert failed == {"lineage"}
+    # The lot's chain is gone, and with it the head the product index holds for the lot.
+    assert failed == {"lineage", "heads"}
 
 
 def test_wrong_log_key_fails_the_checkpoint(world: World) -> None:

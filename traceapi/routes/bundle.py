@@ -43,6 +43,29 @@ class ConsistencyOut(BaseModel):
     proof: list[str]
 
 
+class IndexOtherOut(BaseModel):
+    """Another key's leaf that ends a proof of absence: its key and leaf hash (base64)."""
+
+    key: str
+    leaf: str
+
+
+class IndexProofOut(BaseModel):
+    """A proof of presence (``value`` set) or absence (``value`` null) in the product index."""
+
+    key: str = Field(description="the index key, base64 (docs/product-index.md)")
+    value: str | None = Field(description="the key's value, deterministic CBOR in base64")
+    siblings: list[str] = Field(description="sibling hashes from depth 1 down, base64")
+    other: IndexOtherOut | None
+
+
+class IndexOut(BaseModel):
+    """Proofs from the product index whose root the ``index_root`` entry ``root`` holds."""
+
+    root: int = Field(description="the log index of the index_root entry (in entries)")
+    proofs: list[IndexProofOut]
+
+
 class BundleOut(BaseModel):
     """An evidence bundle, ``agritrace-bundle/1`` (docs/bundle.md): for the OpenAPI document."""
 
@@ -52,6 +75,9 @@ class BundleOut(BaseModel):
     entries: list[BundleEntryOut]
     consistency: ConsistencyOut | None = Field(default=None, description="with previous=")
     contracts: list[str] | None = Field(default=None, description="stored contract results")
+    index: IndexOut | None = Field(
+        default=None, description="product index proofs: completeness, recalls (docs/bundle.md)"
+    )
 
 
 def _size(bundle: Bundle) -> int:

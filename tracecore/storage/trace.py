@@ -124,6 +124,11 @@ def assess_product(
         # or subtree hash means rows were deleted or edited.
         failed = Check("evidence", ok=False, detail=f"the stored evidence is incomplete: {exc}")
         return ProductAssessment(product, row, None, None, (failed,), None)
+    if bundle.index is None:
+        # A log checkpointed before its first index root (an upgrade): the next checkpoint
+        # round builds the index (docs/log.md, "The product index").
+        pending = "the log's product index is being built; retry in a few seconds"
+        return ProductAssessment(product, row, None, None, (), None, pending=pending)
     inspection = inspect_bundle_memo(bundle, policy)
     story = tell_story_memo(product.path, inspection)
     checks = [*inspection.report.checks]
