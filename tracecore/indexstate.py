@@ -43,7 +43,7 @@ from tracecore.logentry import (
     Recall,
 )
 from tracecore.merkle import leaf_hash as log_leaf_hash
-from tracecore.smt import leaf_hash, value_hash
+from tracecore.smt import value_hash
 
 __all__ = [
     "ChainHead",
@@ -218,9 +218,9 @@ class IndexChanges:
             state = ProductState(path, state.chain, (*state.recalls, recall))
         self.values[key] = state
 
-    def leaves(self) -> dict[bytes, bytes]:
-        """Each changed key's new leaf hash (the changes :func:`tracecore.smt.update` takes)."""
-        return {key: leaf_hash(key, value_hash(v.to_bytes())) for key, v in self.values.items()}
+    def value_hashes(self) -> dict[bytes, bytes]:
+        """Each changed key's new value hash (the changes :func:`tracecore.smt.update` takes)."""
+        return {key: value_hash(v.to_bytes()) for key, v in self.values.items()}
 
 
 def fold(entries: Iterable[tuple[int, AnyEntry, bytes]]) -> dict[bytes, IndexValue]:

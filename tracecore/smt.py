@@ -21,6 +21,11 @@ could be). :func:`verify_proof` folds the path back to the root and compares. A 
 end a path early or late without a SHA-256 collision between a leaf, an interior node and the
 empty hash, so a proof that folds to a committed root decides presence or absence.
 
+That other leaf travels as its key and its value's hash, never as a bare leaf hash: the verifier
+computes the leaf from the key, so the key is bound by the hash. With a bare leaf hash a prover
+could take the key's *own* leaf, name any other key sharing its first ``d`` bits, and so "prove"
+the absence of a key that is present (docs/product-index.md, "Verifying a proof").
+
 Everything here is pure. :func:`update` applies a batch of changes to a stored tree through a
 :data:`NodeReader` (a bulk read of stored nodes by :func:`node_path`) and returns the node writes
 and the new root; :class:`MemoryTree` is the same tree in a dict, for monitors and tests;
@@ -110,15 +115,15 @@ class Interior:
 
 @dataclass(frozen=True, slots=True)
 class Leaf:
-    """A stored subtree with exactly one key: the key and its leaf hash."""
+    """A stored subtree with exactly one key: the key and its value's hash."""
 
     key: bytes
-    leaf: bytes
+    value_hash: bytes
 
     @property
     def hash(self) -> bytes:
         """The subtree's hash (the leaf hash, wherever the leaf sits)."""
-        return self.leaf
+        return leaf_hash(self.key, self.value_hash)
 
 
 Node: TypeAlias = Interior | Leaf
@@ -136,7 +141,7 @@ class Update:
 
 
 def update(read: NodeReader, changes: Mapping[bytes, bytes]) -> Update:
-    """Apply ``changes`` (key -> new leaf hash; a key not yet in the tree is inserted).
+    """Apply ``changes`` (key -> new value hash; a key not yet in the tree is inserted).
 
     Reads the stored nodes on the changed keys' paths level by level, one ``read`` call per
     level for all keys (so a batch costs about ``log2(n)`` calls, not one per node), and never
@@ -144,9 +149,9 @@ def update(read: NodeReader, changes: Mapping[bytes, bytes]) -> Update:
     stored node is ever deleted; the writes hold every subtree whose hash changed (a leaf that
     an insertion pushed down leaves an interior node in its old place).
     """
-    for key, leaf in changes.items():
-        if len(key) != HASH_SIZE or len(leaf) != HASH_SIZE:
-            raise ProofError("index keys and leaf hashes are 32 bytes")
+    for key, hashed in changes.items():
+        if len(key) != HASH_SIZE or len(hashed) != HASH_SIZE:
+            raise ProofError("index keys and value hashes are 32 bytes")
     batch = sorted(changes.items())
     known = _descend(read, [(0, batch)])
     writes: dict[bytes, Node] = {}
@@ -219,7 +224,7 @@ def _update(
         new = Interior(left, right)
     else:
         if isinstance(node, Leaf) and all(key != node.key for key, _ in batch):
-            batch = sorted([*batch, (node.key, node.leaf)])
+            batch = sorted([*batch, (node.key, node.value_hash)])
         if len(batch) == 1:
             new = Leaf(*batch[0])
         else:
@@ -257,9 +262,9 @@ class MapProof:
         if any(len(h) != HASH_SIZE for h in self.siblings):
             raise ProofError("index proof hashes are 32 bytes")
         if self.other is not None and (
-            len(self.other.key) != HASH_SIZE or len(self.other.leaf) != HASH_SIZE
+            len(self.other.key) != HASH_SIZE or len(self.other.value_hash) != HASH_SIZE
         ):
-            raise ProofError("an index proof's other leaf has a 32-byte key and hash")
+            raise ProofError("an index proof's other leaf has a 32-byte key and value hash")
 
 
 def prove(read: NodeReader, keys: Sequence[bytes]) -> dict[bytes, MapProof]:
@@ -307,7 +312,7 @@ def verify_proof(root: bytes, key: bytes, value: bytes | None, proof: MapProof) 
             raise ProofError("a proof of absence ends in the key's own leaf")
         if any(bit(other, d) != bit(key, d) for d in range(depth)):
             raise ProofError("a proof of absence ends in a leaf that is not on the key's path")
-        node = proof.other.leaf
+        node = proof.other.hash  # computed from the other key: it cannot name a false key
     for d in range(depth - 1, -1, -1):
         sibling = proof.siblings[d]
         node = node_hash(sibling, node) if bit(key, d) else node_hash(node, sibling)
@@ -316,16 +321,16 @@ def verify_proof(root: bytes, key: bytes, value: bytes | None, proof: MapProof) 
         raise ProofError(f"the index proof of {what} does not lead to the index root")
 
 
-def root_of(leaves: Mapping[bytes, bytes]) -> bytes:
-    """The root of the map whose keys have these leaf hashes, computed from scratch."""
-    return _root_of(sorted(leaves.items()), 0)
+def root_of(value_hashes: Mapping[bytes, bytes]) -> bytes:
+    """The root of the map whose keys have these value hashes, computed from scratch."""
+    return _root_of(sorted(value_hashes.items()), 0)
 
 
 def _root_of(items: list[tuple[bytes, bytes]], depth: int) -> bytes:
     if not items:
         return EMPTY
     if len(items) == 1:
-        return items[0][1]
+        return leaf_hash(*items[0])
     cut = _split(items, depth)
     return node_hash(_root_of(items[:cut], depth + 1), _root_of(items[cut:], depth + 1))
 
@@ -342,7 +347,7 @@ class MemoryTree:
         return {p: self.nodes[p] for p in paths if p in self.nodes}
 
     def apply(self, changes: Mapping[bytes, bytes]) -> bytes:
-        """Apply ``changes`` (key -> leaf hash) and return the new root."""
+        """Apply ``changes`` (key -> value hash) and return the new root."""
         result = update(self.read, changes)
         self.nodes.update(result.writes)
         self.root = result.root

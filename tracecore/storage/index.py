@@ -162,7 +162,7 @@ def _fold_range(session: Session, start: int, end: int) -> bytes | None:
     changes = IndexChanges(current)
     for index, entry, data in parsed:
         changes.apply(index, entry, data)
-    result = smt.update(lambda paths: read_nodes(session, paths), changes.leaves())
+    result = smt.update(lambda paths: read_nodes(session, paths), changes.value_hashes())
     _executemany(
         session,
         _PUT_VALUE,
@@ -180,7 +180,7 @@ def _fold_range(session: Session, start: int, end: int) -> bytes | None:
 
 
 def _columns(node: smt.Node) -> tuple[bytes, bytes]:
-    return (node.key, node.leaf) if isinstance(node, smt.Leaf) else (node.left, node.right)
+    return (node.key, node.value_hash) if isinstance(node, smt.Leaf) else (node.left, node.right)
 
 
 def _stored_map_root(session: Session) -> bytes:

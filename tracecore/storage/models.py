@@ -497,7 +497,7 @@ class IndexNode(SQLModel, table=True):
     """A stored subtree of the product index (:mod:`tracecore.smt`), named by its path.
 
     ``leaf`` false: an interior node, ``a`` and ``b`` its left and right children's hashes.
-    ``leaf`` true: the subtree holds one key, ``a`` the key and ``b`` its leaf hash.
+    ``leaf`` true: the subtree holds one key, ``a`` the key and ``b`` its value's hash.
     """
 
     __tablename__ = "index_nodes"
