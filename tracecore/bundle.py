@@ -208,7 +208,11 @@ def _index_proof_json(item: IndexProof) -> dict[str, object]:
         "key": _b64(item.key),
         "value": None if item.value is None else _b64(item.value),
         "siblings": [_b64(h) for h in item.proof.siblings],
-        "other": None if other is None else {"key": _b64(other.key), "leaf": _b64(other.leaf)},
+        "other": (
+            None
+            if other is None
+            else {"key": _b64(other.key), "value_hash": _b64(other.value_hash)}
+        ),
     }
 
 
@@ -232,7 +236,7 @@ def _parse_index(doc: Mapping[str, object]) -> IndexEvidence:
                 raise BundleError(f"{what}.other is an object or null")
             leaf = Leaf(
                 _unb64(other.get("key"), f"{what}.other.key"),
-                _unb64(other.get("leaf"), f"{what}.other.leaf"),
+                _unb64(other.get("value_hash"), f"{what}.other.value_hash"),
             )
         proof = MapProof(_hashes(item.get("siblings"), f"{what}.siblings"), leaf)
         proofs.append(
@@ -425,7 +429,7 @@ def bundle_digest(bundle: Bundle, policy: Policy, previous: str | None = None) -
                 proof.key,
                 b"-" if proof.value is None else b"v" + proof.value,
                 b"".join(proof.proof.siblings),
-                b"-" if other is None else b"o" + other.key + other.leaf,
+                b"-" if other is None else b"o" + other.key + other.value_hash,
             ]
     digest = hashlib.sha256(struct.pack(f">Q{len(fields)}Q", len(fields), *map(len, fields)))
     digest.update(b"".join(fields))

@@ -432,7 +432,7 @@ def test_leaving_out_a_recall_is_caught(
     assert f"{recalled.path}: the log's index holds the recall at entry {recall['index']}" in out
 
 
-@pytest.mark.parametrize("forgery", ["empty list", "absent"])
+@pytest.mark.parametrize("forgery", ["empty list", "absent", "another key's leaf"])
 def test_a_forged_no_recall_claim_is_caught(
     site: Site, forgery: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -444,6 +444,16 @@ def test_a_forged_no_recall_claim_is_caught(
     (proof,) = [p for p in doc["index"]["proofs"] if p["key"] == key]
     if forgery == "absent":
         proof["value"] = None
+    elif forgery == "another key's leaf":
+        # The lot's own leaf passed off as a neighbour's: same siblings, the key's last bit
+        # flipped, so the "other" key shares every bit of the path (docs/product-index.md).
+        real = base64.b64decode(key)
+        value_hash = hashlib.sha256(base64.b64decode(proof["value"])).digest()
+        proof["value"] = None
+        proof["other"] = {
+            "key": base64.b64encode(real[:-1] + bytes([real[-1] ^ 1])).decode(),
+            "value_hash": base64.b64encode(value_hash).decode(),
+        }
     else:
         value = cbor2.loads(base64.b64decode(proof["value"]))
         assert value["recalls"]

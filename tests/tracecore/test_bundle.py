@@ -118,7 +118,7 @@ class World:
             (i, parse_any_entry(e), e) for i, (e, _) in enumerate(self.entries[:root_index])
         )
         tree = smt.MemoryTree()
-        tree.apply({k: smt.leaf_hash(k, smt.value_hash(v.to_bytes())) for k, v in values.items()})
+        tree.apply({k: smt.value_hash(v.to_bytes()) for k, v in values.items()})
         proofs = tuple(
             IndexProof(key, values[key].to_bytes(), tree.prove(key)) for key in sorted(values)
         )
@@ -126,8 +126,8 @@ class World:
 
     def _root_entry(self, size: int) -> IndexRoot:
         values = fold((i, parse_any_entry(e), e) for i, (e, _) in enumerate(self.entries[:size]))
-        leaves = {k: smt.leaf_hash(k, smt.value_hash(v.to_bytes())) for k, v in values.items()}
-        return IndexRoot(size=size, root=smt.root_of(leaves), time=T0)
+        hashes = {k: smt.value_hash(v.to_bytes()) for k, v in values.items()}
+        return IndexRoot(size=size, root=smt.root_of(hashes), time=T0)
 
     def bundle(self, product: ProductKey, previous: int | None = None) -> Bundle:
         """Return the bundle of ``product`` with every entry, proofs on heads and registry,

@@ -44,10 +44,10 @@ class ConsistencyOut(BaseModel):
 
 
 class IndexOtherOut(BaseModel):
-    """Another key's leaf that ends a proof of absence: its key and leaf hash (base64)."""
+    """Another key's leaf that ends a proof of absence: its key and value hash (base64)."""
 
     key: str
-    leaf: str
+    value_hash: str
 
 
 class IndexProofOut(BaseModel):
