@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from agritrace.devices import add_device_parsers, add_sim_send_parser
 from agritrace.gateway_cli import add_gateway_parser
+from agritrace.monitor import add_monitor_parser
 from agritrace.tokens import add_token_parser
 from tracecore.errors import AgritraceError, ConfigError
 from tracecore.keys import VerifierKey
@@ -45,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.data_dir is not None:
             overrides["data_dir"] = args.data_dir
         settings = load_settings(**overrides)
-        if command is not _verify:  # verify is offline: it reads no data directory
+        # verify and monitor trust nothing of this installation: they read no data directory.
+        if command is not _verify and getattr(args, "offline", False) is not True:
             problem = _data_dir_problem(settings.data_dir)
             if problem is not None:
                 sys.stderr.write(f"agritrace: {problem}\n")
@@ -200,6 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     add_token_parser(commands)
     add_device_parsers(commands)
     add_gateway_parser(commands)
+    add_monitor_parser(commands)
     return parser
 
 

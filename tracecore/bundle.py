@@ -74,6 +74,7 @@ __all__ = [
     "parse_bundle",
     "parse_message_cached",
     "verify_bundle",
+    "verify_checkpoint",
 ]
 
 BUNDLE_FORMAT: Final = "agritrace-bundle/1"
@@ -515,20 +516,29 @@ def inspect_bundle(bundle: Bundle, policy: Policy, previous: str | None = None) 
     return Inspection(report, state.body, state.entries, state.messages)
 
 
-def _check_checkpoint(bundle: Bundle, policy: Policy, state: _State) -> str:
-    note = parse_note(bundle.checkpoint)
+def verify_checkpoint(text: str, policy: Policy) -> tuple[CheckpointBody, tuple[str, ...]]:
+    """Verify a served checkpoint against ``policy``: the log's signature, the origin, and at
+    least ``policy.quorum`` trusted witness cosignatures.
+
+    Returns the checkpoint body and the labels of the witnesses that cosigned it; raises an
+    :class:`AgritraceError` (:class:`BundleError` for the origin and the quorum) naming what
+    fails. For monitors and other clients that read a checkpoint outside a bundle.
+    """
+    body = _verified_body(text, policy)
+    return body, _cosigners(text, policy)
+
+
+def _verified_body(text: str, policy: Policy) -> CheckpointBody:
+    note = parse_note(text)
     verify_note(note, [policy.log])
     body = CheckpointBody.parse(note.text)
     if body.origin != policy.log.name:
         raise BundleError(f"checkpoint origin {body.origin!r} is not the log {policy.log.name!r}")
-    state.body = body
-    return f"signed by {policy.log.name}, size {body.size}"
+    return body
 
 
-def _check_witnesses(bundle: Bundle, policy: Policy, state: _State) -> str:
-    if state.body is None:
-        raise BundleError("no verified checkpoint to count cosignatures on")
-    note = parse_note(bundle.checkpoint)
+def _cosigners(text: str, policy: Policy) -> tuple[str, ...]:
+    note = parse_note(text)
     signed: set[str] = set()
     for label, key in policy.witnesses.items():
         for signature in note.signatures:
@@ -543,8 +553,20 @@ def _check_witnesses(bundle: Bundle, policy: Policy, state: _State) -> str:
             f"{len(signed)} of the required {policy.quorum} witness cosignatures verify"
             + (f" ({', '.join(sorted(signed))})" if signed else "")
         )
+    return tuple(sorted(signed))
+
+
+def _check_checkpoint(bundle: Bundle, policy: Policy, state: _State) -> str:
+    state.body = _verified_body(bundle.checkpoint, policy)
+    return f"signed by {policy.log.name}, size {state.body.size}"
+
+
+def _check_witnesses(bundle: Bundle, policy: Policy, state: _State) -> str:
+    if state.body is None:
+        raise BundleError("no verified checkpoint to count cosignatures on")
+    signed = _cosigners(bundle.checkpoint, policy)
     return f"{len(signed)} trusted cosignature(s), quorum {policy.quorum}" + (
-        f": {', '.join(sorted(signed))}" if signed else ""
+        f": {', '.join(signed)}" if signed else ""
     )
 
 

@@ -17,15 +17,19 @@ from sqlalchemy import Engine, func, update
 from sqlmodel import col, select
 
 from agritrace.cli import main as cli
+from agritrace.monitor import monitor_log
 from ingest import Inbound, Processor
 from traceapi.app import create_app
+from tracecore import smt
 from tracecore.bundle import Policy, parse_bundle, verify_bundle
 from tracecore.checkpoint import make_checkpoint
 from tracecore.cose import sign_message
 from tracecore.identifiers import ProductKey
+from tracecore.indexstate import fold
 from tracecore.keys import SignerKey
+from tracecore.logentry import IndexRoot, Recall, parse_any_entry
 from tracecore.message import Event, Reading, Sensor
-from tracecore.note import cosign, cosigner_verifier
+from tracecore.note import CheckpointBody, cosign, cosigner_verifier, sign_note
 from tracecore.settings import Settings
 from tracecore.storage import (
     Checkpoint,
@@ -35,6 +39,7 @@ from tracecore.storage import (
     issue_token,
     session_scope,
 )
+from tracecore.storage.logwriter import append_registry_entry, log_session
 from tracecore.topics import up_topic
 
 ADMIN = "admin-secret-for-bundle-tests"
@@ -494,3 +499,49 @@ def test_a_bundle_without_index_proofs_proves_no_absence(
     out = _verify_cli(doc, tmp_path, capsys)
     assert _failed(out) == {"index", "heads", "recalls", "registry"}
     assert "no recall in the bundle, not proven" in out
+
+
+# Monitoring: every index root re-derived from the entries (docs/log.md, "Monitoring").
+
+
+def test_the_monitor_re_derives_every_index_root(site: Site) -> None:
+    """A genuine log: the entries hash to the checkpoint and every index root matches."""
+    _recall(site, LOT)
+    _later_readings(site, range(3, 5))
+    result = monitor_log(site.client, site.policy(quorum=0))
+    assert result.ok, result.render()
+    (index,) = [detail for name, _, detail in result.checks if name == "index"]
+    assert index.startswith("3 root(s) re-derived from the entries")
+
+
+def test_the_monitor_catches_an_index_root_that_hides_a_recall(site: Site) -> None:
+    """An operator logs an index root computed without the recall: the monitor names it."""
+    _recall(site, LOT)
+    with session_scope(site.engine) as session:
+        rows = session.exec(select(LogEntry).order_by(col(LogEntry.index))).all()
+        entries = [(row.index, parse_any_entry(row.entry), row.entry) for row in rows]
+        hidden = [e for e in entries if not isinstance(e[1], Recall | IndexRoot)]
+        values = fold(hidden)
+        root = smt.root_of({k: smt.value_hash(v.to_bytes()) for k, v in values.items()})
+    with log_session(site.engine) as session:
+        forged = append_registry_entry(
+            session, IndexRoot(size=len(rows), root=root, time=T0 + 9_800), T0 + 9_800
+        )
+    with session_scope(site.engine) as session:
+        assert make_checkpoint(session, ORIGIN, LOG, T0 + 9_900) is not None
+    result = monitor_log(site.client, site.policy(quorum=0))
+    assert not result.ok
+    assert result.render().splitlines()[-1] == "MONITOR FAILED: index"
+    (index,) = [detail for name, _, detail in result.checks if name == "index"]
+    assert index.startswith(f"1 of 3 wrong; entry {forged}: the log's first {len(rows)} entries")
+
+
+def test_the_monitor_catches_a_fork_against_a_kept_checkpoint(site: Site) -> None:
+    """A checkpoint kept earlier with another root at its size: the growth check fails."""
+    kept = site.client.get("/v1/log/checkpoint").text
+    assert monitor_log(site.client, site.policy(quorum=0), kept).ok
+    body = CheckpointBody.parse(kept.split("\n\n")[0] + "\n")
+    other = sign_note(CheckpointBody(ORIGIN, body.size, bytes(32)).format(), [LOG])
+    result = monitor_log(site.client, site.policy(quorum=0), other)
+    assert [name for name, ok, _ in result.checks if not ok] == ["growth"]
+    assert "changed since the kept checkpoint: fork" in result.render()
