@@ -24,6 +24,7 @@ from tracecore.errors import NotFound, ProofError, StorageError
 from tracecore.identifiers import ProductKey
 from tracecore.indexstate import device_key, product_key
 from tracecore.logentry import Recall, parse_any_entry
+from tracecore.smt import MapProof
 from tracecore.storage.index import index_proofs, latest_index_root
 from tracecore.storage.models import REGISTRY_WHERE, Checkpoint
 from tracecore.storage.rawsql import Row, fetch_all, fetch_one, marks
@@ -112,6 +113,28 @@ def _proof(session: Session, root: bytes, index: int, size: int) -> tuple[bytes,
         if len(_PROOFS) >= _PROOFS_SIZE:
             _PROOFS.pop(next(iter(_PROOFS)))
         _PROOFS[key] = found
+    return found
+
+
+_INDEX_PROOFS: dict[tuple[bytes, bytes], tuple[bytes | None, MapProof]] = {}
+_INDEX_PROOFS_SIZE = 8192
+
+
+def _index_proofs(
+    session: Session, root: bytes, keys: list[bytes]
+) -> dict[bytes, tuple[bytes | None, MapProof]]:
+    """Each key's value and proof in the product index of ``root``, remembered like
+    :func:`_proof`: the map's root names the map, so the right answer for (root, key) never
+    changes, and a wrong one fails the verifier. Only keys not remembered are read."""
+    found = {key: _INDEX_PROOFS[(root, key)] for key in keys if (root, key) in _INDEX_PROOFS}
+    missing = [key for key in keys if key not in found]
+    if missing:
+        read = index_proofs(session, missing)
+        for key, answer in read.items():
+            if len(_INDEX_PROOFS) >= _INDEX_PROOFS_SIZE:
+                _INDEX_PROOFS.pop(next(iter(_INDEX_PROOFS)))
+            _INDEX_PROOFS[(root, key)] = answer
+        found.update(read)
     return found
 
 
@@ -241,7 +264,7 @@ def _bundle_at(
     index = None
     if root is not None:
         keys = [product_key(p) for p in products] + [device_key(d) for d in devices]
-        found = index_proofs(session, keys)
+        found = _index_proofs(session, root.root.root, sorted(set(keys)))
         index = IndexEvidence(
             root.index, tuple(IndexProof(key, *found[key]) for key in sorted(set(keys)))
         )
