@@ -7,7 +7,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from log_kit import NOW, append_entries
+from log_kit import NOW, append_entries, index_roots, log_leaves
 from sqlalchemy import Engine
 
 from ingest import run_checkpointer
@@ -47,17 +47,19 @@ def test_checkpointer_signs_while_entries_arrive(engine: Engine) -> None:
                 engine, LOG_KEY, ORIGIN, 0.05, stop, on_checkpoint=on_checkpoint, clock=lambda: NOW
             )
         )
-        for start, count in ((0, 3), (3, 10)):
+        for count in (3, 10):
             grown.clear()
-            await asyncio.to_thread(append_entries, engine, start, count)
+            await asyncio.to_thread(append_entries, engine, count)
             await asyncio.wait_for(grown.wait(), timeout=10)
         await asyncio.sleep(0.2)  # idle: several rounds, no new checkpoint
         stop.set()
         await asyncio.wait_for(task, timeout=10)
 
     asyncio.run(scenario())
-    assert [c.size for c in seen] == [3, 13]
+    # Each round appends an index root after the new entries; its checkpoint covers it.
+    assert [c.size for c in seen] == [3 + 1, 4 + 10 + 1]
     assert all(c.created_ms == NOW for c in seen)
+    assert list(index_roots(engine)) == [3, 14]  # idle rounds appended no root
 
 
 def test_failing_callback_does_not_stop_the_checkpointer(
@@ -80,29 +82,33 @@ def test_failing_callback_does_not_stop_the_checkpointer(
         task = asyncio.create_task(
             run_checkpointer(engine, LOG_KEY, ORIGIN, 0.02, stop, on_checkpoint=on_checkpoint)
         )
-        await asyncio.to_thread(append_entries, engine, 0, 2)
+        await asyncio.to_thread(append_entries, engine, 2)
         await asyncio.wait_for(first.wait(), timeout=10)
-        await asyncio.to_thread(append_entries, engine, 2, 2)
+        await asyncio.to_thread(append_entries, engine, 2)
         await asyncio.wait_for(task, timeout=10)
 
     with caplog.at_level(logging.ERROR, logger="ingest.checkpointer"):
         asyncio.run(scenario())
-    assert sizes == [2, 4]
+    assert sizes == [2 + 1, 3 + 2 + 1]  # entries and an index root each round
     assert "witness exploded" in caplog.text
 
 
 def test_consistency_proof_fn_reads_in_a_thread(engine: Engine) -> None:
     """The proof function handed to the witness submitter gives RFC 9162 consistency proofs."""
-    leaves = append_entries(engine, 0, 9)
-    assert checkpoint_once(engine, LOG_KEY, ORIGIN, NOW) is not None
-    proof = asyncio.run(consistency_proof_fn(engine)(5, 9))
-    merkle.verify_consistency(5, 9, merkle.root_of(leaves[:5]), merkle.root_of(leaves), proof)
+    append_entries(engine, 9)
+    checkpoint = checkpoint_once(engine, LOG_KEY, ORIGIN, NOW)
+    assert checkpoint is not None
+    assert checkpoint.size == 10  # 9 entries and the index root
+    leaves = log_leaves(engine)
+    assert checkpoint.root == merkle.root_of(leaves)
+    proof = asyncio.run(consistency_proof_fn(engine)(5, 10))
+    merkle.verify_consistency(5, 10, merkle.root_of(leaves[:5]), checkpoint.root, proof)
 
 
 def test_one_integrator_at_a_time(engine: Engine) -> None:
     """A second checkpointer while one is mid-round skips (PostgreSQL) or waits (SQLite); no
     round fails on the other's subtree rows."""
-    append_entries(engine, 0, 5)
+    append_entries(engine, 5)
     with ThreadPoolExecutor(1) as pool:
         with checkpoint_transaction(engine) as holder:
             assert holder is not None
@@ -116,8 +122,10 @@ def test_one_integrator_at_a_time(engine: Engine) -> None:
         # log checkpointed and did nothing.
         assert other.result(timeout=30) is None
     assert first is not None
-    assert first.size == 5
-    append_entries(engine, 5, 2)
+    assert first.size == 5 + 1  # and one index root: the skipped round appended none
+    assert list(index_roots(engine)) == [5]
+    append_entries(engine, 2)
     after = checkpoint_once(engine, LOG_KEY, ORIGIN, NOW)
     assert after is not None
-    assert after.size == 7
+    assert after.size == 6 + 2 + 1
+    assert list(index_roots(engine)) == [5, 8]

@@ -54,8 +54,8 @@ def test_checkpoints_are_cosigned_and_served(engine: Engine, tmp_path: Path) -> 
                 lambda: NOW,
                 deadline_s=2,
             )
-            for start, count in ((0, 5), (5, 9)):
-                append_entries(engine, start, count)
+            for count in (5, 9):
+                append_entries(engine, count)
                 checkpoint = _checkpoint(engine)
                 await cosigner(checkpoint)
                 note = _served(engine, checkpoint)

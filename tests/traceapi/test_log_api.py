@@ -184,9 +184,10 @@ def test_external_verifier_accepts_every_proof(engine: Engine, client: Any) -> N
     vkey = client.get("/v1/log/vkey").text
     checkpoints: dict[int, bytes] = {}
     leaves: list[bytes] = []
-    for target in (1, 2, 3, 7, 8, 64, 65, 100, 256, 257, 300):
-        append_entries(engine, len(leaves), target - len(leaves))
-        checkpoint_at(engine)
+    # Each round appends an index root after the new entries, so sizes are at least 2 apart.
+    for target in (2, 4, 7, 9, 64, 66, 100, 256, 258, 300):
+        append_entries(engine, target - len(leaves) - 1)
+        assert checkpoint_at(engine) == target
         response = client.get("/v1/log/checkpoint")
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/plain; charset=utf-8"
@@ -196,6 +197,8 @@ def test_external_verifier_accepts_every_proof(engine: Engine, client: Any) -> N
             entry = client.get(f"/v1/log/entries/{index}").json()
             leaves.append(rfc_leaf(base64.b64decode(entry["entry"])))
             assert base64.b64decode(entry["leaf_hash"]) == leaves[-1]
+        assert entry["decoded_entry"]["kind"] == "index_root"
+        assert entry["decoded_entry"]["size"] == size - 1
         checkpoints[size] = root
     for size, root in checkpoints.items():
         indices = range(size) if size <= 65 else range(0, size, 7)
@@ -212,8 +215,8 @@ def test_external_verifier_accepts_every_proof(engine: Engine, client: Any) -> N
 
 def test_root_from_tiles_alone(engine: Engine, client: Any) -> None:
     """The checkpoint's root is rebuilt from tlog-tiles hash tiles; bundles hash to level 0."""
-    append_entries(engine, 0, 600)
-    checkpoint_at(engine)
+    append_entries(engine, 600)
+    assert checkpoint_at(engine) == 601  # and the index root
     size, root, _ = verify_checkpoint(
         client.get("/v1/log/checkpoint").text, client.get("/v1/log/vkey").text, ORIGIN
     )
@@ -294,8 +297,8 @@ def test_checkpoint_is_404_before_the_first(client: Any) -> None:
 
 def test_checkpoint_carries_cosignatures(engine: Engine, client: Any) -> None:
     """The served checkpoint ends with the witnesses' tlog-cosignature/v1 lines."""
-    append_entries(engine, 0, 4)
-    checkpoint_at(engine)
+    append_entries(engine, 3)
+    assert checkpoint_at(engine) == 4  # 3 entries and the index root
     note = client.get("/v1/log/checkpoint").text
     line = cosign(parse_note(note).text, WITNESS_KEY, NOW // 1000)
     with session_scope(engine) as session:
@@ -311,8 +314,8 @@ def test_checkpoint_carries_cosignatures(engine: Engine, client: Any) -> None:
 
 def test_tampered_checkpoint_fails_the_external_check(engine: Engine, client: Any) -> None:
     """The independent verifier is not a rubber stamp: a changed size breaks the signature."""
-    append_entries(engine, 0, 4)
-    checkpoint_at(engine)
+    append_entries(engine, 3)
+    assert checkpoint_at(engine) == 4  # 3 entries and the index root
     note = client.get("/v1/log/checkpoint").text.replace("\n4\n", "\n5\n", 1)
     with pytest.raises(BadSignatureError):
         verify_checkpoint(note, client.get("/v1/log/vkey").text, ORIGIN)
@@ -350,8 +353,8 @@ def test_bad_parameters_are_400_with_a_reason(
     engine: Engine, client: Any, url: str, message: str
 ) -> None:
     """Malformed or out-of-range parameters get 400 and a message naming the problem."""
-    append_entries(engine, 0, 4)
-    checkpoint_at(engine)
+    append_entries(engine, 3)
+    assert checkpoint_at(engine) == 4  # 3 entries and the index root
     response = client.get(url)
     assert response.status_code == 400, response.text
     assert message in response.json()["detail"]
@@ -359,9 +362,9 @@ def test_bad_parameters_are_400_with_a_reason(
 
 def test_tiles_beyond_the_checkpoint_are_404(engine: Engine, client: Any) -> None:
     """Only tiles the latest checkpoint commits to are served, even if entries exist beyond."""
-    append_entries(engine, 0, 300)
-    checkpoint_at(engine)
-    append_entries(engine, 300, 300)  # sequenced but not yet checkpointed
+    append_entries(engine, 299)
+    assert checkpoint_at(engine) == 300  # 299 entries and the index root
+    append_entries(engine, 300)  # sequenced but not yet checkpointed
     ok: Callable[[str], int] = lambda path: client.get(f"/v1/log/{path}").status_code  # noqa: E731
     assert ok("tile/0/000") == 200
     assert ok("tile/0/001.p/44") == 200
@@ -409,8 +412,8 @@ def test_entry_with_a_cose_message_is_decoded(engine: Engine, client: Any) -> No
 
 def test_log_routes_are_public(engine: Engine, client: Any) -> None:
     """Every /v1/log route answers the same with no token, a bad token or the admin's."""
-    append_entries(engine, 0, 300)
-    checkpoint_at(engine)
+    append_entries(engine, 299)
+    assert checkpoint_at(engine) == 300  # 299 entries and the index root
     paths = client.app.openapi()["paths"]
     # The document has a path per tile index length (traceapi.openapi): one route serves them.
     log_routes = sorted(

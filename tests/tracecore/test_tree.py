@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from log_kit import NOW, append_entries, entry_bytes
+from log_kit import NOW, append_entries, entry_bytes, index_roots, log_leaves
 from sqlalchemy import Engine, event, func, select, update
 
 from tracecore import merkle
@@ -61,7 +61,7 @@ def test_integration_and_proofs_match_the_pure_tree(
     monkeypatch.setattr(tree, "INTEGRATION_CHUNK", 64)
     leaves: list[bytes] = []
     for step in (1, 2, 5, 120, 129, 256, 3):
-        leaves += append_entries(engine, len(leaves), step)
+        leaves += append_entries(engine, step)
         with session_scope(engine) as session:
             assert tree.integrate(session) == len(leaves)
             assert tree.integrated_size(session) == len(leaves) // 2 * 2
@@ -86,7 +86,7 @@ def test_integration_and_proofs_match_the_pure_tree(
 
 def test_proofs_read_the_database_once(engine: Engine) -> None:
     """A root, an inclusion or a consistency proof is one SQL statement."""
-    append_entries(engine, 0, 1000)
+    append_entries(engine, 1000)
     with session_scope(engine) as session:
         tree.integrate(session)
     with session_scope(engine) as session:
@@ -107,13 +107,13 @@ def test_integration_never_rereads_old_leaves(engine: Engine) -> None:
 
     The new nodes are built from the stored frontier, not by rehashing the old leaves.
     """
-    leaves = append_entries(engine, 0, 100)
+    leaves = append_entries(engine, 100)
     with session_scope(engine) as session:
         tree.integrate(session)
         session.connection().execute(
             update(ENTRIES).where(ENTRIES.c.index == 10).values(leaf_hash=bytes(32))
         )
-    leaves += append_entries(engine, 100, 50)
+    leaves += append_entries(engine, 50)
     with session_scope(engine) as session:
         tree.integrate(session)
         assert tree.root_at(session, 128) == merkle.root_of(leaves[:128])
@@ -121,7 +121,7 @@ def test_integration_never_rereads_old_leaves(engine: Engine) -> None:
 
 def test_proofs_beyond_the_integrated_size_are_refused(engine: Engine) -> None:
     """Proofs need the stored subtrees: beyond the integrated size they fail with NotFound."""
-    append_entries(engine, 0, 20)
+    append_entries(engine, 20)
     with session_scope(engine) as session:
         tree.integrate(session, up_to_size=8)
         tree.root_at(session, 9)  # an odd last leaf needs no stored node
@@ -139,7 +139,7 @@ def test_proofs_beyond_the_integrated_size_are_refused(engine: Engine) -> None:
 
 def test_subtree_ranges_and_entries(engine: Engine) -> None:
     """Tile reads: a range of subtrees of one level, and a range of entries, in order."""
-    leaves = append_entries(engine, 0, 600)
+    leaves = append_entries(engine, 600)
     with session_scope(engine) as session:
         tree.integrate(session)
         assert tree.subtree_range(session, 0, 10, 13) == leaves[10:13]
@@ -155,41 +155,54 @@ def test_subtree_ranges_and_entries(engine: Engine) -> None:
 
 
 def test_make_checkpoint_signs_the_root(engine: Engine) -> None:
-    """A checkpoint is made when the log grew: signed note of origin, size and root."""
+    """A checkpoint is made when the log grew: signed note of origin, size and root, covering
+    the index root entry the round appended after the new entries."""
     with session_scope(engine) as session:
         assert make_checkpoint(session, ORIGIN, LOG_KEY, NOW) is None  # empty log
-    leaves = append_entries(engine, 0, 37)
+    assert log_leaves(engine) == []  # and no index root for an empty log
+    leaves = append_entries(engine, 37)
     with session_scope(engine) as session:
         checkpoint = make_checkpoint(session, ORIGIN, LOG_KEY, NOW)
     assert checkpoint is not None
-    assert checkpoint.size == 37
-    assert checkpoint.root == merkle.root_of(leaves)
+    assert checkpoint.size == 37 + 1  # the entries, then the index root over them
+    all_leaves = log_leaves(engine)
+    assert all_leaves[:37] == leaves
+    assert len(all_leaves) == 38
+    roots = index_roots(engine)
+    assert list(roots) == [37]
+    assert (roots[37].size, roots[37].time) == (37, NOW)
+    assert checkpoint.root == merkle.root_of(all_leaves)
     note = parse_note(checkpoint.note)
     assert verify_note(note, [LOG_KEY.verifier]) == (LOG_KEY.name,)
-    assert CheckpointBody.parse(note.text) == CheckpointBody(ORIGIN, 37, merkle.root_of(leaves))
+    assert CheckpointBody.parse(note.text) == CheckpointBody(ORIGIN, 38, merkle.root_of(all_leaves))
     with session_scope(engine) as session:
         assert make_checkpoint(session, ORIGIN, LOG_KEY, NOW + 1) is None  # no growth
         latest = latest_checkpoint(session)
         assert latest is not None
-        assert latest.size == 37
-    append_entries(engine, 37, 1)
+        assert latest.size == 38
+    assert len(log_leaves(engine)) == 38  # an idle log gets no new index root
+    append_entries(engine, 1)
     with session_scope(engine) as session:
         grown = make_checkpoint(session, ORIGIN, LOG_KEY, NOW + 2)
     assert grown is not None
-    assert grown.size == 38
+    assert grown.size == 38 + 1 + 1
+    assert list(index_roots(engine)) == [37, 39]
+    assert index_roots(engine)[39].size == 39
+    assert grown.root == merkle.root_of(log_leaves(engine))
 
 
 def test_served_note_carries_the_cosignatures(engine: Engine) -> None:
     """The served checkpoint is the log's note plus each witness's cosignature line."""
-    append_entries(engine, 0, 5)
+    append_entries(engine, 5)
     with session_scope(engine) as session:
         checkpoint = make_checkpoint(session, ORIGIN, LOG_KEY, NOW)
         assert checkpoint is not None
+        assert checkpoint.size == 5 + 1  # the entries and the index root over them
         assert served_note(session, checkpoint) == checkpoint.note
         text = parse_note(checkpoint.note).text
         line = cosign(text, WITNESS_KEY, NOW // 1000)
         session.add(
-            Cosignature(checkpoint_size=5, witness=WITNESS_KEY.name, line=line, received_ms=NOW)
+            Cosignature(checkpoint_size=6, witness=WITNESS_KEY.name, line=line, received_ms=NOW)
         )
         session.flush()
         served = served_note(session, checkpoint)
