@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from tracecore.cbor import decode_strict, encode_deterministic
-from tracecore.errors import MalformedMessage
+from tracecore.errors import IdentifierError, MalformedMessage
 from tracecore.identifiers import ProductKey, parse_device_id
 from tracecore.logentry import (
     AnyEntry,
@@ -130,6 +130,17 @@ def _indexes(value: object, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _identifier(parse: Callable[[str], object], text: object, what: str) -> str:
+    """``text`` if it is a valid identifier; its errors as :class:`MalformedMessage`."""
+    if not isinstance(text, str):
+        raise MalformedMessage(f"an index value's {what} is text")
+    try:
+        parse(text)
+    except IdentifierError as exc:
+        raise MalformedMessage(f"an index value's {what}: {exc}") from exc
+    return text
+
+
 def parse_value(data: bytes) -> IndexValue:
     """Parse an index value; raises :class:`MalformedMessage` unless it is exactly well formed."""
     doc = decode_strict(data, max_bytes=_MAX_VALUE_BYTES, what="index value")
@@ -137,10 +148,7 @@ def parse_value(data: bytes) -> IndexValue:
         raise MalformedMessage("an index value is a CBOR map with v = 1")
     value: IndexValue
     if set(doc) == {"v", "product", "chain", "recalls"}:
-        path = doc["product"]
-        if not isinstance(path, str):
-            raise MalformedMessage("an index value's product is text")
-        ProductKey.parse_canonical(path)
+        path = _identifier(ProductKey.parse_canonical, doc["product"], "product")
         raw = doc["chain"]
         chain = None
         if raw is not None:
@@ -154,10 +162,7 @@ def parse_value(data: bytes) -> IndexValue:
             chain = ChainHead(pseq, index, leaf)
         value = ProductState(path, chain, _indexes(doc["recalls"], "recalls"))
     elif set(doc) == {"v", "device", "registry"}:
-        device = doc["device"]
-        if not isinstance(device, str):
-            raise MalformedMessage("an index value's device is text")
-        parse_device_id(device)
+        device = _identifier(parse_device_id, doc["device"], "device")
         value = DeviceState(device, _indexes(doc["registry"], "registry"))
     else:
         raise MalformedMessage("an index value holds a product's or a device's keys")
