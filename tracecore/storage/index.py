@@ -194,14 +194,16 @@ def update_index(session: Session, now_ms: int) -> StoredRoot | None:
 
     Call in the checkpoint round's transaction (:func:`tracecore.storage.logwriter.
     checkpoint_transaction`), before :func:`tracecore.checkpoint.make_checkpoint`. Returns the
-    new ``index_root`` entry, or None when no entry but the last root was appended since it
-    (an idle log gets no new root, and so no new checkpoint). The map is folded without the
-    log's write lock; only the append of the root takes it (PostgreSQL), so ingest waits for
-    the append, not for the map.
+    new ``index_root`` entry, or None when the last root covers every entry before it and
+    none was appended after it (an idle log gets no new root, and so no new checkpoint). The
+    map is folded without the log's write lock; only the append of the root takes it
+    (PostgreSQL), so ingest waits for the append, not for the map.
     """
     last = latest_index_root(session)
     size = log_size(session)
-    if size == 0 or (last is not None and size == last.index + 1):
+    # Idle: nothing after the last root, and nothing between its size and itself (an entry
+    # that ingest appended while the last round folded lands there; it is folded now).
+    if size == 0 or (last is not None and size == last.index + 1 == last.root.size + 1):
         return None
     start = 0 if last is None else last.root.size
     root: bytes | None = None
