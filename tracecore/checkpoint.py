@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 
 from tracecore.keys import SignerKey
 from tracecore.note import CheckpointBody, append_signatures, sign_note
-from tracecore.storage.index import update_index
+from tracecore.storage.index import latest_index_root, update_index
 from tracecore.storage.models import Checkpoint
 from tracecore.storage.rawsql import fetch_all, fetch_one
-from tracecore.storage.tree import integrate, log_size, root_at
+from tracecore.storage.tree import integrate, root_at
 
 __all__ = ["checkpoint_text", "latest_checkpoint", "make_checkpoint", "served_note"]
 
@@ -64,8 +64,11 @@ def make_checkpoint(
     the checkpoint origin line (``AGRITRACE_LOG_ORIGIN``), ``log_key`` the log's signer key.
     """
     integrate(session)
-    update_index(session, now_ms)
-    size = log_size(session)
+    newest = update_index(session, now_ms) or latest_index_root(session)
+    # The checkpoint ends at the newest index root. An appended root holds the write lock, so
+    # nothing follows it yet; after an idle round, entries ingest commits meanwhile follow the
+    # last root and wait for the next round, which folds them and signs them with its root.
+    size = 0 if newest is None else newest.index + 1
     latest = latest_checkpoint(session)
     if size == 0 or (latest is not None and size <= latest.size):
         return None

@@ -18,6 +18,7 @@ from alembic import command as alembic_command
 from sqlalchemy import Engine, inspect, text
 from sqlmodel import Session
 
+from tracecore import checkpoint as checkpoint_module
 from tracecore import smt
 from tracecore.checkpoint import make_checkpoint
 from tracecore.cose import sign_message
@@ -332,6 +333,33 @@ def test_entries_appended_while_the_root_waits_are_folded_next_round(
     assert (index, root.size) == (4, 4)
     assert root.root == _replayed_root(_log(engine), 4)[0]
     assert root.root != _replayed_root(log, 2)[0]
+
+
+def test_an_idle_round_signs_no_entry_beyond_the_last_root(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message committed after an idle round found nothing to fold (ingest does not wait for
+    it) is not signed without an index root over it: the next round folds and signs both."""
+    world = World(engine)
+    world.register("hens01-collect")
+    world.message("hens01-collect", LOT)
+    assert world.checkpoint() == 3
+    real_update = checkpoint_module.update_index
+
+    def update_then_sneak(session: Session, now_ms: int) -> stored_index.StoredRoot | None:
+        appended = real_update(session, now_ms)
+        assert appended is None  # idle
+        _sneak_message(session, world)  # what a concurrent ingest commit does on PostgreSQL
+        return appended
+
+    monkeypatch.setattr(checkpoint_module, "update_index", update_then_sneak)
+    with checkpoint_transaction(engine) as session:
+        assert session is not None
+        assert make_checkpoint(session, ORIGIN, LOG_KEY, T0) is None
+    monkeypatch.setattr(checkpoint_module, "update_index", real_update)
+    assert len(_log(engine)) == 4  # the sneaked message, unsigned yet
+    assert _check(world, world.checkpoint()) == _replayed_root(_log(engine), 4)[0]
+    assert [index for index, _ in _index_roots(_log(engine))] == [2, 4]
 
 
 def _sneak_message(session: Session, world: World) -> None:
