@@ -33,7 +33,7 @@ def entry_bytes(index: int) -> bytes:
 
 def append_entries(engine: Engine, count: int) -> list[bytes]:
     """Append ``count`` synthetic entries at the log's next indexes; return their leaf hashes."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     # The log's write lock: a checkpoint round may append an index root concurrently.
     with log_session(engine) as session:
         start = next_log_index(session)

@@ -54,6 +54,7 @@ from tracecore.storage.engine import session_scope
 from tracecore.storage.logwriter import (
     append_registry_entry,
     checkpoint_transaction,
+    hold_write_lock,
     log_session,
     next_log_index,
 )
@@ -311,7 +312,7 @@ def test_entries_appended_while_the_root_waits_are_folded_next_round(
     world = World(engine)
     world.register("hens01-collect")
     world.message("hens01-collect", LOT)
-    real_lock = stored_index.hold_write_lock
+    real_lock = hold_write_lock
 
     def append_then_lock(session: Session) -> None:
         # What a concurrent ingest commit does on PostgreSQL; here in the round's transaction.
@@ -344,7 +345,7 @@ def test_an_idle_round_signs_no_entry_beyond_the_last_root(
     world.register("hens01-collect")
     world.message("hens01-collect", LOT)
     assert world.checkpoint() == 3
-    real_update = checkpoint_module.update_index
+    real_update = stored_index.update_index
 
     def update_then_sneak(session: Session, now_ms: int) -> stored_index.StoredRoot | None:
         appended = real_update(session, now_ms)
