@@ -196,7 +196,7 @@ def _replayed_root(
     """What a monitor computes from entries [0, size) alone: the root and each value's bytes."""
     values = fold((i, parse_any_entry(entry), entry) for i, _, entry in log[:size])
     encoded = {key: value.to_bytes() for key, value in values.items()}
-    leaves = {key: smt.leaf_hash(key, smt.value_hash(v)) for key, v in encoded.items()}
+    leaves = {key: smt.value_hash(v) for key, v in encoded.items()}
     return smt.root_of(leaves), encoded
 
 
@@ -435,7 +435,7 @@ def test_a_first_build_in_chunks_equals_one_step(
         chunked = {bytes(p): (bool(leaf), bytes(a), bytes(b)) for p, leaf, a, b in nodes}
     # The same map built in one step, in memory: the same nodes, not only the same root.
     tree = smt.MemoryTree()
-    tree.apply({key: smt.leaf_hash(key, smt.value_hash(v)) for key, v in encoded.items()})
+    tree.apply({key: smt.value_hash(v) for key, v in encoded.items()})
     assert tree.root == expected
     # Chunked updates leave superseded interior nodes nowhere: every stored path is a node of
     # the final tree (a leaf pushed down leaves an interior node in its old place).
@@ -445,7 +445,7 @@ def test_a_first_build_in_chunks_equals_one_step(
 
 
 def _columns(node: smt.Node) -> tuple[bytes, bytes]:
-    return (node.key, node.leaf) if isinstance(node, smt.Leaf) else (node.left, node.right)
+    return (node.key, node.value_hash) if isinstance(node, smt.Leaf) else (node.left, node.right)
 
 
 # --- migration 0014 ----------------------------------------------------------------------------

@@ -128,10 +128,10 @@ def test_incremental_folds_equal_the_fold_of_the_whole(cut: int) -> None:
     assert len(reads) == len(set(reads))
     assert set(changes.values) == {k for _, e, _ in ENTRIES[cut:] for k in touched_keys(e)}
     whole = fold(ENTRIES)
-    expected = {k: smt.leaf_hash(k, smt.value_hash(v.to_bytes())) for k, v in whole.items()}
+    expected = {k: smt.value_hash(v.to_bytes()) for k, v in whole.items()}
     tree = smt.MemoryTree()
-    tree.apply({k: smt.leaf_hash(k, smt.value_hash(v.to_bytes())) for k, v in stored.items()})
-    tree.apply(changes.leaves())
+    tree.apply({k: smt.value_hash(v.to_bytes()) for k, v in stored.items()})
+    tree.apply(changes.value_hashes())
     assert tree.root == smt.root_of(expected)
 
 
