@@ -55,9 +55,10 @@ def make_checkpoint(
 
     When entries were appended since the last index root, an ``index_root`` entry with the
     product index's new root is appended first (:func:`tracecore.storage.index.update_index`),
-    so that every checkpoint covers the root of the index over all entries but that one
-    (docs/log.md, "The product index"). The leaves and the index are folded before the root
-    takes the log's write lock: ingest waits only for the append and the signature.
+    and the checkpoint ends with it: every checkpoint's last entry is an index root, whose
+    ``size`` says which entries the index covers (docs/log.md, "The product index"). The
+    leaves and the index are folded before the root takes the log's write lock: ingest waits
+    only for the append and the signature.
 
     Returns the new :class:`Checkpoint` (flushed, committed with the caller's transaction), or
     None when the log has not grown since the latest checkpoint (or is empty). ``origin`` is

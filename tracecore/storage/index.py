@@ -144,13 +144,24 @@ def _fold_range(session: Session, start: int, end: int) -> bytes | None:
     if len(rows) != end - start:
         raise NotFound(f"log entries [{start}, {end}) are not all present")
     parsed = []
+    unparsed: list[tuple[int, MalformedMessage]] = []
     for i, e in rows:
         try:
             parsed.append((int(i), parse_any_entry(bytes(e)), bytes(e)))
         except MalformedMessage as exc:
             # Ingest and the registry write only well-formed entries; one that is not changes
             # no key, here and in every monitor (docs/log.md), which report it.
-            _log.warning("log entry %s does not parse, the index skips it: %s", i, exc)
+            unparsed.append((int(i), exc))
+    if unparsed:
+        first, reason = unparsed[0]
+        _log.warning(
+            "%d log entries in [%d, %d) do not parse, the index skips them; the first, %d: %s",
+            len(unparsed),
+            start,
+            end,
+            first,
+            reason,
+        )
     keys = sorted({key for _, entry, _ in parsed for key in touched_keys(entry)})
     if not keys:
         return None
