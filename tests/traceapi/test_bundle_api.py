@@ -20,6 +20,7 @@ from agritrace.cli import main as cli
 from agritrace.monitor import monitor_log
 from ingest import Inbound, Processor
 from traceapi.app import create_app
+from tracecore import checkpoint as checkpoint_module
 from tracecore import smt
 from tracecore.bundle import Policy, parse_bundle, verify_bundle
 from tracecore.checkpoint import make_checkpoint
@@ -40,6 +41,7 @@ from tracecore.storage import (
     session_scope,
 )
 from tracecore.storage.logwriter import append_registry_entry, log_session
+from tracecore.storage.tree import log_size
 from tracecore.topics import up_topic
 
 ADMIN = "admin-secret-for-bundle-tests"
@@ -545,3 +547,34 @@ def test_the_monitor_catches_a_fork_against_a_kept_checkpoint(site: Site) -> Non
     result = monitor_log(site.client, site.policy(quorum=0), other)
     assert [name for name, ok, _ in result.checks if not ok] == ["growth"]
     assert "changed since the kept checkpoint: fork" in result.render()
+
+
+@pytest.fixture
+def before_the_index(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Checkpoints made as a server before the product index made them: no index root, the
+    whole log signed."""
+
+    @dataclass
+    class _Tail:
+        index: int
+
+    monkeypatch.setattr(checkpoint_module, "update_index", lambda _session, _now: None)
+    monkeypatch.setattr(
+        checkpoint_module, "latest_index_root", lambda session: _Tail(log_size(session) - 1)
+    )
+    return monkeypatch
+
+
+def test_a_log_from_before_the_index_is_pending_until_its_first_root(
+    before_the_index: pytest.MonkeyPatch, site: Site
+) -> None:
+    """Upgraded: scans wait (not 'tampered') until the next round logs the first index root."""
+    reply = site.client.get(f"/{CARTON.path}", headers={"Accept": "application/json"})
+    assert reply.json()["pending"] is True, reply.json()
+    assert "product index is being built" in reply.json()["detail"]
+    before_the_index.undo()
+    with session_scope(site.engine) as session:
+        checkpoint = make_checkpoint(session, ORIGIN, LOG, T0 + 9_000)
+    assert checkpoint is not None  # the log did not grow, but its first root is logged now
+    reply = site.client.get(f"/{CARTON.path}", headers={"Accept": "application/json"})
+    assert reply.json()["verdict"] == "verified", reply.json()
