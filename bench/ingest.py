@@ -15,18 +15,29 @@ the bench then times
    draining the same backlog up to the last commit and the last receipt published (QoS 1,
    acknowledged by the broker),
 
-and prints both rates and their ratio. With ``--workers N`` the ingest side is N worker
-processes on the MQTT 5 shared subscription (``AGRITRACE_INGEST_SHARED=1``, design.md
-"Scale-out"), each with its own persistent session, as a deployment with N replicas runs them.
-Setup (registering devices, commissioning one product
-per device, signing the backlog, publishing it) is not timed. ``--db postgres`` creates a fresh
-database on the server of ``--pg-url`` (default ``$AGRITRACE_TEST_PG_URL``) and drops it after.
+and prints both rates and their ratio. The log checkpointer runs beside ingest as in
+``agritrace ingest`` (a companion task every ``--checkpoint-seconds``, default the service's
+2 s; 0 leaves it out, as this benchmark ran before the product index). With ``--workers N``
+the ingest side is N worker processes on the MQTT 5 shared subscription
+(``AGRITRACE_INGEST_SHARED=1``, design.md "Scale-out"), each with its own persistent session
+and checkpointer, as a deployment with N replicas runs them. Setup (registering devices,
+commissioning one product per device, signing the backlog, publishing it) is not timed.
+``--db postgres`` creates a fresh database on the server of ``--pg-url`` (default
+``$AGRITRACE_TEST_PG_URL``) and drops it after.
+
+``--index-products N`` runs the product index's A/B instead (bench/ingest_ab.py): the index
+filled with N products, then drains of ``--messages`` each with the index update off (A) and
+on (B), alternating, ``--pairs`` times, and their ratio::
+
+    .venv/bin/python -m bench.ingest --index-products 1000000 --messages 20000
+    .venv/bin/python -m bench.ingest --index-products 1000000 --messages 20000 --workload distinct
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -38,7 +49,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import aiomqtt
 import nacl.signing
@@ -49,7 +60,8 @@ from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from ingest import Inbound, IngestConfig, IngestStats, Processor, ServiceOptions, run_ingest
-from ingest.service import subscription_topic
+from ingest.checkpointer import run_checkpointer
+from ingest.service import Companion, subscription_topic
 from tracecore.cose import sign_message
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey
@@ -58,10 +70,14 @@ from tracecore.mqtt import BrokerAddress
 from tracecore.storage import create_party, make_engine, register_device, session_scope, upgrade
 from tracecore.topics import up_topic
 
-__all__ = ["BenchResult", "main"]
+if TYPE_CHECKING:
+    from bench.ingest_ab import IndexAB
+
+__all__ = ["BenchResult", "index_ab", "main"]
 
 _GTIN = "09506000134352"
 _IDLE_S = 30.0
+_ORIGIN = "bench.localhost/log"
 _SENSORS = (Sensor("Temperature", 4.5, "CEL"), Sensor("RelativeHumidity", 71, "P1"))
 
 
@@ -119,6 +135,23 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
     return result
 
 
+def index_ab(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> IndexAB:
+    """Run the product index's A/B (``--index-products``); print the report; return it."""
+    # bench.ingest_ab builds on this module's helpers: imported here, not in a cycle.
+    from bench.ingest_ab import report, run_ab  # noqa: PLC0415
+
+    args = _parser().parse_args(argv)
+    if args.index_products is None or args.index_products < 0:
+        raise SystemExit("--index-products N (N >= 0) is required for the index A/B")
+    if args.workers:
+        raise SystemExit("the index A/B runs one ingest process (no --workers)")
+    broker = BrokerAddress.parse(args.broker or os.environ.get("AGRITRACE_TEST_MQTT_URL", ""))
+    with _database(args) as db_url:
+        result = asyncio.run(run_ab(args, broker, db_url, out))
+    report(result, args, out)
+    return result
+
+
 def _crypto_costs(count: int = 5_000) -> tuple[float, float]:
     """Microseconds of one Ed25519 verify and one sign (PyNaCl), measured now on this machine.
 
@@ -150,6 +183,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--linger-ms", type=int, default=50)
     parser.add_argument("--verify-threads", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=None, help="where the SQLite file goes")
+    parser.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=2.0,
+        help="the log checkpointer's interval beside ingest (0: none)",
+    )
+    parser.add_argument(
+        "--index-products",
+        type=int,
+        default=None,
+        help="run the product index A/B with the index prefilled with N products",
+    )
+    parser.add_argument("--pairs", type=int, default=2, help="A/B: pairs of phases (A B A B)")
+    parser.add_argument(
+        "--workload",
+        choices=("per-device", "distinct"),
+        default="per-device",
+        help="A/B: one lot per device, or a different product in every message (worst case)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -237,7 +289,11 @@ async def _run(
         )
         started = time.perf_counter()
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(run_ingest(processor, options, stop, stats=stats), name="ingest")
+            companions = _checkpointer(engine, log_key, args.checkpoint_seconds)
+            tasks.create_task(
+                run_ingest(processor, options, stop, companions=companions, stats=stats),
+                name="ingest",
+            )
             idle = _IdleWatch()
             # Poll the counters (5 ms): done when every message is receipted, or when nothing
             # has moved for _IDLE_S (the broker dropped part of the backlog).
@@ -266,6 +322,14 @@ async def _run(
         receipts_published=stats.receipts_published,
         entries=entries - setup,
     )
+
+
+def _checkpointer(engine: Engine, log_key: SignerKey, seconds: float) -> dict[str, Companion]:
+    """The log checkpointer as ``agritrace ingest`` runs it beside ingest (none for 0 s)."""
+    if seconds <= 0:
+        return {}
+    run = functools.partial(run_checkpointer, engine, log_key, _ORIGIN, seconds)
+    return {"log-checkpointer": run}
 
 
 class _IdleWatch:
@@ -336,6 +400,7 @@ def _drain_with_workers(
                     args.batch_size,
                     args.linger_ms,
                     args.verify_threads,
+                    args.checkpoint_seconds,
                 ),
                 receipted,
                 accepted,
@@ -373,6 +438,7 @@ class _WorkerSpec:
     batch_size: int
     linger_ms: int
     verify_threads: int
+    checkpoint_seconds: float
 
 
 def _worker(spec: _WorkerSpec, receipted: Any, accepted: Any, stop: Any) -> None:
@@ -395,7 +461,11 @@ def _worker(spec: _WorkerSpec, receipted: Any, accepted: Any, stop: Any) -> None
     async def run() -> None:
         stopping, stats = asyncio.Event(), IngestStats()
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(run_ingest(processor, options, stopping, stats=stats), name="ingest")
+            companions = _checkpointer(engine, log_key, spec.checkpoint_seconds)
+            tasks.create_task(
+                run_ingest(processor, options, stopping, companions=companions, stats=stats),
+                name="ingest",
+            )
             while not stop.is_set():
                 receipted[index], accepted[index] = stats.receipts_published, stats.accepted
                 await asyncio.sleep(0.005)
@@ -503,4 +573,7 @@ def _count_entries(engine: Engine, devices: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    if "--index-products" in sys.argv:
+        index_ab()
+    else:
+        main()

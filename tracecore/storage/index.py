@@ -17,7 +17,7 @@ writes the index (one at a time: :func:`tracecore.storage.logwriter.checkpoint_t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -37,6 +37,7 @@ __all__ = [
     "index_proofs",
     "latest_index_root",
     "read_nodes",
+    "store_values",
     "update_index",
 ]
 
@@ -173,11 +174,20 @@ def _fold_range(session: Session, start: int, end: int) -> bytes | None:
     changes = IndexChanges(current)
     for index, entry, data in parsed:
         changes.apply(index, entry, data)
-    result = smt.update(lambda paths: read_nodes(session, paths), changes.value_hashes())
+    return store_values(session, changes.values).root
+
+
+def store_values(session: Session, values: Mapping[bytes, IndexValue]) -> smt.Update:
+    """Set each key of ``values`` to its value in the stored map; return the map update.
+
+    Reads the nodes on the keys' paths, computes the new subtrees (:func:`tracecore.smt.update`)
+    and writes the values and every changed node in the caller's transaction. Appends no
+    ``index_root`` entry: that is :func:`update_index`'s job (benchmarks fill the map with it).
+    """
+    hashes = {key: smt.value_hash(v.to_bytes()) for key, v in values.items()}
+    result = smt.update(lambda paths: read_nodes(session, paths), hashes)
     _executemany(
-        session,
-        _PUT_VALUE,
-        [(key, value.to_bytes()) for key, value in sorted(changes.values.items())],
+        session, _PUT_VALUE, [(key, value.to_bytes()) for key, value in sorted(values.items())]
     )
     _executemany(
         session,
@@ -187,7 +197,7 @@ def _fold_range(session: Session, start: int, end: int) -> bytes | None:
             for path, node in sorted(result.writes.items())
         ],
     )
-    return result.root
+    return result
 
 
 def _columns(node: smt.Node) -> tuple[bytes, bytes]:
