@@ -10,7 +10,10 @@ Runs, one after the other on this machine:
 4. offline verification (bench/verify.py) of a 10,000-entry bundle against bare Ed25519;
 5. the ingest core's rate as the log grows: ``Processor.process`` appending batches to one
    SQLite log, the rate of each segment against the first (flat or not), and the process's
-   peak memory.
+   peak memory;
+6. the product index (bench/index.py) at 10⁶ products: update cost per key by batch size,
+   proofs and storage per product. Its A/B against ingest (``python -m bench.ingest
+   --index-products``) takes long and is run by hand (docs/benchmarks.md, "The product index").
 
 It writes the tables into docs/benchmarks.md between the ``bench:begin`` and ``bench:end``
 markers (the rest of the file, the analysis, is kept) and prints the full output of each
@@ -40,6 +43,7 @@ from typing import Final, TextIO
 
 import nacl.signing
 
+from bench import index as index_bench
 from bench import ingest as ingest_bench
 from bench import proofs as proofs_bench
 from bench import scan as scan_bench
@@ -118,6 +122,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> str:
     out.write(f"== ingest core as the log grows to {total:,} entries\n")
     growth = measure_growth(total, segment, out)
     sections.append(_growth_table(growth, total))
+
+    products = 2_000 if quick else 1_000_000
+    out.write(f"== the product index at {products:,} products\n")
+    index = index_bench.main(["--products", str(products)], out=out)
+    sections.append(_index_table(index))
 
     report = _header(quick, time.monotonic() - started) + "\n\n".join(sections) + "\n"
     if args.out is not None:
@@ -326,6 +335,30 @@ def _proofs_table(results: Sequence[proofs_bench.Result]) -> str:
         f"{r.consistency_ms:.2f} | {r.consistency_p95_ms:.2f} | {r.proof_hashes} |"
         for r in results
     ]
+    return "\n".join(rows) + "\n"
+
+
+def _index_table(result: index_bench.Result) -> str:
+    p = result.proofs
+    rows = [
+        (
+            f"**Product index** (`python -m bench.index`): {result.products:,} products; "
+            "median of 7 rounds per batch, one transaction each.\n"
+        ),
+        "| change | batch | µs per key | ms per batch | rows written per key |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    rows += [
+        f"| {c.kind} | {c.batch:,} | {c.us_per_key:,.0f} | {c.ms_per_batch:,.1f} | "
+        f"{c.rows_per_key:.1f} |"
+        for c in result.batches
+    ]
+    rows.append(
+        f"\nProofs: {p.siblings_median:.0f} siblings (p95 {p.siblings_p95}), JSON "
+        f"{p.json_bytes_median:,.0f} B, read {p.read_ms_median:.2f} ms (p95 "
+        f"{p.read_ms_p95:.2f}), verify {p.verify_us_median:.0f} µs. Storage: "
+        f"{result.bytes_per_product:,.0f} B and {result.rows_per_product:.2f} rows per product."
+    )
     return "\n".join(rows) + "\n"
 
 
