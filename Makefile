@@ -33,7 +33,7 @@ unit: $(STAMP)
 
 test: lint typecheck imports unit
 
-# Every benchmark (about 25 min on two cores); writes the tables into docs/benchmarks.md.
+# Every benchmark (about 30 min on two cores); writes the tables into docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench --out docs/benchmarks.md
 

@@ -18,7 +18,7 @@ per transaction. Then, at that size, it measures
   pages, or ``pg_total_relation_size``, indexes included) over the number of products, and
   the rows per product.
 
-Run (about 5 minutes at 10^6 on two cores, most of it the fill)::
+Run (about 6 minutes at 10^6 on two cores, most of it the fill)::
 
     .venv/bin/python -m bench.index
     .venv/bin/python -m bench.index --products 10000 --rounds 3          # quick
