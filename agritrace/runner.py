@@ -213,6 +213,7 @@ async def _ingest(
                 settings.log_origin,
                 settings.checkpoint_seconds,
                 on_checkpoint=cosigner if witnesses else None,
+                index_seconds=settings.index_seconds,
             )
             # Contracts of changed products run beside ingest, on what a checkpoint covers.
             policy = Policy(log_key.verifier, {w.name: w.vkey for w in witnesses}, 0)

@@ -67,6 +67,7 @@ from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey
 from tracecore.message import Event, Reading, Sensor
 from tracecore.mqtt import BrokerAddress
+from tracecore.settings import Settings
 from tracecore.storage import create_party, make_engine, register_device, session_scope, upgrade
 from tracecore.topics import up_topic
 
@@ -76,6 +77,8 @@ if TYPE_CHECKING:
 __all__ = ["BenchResult", "index_ab", "main"]
 
 _GTIN = "09506000134352"
+#: The service's default least time between product-index roots (AGRITRACE_INDEX_SECONDS).
+_INDEX_SECONDS = Settings.model_fields["index_seconds"].default
 _IDLE_S = 30.0
 _ORIGIN = "bench.localhost/log"
 _SENSORS = (Sensor("Temperature", 4.5, "CEL"), Sensor("RelativeHumidity", 71, "P1"))
@@ -190,6 +193,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the log checkpointer's interval beside ingest (0: none)",
     )
     parser.add_argument(
+        "--index-seconds",
+        type=float,
+        default=_INDEX_SECONDS,
+        help="least time between product-index roots (the service's AGRITRACE_INDEX_SECONDS)",
+    )
+    parser.add_argument(
         "--index-products",
         type=int,
         default=None,
@@ -289,7 +298,7 @@ async def _run(
         )
         started = time.perf_counter()
         async with asyncio.TaskGroup() as tasks:
-            companions = _checkpointer(engine, log_key, args.checkpoint_seconds)
+            companions = _checkpointer(engine, log_key, args.checkpoint_seconds, args.index_seconds)
             tasks.create_task(
                 run_ingest(processor, options, stop, companions=companions, stats=stats),
                 name="ingest",
@@ -324,11 +333,15 @@ async def _run(
     )
 
 
-def _checkpointer(engine: Engine, log_key: SignerKey, seconds: float) -> dict[str, Companion]:
+def _checkpointer(
+    engine: Engine, log_key: SignerKey, seconds: float, index_seconds: float = 0.0
+) -> dict[str, Companion]:
     """The log checkpointer as ``agritrace ingest`` runs it beside ingest (none for 0 s)."""
     if seconds <= 0:
         return {}
-    run = functools.partial(run_checkpointer, engine, log_key, _ORIGIN, seconds)
+    run = functools.partial(
+        run_checkpointer, engine, log_key, _ORIGIN, seconds, index_seconds=index_seconds
+    )
     return {"log-checkpointer": run}
 
 
@@ -401,6 +414,7 @@ def _drain_with_workers(
                     args.linger_ms,
                     args.verify_threads,
                     args.checkpoint_seconds,
+                    args.index_seconds,
                 ),
                 receipted,
                 accepted,
@@ -439,6 +453,7 @@ class _WorkerSpec:
     linger_ms: int
     verify_threads: int
     checkpoint_seconds: float
+    index_seconds: float
 
 
 def _worker(spec: _WorkerSpec, receipted: Any, accepted: Any, stop: Any) -> None:
@@ -461,7 +476,7 @@ def _worker(spec: _WorkerSpec, receipted: Any, accepted: Any, stop: Any) -> None
     async def run() -> None:
         stopping, stats = asyncio.Event(), IngestStats()
         async with asyncio.TaskGroup() as tasks:
-            companions = _checkpointer(engine, log_key, spec.checkpoint_seconds)
+            companions = _checkpointer(engine, log_key, spec.checkpoint_seconds, spec.index_seconds)
             tasks.create_task(
                 run_ingest(processor, options, stopping, companions=companions, stats=stats),
                 name="ingest",

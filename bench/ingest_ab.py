@@ -93,7 +93,7 @@ class IndexAB:
         return statistics.median(self.rates("B")) / statistics.median(self.rates("A"))
 
 
-def _no_index_update(_session: object, _now_ms: int) -> StoredRoot | None:
+def _no_index_update(_session: object, _now_ms: int, **_: object) -> StoredRoot | None:
     return None
 
 
@@ -249,7 +249,12 @@ async def run_ab(
     companions: dict[str, Companion] = {}
     if args.checkpoint_seconds > 0:
         companions["log-checkpointer"] = functools.partial(
-            run_checkpointer, engine, log_key, _ORIGIN, args.checkpoint_seconds
+            run_checkpointer,
+            engine,
+            log_key,
+            _ORIGIN,
+            args.checkpoint_seconds,
+            index_seconds=args.index_seconds,
         )
     processor = Processor(engine, log_key, config)
     phases: list[Phase] = []
@@ -293,7 +298,8 @@ def report(result: IndexAB, args: argparse.Namespace, out: TextIO) -> None:
     out.write(
         f"\nindex A/B: {result.products:,} products in the index, workload {result.workload}, "
         f"{args.messages:,} messages per phase from {args.devices:,} devices, db={args.db}, "
-        f"checkpoint every {args.checkpoint_seconds:g} s\n"
+        f"checkpoint every {args.checkpoint_seconds:g} s, an index root at most every "
+        f"{args.index_seconds:g} s\n"
         f"  A (no index update): {', '.join(f'{r:,.0f}' for r in a)} msg/s\n"
         f"  B (index updated):   {', '.join(f'{r:,.0f}' for r in b)} msg/s\n"
         f"  ratio B / A (medians): {result.ratio:.3f} ({(1 - result.ratio) * 100:+.1f} % cost)\n"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import time
@@ -53,7 +54,7 @@ def wall_clock_ms() -> int:
 
 
 def checkpoint_once(
-    engine: Engine, log_key: SignerKey, origin: str, now_ms: int
+    engine: Engine, log_key: SignerKey, origin: str, now_ms: int, *, index_interval_ms: int = 0
 ) -> Checkpoint | None:
     """Integrate, update the product index and, if the log grew, sign and commit a checkpoint.
 
@@ -67,7 +68,9 @@ def checkpoint_once(
     with checkpoint_transaction(engine) as session:
         if session is None:
             return None
-        return make_checkpoint(session, origin, log_key, now_ms)
+        return make_checkpoint(
+            session, origin, log_key, now_ms, index_interval_ms=index_interval_ms
+        )
 
 
 def consistency_proof_fn(engine: Engine) -> Callable[[int, int], Awaitable[list[bytes]]]:
@@ -95,17 +98,29 @@ async def run_checkpointer(
     *,
     on_checkpoint: OnCheckpoint | None = None,
     clock: Callable[[], int] = wall_clock_ms,
+    index_seconds: float = 0.0,
 ) -> None:
     """Make a checkpoint every ``interval_s`` seconds while the log grows, until ``stop`` is set.
 
     ``origin`` is the checkpoint origin line (``AGRITRACE_LOG_ORIGIN``), ``log_key`` the log's
-    signer key, ``clock`` the time source (ms since the Unix epoch) stored with each checkpoint.
+    signer key, ``clock`` the time source (ms since the Unix epoch) stored with each checkpoint,
+    ``index_seconds`` the least time between two product-index roots (``AGRITRACE_INDEX_SECONDS``;
+    0: a root in every round where the log grew).
     Returns when ``stop`` is set (checked between rounds; a round in progress completes).
     """
     while not stop.is_set():
         started = time.monotonic()
         try:
-            checkpoint = await asyncio.to_thread(checkpoint_once, engine, log_key, origin, clock())
+            checkpoint = await asyncio.to_thread(
+                functools.partial(
+                    checkpoint_once,
+                    engine,
+                    log_key,
+                    origin,
+                    clock(),
+                    index_interval_ms=round(index_seconds * 1000),
+                )
+            )
         except AgritraceError as exc:
             _log.warning("checkpoint round failed, retrying next round: %s", exc)
             checkpoint = None

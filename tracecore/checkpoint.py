@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 
 from tracecore.keys import SignerKey
 from tracecore.note import CheckpointBody, append_signatures, sign_note
-from tracecore.storage.index import latest_index_root, update_index
+from tracecore.storage.index import update_index
 from tracecore.storage.models import Checkpoint
 from tracecore.storage.rawsql import fetch_all, fetch_one
-from tracecore.storage.tree import integrate, root_at
+from tracecore.storage.tree import integrate, log_size, root_at
 
 __all__ = ["checkpoint_text", "latest_checkpoint", "make_checkpoint", "served_note"]
 
@@ -49,27 +49,32 @@ def latest_checkpoint(session: Session) -> Checkpoint | None:
 
 
 def make_checkpoint(
-    session: Session, origin: str, log_key: SignerKey, now_ms: int
+    session: Session,
+    origin: str,
+    log_key: SignerKey,
+    now_ms: int,
+    *,
+    index_interval_ms: int = 0,
 ) -> Checkpoint | None:
     """Integrate new leaves, update the product index and, if the log grew, sign a checkpoint.
 
-    When entries were appended since the last index root, an ``index_root`` entry with the
-    product index's new root is appended first (:func:`tracecore.storage.index.update_index`),
-    and the checkpoint ends with it: every checkpoint's last entry is an index root, whose
-    ``size`` says which entries the index covers (docs/log.md, "The product index"). The
-    leaves and the index are folded before the root takes the log's write lock: ingest waits
-    only for the append and the signature.
+    When entries were appended since the last index root and that root is at least
+    ``index_interval_ms`` old, an ``index_root`` entry with the product index's new root is
+    appended first (:func:`tracecore.storage.index.update_index`), and the checkpoint ends
+    with it; its ``size`` says which entries the index covers (docs/log.md, "The product
+    index"). Otherwise the checkpoint covers the whole log, and the entries after the last
+    root wait for the next one. The leaves and the index are folded before the root takes the
+    log's write lock: ingest waits only for the append and the signature.
 
     Returns the new :class:`Checkpoint` (flushed, committed with the caller's transaction), or
     None when the log has not grown since the latest checkpoint (or is empty). ``origin`` is
     the checkpoint origin line (``AGRITRACE_LOG_ORIGIN``), ``log_key`` the log's signer key.
     """
     integrate(session)
-    newest = update_index(session, now_ms) or latest_index_root(session)
-    # The checkpoint ends at the newest index root. An appended root holds the write lock, so
-    # nothing follows it yet; after an idle round, entries ingest commits meanwhile follow the
-    # last root and wait for the next round, which folds them and signs them with its root.
-    size = 0 if newest is None else newest.index + 1
+    appended = update_index(session, now_ms, min_interval_ms=index_interval_ms)
+    # A root just appended holds the log's write lock, so it is the last entry; otherwise the
+    # checkpoint signs what the log holds now (entries ingest commits meanwhile included).
+    size = appended.index + 1 if appended is not None else log_size(session)
     latest = latest_checkpoint(session)
     if size == 0 or (latest is not None and size <= latest.size):
         return None

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         gt=0,
         description="checkpointer: at most one new signed checkpoint per this many seconds",
     )
+    index_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="checkpointer: at least this many seconds between product-index roots",
+    )
     ingest_shared: bool = Field(
         default=False,
         description="ingest: MQTT 5 shared subscription $share/ingest/... (scale-out)",

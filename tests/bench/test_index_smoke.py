@@ -47,7 +47,8 @@ def test_index_ab_runs_both_phases(mosquitto: BrokerAddress, tmp_path: Path) -> 
     result = index_ab(
         [
             "--index-products", "3000", "--messages", "600", "--devices", "20",
-            "--pairs", "1", "--checkpoint-seconds", "0.2", "--workload", "distinct",
+            "--pairs", "1", "--checkpoint-seconds", "0.2", "--index-seconds", "0",
+            "--workload", "distinct",
             "--dir", str(tmp_path), "--broker", f"mqtt://{mosquitto.host}:{mosquitto.port}",
         ],
         out=out,

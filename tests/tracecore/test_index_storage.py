@@ -336,19 +336,21 @@ def test_entries_appended_while_the_root_waits_are_folded_next_round(
     assert root.root != _replayed_root(log, 2)[0]
 
 
-def test_an_idle_round_signs_no_entry_beyond_the_last_root(
+def test_an_entry_after_an_idle_round_is_signed_and_folded_by_the_next_root(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A message committed after an idle round found nothing to fold (ingest does not wait for
-    it) is not signed without an index root over it: the next round folds and signs both."""
+    it) is signed beyond the last root; the next round's root covers it."""
     world = World(engine)
     world.register("hens01-collect")
     world.message("hens01-collect", LOT)
     assert world.checkpoint() == 3
     real_update = stored_index.update_index
 
-    def update_then_sneak(session: Session, now_ms: int) -> stored_index.StoredRoot | None:
-        appended = real_update(session, now_ms)
+    def update_then_sneak(
+        session: Session, now_ms: int, *, min_interval_ms: int = 0
+    ) -> stored_index.StoredRoot | None:
+        appended = real_update(session, now_ms, min_interval_ms=min_interval_ms)
         assert appended is None  # idle
         _sneak_message(session, world)  # what a concurrent ingest commit does on PostgreSQL
         return appended
@@ -356,9 +358,10 @@ def test_an_idle_round_signs_no_entry_beyond_the_last_root(
     monkeypatch.setattr(checkpoint_module, "update_index", update_then_sneak)
     with checkpoint_transaction(engine) as session:
         assert session is not None
-        assert make_checkpoint(session, ORIGIN, LOG_KEY, T0) is None
+        signed = make_checkpoint(session, ORIGIN, LOG_KEY, T0)
+    assert signed is not None
+    assert signed.size == 4  # the sneaked message is signed, beyond the root at 2
     monkeypatch.setattr(checkpoint_module, "update_index", real_update)
-    assert len(_log(engine)) == 4  # the sneaked message, unsigned yet
     assert _check(world, world.checkpoint()) == _replayed_root(_log(engine), 4)[0]
     assert [index for index, _ in _index_roots(_log(engine))] == [2, 4]
 

@@ -211,21 +211,25 @@ def _stored_map_root(session: Session) -> bytes:
     return smt.EMPTY if node is None else node.hash
 
 
-def update_index(session: Session, now_ms: int) -> StoredRoot | None:
+def update_index(session: Session, now_ms: int, *, min_interval_ms: int = 0) -> StoredRoot | None:
     """Fold the entries appended since the last index root and log the new root.
 
     Call in the checkpoint round's transaction (:func:`tracecore.storage.logwriter.
     checkpoint_transaction`), before :func:`tracecore.checkpoint.make_checkpoint`. Returns the
     new ``index_root`` entry, or None when the last root covers every entry before it and
-    none was appended after it (an idle log gets no new root, and so no new checkpoint). The
-    map is folded without the log's write lock; only the append of the root takes it
-    (PostgreSQL), so ingest waits for the append, not for the map.
+    none was appended after it (an idle log gets no new root), or when the last root is less
+    than ``min_interval_ms`` old by ``now_ms`` (``AGRITRACE_INDEX_SECONDS``: a busy log folds
+    more changes per root, and a product changed many times between two roots costs one
+    update; docs/log.md). The map is folded without the log's write lock; only the append of
+    the root takes it (PostgreSQL), so ingest waits for the append, not for the map.
     """
     last = latest_index_root(session)
     size = log_size(session)
     # Idle: nothing after the last root, and nothing between its size and itself (an entry
     # that ingest appended while the last round folded lands there; it is folded now).
     if size == 0 or (last is not None and size == last.index + 1 == last.root.size + 1):
+        return None
+    if last is not None and now_ms - last.root.time < min_interval_ms:
         return None
     start = 0 if last is None else last.root.size
     root: bytes | None = None
