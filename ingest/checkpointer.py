@@ -30,6 +30,7 @@ from tracecore.checkpoint import make_checkpoint
 from tracecore.errors import AgritraceError
 from tracecore.keys import SignerKey
 from tracecore.storage.engine import session_scope
+from tracecore.storage.index import plan_index
 from tracecore.storage.logwriter import checkpoint_transaction
 from tracecore.storage.models import Checkpoint
 from tracecore.storage.tree import consistency_proof
@@ -65,11 +66,23 @@ def checkpoint_once(
     Returns None when the log has not grown, or when another worker holds the integrator's lock
     (it checkpoints the same log this round).
     """
+    # On SQLite the round's transaction holds the database's one write lock, which ingest
+    # waits for: the product index's fold is computed first, with reads only (docs/log.md).
+    # PostgreSQL folds inside the round, which does not hold the log's write lock.
+    plan = None
+    if engine.dialect.name == "sqlite":
+        with session_scope(engine) as reading:
+            plan = plan_index(reading, now_ms, min_interval_ms=index_interval_ms)
     with checkpoint_transaction(engine) as session:
         if session is None:
             return None
         return make_checkpoint(
-            session, origin, log_key, now_ms, index_interval_ms=index_interval_ms
+            session,
+            origin,
+            log_key,
+            now_ms,
+            index_interval_ms=index_interval_ms,
+            index_plan=plan,
         )
 
 

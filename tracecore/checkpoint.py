@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from tracecore.keys import SignerKey
 from tracecore.note import CheckpointBody, append_signatures, sign_note
-from tracecore.storage.index import update_index
+from tracecore.storage.index import IndexPlan, update_index
 from tracecore.storage.models import Checkpoint
 from tracecore.storage.rawsql import fetch_all, fetch_one
 from tracecore.storage.tree import integrate, log_size, root_at
@@ -55,6 +55,7 @@ def make_checkpoint(
     now_ms: int,
     *,
     index_interval_ms: int = 0,
+    index_plan: IndexPlan | None = None,
 ) -> Checkpoint | None:
     """Integrate new leaves, update the product index and, if the log grew, sign a checkpoint.
 
@@ -71,7 +72,7 @@ def make_checkpoint(
     the checkpoint origin line (``AGRITRACE_LOG_ORIGIN``), ``log_key`` the log's signer key.
     """
     integrate(session)
-    appended = update_index(session, now_ms, min_interval_ms=index_interval_ms)
+    appended = update_index(session, now_ms, min_interval_ms=index_interval_ms, plan=index_plan)
     # A root just appended holds the log's write lock, so it is the last entry; otherwise the
     # checkpoint signs what the log holds now (entries ingest commits meanwhile included).
     size = appended.index + 1 if appended is not None else log_size(session)

@@ -18,6 +18,7 @@ from alembic import command as alembic_command
 from sqlalchemy import Engine, inspect, text
 from sqlmodel import Session
 
+from ingest.checkpointer import checkpoint_once
 from tracecore import checkpoint as checkpoint_module
 from tracecore import smt
 from tracecore.checkpoint import make_checkpoint
@@ -51,6 +52,7 @@ from tracecore.message import Event, Reading, Sensor
 from tracecore.storage import create_party, register_device
 from tracecore.storage import index as stored_index
 from tracecore.storage.engine import session_scope
+from tracecore.storage.index import plan_index
 from tracecore.storage.logwriter import (
     append_registry_entry,
     checkpoint_transaction,
@@ -348,9 +350,13 @@ def test_an_entry_after_an_idle_round_is_signed_and_folded_by_the_next_root(
     real_update = stored_index.update_index
 
     def update_then_sneak(
-        session: Session, now_ms: int, *, min_interval_ms: int = 0
+        session: Session,
+        now_ms: int,
+        *,
+        min_interval_ms: int = 0,
+        plan: stored_index.IndexPlan | None = None,
     ) -> stored_index.StoredRoot | None:
-        appended = real_update(session, now_ms, min_interval_ms=min_interval_ms)
+        appended = real_update(session, now_ms, min_interval_ms=min_interval_ms, plan=plan)
         assert appended is None  # idle
         _sneak_message(session, world)  # what a concurrent ingest commit does on PostgreSQL
         return appended
@@ -517,3 +523,41 @@ def test_migration_0014_up_and_down(engine_factory: Callable[[], Engine]) -> Non
             text("INSERT INTO index_nodes (path, leaf, a, b) VALUES (:p, :l, :a, :b)"),
             {"p": b"\x00\x01", "l": False, "a": bytes(32), "b": bytes(31)},
         )
+
+
+def test_a_fold_planned_before_the_lock_equals_one_made_under_it(engine: Engine) -> None:
+    """The checkpointer's round (a plan read first on SQLite) stores the replayed map."""
+    world = World(engine)
+    world.register("hens01-collect")
+    world.message("hens01-collect", FLOCK)
+    world.message("hens01-collect", LOT, parents=(FLOCK,))
+    made = checkpoint_once(engine, LOG_KEY, ORIGIN, T0 + 10**6)
+    assert made is not None
+    world.message("hens01-collect", LOT)
+    world.recall(LOT)
+    made = checkpoint_once(engine, LOG_KEY, ORIGIN, T0 + 10**6 + 1)
+    assert made is not None
+    _check(world, made.size)
+    assert [index for index, _ in _index_roots(_log(engine))] == [3, 6]
+
+
+def test_a_stale_plan_is_not_written(engine: Engine) -> None:
+    """A plan made before another round logged a root is dropped; the fold is made afresh."""
+    world = World(engine)
+    world.register("hens01-collect")
+    world.message("hens01-collect", LOT)
+    world.checkpoint()
+    world.message("hens01-collect", LOT)
+    with session_scope(engine) as session:
+        stale = plan_index(session, T0 + 10**6)
+    assert stale is not None
+    world.message("hens01-collect", CARTON, parents=(LOT,))
+    world.checkpoint()  # another round: a root over all of it
+    world.recall(CARTON)
+    with checkpoint_transaction(engine) as session:
+        assert session is not None
+        made = make_checkpoint(session, ORIGIN, LOG_KEY, T0 + 10**6, index_plan=stale)
+    assert made is not None
+    root = _check(world, made.size)
+    (_, last) = _index_roots(_log(engine))[-1]
+    assert (last.size, last.root) == (made.size - 1, root)

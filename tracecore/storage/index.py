@@ -33,9 +33,11 @@ from tracecore.storage.tree import log_size
 
 __all__ = [
     "INDEX_CHUNK",
+    "IndexPlan",
     "StoredRoot",
     "index_proofs",
     "latest_index_root",
+    "plan_index",
     "read_nodes",
     "store_values",
     "update_index",
@@ -141,6 +143,14 @@ def _executemany(session: Session, sql: str, rows: Sequence[tuple[object, ...]])
 
 def _fold_range(session: Session, start: int, end: int) -> bytes | None:
     """Fold entries ``[start, end)`` into the stored map; the new root (None: nothing changed)."""
+    values = _changed_values(session, start, end)
+    if not values:
+        return None
+    return store_values(session, values).root
+
+
+def _changed_values(session: Session, start: int, end: int) -> dict[bytes, IndexValue]:
+    """The new value of each key that entries ``[start, end)`` change (reads only)."""
     rows = fetch_all(session, _ENTRIES, [start, end])
     if len(rows) != end - start:
         raise NotFound(f"log entries [{start}, {end}) are not all present")
@@ -165,7 +175,7 @@ def _fold_range(session: Session, start: int, end: int) -> bytes | None:
         )
     keys = sorted({key for _, entry, _ in parsed for key in touched_keys(entry)})
     if not keys:
-        return None
+        return {}
     stored = {key: parse_value(value) for key, value in _read_values(session, keys).items()}
 
     def current(key: bytes) -> IndexValue | None:
@@ -174,7 +184,7 @@ def _fold_range(session: Session, start: int, end: int) -> bytes | None:
     changes = IndexChanges(current)
     for index, entry, data in parsed:
         changes.apply(index, entry, data)
-    return store_values(session, changes.values).root
+    return changes.values
 
 
 def store_values(session: Session, values: Mapping[bytes, IndexValue]) -> smt.Update:
@@ -184,11 +194,23 @@ def store_values(session: Session, values: Mapping[bytes, IndexValue]) -> smt.Up
     and writes the values and every changed node in the caller's transaction. Appends no
     ``index_root`` entry: that is :func:`update_index`'s job (benchmarks fill the map with it).
     """
+    encoded, result = _compute(session, values)
+    _write(session, encoded, result)
+    return result
+
+
+def _compute(
+    session: Session, values: Mapping[bytes, IndexValue]
+) -> tuple[list[tuple[bytes, bytes]], smt.Update]:
+    """The value rows and the map update of ``values`` (reads only)."""
     # Each value is encoded once, for its leaf and its row (docs/benchmarks.md, "The product
     # index": encoding them twice was 3 % of a 2,000-key update).
     encoded = sorted((key, value.to_bytes()) for key, value in values.items())
     hashes = {key: smt.value_hash(data) for key, data in encoded}
-    result = smt.update(lambda paths: read_nodes(session, paths), hashes)
+    return encoded, smt.update(lambda paths: read_nodes(session, paths), hashes)
+
+
+def _write(session: Session, encoded: list[tuple[bytes, bytes]], result: smt.Update) -> None:
     _executemany(session, _PUT_VALUE, encoded)
     _executemany(
         session,
@@ -198,7 +220,6 @@ def store_values(session: Session, values: Mapping[bytes, IndexValue]) -> smt.Up
             for path, node in sorted(result.writes.items())
         ],
     )
-    return result
 
 
 def _columns(node: smt.Node) -> tuple[bytes, bytes]:
@@ -211,7 +232,59 @@ def _stored_map_root(session: Session) -> bytes:
     return smt.EMPTY if node is None else node.hash
 
 
-def update_index(session: Session, now_ms: int, *, min_interval_ms: int = 0) -> StoredRoot | None:
+@dataclass(frozen=True, slots=True)
+class IndexPlan:
+    """A fold computed ahead, without any lock: :func:`update_index` writes it under the lock.
+
+    ``after`` is the log index of the root it extends (None: the first root); it is written only
+    if that is still the newest root then (one checkpointer folds at a time, so the map it read
+    is the map it writes to).
+    """
+
+    after: int | None
+    size: int
+    values: list[tuple[bytes, bytes]]
+    update: smt.Update | None
+
+
+def _due(
+    session: Session, now_ms: int, min_interval_ms: int
+) -> tuple[StoredRoot | None, int] | None:
+    """The newest root and the log size, when a new root is due; else None."""
+    last = latest_index_root(session)
+    size = log_size(session)
+    # Idle: nothing after the last root, and nothing between its size and itself (an entry
+    # that ingest appended while the last round folded lands there; it is folded now).
+    if size == 0 or (last is not None and size == last.index + 1 == last.root.size + 1):
+        return None
+    if last is not None and now_ms - last.root.time < min_interval_ms:
+        return None
+    return last, size
+
+
+def plan_index(session: Session, now_ms: int, *, min_interval_ms: int = 0) -> IndexPlan | None:
+    """Compute the next fold with reads only, for :func:`update_index` to write (or None).
+
+    None when no root is due (as :func:`update_index` decides) or when more than
+    :data:`INDEX_CHUNK` entries wait (a first build: folded in chunks under the lock instead).
+    On SQLite, where the checkpoint round holds the database's only write lock, this keeps the
+    reads and the Python work of the fold out of the time ingest cannot commit.
+    """
+    due = _due(session, now_ms, min_interval_ms)
+    if due is None:
+        return None
+    last, size = due
+    start = 0 if last is None else last.root.size
+    if size - start > INDEX_CHUNK:
+        return None
+    values = _changed_values(session, start, size)
+    encoded, update = _compute(session, values) if values else ([], None)
+    return IndexPlan(None if last is None else last.index, size, encoded, update)
+
+
+def update_index(
+    session: Session, now_ms: int, *, min_interval_ms: int = 0, plan: IndexPlan | None = None
+) -> StoredRoot | None:
     """Fold the entries appended since the last index root and log the new root.
 
     Call in the checkpoint round's transaction (:func:`tracecore.storage.logwriter.
@@ -223,20 +296,28 @@ def update_index(session: Session, now_ms: int, *, min_interval_ms: int = 0) -> 
     update; docs/log.md). The map is folded without the log's write lock; only the append of
     the root takes it (PostgreSQL), so ingest waits for the append, not for the map.
     """
-    last = latest_index_root(session)
-    size = log_size(session)
-    # Idle: nothing after the last root, and nothing between its size and itself (an entry
-    # that ingest appended while the last round folded lands there; it is folded now).
-    if size == 0 or (last is not None and size == last.index + 1 == last.root.size + 1):
+    if plan is not None:
+        last = latest_index_root(session)
+        if plan.after == (None if last is None else last.index):
+            if plan.update is not None:
+                _write(session, plan.values, plan.update)
+            planned = _stored_map_root(session) if plan.update is None else plan.update.root
+            return _append_root(session, plan.size, planned, now_ms)
+        # Another checkpointer folded since the plan was made: fold afresh.
+    due = _due(session, now_ms, min_interval_ms)
+    if due is None:
         return None
-    if last is not None and now_ms - last.root.time < min_interval_ms:
-        return None
+    last, size = due
     start = 0 if last is None else last.root.size
     root: bytes | None = None
     for chunk in range(start, size, INDEX_CHUNK):
         root = _fold_range(session, chunk, min(size, chunk + INDEX_CHUNK)) or root
     if root is None:
         root = _stored_map_root(session)
+    return _append_root(session, size, root, now_ms)
+
+
+def _append_root(session: Session, size: int, root: bytes, now_ms: int) -> StoredRoot:
     hold_write_lock(session)
     entry = IndexRoot(size=size, root=root, time=now_ms)
     index = append_registry_entry(session, entry, now_ms)
