@@ -27,9 +27,12 @@ from typing import TextIO
 
 import nacl.signing
 
+from tracecore import smt
 from tracecore.bundle import (
     Bundle,
     BundleEntry,
+    IndexEvidence,
+    IndexProof,
     Policy,
     forget_memos,
     parse_bundle,
@@ -37,8 +40,16 @@ from tracecore.bundle import (
 )
 from tracecore.cose import parse_cose, sign_message
 from tracecore.identifiers import ProductKey
+from tracecore.indexstate import device_key, fold, product_key
 from tracecore.keys import SignerKey
-from tracecore.logentry import GENESIS_PREV, ChainPosition, DeviceMessageEntry, DeviceRegistered
+from tracecore.logentry import (
+    GENESIS_PREV,
+    ChainPosition,
+    DeviceMessageEntry,
+    DeviceRegistered,
+    IndexRoot,
+    parse_any_entry,
+)
 from tracecore.merkle import inclusion_proof, leaf_hash, node_hash
 from tracecore.message import Event, Reading, Sensor
 from tracecore.note import CheckpointBody, cosign, cosigner_verifier, sign_note
@@ -122,11 +133,18 @@ def build(entries: int) -> World:
         prev = leaf_hash(entry)
         items.append((entry, raw))
         messages.append(raw)
+    head = len(items) - 1
+    # The product index over the log, its root logged as the checkpointer does (docs/log.md).
+    values = fold((i, parse_any_entry(entry), entry) for i, (entry, _) in enumerate(items))
+    index_map = smt.MemoryTree()
+    index_map.apply({key: smt.value_hash(value.to_bytes()) for key, value in values.items()})
+    items.append((IndexRoot(len(items), index_map.root, T0).to_bytes(), None))
+    keys = sorted([product_key(LOT.path), *(device_key(gw.name) for gw in gateways)])
+    proofs = tuple(IndexProof(k, values[k].to_bytes(), index_map.prove(k)) for k in keys)
     size = len(items)
     tree = _Tree([leaf_hash(entry) for entry, _ in items])
     text = CheckpointBody(ORIGIN, size, tree.root(size)).format()
     note = sign_note(text, [log]) + cosign(text, witness, 1_795_000_000) + "\n"
-    head = size - 1
     bundle = Bundle(
         LOT,
         note,
@@ -139,6 +157,7 @@ def build(entries: int) -> World:
             )
             for i, (entry, raw) in enumerate(items)
         ),
+        index=IndexEvidence(size - 1, proofs),
     )
     policy = Policy.parse(f"log {log.verifier}\nwitness w {cosigner_verifier(witness)}\nquorum 1")
     return World(bundle.to_json(), policy, messages, {g.name: g.public_key for g in gateways})
