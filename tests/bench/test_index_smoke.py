@@ -60,3 +60,13 @@ def test_index_ab_runs_both_phases(mosquitto: BrokerAddress, tmp_path: Path) -> 
     assert b.index_roots >= 1
     assert result.ratio > 0
     assert "ratio B / A" in out.getvalue()
+
+
+def test_index_benchmark_without_rowid_stores_less(tmp_path: Path) -> None:
+    """The WITHOUT ROWID experiment keeps the same rows in fewer bytes than the migration."""
+    argv = ["--products", "2000", "--fill-batch", "512", "--batches", "10", "--rounds", "1"]
+    argv += ["--samples", "5", "--dir", str(tmp_path)]
+    plain = main(argv, out=io.StringIO())
+    clustered = main([*argv, "--without-rowid"], out=io.StringIO())
+    assert clustered.table_rows == plain.table_rows
+    assert clustered.bytes_per_product < plain.bytes_per_product
