@@ -37,6 +37,7 @@ from typing import TextIO
 
 from sqlalchemy import Engine
 
+import ingest.checkpointer
 import tracecore.checkpoint
 from bench.index import fill
 from bench.ingest import _GTIN, _ORIGIN, _SENSORS, _IdleWatch, _key, _publish, _session_client
@@ -50,7 +51,7 @@ from tracecore.logentry import IndexRoot
 from tracecore.message import Event, Reading
 from tracecore.mqtt import BrokerAddress
 from tracecore.storage import create_party, make_engine, register_device, session_scope, upgrade
-from tracecore.storage.index import StoredRoot
+from tracecore.storage.index import IndexPlan, StoredRoot
 from tracecore.storage.logwriter import append_registry_entry, log_session
 from tracecore.topics import up_topic
 
@@ -97,16 +98,24 @@ def _no_index_update(_session: object, _now_ms: int, **_: object) -> StoredRoot 
     return None
 
 
+def _no_index_plan(_session: object, _now_ms: int, **_: object) -> IndexPlan | None:
+    return None
+
+
 @contextmanager
 def _index_update(*, enabled: bool) -> Iterator[None]:
-    """Phase A: the checkpointer skips the index (a benchmark-only patch, never a setting)."""
+    """Phase A: the checkpointer skips the index, its fold and its plan alike (a
+    benchmark-only patch, never a setting)."""
     real = tracecore.checkpoint.update_index
+    real_plan = ingest.checkpointer.plan_index
     if not enabled:
         tracecore.checkpoint.update_index = _no_index_update  # type: ignore[assignment]
+        ingest.checkpointer.plan_index = _no_index_plan  # type: ignore[assignment]
     try:
         yield
     finally:
         tracecore.checkpoint.update_index = real
+        ingest.checkpointer.plan_index = real_plan
 
 
 def _prefill(engine: Engine, products: int, now: int) -> None:
