@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         description="checkpointer: at most one new signed checkpoint per this many seconds",
     )
     index_seconds: float = Field(
-        default=10.0,
+        default=30.0,
         ge=0,
         description="checkpointer: at least this many seconds between product-index roots",
     )
