@@ -561,3 +561,29 @@ def test_a_stale_plan_is_not_written(engine: Engine) -> None:
     root = _check(world, made.size)
     (_, last) = _index_roots(_log(engine))[-1]
     assert (last.size, last.root) == (made.size - 1, root)
+
+
+def test_roots_wait_for_the_interval_but_not_for_a_clock_that_went_back(engine: Engine) -> None:
+    """AGRITRACE_INDEX_SECONDS: checkpoints go on between roots; a stepped-back clock never
+    holds the next root back."""
+    world = World(engine)
+    world.register("hens01-collect")
+    world.message("hens01-collect", LOT)
+
+    def round_at(now_ms: int) -> int | None:
+        with checkpoint_transaction(engine) as session:
+            assert session is not None
+            made = make_checkpoint(session, ORIGIN, LOG_KEY, now_ms, index_interval_ms=30_000)
+            return None if made is None else made.size
+
+    start = T0 + 10**6
+    assert round_at(start) == 3  # registration, message, the first root
+    world.message("hens01-collect", LOT)
+    assert round_at(start + 5_000) == 4  # signed, no new root within 30 s
+    assert len(_index_roots(_log(engine))) == 1
+    assert round_at(start + 31_000) == 5  # the root over it
+    world.message("hens01-collect", LOT)
+    assert round_at(start - 60_000) == 7  # the clock went back: the root is not held
+    roots = _index_roots(_log(engine))
+    assert [index for index, _ in roots] == [2, 4, 6]
+    _check(world, 7)
