@@ -857,6 +857,11 @@ def _index_value(data: bytes) -> IndexValue:
         raise BundleError(f"an index value does not parse: {exc}") from exc
 
 
+def _index_size(state: _State) -> int:
+    """The log size the verified index root covers (0 before one is verified)."""
+    return 0 if state.index_root is None else state.index_root.size
+
+
 def _indexed(state: _State, key: bytes, what: str) -> IndexValue | None:
     if state.index_root is None:
         raise BundleError("no verified product index (see the index check)")
@@ -871,7 +876,7 @@ def _check_heads(bundle: Bundle, state: _State) -> str:
     lineage = _lineage(bundle, state)
     for product in sorted(lineage):
         value = _indexed(state, product_key(product), product)
-        size = state.index_root.size if state.index_root is not None else 0
+        size = _index_size(state)
         covered = [link for link in chains.get(product, []) if link[1] < size]
         head = value.chain if isinstance(value, ProductState) else None
         if head is None:
@@ -892,7 +897,7 @@ def _check_heads(bundle: Bundle, state: _State) -> str:
             raise BundleError(
                 f"{product}: position {pseq} is entry {index}, the index says entry {head.index}"
             )
-    size = state.index_root.size if state.index_root is not None else 0
+    size = _index_size(state)
     return f"{len(lineage)} chain head(s) are the log's up to size {size}: nothing newer left out"
 
 
@@ -920,7 +925,7 @@ def _check_recalls(bundle: Bundle, state: _State) -> str:
                 f"{product}: the log's index holds the recall at entry {missing[0]}, which the "
                 "bundle left out"
             )
-        size = state.index_root.size if state.index_root is not None else 0
+        size = _index_size(state)
         unindexed = [
             index
             for index, entry in found
@@ -928,7 +933,7 @@ def _check_recalls(bundle: Bundle, state: _State) -> str:
         ]
         if unindexed:
             raise BundleError(f"{product}: the recall at entry {unindexed[0]} is not in the index")
-    size = state.index_root.size if state.index_root is not None else 0
+    size = _index_size(state)
     if found:
         return shown
     return (
@@ -940,7 +945,7 @@ def _check_recalls(bundle: Bundle, state: _State) -> str:
 def _check_registry(state: _State) -> str:
     """Every registry entry of each signing device that the index holds is in the bundle."""
     devices = sorted({signed.message.device for signed in state.messages.values()})
-    size = state.index_root.size if state.index_root is not None else 0
+    size = _index_size(state)
     for device in devices:
         value = _indexed(state, device_key(device), f"device {device}")
         registry = value.registry if isinstance(value, DeviceState) else ()

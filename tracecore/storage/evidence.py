@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -25,7 +26,7 @@ from tracecore.identifiers import ProductKey
 from tracecore.indexstate import device_key, product_key
 from tracecore.logentry import Recall, parse_any_entry
 from tracecore.smt import MapProof
-from tracecore.storage.index import index_proofs, latest_index_root
+from tracecore.storage.index import StoredRoot, index_proofs, latest_index_root
 from tracecore.storage.models import REGISTRY_WHERE, Checkpoint
 from tracecore.storage.rawsql import Row, fetch_all, fetch_one, marks
 from tracecore.storage.tree import consistency_proof, inclusion_proof
@@ -94,6 +95,8 @@ _HEADS = (
 )
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 _PROOFS: dict[tuple[bytes, int, int], tuple[bytes, ...]] = {}
 _PROOFS_SIZE = 8192
 
@@ -110,10 +113,15 @@ def _proof(session: Session, root: bytes, index: int, size: int) -> tuple[bytes,
     found = _PROOFS.get(key)
     if found is None:
         found = tuple(inclusion_proof(session, index, size))
-        if len(_PROOFS) >= _PROOFS_SIZE:
-            _PROOFS.pop(next(iter(_PROOFS)))
-        _PROOFS[key] = found
+        _remember(_PROOFS, key, found, _PROOFS_SIZE)
     return found
+
+
+def _remember(memo: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
+    """Keep ``value`` in ``memo``, forgetting the oldest entry past ``limit`` entries."""
+    if len(memo) >= limit:
+        memo.pop(next(iter(memo)))
+    memo[key] = value
 
 
 _INDEX_PROOFS: dict[tuple[bytes, bytes], tuple[bytes | None, MapProof]] = {}
@@ -131,9 +139,7 @@ def _index_proofs(
     if missing:
         read = index_proofs(session, missing)
         for key, answer in read.items():
-            if len(_INDEX_PROOFS) >= _INDEX_PROOFS_SIZE:
-                _INDEX_PROOFS.pop(next(iter(_INDEX_PROOFS)))
-            _INDEX_PROOFS[(root, key)] = answer
+            _remember(_INDEX_PROOFS, (root, key), answer, _INDEX_PROOFS_SIZE)
         found.update(read)
     return found
 
@@ -208,7 +214,7 @@ def bundle_at(
                 raise StorageError("the product index is newer than the latest checkpoint")
             checkpoint = fresh
             continue
-        bundle = _bundle_at(session, product, checkpoint, previous)
+        bundle = _bundle_at(session, product, checkpoint, previous, newest)
         # The proofs were read from the stored index: it must still be the same one.
         again = latest_index_root(session)
         if (None if again is None else again.index) == (None if newest is None else newest.index):
@@ -217,8 +223,14 @@ def bundle_at(
 
 
 def _bundle_at(
-    session: Session, product: ProductKey, checkpoint: Checkpoint, previous: int | None
+    session: Session,
+    product: ProductKey,
+    checkpoint: Checkpoint,
+    previous: int | None,
+    root: StoredRoot | None,
 ) -> Bundle:
+    """The bundle as of ``checkpoint``, with proofs from the stored index of ``root`` (the
+    newest index root, which :func:`bundle_at` found under the checkpoint)."""
     size = checkpoint.size
     products = lineage(session, product.path)
     head_rows = fetch_all(session, _HEADS.format(marks(len(products))), [*products, size])
@@ -248,7 +260,6 @@ def _bundle_at(
         for row, recall in _recall_entries(session, size)
         if any(p.path in named for p in recall.products)
     ]
-    root = latest_index_root(session, below=size)
     index_rows = [] if root is None else _rows(session, '"index" = ?', [root.index])
     rows = sorted([*messages, *registry, *recalls, *index_rows], key=lambda row: int(row[0]))
     proofs = {

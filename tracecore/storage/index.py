@@ -54,10 +54,6 @@ _LATEST_ROOT = (
     "SELECT \"index\", entry FROM log_entries WHERE kind <> 'device_message' "
     "AND kind = 'index_root' ORDER BY \"index\" DESC LIMIT 1"
 )
-_LATEST_ROOT_BELOW = (
-    "SELECT \"index\", entry FROM log_entries WHERE kind <> 'device_message' "
-    'AND kind = \'index_root\' AND "index" < ? ORDER BY "index" DESC LIMIT 1'
-)
 _ENTRIES = 'SELECT "index", entry FROM log_entries WHERE "index" >= ? AND "index" < ? ORDER BY 1'
 _NODES = "SELECT path, leaf, a, b FROM index_nodes WHERE path IN ({})"
 _VALUES = "SELECT key, value FROM index_values WHERE key IN ({})"
@@ -95,11 +91,9 @@ def _stored_root(row: tuple[object, ...] | None) -> StoredRoot | None:
     return StoredRoot(index, entry, parsed)
 
 
-def latest_index_root(session: Session, below: int | None = None) -> StoredRoot | None:
-    """The newest ``index_root`` entry of the log (with ``below``: at an index under it)."""
-    if below is None:
-        return _stored_root(fetch_one(session, _LATEST_ROOT))
-    return _stored_root(fetch_one(session, _LATEST_ROOT_BELOW, [below]))
+def latest_index_root(session: Session) -> StoredRoot | None:
+    """The newest ``index_root`` entry of the log."""
+    return _stored_root(fetch_one(session, _LATEST_ROOT))
 
 
 def read_nodes(session: Session, paths: Sequence[bytes]) -> dict[bytes, smt.Node]:
