@@ -42,23 +42,28 @@ import hashlib
 import multiprocessing
 import os
 import secrets
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import aiomqtt
 import nacl.signing
+import psutil
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
+from bench.stages import stage_table
 from ingest import Inbound, IngestConfig, IngestStats, Processor, ServiceOptions, run_ingest
 from ingest.checkpointer import run_checkpointer
 from ingest.service import Companion, subscription_topic
@@ -95,6 +100,8 @@ class BenchResult:
     ingest_accepted: int
     receipts_published: int
     entries: int
+    #: CPU seconds of this process and its worker processes during the ingest drain.
+    ingest_cpu_seconds: float = 0.0
 
     @property
     def bare_rate(self) -> float:
@@ -124,6 +131,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
             "(ingest) of the backlog arrived: raise mosquitto's max_queued_messages\n"
         )
     verify_us, sign_us = _crypto_costs()
+    cpu_us = result.ingest_cpu_seconds / max(1, result.receipts_published) * 1e6
     out.write(
         f"\n{result.messages:,} messages from {args.devices:,} devices, db={args.db}, "
         f"batch={args.batch_size}, workers={args.workers or 1}\n"
@@ -132,9 +140,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
         f"  ingest (commit+receipt): {result.ingest_rate:10,.0f} msg/s  "
         f"({result.ingest_seconds:.2f} s)\n"
         f"  ratio ingest / bare:     {result.ratio:10.2f}\n"
+        f"  ingest CPU per message:  {cpu_us:10.0f} us  (all threads and worker processes)\n"
         f"  per message, one core:   bare receive {1e6 / result.bare_rate:.0f} us, "
         f"Ed25519 verify {verify_us:.0f} us + receipt sign {sign_us:.0f} us\n"
     )
+    if args.profile:
+        stage_table(args.profile, args.profile_rate, result.receipts_published).write(out)
     return result
 
 
@@ -185,6 +196,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--linger-ms", type=int, default=50)
     parser.add_argument("--verify-threads", type=int, default=2)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record the ingest drain with py-spy (raw format) to this file; print CPU by stage",
+    )
+    parser.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--dir", type=Path, default=None, help="where the SQLite file goes")
     parser.add_argument(
         "--checkpoint-seconds",
@@ -288,33 +306,9 @@ async def _run(
                 receipts_published=receipted,
                 entries=entries - setup,
             )
-        stop = asyncio.Event()
-        stats = IngestStats()
-        options = ServiceOptions(
-            broker=broker,
-            client_id=ingest_id,
-            batch_size=args.batch_size,
-            linger_ms=args.linger_ms,
+        drain = await _drain_in_process(
+            args, broker, ingest_id, (engine, log_key), processor, messages=len(backlog)
         )
-        started = time.perf_counter()
-        async with asyncio.TaskGroup() as tasks:
-            companions = _checkpointer(engine, log_key, args.checkpoint_seconds, args.index_seconds)
-            tasks.create_task(
-                run_ingest(processor, options, stop, companions=companions, stats=stats),
-                name="ingest",
-            )
-            idle = _IdleWatch()
-            # Poll the counters (5 ms): done when every message is receipted, or when nothing
-            # has moved for _IDLE_S (the broker dropped part of the backlog).
-            while stats.receipts_published < len(backlog):
-                if idle.stalled((stats.received, stats.receipts_published)):
-                    break
-                await asyncio.sleep(0.005)
-            last_progress = idle.last_progress
-            if stats.receipts_published >= len(backlog):
-                last_progress = time.perf_counter()
-            ingest_seconds = last_progress - started
-            stop.set()
         entries = _count_entries(engine, devices)
     finally:
         processor.close()
@@ -325,12 +319,128 @@ async def _run(
     return BenchResult(
         messages=len(backlog),
         bare_seconds=bare_seconds,
-        ingest_seconds=ingest_seconds,
+        ingest_seconds=drain.seconds,
         bare_received=bare_received,
-        ingest_accepted=stats.accepted,
-        receipts_published=stats.receipts_published,
+        ingest_accepted=drain.stats.accepted,
+        receipts_published=drain.stats.receipts_published,
         entries=entries - setup,
+        ingest_cpu_seconds=drain.cpu_seconds,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Drain:
+    seconds: float
+    cpu_seconds: float
+    stats: IngestStats
+
+
+async def _drain_in_process(
+    args: argparse.Namespace,
+    broker: BrokerAddress,
+    client_id: str,
+    database: tuple[Engine, SignerKey],
+    processor: Processor,
+    *,
+    messages: int,
+) -> _Drain:
+    """Run ingest in this process until the backlog is receipted (or stalls); time it."""
+    stop = asyncio.Event()
+    stats = IngestStats()
+    options = ServiceOptions(
+        broker=broker, client_id=client_id, batch_size=args.batch_size, linger_ms=args.linger_ms
+    )
+    engine, log_key = database
+    profiler = _Profiler(args.profile, args.profile_rate) if args.profile else None
+    if profiler is not None:
+        await asyncio.to_thread(profiler.start)
+    cpu = _CpuMeter()
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as tasks:
+        companions = _checkpointer(engine, log_key, args.checkpoint_seconds, args.index_seconds)
+        tasks.create_task(
+            run_ingest(processor, options, stop, companions=companions, stats=stats),
+            name="ingest",
+        )
+        idle = _IdleWatch()
+        # Poll the counters (5 ms): done when every message is receipted, or when nothing
+        # has moved for _IDLE_S (the broker dropped part of the backlog).
+        while stats.receipts_published < messages:
+            if idle.stalled((stats.received, stats.receipts_published)):
+                break
+            await asyncio.sleep(0.005)
+        last_progress = idle.last_progress
+        if stats.receipts_published >= messages:
+            last_progress = time.perf_counter()
+        seconds = last_progress - started
+        cpu_seconds = cpu.seconds()
+        if profiler is not None:
+            await asyncio.to_thread(profiler.stop)
+        stop.set()
+    return _Drain(seconds, cpu_seconds, stats)
+
+
+class _CpuMeter:
+    """CPU seconds used by this process and its children since it was made (psutil)."""
+
+    def __init__(self) -> None:
+        self._start = self._total()
+
+    @staticmethod
+    def _total() -> float:
+        me = psutil.Process()
+        total = sum(me.cpu_times()[:2])
+        for child in me.children(recursive=True):
+            with suppress(psutil.Error):
+                total += sum(child.cpu_times()[:2])
+        return total
+
+    def seconds(self) -> float:
+        """CPU seconds since this meter was made."""
+        return self._total() - self._start
+
+
+class _Profiler:
+    """py-spy attached to this process (and its worker processes) for the ingest drain only."""
+
+    def __init__(self, path: Path, rate: int) -> None:
+        self.path = path
+        self.rate = rate
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start sampling; return once py-spy has attached."""
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(spy).exists():
+            raise SystemExit("--profile needs py-spy (pip install py-spy)")
+        self.process = subprocess.Popen(  # noqa: S603  (our own tool, our own pid)
+            [
+                spy,
+                "record",
+                "--pid",
+                str(os.getpid()),
+                "--rate",
+                str(self.rate),
+                "--format",
+                "raw",
+                "--subprocesses",
+                "--nonblocking",
+                "-o",
+                str(self.path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(1.0)  # py-spy needs a moment to attach; the drain is not timed yet
+
+    def stop(self) -> None:
+        """Stop sampling and wait for py-spy to write its file."""
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        _, errors = self.process.communicate(timeout=120)
+        if self.process.returncode not in (0, -signal.SIGINT):
+            raise SystemExit(f"py-spy failed: {errors.decode(errors='replace')}")
 
 
 def _checkpointer(
