@@ -198,6 +198,7 @@ async def _ingest(
             linger_ms=settings.linger_ms,
             park_ms=round(settings.park_hours * 3_600_000),
             verify_threads=settings.verify_threads,
+            signature_processes=settings.signature_processes,
             max_message_bytes=settings.max_message_bytes,
         ),
     )

@@ -197,6 +197,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--linger-ms", type=int, default=50)
     parser.add_argument("--verify-threads", type=int, default=2)
     parser.add_argument(
+        "--signature-processes",
+        type=int,
+        default=Settings.model_fields["signature_processes"].default,
+        help="worker processes for signatures (the service's AGRITRACE_SIGNATURE_PROCESSES)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -272,7 +278,10 @@ async def _run(
     engine = make_engine(db_url)
     log_key = SignerKey("bench-log", hashlib.sha256(b"bench/ingest/log").digest())
     config = IngestConfig(
-        batch_size=args.batch_size, linger_ms=args.linger_ms, verify_threads=args.verify_threads
+        batch_size=args.batch_size,
+        linger_ms=args.linger_ms,
+        verify_threads=args.verify_threads,
+        signature_processes=args.signature_processes,
     )
     processor = Processor(engine, log_key, config)
     try:
@@ -523,6 +532,7 @@ def _drain_with_workers(
                     args.batch_size,
                     args.linger_ms,
                     args.verify_threads,
+                    args.signature_processes,
                     args.checkpoint_seconds,
                     args.index_seconds,
                 ),
@@ -562,6 +572,7 @@ class _WorkerSpec:
     batch_size: int
     linger_ms: int
     verify_threads: int
+    signature_processes: int
     checkpoint_seconds: float
     index_seconds: float
 
@@ -571,7 +582,10 @@ def _worker(spec: _WorkerSpec, receipted: Any, accepted: Any, stop: Any) -> None
     engine = make_engine(spec.db_url)
     log_key = SignerKey("bench-log", hashlib.sha256(b"bench/ingest/log").digest())
     config = IngestConfig(
-        batch_size=spec.batch_size, linger_ms=spec.linger_ms, verify_threads=spec.verify_threads
+        batch_size=spec.batch_size,
+        linger_ms=spec.linger_ms,
+        verify_threads=spec.verify_threads,
+        signature_processes=spec.signature_processes,
     )
     processor = Processor(engine, log_key, config)
     options = ServiceOptions(

@@ -37,11 +37,10 @@ import collections
 import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-import nacl.signing
 from sqlalchemy import (
     Connection,
     Engine,
@@ -58,6 +57,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel
 
 from ingest.rights import COMMISSIONING, Decision, Outcome, ProductState, decide
+from ingest.signatures import SignaturePool, Verdict, VerifyTask
 from tracecore.cose import MAX_MESSAGE_BYTES, SignedMessage, parse_message
 from tracecore.errors import (
     BadRotation,
@@ -73,7 +73,7 @@ from tracecore.keys import SignerKey, device_kid, key_window_refusal
 from tracecore.logentry import GENESIS_PREV, ChainPosition, DeviceMessageEntry, KeyRotated
 from tracecore.merkle import leaf_hash
 from tracecore.message import Event, KeyRotation, verify_rotation_pop
-from tracecore.receipt import Receipt, sign_receipt
+from tracecore.receipt import Receipt
 from tracecore.storage import models as _models  # noqa: F401  (registers the tables)
 from tracecore.storage.engine import storage_errors
 from tracecore.storage.logwriter import write_transaction
@@ -125,6 +125,9 @@ class IngestConfig:
     park_ms: int = 24 * 3_600_000  # AGRITRACE_PARK_HOURS (design.md: up to 24 h)
     max_clock_skew_ms: int = 5 * 60_000  # design.md: 5 min ahead of the server
     verify_threads: int = 2
+    #: Worker processes for signature checks and receipt signatures (ingest.signatures);
+    #: 0 = ``verify_threads`` threads in this process.
+    signature_processes: int = 0
     # AGRITRACE_MAX_MESSAGE_BYTES: a larger payload is refused as too_large unread, whatever
     # the broker lets through (docs/protocol.md §6; at least the 16 KiB limit of §4).
     max_message_bytes: int = 64 * 1024
@@ -201,19 +204,6 @@ class _Sql:
 
 def _flat(pairs: Iterable[tuple[str, int]]) -> tuple[str | int, ...]:
     return tuple(value for pair in sorted(set(pairs)) for value in pair)
-
-
-def _verify_chunk(tasks: Sequence[tuple[SignedMessage, bytes]]) -> list[MessageRejected | None]:
-    """Check signatures (runs in the pool): ``None`` for a good one, else the error."""
-    results: list[MessageRejected | None] = []
-    for signed, public_key in tasks:
-        try:
-            signed.verify(public_key)
-        except MessageRejected as exc:  # BadSignature, or UnknownKey on a kid mismatch
-            results.append(exc)
-        else:
-            results.append(None)
-    return results
 
 
 def _check_key(row: Any, device: str, kid: bytes, at_ms: int, *, rotation: bool = False) -> bytes:
@@ -410,15 +400,16 @@ class Processor:
         """Bind to a migrated database and the log's signing key; start the verify pool."""
         self._engine = engine
         self._log_key = log_key
-        self._signing_key = log_key.signing_key
         self.config = config
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, config.verify_threads), thread_name_prefix="ingest-verify"
+        self._pool = SignaturePool(
+            log_key.signing_key,
+            processes=config.signature_processes,
+            threads=max(1, config.verify_threads),
         )
 
     def close(self) -> None:
-        """Shut down the signature thread pool (waits for running checks)."""
-        self._pool.shutdown(wait=True)
+        """Shut down the signature pool (waits for running checks)."""
+        self._pool.close()
 
     def _before_commit(self, conn: Connection) -> None:
         """Hook run inside the transaction right before the commit (tests inject failures)."""
@@ -436,7 +427,7 @@ class Processor:
         result = BatchResult()
         if not batch:
             return result
-        run = _Run(self._pool, self._signing_key, self.config, result, now_ms)
+        run = _Run(self._pool, self.config, result, now_ms)
         topics: list[tuple[Inbound, str]] = []
         limit = self.config.max_message_bytes
         for inbound in batch:
@@ -551,18 +542,18 @@ def _taken_items(conn: Connection, keys: set[str]) -> dict[str, tuple[str, str]]
 class _VerifyQueue:
     """Signature checks in pool chunks, and known-good results in between, in arrival order."""
 
-    def __init__(
-        self, pool: ThreadPoolExecutor, futures: list[Future[list[MessageRejected | None]]]
-    ) -> None:
+    def __init__(self, pool: SignaturePool, futures: list[Future[list[Verdict]]]) -> None:
         self.pool = pool
         self.futures = futures
-        self.tasks: list[tuple[SignedMessage, bytes]] = []
+        self.tasks: list[VerifyTask] = []
         self.skipped = 0
 
     def add(self, signed: SignedMessage, public_key: bytes) -> None:
         """Queue one signature check (submitted with its chunk)."""
         self._flush_skipped()
-        self.tasks.append((signed, public_key))
+        self.tasks.append(
+            (signed.kid, signed.protected, signed.payload, signed.signature, public_key)
+        )
         if len(self.tasks) == _CHUNK:
             self._flush_tasks()
 
@@ -578,12 +569,12 @@ class _VerifyQueue:
 
     def _flush_tasks(self) -> None:
         if self.tasks:
-            self.futures.append(self.pool.submit(_verify_chunk, self.tasks))
+            self.futures.append(self.pool.verify(self.tasks))
             self.tasks = []
 
     def _flush_skipped(self) -> None:
         if self.skipped:
-            done: Future[list[MessageRejected | None]] = Future()
+            done: Future[list[Verdict]] = Future()
             done.set_result([None] * self.skipped)
             self.futures.append(done)
             self.skipped = 0
@@ -594,14 +585,12 @@ class _Run:
 
     def __init__(
         self,
-        pool: ThreadPoolExecutor,
-        signing_key: nacl.signing.SigningKey,
+        pool: SignaturePool,
         config: IngestConfig,
         result: BatchResult,
         now_ms: int,
     ) -> None:
         self.pool = pool
-        self.signing_key = signing_key
         self.config = config
         self.result = result
         self.now_ms = now_ms
@@ -636,7 +625,7 @@ class _Run:
         self.receipts: list[Receipt] = []
         self.signing_submitted = 0
         self.sign_futures: list[Future[list[bytes]]] = []
-        self.verify_futures: list[Future[list[MessageRejected | None]]] = []
+        self.verify_futures: list[Future[list[Verdict]]] = []
         self.receipt_slots: list[tuple[str, int]] = []  # (device, seq) in result order
         self.stored_receipts: dict[tuple[str, int], bytes] = {}
         # Device keys by (device, kid): read before the lock, brought up to date under it
@@ -936,7 +925,7 @@ class _Run:
                     message.seq,
                 )
 
-    def _verdicts(self) -> Iterator[MessageRejected | None]:
+    def _verdicts(self) -> Iterator[Verdict]:
         """The signature check results in arrival order, waiting for each chunk as needed."""
         for future in self.verify_futures:
             yield from future.result()
@@ -962,7 +951,8 @@ class _Run:
                 self.reject_raw(inbound, exc.reason, exc.detail, message.device, message.seq)
                 continue
             if error is not None:  # rule 5
-                self.reject_raw(inbound, error.reason, error.detail, message.device, message.seq)
+                reason, detail = error
+                self.reject_raw(inbound, reason, detail, message.device, message.seq)
                 continue
             limit = self.now_ms + self.config.max_clock_skew_ms
             if message.time > limit:  # rule 6
@@ -1368,10 +1358,7 @@ class _Run:
         chunk = self.receipts[self.signing_submitted :]
         self.signing_submitted = len(self.receipts)
         if chunk:
-            self.sign_futures.append(self.pool.submit(self._sign_chunk, chunk))
-
-    def _sign_chunk(self, receipts: Sequence[Receipt]) -> list[bytes]:
-        return [sign_receipt(receipt, self.signing_key) for receipt in receipts]
+            self.sign_futures.append(self.pool.sign(chunk))
 
     # -- writing ----------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "MAX_DEPTH",
     "decode_strict",
+    "encode_bytes",
     "encode_deterministic",
     "kind_name",
 ]
@@ -83,6 +84,11 @@ def _head(major: int, argument: int) -> bytes:
     if argument <= 0xFFFFFFFF:
         return bytes((initial | 26,)) + argument.to_bytes(4, "big")
     return bytes((initial | 27,)) + argument.to_bytes(8, "big")
+
+
+def encode_bytes(data: bytes) -> bytes:
+    """Return a byte string as deterministic CBOR: the shortest head, then the bytes."""
+    return _head(2, len(data)) + data
 
 
 def _encode_float(value: float) -> bytes:

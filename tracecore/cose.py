@@ -30,7 +30,7 @@ import cbor2
 import nacl.exceptions
 import nacl.signing
 
-from tracecore.cbor import decode_strict, encode_deterministic, kind_name
+from tracecore.cbor import decode_strict, encode_bytes, encode_deterministic, kind_name
 from tracecore.errors import BadSignature, MalformedMessage, UnknownKey
 from tracecore.keys import KID_LENGTH, device_kid
 from tracecore.message import AnyMessage, decode_payload, encode_payload
@@ -43,6 +43,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "SIGNATURE_LENGTH",
     "CoseSign1",
+    "CoseSigner",
     "SignedMessage",
     "parse_cose",
     "parse_message",
@@ -50,6 +51,7 @@ __all__ = [
     "sig_structure",
     "sign_cose",
     "sign_message",
+    "verify_signature",
 ]
 
 MAX_MESSAGE_BYTES: Final = 16384
@@ -61,6 +63,7 @@ HEADER_KID: Final = 4  # RFC 9052 §3.1, Table 2
 ALG_EDDSA: Final = -8  # RFC 9053 §2.2
 SIGNATURE_LENGTH: Final = 64  # RFC 8032 §5.1.6
 _CONTEXT: Final = "Signature1"  # RFC 9052 §4.4
+_SIGNATURE_HEAD: Final = b"\x58\x40"  # a byte string of 64 bytes (RFC 8949 §3.1)
 _ALG_NAMES: Final = {-7: "ES256", -35: "ES384", -36: "ES512", -37: "PS256", -257: "RS256"}
 
 
@@ -108,10 +111,16 @@ class CoseSign1:
         the Sig_structure does not verify. A ``public_key`` that is not 32 bytes is a key
         problem, not a message problem: :class:`~tracecore.errors.KeyFileError`.
         """
-        _verify(self.kid, self.protected, self.payload, self.signature, public_key)
+        verify_signature(self.kid, self.protected, self.payload, self.signature, public_key)
 
 
-def _verify(kid: bytes, protected: bytes, payload: bytes, signature: bytes, key: bytes) -> None:
+def verify_signature(
+    kid: bytes, protected: bytes, payload: bytes, signature: bytes, key: bytes
+) -> None:
+    """Check a COSE_Sign1's kid and Ed25519 signature from its parts, as :meth:`CoseSign1.verify`.
+
+    For callers that ship the parts elsewhere to be checked (ingest's signature processes).
+    """
     expected = device_kid(key)
     if kid != expected:
         raise UnknownKey(f"kid {kid.hex()} is not the kid {expected.hex()} of the given key")
@@ -131,10 +140,38 @@ def sign_cose(payload: bytes, signing_key: nacl.signing.SigningKey) -> bytes:
     and, Ed25519 being deterministic (RFC 8032 §5.1.6), the same inputs give the same bytes.
     ``payload`` is carried as is; callers pass deterministic CBOR.
     """
-    kid = device_kid(bytes(signing_key.verify_key))
-    protected = protected_header(kid)
-    signature = signing_key.sign(sig_structure(protected, payload)).signature
-    return encode_deterministic(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
+    return CoseSigner(signing_key).sign(payload)
+
+
+class CoseSigner:
+    """Signs COSE_Sign1 messages with one Ed25519 key; the same bytes as :func:`sign_cose`.
+
+    The kid, the protected header and the constant parts of the Sig_structure and of the
+    envelope are computed once, so each :meth:`sign` costs the signature and a few byte joins:
+    this is how ingest signs a receipt per message. The envelope is assembled by hand in its
+    deterministic form (RFC 8949 §4.2.1: shortest heads; the only map is empty), which
+    tests/tracecore/test_cose.py checks against the generic encoder.
+    """
+
+    __slots__ = ("_envelope", "_key", "_to_be_signed", "kid", "protected")
+
+    def __init__(self, signing_key: nacl.signing.SigningKey) -> None:
+        """Take the key; compute its kid and protected header."""
+        self._key = signing_key
+        self.kid = device_kid(bytes(signing_key.verify_key))
+        self.protected = protected_header(self.kid)
+        # RFC 9052 §4.4: ["Signature1", protected, h'' (no external AAD), payload]
+        self._to_be_signed = (
+            b"\x84" + encode_deterministic(_CONTEXT) + encode_bytes(self.protected) + b"\x40"
+        )
+        # RFC 9052 §4.2: 18([protected, {}, payload, signature])
+        self._envelope = b"\xd2\x84" + encode_bytes(self.protected) + b"\xa0"
+
+    def sign(self, payload: bytes) -> bytes:
+        """Return the tagged COSE_Sign1 bytes over ``payload`` (carried as is)."""
+        carried = encode_bytes(payload)
+        signature = self._key.sign(self._to_be_signed + carried).signature
+        return self._envelope + carried + _SIGNATURE_HEAD + signature
 
 
 def _alg_name(alg: object) -> str:
@@ -252,7 +289,7 @@ class SignedMessage:
         (RFC 9052 §4.4) fails; :class:`~tracecore.errors.KeyFileError` if ``public_key`` is
         not 32 bytes.
         """
-        _verify(self.kid, self.protected, self.payload, self.signature, public_key)
+        verify_signature(self.kid, self.protected, self.payload, self.signature, public_key)
 
 
 def sign_message(message: AnyMessage, signing_key: nacl.signing.SigningKey) -> bytes:

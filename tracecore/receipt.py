@@ -25,7 +25,7 @@ from typing import Final
 import nacl.signing
 
 from tracecore.cbor import decode_strict, encode_deterministic, kind_name
-from tracecore.cose import SignedMessage, parse_cose, sign_cose
+from tracecore.cose import CoseSigner, SignedMessage, parse_cose
 from tracecore.errors import IdentifierError, MalformedMessage
 from tracecore.identifiers import parse_device_id
 from tracecore.message import FORMAT_VERSION, MAX_SEQ, MAX_TIME_MS
@@ -164,13 +164,16 @@ class SignedReceipt:
         )
 
 
-def sign_receipt(receipt: Receipt, log_signing_key: nacl.signing.SigningKey) -> bytes:
+def sign_receipt(receipt: Receipt, log_signer: nacl.signing.SigningKey | CoseSigner) -> bytes:
     """Return the tagged COSE_Sign1 bytes of ``receipt`` signed by the log key.
 
     Same construction as device messages (:func:`tracecore.cose.sign_cose`); the payload is the
-    receipt map in deterministic CBOR (RFC 8949 §4.2.1). Deterministic output.
+    receipt map in deterministic CBOR (RFC 8949 §4.2.1). Deterministic output. Pass a
+    :class:`~tracecore.cose.CoseSigner` of the log key to sign many receipts: it computes the
+    key's protected header once instead of per receipt.
     """
-    return sign_cose(encode_deterministic(receipt.to_cbor_map()), log_signing_key)
+    signer = log_signer if isinstance(log_signer, CoseSigner) else CoseSigner(log_signer)
+    return signer.sign(encode_deterministic(receipt.to_cbor_map()))
 
 
 def parse_receipt(raw: bytes) -> SignedReceipt:

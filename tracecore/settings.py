@@ -71,7 +71,14 @@ class Settings(BaseSettings):
         default=50, ge=0, le=10_000, description="ingest: longest wait to fill a batch"
     )
     verify_threads: int = Field(
-        default=2, ge=1, le=64, description="ingest: threads checking signatures"
+        default=2, ge=1, le=64, description="ingest: threads checking signatures (0 processes)"
+    )
+    signature_processes: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="ingest: worker processes checking signatures and signing receipts "
+        "(0: threads in the ingest process)",
     )
     max_message_bytes: int = Field(
         # At least the protocol's 16 KiB message limit (docs/protocol.md §4), so no valid

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 
 import pytest
 from ingest_kit import HOUR, RECEIVED, T0, World, product, table
 from sqlalchemy import Engine
 
 from ingest import Inbound, IngestConfig, Processor
-from ingest import processor as processor_module
-from tracecore.cose import SignedMessage, parse_message
-from tracecore.errors import MessageRejected, RejectReason
+from ingest import signatures as signatures_module
+from ingest.signatures import Verdict, VerifyTask
+from tracecore.cose import parse_message
+from tracecore.errors import RejectReason
 from tracecore.logentry import GENESIS_PREV, parse_entry
 from tracecore.merkle import leaf_hash
 from tracecore.receipt import parse_receipt
@@ -186,13 +186,13 @@ def test_resend_of_logged_bytes_skips_the_signature_check(
     logged = [dev.reading(LOT) for _ in range(3)]
     first = world.send(dev, *logged)
     checked: list[int] = []
-    verify = processor_module._verify_chunk
+    verify = signatures_module._verify_many
 
-    def counting(tasks: Sequence[tuple[SignedMessage, bytes]]) -> list[MessageRejected | None]:
+    def counting(tasks: list[VerifyTask]) -> list[Verdict]:
         checked.append(len(tasks))
         return verify(tasks)
 
-    monkeypatch.setattr(processor_module, "_verify_chunk", counting)
+    monkeypatch.setattr(signatures_module, "_verify_many", counting)
     fresh = dev.reading(LOT)
     again = world.send(dev, *logged, fresh, now_ms=RECEIVED + 60_000)
     assert (again.accepted, again.duplicates) == (1, 3)

@@ -12,6 +12,7 @@ from tracecore.cbor import decode_strict, encode_deterministic
 from tracecore.cose import (
     MAX_MESSAGE_BYTES,
     CoseSign1,
+    CoseSigner,
     SignedMessage,
     parse_cose,
     parse_message,
@@ -282,3 +283,19 @@ def test_field_rule_failure_surfaces_from_parse_message(
     )
     with pytest.raises(MalformedMessage, match="seq must be an integer >= 1, got 0"):
         parse_message(sign_cose(payload, device_key))
+
+
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 65535, 65536])
+def test_cose_signer_gives_the_generic_encoders_bytes(
+    device_key: nacl.signing.SigningKey, size: int
+) -> None:
+    """The hand-assembled envelope equals the generic deterministic encoding, at every head size."""
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    kid = device_kid(bytes(device_key.verify_key))
+    protected = protected_header(kid)
+    signature = device_key.sign(sig_structure(protected, payload)).signature
+    expected = encode_deterministic(cbor2.CBORTag(18, [protected, {}, payload, signature]))
+    signer = CoseSigner(device_key)
+    assert signer.sign(payload) == expected
+    assert sign_cose(payload, device_key) == expected
+    assert signer.kid == kid
