@@ -453,7 +453,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     _exit_on_early_sigterm()
     from agritrace.runner import run_service
 
-    return run_service(settings)
+    return run_service(settings, settle_gc=True)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -462,7 +462,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from agritrace.runner import run_service
 
     settings = serving_settings(settings, args.host, args.port)
-    return run_service(settings, api=(args.host, args.port))
+    return run_service(settings, api=(args.host, args.port), settle_gc=True)
 
 
 def _exit_on_early_sigterm() -> None:

@@ -35,6 +35,7 @@ from ingest import (
     ServiceOptions,
     run_checkpointer,
     run_ingest,
+    settle_garbage_collector,
     stop_on_signals,
 )
 from ingest.checkpointer import wall_clock_ms
@@ -72,12 +73,15 @@ def run_service(
     api: tuple[str, int] | None = None,
     embedded: BrokerAddress = DEFAULT_EMBEDDED,
     companions: Mapping[str, Companion] | None = None,
+    settle_gc: bool = False,
 ) -> int:
     """Run ingest (and the API on ``api = (host, port)``) until SIGTERM/SIGINT; return 0.
 
     ``embedded`` is where the embedded broker listens when ``AGRITRACE_MQTT_URL`` is unset.
     ``companions`` run in the same TaskGroup once the API (if any) is up; any of them may set
-    the stop event to end the whole service.
+    the stop event to end the whole service. ``settle_gc`` tunes this process's garbage
+    collector for ingest once start-up is done (:func:`ingest.settle_garbage_collector`): the
+    commands that own their process pass it, callers inside a larger process do not.
     """
     configure_logging()
     if api is not None:
@@ -99,6 +103,7 @@ def run_service(
                 api=api,
                 embedded=embedded,
                 companions=companions or {},
+                settle_gc=settle_gc,
             )
         )
     except* ConfigError as group:
@@ -114,6 +119,7 @@ async def _main(
     api: tuple[str, int] | None,
     embedded: BrokerAddress,
     companions: Mapping[str, Companion],
+    settle_gc: bool,
 ) -> int:
     stop = asyncio.Event()
     stats = IngestStats()
@@ -138,6 +144,7 @@ async def _main(
                             stop=stop,
                             stats=stats,
                             app=app,
+                            settle_gc=settle_gc,
                         ),
                         stop,
                     ),
@@ -169,6 +176,7 @@ async def _ingest(
     stop: asyncio.Event,
     stats: IngestStats,
     app: Any,
+    settle_gc: bool = False,
 ) -> None:
     """Wait for the database, migrate it, check it keeps commits, then run ingest until stop."""
     if not await migrate_when_available(engine, stop):
@@ -221,6 +229,8 @@ async def _ingest(
             evaluator = functools.partial(
                 run_contract_evaluator, engine, policy, settings.contract_seconds
             )
+            if settle_gc:
+                settle_garbage_collector()
             await run_ingest(
                 processor,
                 options,

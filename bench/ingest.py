@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -66,7 +67,7 @@ from sqlmodel import SQLModel
 from bench.stages import stage_table
 from ingest import Inbound, IngestConfig, IngestStats, Processor, ServiceOptions, run_ingest
 from ingest.checkpointer import run_checkpointer
-from ingest.service import Companion, subscription_topic
+from ingest.service import Companion, settle_garbage_collector, subscription_topic
 from tracecore.cose import sign_message
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey
@@ -102,6 +103,8 @@ class BenchResult:
     entries: int
     #: CPU seconds of this process and its worker processes during the ingest drain.
     ingest_cpu_seconds: float = 0.0
+    #: Of which in the garbage collector of the ingest process (one worker only).
+    ingest_gc_seconds: float = 0.0
 
     @property
     def bare_rate(self) -> float:
@@ -132,6 +135,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
         )
     verify_us, sign_us = _crypto_costs()
     cpu_us = result.ingest_cpu_seconds / max(1, result.receipts_published) * 1e6
+    gc_us = result.ingest_gc_seconds / max(1, result.receipts_published) * 1e6
     out.write(
         f"\n{result.messages:,} messages from {args.devices:,} devices, db={args.db}, "
         f"batch={args.batch_size}, workers={args.workers or 1}\n"
@@ -141,6 +145,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
         f"({result.ingest_seconds:.2f} s)\n"
         f"  ratio ingest / bare:     {result.ratio:10.2f}\n"
         f"  ingest CPU per message:  {cpu_us:10.0f} us  (all threads and worker processes)\n"
+        f"    of which in GC:        {gc_us:10.0f} us  (the ingest process)\n"
         f"  per message, one core:   bare receive {1e6 / result.bare_rate:.0f} us, "
         f"Ed25519 verify {verify_us:.0f} us + receipt sign {sign_us:.0f} us\n"
     )
@@ -334,6 +339,7 @@ async def _run(
         receipts_published=drain.stats.receipts_published,
         entries=entries - setup,
         ingest_cpu_seconds=drain.cpu_seconds,
+        ingest_gc_seconds=drain.gc_seconds,
     )
 
 
@@ -341,6 +347,7 @@ async def _run(
 class _Drain:
     seconds: float
     cpu_seconds: float
+    gc_seconds: float
     stats: IngestStats
 
 
@@ -363,30 +370,56 @@ async def _drain_in_process(
     profiler = _Profiler(args.profile, args.profile_rate) if args.profile else None
     if profiler is not None:
         await asyncio.to_thread(profiler.start)
+    settle_garbage_collector()  # as agritrace ingest does before its first message
     cpu = _CpuMeter()
     started = time.perf_counter()
-    async with asyncio.TaskGroup() as tasks:
-        companions = _checkpointer(engine, log_key, args.checkpoint_seconds, args.index_seconds)
-        tasks.create_task(
-            run_ingest(processor, options, stop, companions=companions, stats=stats),
-            name="ingest",
-        )
-        idle = _IdleWatch()
-        # Poll the counters (5 ms): done when every message is receipted, or when nothing
-        # has moved for _IDLE_S (the broker dropped part of the backlog).
-        while stats.receipts_published < messages:
-            if idle.stalled((stats.received, stats.receipts_published)):
-                break
-            await asyncio.sleep(0.005)
-        last_progress = idle.last_progress
-        if stats.receipts_published >= messages:
-            last_progress = time.perf_counter()
-        seconds = last_progress - started
-        cpu_seconds = cpu.seconds()
-        if profiler is not None:
-            await asyncio.to_thread(profiler.stop)
-        stop.set()
-    return _Drain(seconds, cpu_seconds, stats)
+    with _GcMeter() as collector:
+        async with asyncio.TaskGroup() as tasks:
+            companions = _checkpointer(engine, log_key, args.checkpoint_seconds, args.index_seconds)
+            tasks.create_task(
+                run_ingest(processor, options, stop, companions=companions, stats=stats),
+                name="ingest",
+            )
+            idle = _IdleWatch()
+            # Poll the counters (5 ms): done when every message is receipted, or when nothing
+            # has moved for _IDLE_S (the broker dropped part of the backlog).
+            while stats.receipts_published < messages:
+                if idle.stalled((stats.received, stats.receipts_published)):
+                    break
+                await asyncio.sleep(0.005)
+            last_progress = idle.last_progress
+            if stats.receipts_published >= messages:
+                last_progress = time.perf_counter()
+            seconds = last_progress - started
+            cpu_seconds = cpu.seconds()
+            if profiler is not None:
+                await asyncio.to_thread(profiler.stop)
+            stop.set()
+    return _Drain(seconds, cpu_seconds, collector.seconds, stats)
+
+
+class _GcMeter:
+    """Time spent in the garbage collector (all generations) while in use, via gc.callbacks."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = 0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        del info
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections += 1
+
+    def __enter__(self) -> _GcMeter:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 class _CpuMeter:

@@ -2,7 +2,13 @@
 
 from ingest.checkpointer import run_checkpointer
 from ingest.processor import BatchResult, Inbound, IngestConfig, Processor
-from ingest.service import IngestStats, ServiceOptions, run_ingest, stop_on_signals
+from ingest.service import (
+    IngestStats,
+    ServiceOptions,
+    run_ingest,
+    settle_garbage_collector,
+    stop_on_signals,
+)
 
 __all__ = [
     "BatchResult",
@@ -13,5 +19,6 @@ __all__ = [
     "ServiceOptions",
     "run_checkpointer",
     "run_ingest",
+    "settle_garbage_collector",
     "stop_on_signals",
 ]

@@ -7,9 +7,11 @@ are Python), so a :class:`SignaturePool` runs it elsewhere:
 
 * ``processes >= 1`` (the service's default, ``AGRITRACE_SIGNATURE_PROCESSES``): worker
   processes started with ``spawn`` (no fork of a process with threads and open connections).
-  Each gets the log's signing key once, at start; a task carries only bytes and numbers, and
-  answers with bytes. A worker that dies is replaced at the next task; the batch that was using
-  it fails, rolls back and is retried by the service (nothing is committed without its checks).
+  Each gets the log's signing key once, at start, and then chunks of tasks down a pipe: a task
+  carries only bytes and numbers, and the answer is bytes. A worker that dies fails its
+  outstanding tasks with :class:`~tracecore.errors.WorkerDied` and is replaced at the next
+  chunk; the batch that was using it rolls back and is retried by the service (nothing is
+  committed without its checks).
 * ``processes == 0``: threads in this process, as before (tests, tools, one-core machines).
 
 The answers are the same either way: for a check, ``None`` or ``(reason, detail)`` as
@@ -19,17 +21,21 @@ The answers are the same either way: for a check, ``None`` or ``(reason, detail)
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import itertools
 import multiprocessing
 import signal
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import TypeAlias, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any, Final, TypeAlias
 
 import nacl.signing
 
 from tracecore.cose import CoseSigner, verify_signature
-from tracecore.errors import MessageRejected, RejectReason
+from tracecore.errors import MessageRejected, RejectReason, WorkerDied
 from tracecore.receipt import Receipt, sign_receipt
 
 __all__ = ["ReceiptTask", "SignaturePool", "Verdict", "VerifyTask"]
@@ -40,9 +46,6 @@ VerifyTask: TypeAlias = tuple[bytes, bytes, bytes, bytes, bytes]
 ReceiptTask: TypeAlias = tuple[str, int, int, bytes, bytes, int]
 #: A check's answer: None for a good signature, else the rejection's reason and detail.
 Verdict: TypeAlias = tuple[RejectReason, str] | None
-
-_Task = TypeVar("_Task")
-_Answer = TypeVar("_Answer")
 
 # The log key's signer in a worker process, installed once by _start_worker.
 _worker_signer: CoseSigner | None = None
@@ -92,46 +95,141 @@ class SignaturePool:
         if processes < 0 or threads < 1:
             raise ValueError("processes >= 0 and threads >= 1 required")
         self.processes = processes
-        self._threads = threads
         self._seed = bytes(signing_key)
         self._signer = CoseSigner(signing_key)
-        self._executor = self._start()
-
-    def _start(self) -> Executor:
-        if self.processes == 0:
-            return ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="ingest-sig")
-        return ProcessPoolExecutor(
-            max_workers=self.processes,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(self._seed,),
+        self._threads = (
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest-sig")
+            if processes == 0
+            else None
         )
+        self._workers = [_Worker(self._seed, n) for n in range(processes)]
+        self._turn = itertools.cycle(range(processes)) if processes else None
 
     def verify(self, tasks: Sequence[VerifyTask]) -> Future[list[Verdict]]:
         """Check a chunk of signatures; the future holds one :data:`Verdict` per task."""
-        return self._submit(_verify_many, list(tasks))
+        if self._threads is not None:
+            return self._threads.submit(_verify_many, list(tasks))
+        return self._worker().submit(_VERIFY, list(tasks))
 
     def sign(self, receipts: Sequence[Receipt]) -> Future[list[bytes]]:
         """Sign a chunk of receipts with the log key; the future holds their COSE bytes."""
         tasks: list[ReceiptTask] = [
             (r.device, r.seq, r.index, r.entry, r.msg, r.time) for r in receipts
         ]
-        if self.processes == 0:
-            return self._executor.submit(_sign_many, tasks, self._signer)
-        return self._submit(_sign_many, tasks)
+        if self._threads is not None:
+            return self._threads.submit(_sign_many, tasks, self._signer)
+        return self._worker().submit(_SIGN, tasks)
 
-    def _submit(
-        self, function: Callable[[list[_Task]], list[_Answer]], tasks: list[_Task]
-    ) -> Future[list[_Answer]]:
-        try:
-            return self._executor.submit(function, tasks)
-        except BrokenProcessPool:
-            # A worker died (killed, out of memory): the batch that used it has failed and is
-            # being retried; start a fresh pool for it rather than failing every batch after.
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = self._start()
-            return self._executor.submit(function, tasks)
+    def _worker(self) -> _Worker:
+        assert self._turn is not None  # noqa: S101  (processes > 0 here)
+        index = next(self._turn)
+        worker = self._workers[index]
+        if worker.broken:
+            # A worker died (killed, out of memory): the tasks it had failed, and the batch
+            # that used it is being retried. Start a fresh one rather than failing every batch.
+            worker.close()
+            worker = self._workers[index] = _Worker(self._seed, index)
+        return worker
 
     def close(self) -> None:
-        """Stop the workers (waits for running tasks)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers (after the tasks they have)."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+        for worker in self._workers:
+            worker.close()
+
+
+_VERIFY: Final = "verify"
+_SIGN: Final = "sign"
+
+
+def _serve(connection: Connection, seed: bytes) -> None:
+    """A worker process: answer each chunk sent on ``connection``, in order, until it closes."""
+    _start_worker(seed)
+    handlers: dict[str, Callable[[Any], list[Any]]] = {_VERIFY: _verify_many, _SIGN: _sign_many}
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if message is None:
+            return  # the parent stops the pool
+        kind, tasks = message
+        connection.send(handlers[kind](tasks))
+
+
+class _Worker:
+    """One worker process, its pipe, and a thread that hands answers to their futures in order.
+
+    The standard library's ProcessPoolExecutor costs more per task than the signatures it
+    would carry here: a work item, a wake-up pipe write and a management thread per submit
+    (docs/benchmarks.md, "Ingest at the speed of the machine"). A chunk goes down one pipe and
+    its answer comes back on it; the worker answers chunks in the order they were sent.
+    """
+
+    def __init__(self, seed: bytes, number: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve, args=(child, seed), name=f"agritrace-signatures-{number}", daemon=True
+        )
+        self._process.start()
+        child.close()
+        self._pending: collections.deque[Future[Any]] = collections.deque()
+        self._lock = threading.Lock()
+        self.broken = False
+        self._reader = threading.Thread(
+            target=self._read, name=f"ingest-signatures-{number}", daemon=True
+        )
+        self._reader.start()
+
+    def submit(self, kind: str, tasks: list[Any]) -> Future[Any]:
+        """Send a chunk; return the future of its answer."""
+        future: Future[Any] = Future()
+        with self._lock:
+            if self.broken:
+                future.set_exception(WorkerDied("the signature worker process has ended"))
+                return future
+            self._pending.append(future)
+            try:
+                self._connection.send((kind, tasks))
+            except OSError as exc:
+                self._fail(exc)
+        return future
+
+    def _read(self) -> None:
+        while True:
+            try:
+                answer = self._connection.recv()
+            except (EOFError, OSError) as exc:
+                with self._lock:
+                    self._fail(exc)
+                return
+            with self._lock:
+                future = self._pending.popleft()
+            future.set_result(answer)
+
+    def _fail(self, cause: BaseException) -> None:
+        """Fail every outstanding task (called with the lock held)."""
+        self.broken = True
+        while self._pending:
+            error = WorkerDied(f"the signature worker process has ended ({cause!r})")
+            self._pending.popleft().set_exception(error)
+
+    def close(self) -> None:
+        """Tell the worker to exit after its chunks; wait for it and the reader; close the pipe.
+
+        (Closing the pipe first would not do: the reader thread blocked on it keeps it open.)
+        """
+        with self._lock, contextlib.suppress(OSError):
+            self._connection.send(None)
+        self._process.join(timeout=_STOP_S)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._reader.join(timeout=_STOP_S)
+        self._connection.close()
+
+
+#: Longest wait for a worker to exit after its pipe is closed.
+_STOP_S: Final = 10.0

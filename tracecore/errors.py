@@ -24,6 +24,7 @@ with ``raise ... from exc``, so a caller never has to know which library sits un
     ├── BatchError                 a batch file has bad rows: ``.problems`` lists every InputError
     ├── ProofError                 a Merkle proof is malformed, asks for impossible sizes, or fails
     ├── OutboxFull                 a gateway's outbox is at its bound: a new message is refused
+    ├── WorkerDied                 a worker process of a service ended with work outstanding
     └── StorageError               the database refused or lost something
         ├── NotFound                   no such record
         ├── Conflict                   the record exists already (or a unique rule would break)
@@ -239,6 +240,13 @@ class OutboxFull(AgritraceError):
     def __init__(self, detail: str, *, limit: str) -> None:
         self.limit = limit
         super().__init__(detail)
+
+
+class WorkerDied(AgritraceError):
+    """A worker process (ingest's signature workers) ended with tasks outstanding.
+
+    The tasks fail with this error; the batch that needed them rolls back and is retried.
+    """
 
 
 class StorageError(AgritraceError):

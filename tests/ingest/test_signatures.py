@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from concurrent.futures.process import BrokenProcessPool
 
 import nacl.signing
 import psutil
@@ -16,7 +15,7 @@ from sqlalchemy import Engine
 from ingest import IngestConfig, Processor
 from ingest.signatures import SignaturePool, VerifyTask
 from tracecore.cose import parse_message, sign_message
-from tracecore.errors import RejectReason
+from tracecore.errors import RejectReason, WorkerDied
 from tracecore.identifiers import ProductKey
 from tracecore.keys import SignerKey
 from tracecore.message import Reading, Sensor
@@ -104,7 +103,7 @@ def test_a_killed_worker_is_replaced(process_pool: SignaturePool) -> None:
         try:
             answers = process_pool.verify(_cases()).result()
             break
-        except BrokenProcessPool:
+        except WorkerDied:
             continue
     assert answers
     assert answers[0] is None
