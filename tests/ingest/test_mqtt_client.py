@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mqtt_kit import free_port, unique
@@ -58,7 +59,7 @@ def run(request: pytest.FixtureRequest) -> Callable[[str, Scenario], None]:
 
 @contextlib.asynccontextmanager
 async def session(
-    address: BrokerAddress, protocol: int, client_id: str, **options: int
+    address: BrokerAddress, protocol: int, client_id: str, **options: Any
 ) -> AsyncIterator[Connection]:
     """A connection for the block; the broker's session of ``client_id`` is wiped afterwards."""
     conn = await connect(address, client_id=client_id, protocol=protocol, **options)
