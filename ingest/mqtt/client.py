@@ -168,7 +168,9 @@ class Connection(asyncio.Protocol):
         try:
             for packet in packets:
                 if type(packet) is Publish:
-                    self._on_publish(packet)
+                    packet_id = packet.packet_id
+                    if packet_id is not None and not self._on_qos1(packet, packet_id):
+                        continue
                     inbox.append(packet)
                     self._inbox_bytes += len(packet.payload)
                 elif type(packet) is PubAck:
@@ -180,39 +182,42 @@ class Connection(asyncio.Protocol):
             self._violation(exc, _PROTOCOL_ERROR)
             return
         if inbox:
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-            if not self._paused and (
-                len(inbox) >= self._buffer_limit or self._inbox_bytes >= self._buffer_bytes
-            ):
-                # Backpressure: stop reading the socket until the consumer drains the buffer;
-                # TCP flow control then holds the broker back (QoS 0 has no other limit).
-                self._paused = True
-                if self._transport is not None:
-                    self._transport.pause_reading()
+            self._wake_reader()
         if freed:
             self._wake_window()
 
-    def _on_publish(self, packet: Publish) -> None:
-        """Track a QoS 1 message's packet id until :meth:`ack`."""
-        packet_id = packet.packet_id
-        if packet_id is None:
-            return
+    def _wake_reader(self) -> None:
+        """Wake a waiting :meth:`deliveries`; pause reading when the buffer is full."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if not self._paused and (
+            len(self._inbox) >= self._buffer_limit or self._inbox_bytes >= self._buffer_bytes
+        ):
+            # Backpressure: stop reading the socket until the consumer drains the buffer;
+            # TCP flow control then holds the broker back (QoS 0 has no other limit).
+            self._paused = True
+            if self._transport is not None:
+                self._transport.pause_reading()
+
+    def _on_qos1(self, packet: Publish, packet_id: int) -> bool:
+        """Track a QoS 1 message's packet id until :meth:`ack`; False for a resent duplicate."""
         unacked = self._unacked_in
         if packet_id in unacked:
-            # MQTT 5.0 §2.2.1: an id is in use until our PUBACK; only a resend (DUP) may reuse it.
+            # MQTT 5.0 §2.2.1: an id is in use until our PUBACK; only a resend (DUP) of the
+            # same message may carry it, and that one is buffered or delivered already.
             if not packet.dup:
                 raise MqttProtocolError(f"PUBLISH reuses packet id {packet_id} before its PUBACK")
-            return
+            return False
         unacked.add(packet_id)
-        if len(unacked) > self._receive_maximum:
+        if len(unacked) > self._receive_maximum and self.protocol == PROTOCOL_V5:
             # MQTT 5.0 §3.3.4 (MQTT-3.3.4-9): the broker must not send more unacknowledged QoS 1
             # messages than our Receive Maximum; the client may then DISCONNECT with 0x93. We
             # count it instead: mosquitto 2.0.11 honours the limit for the first window of a
             # session's queue but not after the first PUBACKs (docs/ingest.md), and closing
             # would stop ingest on that broker. Memory stays bounded by the buffer limits.
             self.receive_maximum_exceeded += 1
+        return True
 
     def _on_puback(self, packet: PubAck) -> None:
         """A PUBACK settles one item of a ``publish_many`` batch."""
@@ -316,7 +321,8 @@ class Connection(asyncio.Protocol):
             now - self._last_sent >= keepalive or silent >= keepalive / 2
         ):
             self._ping_outstanding = True
-            self._write(PINGREQ)
+            with contextlib.suppress(MqttConnectionLost):  # closing: connection_lost follows
+                self._write(PINGREQ)
         self._timer = self._loop.call_later(keepalive / 4, self._tick)
 
     # --- sending --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from tracecore.errors import (
     MqttConnectError,
     MqttConnectionLost,
     MqttError,
+    MqttRefused,
     MqttUnsupportedProtocol,
 )
 from tracecore.mqtt import BrokerAddress, embedded_broker
@@ -385,6 +386,40 @@ def test_protocol_error_closes_with_a_reason() -> None:
             conn = await connect(address, client_id="c")
             await conn.subscribe("t")
             with pytest.raises(MqttConnectionLost, match="protocol error: PUBLISH with QoS 2"):
+                await conn.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_resent_duplicate_is_dropped_and_refusals_are_errors() -> None:
+    """A DUP resend of a buffered id is delivered once; ack() refuses unknown ids; a refused
+    SUBSCRIBE raises MqttRefused; reusing an unacked id without DUP is a protocol error."""
+
+    async def on_data(data: bytes, writer: asyncio.StreamWriter) -> None:
+        if data[0] >> 4 != 8:  # only SUBSCRIBE is answered
+            return
+        packet_id, topic_filter = data[2:4], data[7:8]  # v5: id, property length, filter
+        if topic_filter == b"t":
+            writer.write(bytes.fromhex("90 04") + packet_id + bytes.fromhex("00 01"))
+            writer.write(bytes.fromhex("32 07 0001 74 0009 00 61"))  # id 9, "a"
+            writer.write(bytes.fromhex("3a 07 0001 74 0009 00 61"))  # id 9 again, DUP
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.write(bytes.fromhex("32 07 0001 74 0009 00 62"))  # id 9, no DUP, "b"
+        else:
+            writer.write(bytes.fromhex("90 04") + packet_id + bytes.fromhex("00 87"))  # refused
+
+    async def main() -> None:
+        server, address = await _silent_broker(on_data)
+        async with server:
+            conn = await connect(address, client_id="c")
+            with pytest.raises(MqttRefused, match="0x87"):
+                await conn.subscribe("x")
+            await conn.subscribe("t")
+            assert [(m.packet_id, m.payload) for m in await take(conn, 1)] == [(9, b"a")]
+            with pytest.raises(ValueError, match="not unacknowledged"):
+                conn.ack([10])
+            with pytest.raises(MqttConnectionLost, match="reuses packet id 9"):
                 await conn.wait_closed()
 
     asyncio.run(main())
