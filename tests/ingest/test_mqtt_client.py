@@ -16,6 +16,7 @@ import pytest
 from mqtt_kit import free_port, unique
 
 from ingest.mqtt import Connection, Delivery, connect
+from ingest.mqtt.packets import Decoder, Publish
 from tracecore.backoff import Backoff
 from tracecore.errors import (
     MqttConnectError,
@@ -425,6 +426,28 @@ def test_resent_duplicate_is_dropped_and_refusals_are_errors() -> None:
     asyncio.run(main())
 
 
+def test_refused_publish_raises_after_all_are_settled() -> None:
+    """PUBACK reason codes >= 0x80 make publish_many raise MqttRefused with those codes."""
+
+    async def on_data(data: bytes, writer: asyncio.StreamWriter) -> None:
+        for packet in Decoder(5).feed(data):  # a client's PUBLISH has the broker's layout
+            assert isinstance(packet, Publish)
+            assert packet.packet_id is not None
+            code = b"\x87" if packet.payload == b"bad" else b"\x10"  # 0x10: no subscribers
+            writer.write(b"\x40\x03" + packet.packet_id.to_bytes(2, "big") + code)
+
+    async def main() -> None:
+        server, address = await _silent_broker(on_data)
+        async with server:
+            conn = await connect(address, client_id="c")
+            await conn.publish_many([("t", b"ok"), ("t", b"ok")])
+            with pytest.raises(MqttRefused, match=r"1 of 3 PUBLISH.*0x87"):
+                await conn.publish_many([("t", b"ok"), ("t", b"bad"), ("t", b"ok")])
+            await conn.disconnect()
+
+    asyncio.run(main())
+
+
 @pytest.mark.mosquitto
 def test_backpressure_pauses_reading(mosquitto: BrokerAddress) -> None:
     """QoS 0 messages beyond the byte budget pause the socket; draining resumes; none is lost."""
@@ -469,7 +492,8 @@ def test_wrong_password_is_refused_with_the_reason(
             MqttConnectError, match=r"bad user name or password|not authorized"
         ) as v5:
             await connect(wrong, client_id=unique("c"), protocol=5)
-        # MQTT 5.0 §3.2.2.2: 0x86 bad user name or password; mosquitto 2.0.11 answers 0x87.
+        # MQTT 5.0 §3.2.2.2: 0x86 bad user name or password; mosquitto 2.0.11 answers 0x87
+        # not authorized (and return code 5, not 4, under 3.1.1).
         assert v5.value.code in (0x86, 0x87)
         with pytest.raises(MqttConnectError) as v311:
             await connect(wrong, client_id=unique("c"), protocol=4)

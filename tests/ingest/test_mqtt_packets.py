@@ -107,6 +107,12 @@ def test_publish_golden_and_round_trip() -> None:
     assert Decoder(5).feed(q0) == [Publish(None, "t", b"", False, 0, True)]
 
 
+def test_puback_round_trip() -> None:
+    """A PUBACK we encode decodes to the same packet id with success, under both versions."""
+    for protocol in (4, 5):
+        assert Decoder(protocol).feed(encode_puback(0xBEEF)) == [PubAck(0xBEEF)]
+
+
 def test_control_packets_golden() -> None:
     """SUBSCRIBE, UNSUBSCRIBE, PUBACK, DISCONNECT and PINGREQ bytes as the spec lays them out."""
     assert encode_subscribe(1, [("$share/ingest/t", 1)], protocol=5) == bytes.fromhex(
