@@ -25,10 +25,18 @@ with ``raise ... from exc``, so a caller never has to know which library sits un
     ├── ProofError                 a Merkle proof is malformed, asks for impossible sizes, or fails
     ├── OutboxFull                 a gateway's outbox is at its bound: a new message is refused
     ├── WorkerDied                 a worker process of a service ended with work outstanding
-    └── StorageError               the database refused or lost something
-        ├── NotFound                   no such record
-        ├── Conflict                   the record exists already (or a unique rule would break)
-        └── DatabaseUnavailable        the database cannot be reached or is busy: retry later
+    ├── StorageError               the database refused or lost something
+    │   ├── NotFound                   no such record
+    │   ├── Conflict                   the record exists already (or a unique rule would break)
+    │   └── DatabaseUnavailable        the database cannot be reached or is busy: retry later
+    └── MqttError                  ingest's MQTT client (ingest/mqtt, docs/ingest.md)
+        ├── MqttConnectError           the broker refused the CONNECT: ``.code``, ``.reason``
+        │   └── MqttUnsupportedProtocol    … because of the protocol version: retry with 3.1.1
+        ├── MqttRefused                the broker refused a SUBSCRIBE or a PUBLISH: ``.codes``
+        ├── MqttProtocolError          the broker sent bytes that break the MQTT spec
+        └── MqttConnectionLost         the connection is gone (closed, reset, keepalive, error);
+                                       ``.unacknowledged``: the items publish_many did not get
+                                       acknowledged
 
 The other reason codes of the ingest rules (unknown_device, clock_skew, equivocation,
 unauthorized_product, serial_conflict, unknown_product) depend on server state, not on the
@@ -56,6 +64,12 @@ __all__ = [
     "MalformedMessage",
     "MalformedNote",
     "MessageRejected",
+    "MqttConnectError",
+    "MqttConnectionLost",
+    "MqttError",
+    "MqttProtocolError",
+    "MqttRefused",
+    "MqttUnsupportedProtocol",
     "NotFound",
     "NoteError",
     "OutboxFull",
@@ -267,3 +281,50 @@ class DatabaseUnavailable(StorageError):
     A condition of the moment, not of the request: the same operation may succeed later, so
     services wait and retry (docs/operations.md, "Outages") and the API answers 503.
     """
+
+
+class MqttError(AgritraceError):
+    """An error of ingest's MQTT client (ingest/mqtt): the broker or the connection failed."""
+
+
+class MqttConnectError(MqttError):
+    """The broker refused the CONNECT with a CONNACK return or reason code.
+
+    ``code`` is the CONNACK code (MQTT 3.1.1 §3.2.2.3 return code, MQTT 5.0 §3.2.2.2 reason
+    code); ``reason`` is the broker's reason string or the spec's name for the code.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"broker refused the connection: {reason} (code 0x{code:02x})")
+
+
+class MqttUnsupportedProtocol(MqttConnectError):
+    """The broker does not speak the requested MQTT version: connect again with 3.1.1."""
+
+
+class MqttRefused(MqttError):
+    """The broker refused a SUBSCRIBE, UNSUBSCRIBE or PUBLISH; ``codes`` holds its reason codes."""
+
+    def __init__(self, what: str, codes: tuple[int, ...]) -> None:
+        self.codes = codes
+        listed = ", ".join(f"0x{code:02x}" for code in codes)
+        super().__init__(f"broker refused {what}: reason code(s) {listed}")
+
+
+class MqttProtocolError(MqttError):
+    """The bytes from the broker break the MQTT spec; the message says which rule."""
+
+
+class MqttConnectionLost(MqttError):
+    """The MQTT connection is gone; the message says why.
+
+    ``unacknowledged`` lists the ``(topic, payload)`` items of a ``publish_many`` call that the
+    broker did not acknowledge (empty for every other operation): publish them again.
+    """
+
+    def __init__(self, detail: str, unacknowledged: tuple[tuple[str, bytes], ...] = ()) -> None:
+        self.detail = detail
+        self.unacknowledged = unacknowledged
+        super().__init__(f"MQTT connection lost: {detail}")
