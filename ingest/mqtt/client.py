@@ -117,7 +117,7 @@ class Connection(asyncio.Protocol):
         self._inbox_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._unacked_in: set[int] = set()
-        #: How many QoS 1 messages came over our Receive Maximum (a broker bug; see _on_publish).
+        #: How many QoS 1 messages came over our Receive Maximum (a broker bug; see _on_qos1).
         self.receive_maximum_exceeded = 0
         self._buffer_limit = buffer_limit
         self._buffer_bytes = buffer_bytes
