@@ -197,6 +197,8 @@ async def _ingest(
         shared=settings.ingest_shared,
         batch_size=settings.batch_size,
         linger_ms=settings.linger_ms,
+        # The embedded amqtt broker speaks MQTT 3.1.1 only (docs/ingest.md, "The MQTT client").
+        protocol=5 if settings.mqtt_url and settings.ingest_mqtt_version == "5" else 4,
     )
     processor = Processor(
         engine,

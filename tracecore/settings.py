@@ -7,6 +7,7 @@ it needs as arguments.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
     ingest_shared: bool = Field(
         default=False,
         description="ingest: MQTT 5 shared subscription $share/ingest/... (scale-out)",
+    )
+    ingest_mqtt_version: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="ingest: the MQTT version it speaks to AGRITRACE_MQTT_URL (the embedded "
+        "broker: always 3.1.1)",
     )
     ingest_client_id: str = Field(
         default="agritrace-ingest",

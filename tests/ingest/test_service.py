@@ -113,13 +113,19 @@ class _Harness:
 
 
 async def _fleet_round_trip(
-    broker: BrokerAddress, engine: Engine, tmp_path: Path, devices: int, per_device: int
+    broker: BrokerAddress,
+    engine: Engine,
+    tmp_path: Path,
+    *,
+    devices: int,
+    per_device: int,
+    protocol: int = 5,
 ) -> None:
     log_key = generate_signer("log")
     party = unique("farm")
     keys = provision(engine, party, [unique(f"barn{i}") for i in range(devices)])
     ingest_id, fleet_id = unique("ingest"), unique("fleet")
-    harness = _Harness(engine, log_key, _options(broker, ingest_id))
+    harness = _Harness(engine, log_key, _options(broker, ingest_id, protocol=protocol))
     fleet = make_fleet(
         broker, tmp_path / "outbox.sqlite3", log_key.public_key, keys, client_id=fleet_id
     )
@@ -169,7 +175,7 @@ def test_embedded_broker_smoke(tmp_path: Path) -> None:
     async def scenario() -> None:
         broker = BrokerAddress("127.0.0.1", free_port())
         async with embedded_broker(broker):
-            await _fleet_round_trip(broker, engine, tmp_path, devices=3, per_device=5)
+            await _fleet_round_trip(broker, engine, tmp_path, devices=3, per_device=5, protocol=4)
 
     try:
         asyncio.run(scenario())
@@ -178,7 +184,7 @@ def test_embedded_broker_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.mosquitto
-@pytest.mark.parametrize("shared", [False, True], ids=["mqtt311", "mqtt5-shared"])
+@pytest.mark.parametrize("shared", [False, True], ids=["mqtt5", "mqtt5-shared"])
 def test_persistent_session_delivers_what_was_published_while_down(
     mosquitto: BrokerAddress, engine: Engine, tmp_path: Path, shared: bool
 ) -> None:
@@ -232,6 +238,77 @@ def test_persistent_session_delivers_what_was_published_while_down(
         asyncio.run(wipe_session(mosquitto, ingest_id))
         asyncio.run(wipe_session(mosquitto, fleet_id))
     assert count_rows(engine, "log_entries", device_id=device_id) == 31
+
+
+class _DiesBeforeCommit(Processor):
+    """A processor whose every transaction fails just before its commit (a crash, in effect)."""
+
+    def _before_commit(self, conn: object) -> None:
+        del conn
+        raise RuntimeError("the process dies before this commit")
+
+
+@pytest.mark.mosquitto
+def test_a_message_received_but_not_committed_comes_again_from_the_broker(
+    mosquitto: BrokerAddress, engine: Engine, tmp_path: Path
+) -> None:
+    """Ingest dies before committing a batch: the broker, not the device, delivers it again.
+
+    Ingest acknowledges a message to the broker only after its commit, so the uncommitted
+    readings stay in its session; the device never resends (an hour's timeout).
+    """
+    log_key = generate_signer("log")
+    keys = provision(engine, unique("farm"), [unique("barn")])
+    device_id = next(iter(keys))
+    ingest_id, fleet_id = unique("ingest"), unique("fleet")
+    options = _options(mosquitto, ingest_id, process_attempts=1)
+
+    async def scenario() -> None:
+        fleet = make_fleet(
+            mosquitto, tmp_path / "outbox.sqlite3", log_key.public_key, keys,
+            client_id=fleet_id, resend_s=3600, resend_max_s=3600,
+        )  # fmt: skip
+        device = fleet.devices[device_id]
+        fleet_stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(fleet.run(fleet_stop), name="fleet")
+            first = _Harness(engine, log_key, options)
+            run = tasks.create_task(first.run(), name="ingest-1")
+            await wait_for(lambda: first.stats.connects == 1, 10, "ingest to connect")
+            await device.send_event([lot(device_id)], "commissioning")
+            async with asyncio.timeout(20):
+                await fleet.wait_settled()
+            first.stop.set()
+            await run
+            dying = _Harness(engine, log_key, options)
+            dying.processor.close()
+            dying.processor = _DiesBeforeCommit(engine, log_key, IngestConfig(batch_size=100))
+            dies = asyncio.create_task(dying.run(), name="ingest-dies")
+            for _ in range(10):
+                await device.send_reading([lot(device_id)], TEMP)
+            with pytest.raises(ExceptionGroup) as died:
+                async with asyncio.timeout(30):
+                    await dies
+            assert died.group_contains(RuntimeError, match="dies before this commit")
+            assert dying.stats.received >= 10
+            assert dying.stats.acknowledged == 0
+            assert count_rows(engine, "log_entries", device_id=device_id) == 1
+            second = _Harness(engine, log_key, options)
+            tasks.create_task(second.run(), name="ingest-2")
+            async with asyncio.timeout(30):
+                await fleet.wait_settled()
+            assert fleet.stats.resent == 0
+            assert second.stats.acknowledged >= 10
+            second.stop.set()
+            fleet_stop.set()
+        fleet.outbox.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        asyncio.run(wipe_session(mosquitto, ingest_id))
+        asyncio.run(wipe_session(mosquitto, fleet_id))
+    assert count_rows(engine, "log_entries", device_id=device_id) == 11
 
 
 @pytest.mark.mosquitto
@@ -326,7 +403,7 @@ def test_stop_finishes_the_batch_in_hand_and_sends_its_receipts() -> None:
                     run = tasks.create_task(
                         run_ingest(
                             processor,
-                            _options(broker, "ingest-stop", batch_size=10),
+                            _options(broker, "ingest-stop", batch_size=10, protocol=4),
                             stop,
                             stats=stats,
                         ),
