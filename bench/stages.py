@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
-__all__ = ["STAGES", "StageTable", "classify", "read_profile", "stage_table"]
+__all__ = ["OTHER", "STAGES", "WORKER", "StageTable", "classify", "read_profile", "stage_table"]
 
 #: (stage, markers): a stack belongs to the first stage one of whose markers a frame contains.
 STAGES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    # A thread blocked on a pipe to or from a worker process (py-spy cannot always tell a
+    # thread blocked in a system call from a running one): time, not CPU, kept apart.
+    ("pipe to workers (waiting)", ("multiprocessing/connection.py",)),
     ("Ed25519 verify", ("crypto_sign_open", "_verify_chunk", "verify_batch")),
     ("receipt build + sign", ("sign_receipt", "_sign_chunk", "sign_receipts", "crypto_sign (")),
     ("parse + validate", ("parse_message", "parse_cose", "decode_payload")),
@@ -62,10 +65,22 @@ STAGES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("asyncio loop", ("asyncio/", "selectors.py")),
 )
 OTHER: Final = "other"
+#: Prefix of the stages of stacks sampled in worker processes (py-spy --subprocesses).
+WORKER: Final = "worker process: "
 
 
 def classify(frames: Sequence[str]) -> str:
-    """Return the stage of one stack (outermost frame first), or ``other``."""
+    """Return the stage of one stack (outermost frame first), or ``other``.
+
+    With ``--subprocesses`` py-spy starts each stack with one ``process PID:"command"`` frame
+    per process level; a stack of a child process gets the :data:`WORKER` prefix.
+    """
+    if sum(1 for frame in frames[:3] if frame.startswith("process ")) > 1:
+        return WORKER + _stage(frames)
+    return _stage(frames)
+
+
+def _stage(frames: Sequence[str]) -> str:
     for stage, markers in STAGES:
         for frame in frames:
             if any(marker in frame for marker in markers):
@@ -104,13 +119,19 @@ class StageTable:
     def write(self, out: TextIO) -> None:
         """Print the table, stages in the order of :data:`STAGES`."""
         out.write(f"  CPU per message by stage (py-spy, {self.rate_hz} Hz, idle excluded):\n")
-        for stage in [name for name, _ in STAGES] + [OTHER]:
+        names = [name for name, _ in STAGES] + [OTHER]
+        for stage in names + [WORKER + name for name in names]:
             if self.samples.get(stage):
                 out.write(
-                    f"    {stage:<26} {self.us_per_message(stage):7.0f} us"
+                    f"    {stage:<40} {self.us_per_message(stage):7.0f} us"
                     f"  ({self.samples[stage]:,} samples)\n"
                 )
-        out.write(f"    {'total':<26} {self.total_us:7.0f} us\n")
+        main = sum(v for k, v in self.samples.items() if not k.startswith(WORKER))
+        out.write(
+            f"    {'total, the ingest process':<40} "
+            f"{main / self.rate_hz / self.messages * 1e6:7.0f} us\n"
+            f"    {'total, with worker processes':<40} {self.total_us:7.0f} us\n"
+        )
 
 
 def stage_table(path: Path, rate_hz: int, messages: int) -> StageTable:

@@ -317,7 +317,13 @@ class _Service:
             maxsize=options.batch_size * options.queue_batches
         )
         # Committed batches waiting for their receipts to go out; None ends the stream.
-        self.outbound: asyncio.Queue[_Receipts | None] = asyncio.Queue(maxsize=4)
+        # Unbounded on purpose: the PUBACKs of receipts arrive on the same socket as messages,
+        # and the client stops reading that socket while its buffer of messages is full. A
+        # batcher waiting here for the publisher would stop draining that buffer, and the
+        # publisher would wait for PUBACKs the client no longer reads: a deadlock (seen with
+        # mosquitto 2.0, which sends a resumed session's queue past the Receive Maximum). What
+        # waits here is committed and stored, about 200 bytes a receipt.
+        self.outbound: asyncio.Queue[_Receipts | None] = asyncio.Queue()
         self.client: Connection | None = None
         self.connected = asyncio.Event()
         self.reading_done = asyncio.Event()  # no more messages will enter ``inbound``
