@@ -494,7 +494,8 @@ def decode_strict(
 # 1. the input's length equals the length of the item's deterministic encoding, computed from
 #    the item (_canonical_length);
 # 2. the keys of every map come in the deterministic order (RFC 8949 §4.2.1), which for text
-#    keys is shorter UTF-8 first, then bytewise (the block comment above on key orders).
+#    keys is shorter UTF-8 first, then bytewise (the block comment above on key orders); only
+#    ASCII keys are measured, whose UTF-8 bytes are their characters.
 #
 # Why that suffices: with tags, indefinite lengths and duplicate keys refused by the decoder, the
 # only freedom a well-formed encoding of the item has left is the size of each head (integers,
@@ -504,7 +505,7 @@ def decode_strict(
 # part is fixed by the item; so equal length means every head and float is the shortest, i.e.
 # the deterministic one (§4.2.1). A non-NaN float has one bit pattern per width and NaNs are
 # left to decode_strict; the order is checked by 2. Trailing bytes make the input longer than
-# the item. Only exact types are measured (dict with text keys, list, str, bytes, 64-bit int,
+# the item. Only exact types are measured (dict with ASCII text keys, list, str, bytes, 64-bit int,
 # float, bool, None); anything else, including CBORTag and cbor2's undefined and simple values,
 # is left to decode_strict. So whenever decode_fast returns an item, decode_strict(data) returns
 # an equal item of the same types (tests/tracecore/test_parse_fast_path.py checks it on
@@ -566,11 +567,27 @@ def _simple_length(value: object) -> int:
 def _array_length(items: list[object]) -> int:
     total = _head_length(len(items))
     for item in items:
-        length = _canonical_length(item)
+        length = _leaf_length(item)
         if length < 0:
-            return -1
+            length = _canonical_length(item)
+            if length < 0:
+                return -1
         total += length
     return total
+
+
+def _leaf_length(item: object) -> int:
+    """:func:`_canonical_length` of the commonest leaves (ASCII text, small ints), else -1.
+
+    Inlined here because most items are such leaves and a call per leaf is most of the cost.
+    """
+    kind = type(item)
+    if kind is str and item.isascii():  # type: ignore[attr-defined]
+        size: int = len(item)  # type: ignore[arg-type]
+        return size + (1 if size < 24 else 2 if size <= 0xFF else 3 if size <= 0xFFFF else -size)
+    if kind is int and 0 <= item <= 0xFFFF:  # type: ignore[operator]
+        return 1 if item < 24 else 2 if item <= 0xFF else 3  # type: ignore[operator]
+    return -1
 
 
 def _canonical_length(obj: object) -> int:
@@ -585,21 +602,28 @@ def _canonical_length(obj: object) -> int:
 
 
 def _map_length(mapping: dict[object, object]) -> int:
-    """:func:`_canonical_length` of a map with text keys in deterministic order, else -1."""
+    """:func:`_canonical_length` of a map with ASCII text keys in deterministic order, else -1.
+
+    For ASCII keys the UTF-8 bytes are the characters, so the deterministic order (shorter
+    first, then bytewise; RFC 8949 §4.2.1) is the order of ``(len(key), key)``. Maps with other
+    keys are left to the strict decoder.
+    """
     total = _head_length(len(mapping))
-    previous: tuple[int, bytes] = (-1, b"")
+    previous: tuple[int, str] = (-1, "")
     for key, value in mapping.items():
-        if type(key) is not str:
+        if type(key) is not str or not key.isascii():
             return -1
-        encoded = key.encode("utf-8")
-        order = (len(encoded), encoded)  # RFC 8949 §4.2.1 for text keys: shorter first
+        size = len(key)
+        order = (size, key)
         if order <= previous:
             return -1
         previous = order
-        length = _canonical_length(value)
+        length = _leaf_length(value)
         if length < 0:
-            return -1
-        total += _head_length(len(encoded)) + len(encoded) + length
+            length = _canonical_length(value)
+            if length < 0:
+                return -1
+        total += (1 if size < 24 else _head_length(size)) + size + length
     return total
 
 
@@ -615,6 +639,9 @@ _LENGTH_OF: Final[dict[type, Callable[[Any], int]]] = {
 }
 
 
+_NO_TAGS: Final = _decoder_hooks(frozenset())
+
+
 def decode_fast(data: bytes) -> object:
     """Return what ``decode_strict(data)`` returns, if that is cheap to prove, else UNDECIDED.
 
@@ -626,7 +653,7 @@ def decode_fast(data: bytes) -> object:
     """
     if type(data) is not bytes or not 0 < len(data) <= DEFAULT_MAX_BYTES:
         return UNDECIDED
-    tag_hook, tag_policy = _decoder_hooks(frozenset())
+    tag_hook, tag_policy = _NO_TAGS
     try:
         item = cbor2.loads(
             data,

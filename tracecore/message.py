@@ -24,10 +24,11 @@ and the value found. docs/protocol.md is the prose version of this module.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeGuard
 
 import nacl.exceptions
 import nacl.signing
@@ -77,6 +78,8 @@ MAX_DATA_DEPTH: Final = 4  # the ``data`` map itself is depth 1
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 _UOM_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+# Unicode general category Cc: C0 controls, DEL and C1 controls (docs/protocol.md, location).
+_CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 # EPCIS 2.0 sensor measurement types: the enum of ``measurementType`` in the EPCIS 2.0 JSON
 # Schema (gs1/EPCIS, EPCIS-JSON-Schema.json, definitions/measurementType; the same names are the
@@ -117,7 +120,7 @@ BUSINESS_STEPS: Final = frozenset(
     }
 )  # fmt: skip
 
-_COMMON_FIELDS: Final = ("v", "device", "seq", "time", "products", "type")
+_COMMON_FIELDS: Final = frozenset({"v", "device", "seq", "time", "products", "type"})
 _READING_FIELDS: Final = frozenset({*_COMMON_FIELDS, "sensors"})
 _EVENT_FIELDS: Final = frozenset({*_COMMON_FIELDS, "step", "parents", "location", "data"})
 _ALL_FIELDS: Final = _READING_FIELDS | _EVENT_FIELDS
@@ -149,7 +152,8 @@ def _show(value: object) -> str:
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # type() first: the decoder only makes exact ints; bool is an int subclass to refuse.
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _check_int(name: str, value: object, low: int, high: int, note: str = "") -> int:
@@ -208,6 +212,19 @@ def _parse_product_keys(name: str, value: object) -> tuple[ProductKey, ...]:
     return tuple(keys)
 
 
+def _plain_scalar(value: object) -> TypeGuard[int | float | str | bool | None]:
+    """Whether :func:`_freeze_data` would return ``value`` itself (checked without its path).
+
+    Exact types only (what the CBOR decoder makes); anything else takes :func:`_freeze_data`.
+    """
+    kind = type(value)
+    if kind is int:
+        return _INT64_MIN <= value <= _INT64_MAX  # type: ignore[operator]
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    return kind is str or kind is bool or value is None
+
+
 def _freeze_data(value: object, path: str, depth: int) -> DataValue:
     """Check one ``data`` value and return it in immutable form."""
     if value is None or isinstance(value, bool | str):
@@ -221,7 +238,10 @@ def _freeze_data(value: object, path: str, depth: int) -> DataValue:
     if isinstance(value, list | tuple):
         if depth + 1 > MAX_DATA_DEPTH:
             raise _fail(f"{path}: data nests deeper than {MAX_DATA_DEPTH} levels")
-        return tuple(_freeze_data(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
+        return tuple(
+            v if _plain_scalar(v) else _freeze_data(v, f"{path}[{i}]", depth + 1)
+            for i, v in enumerate(value)
+        )
     if isinstance(value, Mapping):
         if depth + 1 > MAX_DATA_DEPTH:
             raise _fail(f"{path}: data nests deeper than {MAX_DATA_DEPTH} levels")
@@ -236,7 +256,7 @@ def _freeze_map(value: Mapping[Any, object], path: str, depth: int) -> Mapping[s
     for key, item in value.items():
         if not isinstance(key, str):
             raise _fail(f"{path} keys must be text, got {kind_name(key)} {_show(key)}")
-        frozen[key] = _freeze_data(item, f"{path}.{key}", depth)
+        frozen[key] = item if _plain_scalar(item) else _freeze_data(item, f"{path}.{key}", depth)
     return MappingProxyType(frozen)
 
 
@@ -394,7 +414,7 @@ class Event:
                 raise _fail(
                     f"location must be 1 to {MAX_LOCATION_LENGTH} characters, got {len(location)}"
                 )
-            if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in location):
+            if _CONTROL_CHARACTER.search(location) is not None:
                 raise _fail("location must not contain control characters")
         if self.data is not None:
             if not isinstance(self.data, Mapping):
@@ -546,8 +566,11 @@ def _check_keys(
     where: str,
     value: dict[Any, Any],
     allowed: frozenset[str],
-    required: Iterable[str],
+    required: frozenset[str],
 ) -> None:
+    keys = value.keys()
+    if keys <= allowed and required <= keys:
+        return  # the common case: every key is one of the allowed texts, none is missing
     for key in value:
         if not isinstance(key, str):
             raise _fail(f"{where} keys must be text, got {kind_name(key)} key {_show(key)}")

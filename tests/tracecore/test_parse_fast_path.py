@@ -347,10 +347,10 @@ def test_decode_fast_agrees_with_decode_strict(value: object, data: st.DataObjec
 
 @pytest.mark.parametrize(
     "value",
-    [{"a": 1, "bb": [1.5, -0.0, math.inf]}, {}, [], "é", {"é": None, "z": b"\x00"}, 2**64 - 1],
+    [{"a": 1, "bb": [1.5, -0.0, math.inf]}, {}, [], "é", {"a": "é", "z": b"\x00"}, 2**64 - 1],
 )
 def test_decode_fast_decides_deterministic_items(value: object) -> None:
-    """Deterministic bytes of plain items (text keys, no NaN) are decided by the fast path."""
+    """Deterministic bytes of plain items (ASCII text keys, no NaN) are decided by the fast path."""
     raw = encode_deterministic(value)
     assert typed(decode_fast(raw)) == typed(decode_strict(raw))
 
@@ -369,12 +369,13 @@ def test_decode_fast_decides_deterministic_items(value: object) -> None:
         b"\xd9\x01\x00\x80",  # tag 256 (string references)
         b"\x01\x00",  # trailing byte
         b"\xa1\x01\x02",  # integer key
+        b"\xa1\x62\xc3\xa9\xf6",  # {"é": null}: deterministic, but a non-ASCII key
         b"\xf7",  # undefined
         b"",
     ],
 )
 def test_decode_fast_leaves_the_rest_to_decode_strict(raw: bytes) -> None:
-    """Non-deterministic, tagged, non-text-keyed or NaN items: UNDECIDED, never an error."""
+    """Non-deterministic, tagged, non-ASCII-keyed or NaN items: UNDECIDED, never an error."""
     assert decode_fast(raw) is UNDECIDED
 
 
