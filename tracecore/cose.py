@@ -33,7 +33,7 @@ import nacl.signing
 from tracecore.cbor import UNDECIDED, decode_fast, decode_strict, encode_deterministic, kind_name
 from tracecore.errors import BadSignature, MalformedMessage, UnknownKey
 from tracecore.keys import KID_LENGTH, device_kid
-from tracecore.message import AnyMessage, decode_payload, encode_payload, from_cbor_map
+from tracecore.message import AnyMessage, decode_payload, encode_payload, try_from_cbor_map
 
 __all__ = [
     "ALG_EDDSA",
@@ -335,9 +335,10 @@ def _parse_message_fast(raw: bytes) -> SignedMessage | None:
     """:func:`_parse_message_strict`'s message for the common well-formed shape, else None.
 
     The envelope by its exact layout (:func:`_parse_cose_fast`), the payload by
-    :func:`tracecore.cbor.decode_fast`, then the same field rules as the strict path
-    (:func:`tracecore.message.from_cbor_map`). It decides acceptance only: on any doubt and
-    on any broken rule it returns None, and the strict parser gives the verdict and the detail.
+    :func:`tracecore.cbor.decode_fast`, the field rules by
+    :func:`tracecore.message.try_from_cbor_map` (the same rules, checked once). It decides
+    acceptance only: on any doubt and on any broken rule it returns None, and the strict parser
+    gives the verdict and the detail.
     """
     cose = _parse_cose_fast(raw)
     if cose is None:
@@ -345,9 +346,8 @@ def _parse_message_fast(raw: bytes) -> SignedMessage | None:
     payload = decode_fast(cose.payload)
     if payload is UNDECIDED:
         return None
-    try:
-        message = from_cbor_map(payload)
-    except MalformedMessage:
+    message = try_from_cbor_map(payload)
+    if message is None:
         return None
     return SignedMessage(
         raw=cose.raw,

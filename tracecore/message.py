@@ -64,6 +64,7 @@ __all__ = [
     "from_cbor_map",
     "rotation_pop_input",
     "sign_rotation_pop",
+    "try_from_cbor_map",
     "verify_rotation_pop",
 ]
 
@@ -662,6 +663,167 @@ def _event_from_map(
         location=location,
         data=data,
     )
+
+
+# --- the fast path: the same rules, checked once, for the common well-formed shapes ----------
+#
+# from_cbor_map checks a field, then the dataclass constructor checks it again, and every check
+# builds its error context (paths, field names) before it knows whether it fails. The functions
+# below check the very same rules once, on the exact types the CBOR decoder makes, and build the
+# objects without the constructors' second pass. They only ever accept: whatever they are not
+# sure of returns None, and the caller asks from_cbor_map, which gives the verdict and the
+# detail. tests/tracecore/test_parse_fast_path.py checks that whenever they return a message,
+# from_cbor_map returns an equal one with the same types, on mutated payloads.
+
+_EVENT_REQUIRED: Final = _COMMON_FIELDS | {"step"}
+_UOM_PATTERN: Final = re.compile("[A-Z0-9]{2,3}")  # _UOM_CHARS, 2-3 of them
+_NOT_SURE: Final = None
+
+
+def _built(cls: type[Any], **values: object) -> Any:
+    """An instance of the frozen dataclass ``cls`` with ``values``, its checks already done."""
+    instance = object.__new__(cls)
+    for name, value in values.items():
+        object.__setattr__(instance, name, value)
+    return instance
+
+
+def _fast_keys(value: object, low: int, high: int) -> tuple[ProductKey, ...] | None:
+    """A list of ``low``-``high`` distinct canonical product keys, or None."""
+    if type(value) is not list or not low <= len(value) <= high:
+        return _NOT_SURE
+    keys = []
+    for item in value:
+        if type(item) is not str:
+            return _NOT_SURE
+        try:
+            keys.append(ProductKey.parse_canonical(item))
+        except IdentifierError:
+            return _NOT_SURE
+    if len({key.path for key in keys}) != len(keys):
+        return _NOT_SURE
+    return tuple(keys)
+
+
+def _fast_common(value: dict[str, Any]) -> tuple[str, int, int, tuple[ProductKey, ...]] | None:
+    """v, device, seq, time and products of a reading or event payload, or None."""
+    version, device, seq, time = value["v"], value["device"], value["seq"], value["time"]
+    if (
+        type(version) is not int
+        or version != FORMAT_VERSION
+        or type(device) is not str
+        or type(seq) is not int
+        or not 1 <= seq <= MAX_SEQ
+        or type(time) is not int
+        or not 0 <= time <= MAX_TIME_MS
+    ):
+        return _NOT_SURE
+    try:
+        parse_device_id(device)
+    except IdentifierError:
+        return _NOT_SURE
+    products = _fast_keys(value["products"], 1, MAX_PRODUCTS)
+    return _NOT_SURE if products is None else (device, seq, time, products)
+
+
+def _fast_sensor(value: object) -> Sensor | None:
+    """A sensor map ``{type, value, uom}`` that keeps every rule of :class:`Sensor`, or None."""
+    if type(value) is not dict or value.keys() != _SENSOR_FIELDS:
+        return _NOT_SURE
+    kind, number, uom = value["type"], value["value"], value["uom"]
+    if type(kind) is not str or kind not in SENSOR_TYPES:
+        return _NOT_SURE
+    if type(number) is int:
+        if not _INT64_MIN <= number <= _INT64_MAX:
+            return _NOT_SURE
+    elif type(number) is not float or not math.isfinite(number):
+        return _NOT_SURE
+    if type(uom) is not str or _UOM_PATTERN.fullmatch(uom) is None:
+        return _NOT_SURE
+    built: Sensor = _built(Sensor, type=kind, value=number, uom=uom)
+    return built
+
+
+def _fast_reading(value: dict[str, Any]) -> Reading | None:
+    common = _fast_common(value)
+    sensors = value["sensors"]
+    if common is None or type(sensors) is not list or not 1 <= len(sensors) <= MAX_SENSORS:
+        return _NOT_SURE
+    built = []
+    for item in sensors:
+        sensor = _fast_sensor(item)
+        if sensor is None:
+            return _NOT_SURE
+        built.append(sensor)
+    device, seq, time, products = common
+    reading: Reading = _built(
+        Reading, device=device, seq=seq, time=time, products=products, sensors=tuple(built)
+    )
+    return reading
+
+
+def _fast_event(value: dict[str, Any]) -> Event | None:
+    common = _fast_common(value)
+    step = value["step"]
+    if common is None or type(step) is not str or step not in BUSINESS_STEPS:
+        return _NOT_SURE
+    device, seq, time, products = common
+    parents: tuple[ProductKey, ...] | None = ()
+    if "parents" in value:
+        parents = _fast_keys(value["parents"], 0, MAX_PARENTS)
+        if parents is None or {key.path for key in products} & {key.path for key in parents}:
+            return _NOT_SURE
+    location = value.get("location")
+    if "location" in value and (
+        type(location) is not str
+        or not 1 <= len(location) <= MAX_LOCATION_LENGTH
+        or _CONTROL_CHARACTER.search(location) is not None
+    ):
+        return _NOT_SURE
+    data = value.get("data")
+    if "data" in value:
+        if type(data) is not dict:
+            return _NOT_SURE
+        try:
+            data = _freeze_map(data, "data", 1)
+        except MalformedMessage:
+            return _NOT_SURE
+    event: Event = _built(
+        Event,
+        device=device,
+        seq=seq,
+        time=time,
+        products=products,
+        step=step,
+        parents=parents,
+        location=location,
+        data=data,
+    )
+    return event
+
+
+def try_from_cbor_map(value: object) -> AnyMessage | None:
+    """:func:`from_cbor_map`'s message for a well-formed payload map, or None if not sure.
+
+    Checks the same field rules, once, for the shapes well-formed devices send (exact decoded
+    types). Never raises and never refuses: None means "ask :func:`from_cbor_map`", which gives
+    the verdict and the error detail.
+    """
+    if type(value) is not dict:
+        return _NOT_SURE
+    keys = value.keys()
+    kind = value.get("type")
+    message: AnyMessage | None = _NOT_SURE
+    if kind == "reading" and keys == _READING_FIELDS:
+        message = _fast_reading(value)
+    elif kind == "event" and keys <= _EVENT_FIELDS and keys >= _EVENT_REQUIRED:
+        message = _fast_event(value)
+    elif kind == "key_rotation":  # cheap enough already: one pass of the constructor
+        try:
+            message = from_cbor_map(value)
+        except MalformedMessage:
+            message = _NOT_SURE
+    return message
 
 
 def encode_payload(message: AnyMessage) -> bytes:

@@ -43,7 +43,15 @@ from tracecore.cose import (
 from tracecore.errors import MalformedMessage, MessageRejected
 from tracecore.identifiers import ProductKey
 from tracecore.keys import device_kid
-from tracecore.message import Event, KeyRotation, Reading, Sensor, sign_rotation_pop
+from tracecore.message import (
+    Event,
+    KeyRotation,
+    Reading,
+    Sensor,
+    from_cbor_map,
+    sign_rotation_pop,
+    try_from_cbor_map,
+)
 
 VECTORS = Path(__file__).resolve().parents[2] / "tests" / "vectors" / "protocol"
 MANIFEST: list[dict[str, Any]] = json.loads((VECTORS / "manifest.json").read_text("utf-8"))
@@ -264,9 +272,69 @@ PAYLOAD_FIELDS = ["v", "device", "seq", "time", "products", "type", "sensors", "
                   "parents", "location", "data", "new_key", "pop", "extra"]  # fmt: skip
 
 
+def _first(values: object) -> list[Any]:
+    return list(values[:1]) if isinstance(values, list) else []
+
+
+# Values at and just past each field rule's edge, and values borrowed from other fields.
+TARGETED: list[Callable[[dict[str, Any]], dict[str, Any]]] = [
+    lambda p: {**p, "parents": _first(p.get("products"))},  # a parent that is also a product
+    lambda p: {**p, "parents": _first(p.get("parents")) * 2},  # a parent twice
+    lambda p: {**p, "products": _first(p.get("products")) * 2},  # a product twice
+    lambda p: {**p, "products": []},
+    lambda p: {**p, "parents": []},  # allowed: no parents
+    lambda p: {**p, "products": [f"01/09506000134352/21/S{i}" for i in range(65)]},
+    lambda p: {**p, "products": [f"01/09506000134352/21/S{i}" for i in range(64)]},
+    lambda p: {**p, "products": ["01/9506000134352/21/S1"]},  # not canonical: a GTIN-13
+    lambda p: {**p, "sensors": _first(p.get("sensors")) * 65},
+    lambda p: {**p, "sensors": _first(p.get("sensors")) * 64},
+    lambda p: {**p, "location": "x" * 200},
+    lambda p: {**p, "location": "x" * 201},
+    lambda p: {**p, "location": ""},
+    lambda p: {**p, "location": "barn\x85"},  # a C1 control character
+    lambda p: {**p, "location": "barn\xa0"},  # not a control character
+    lambda p: {**p, "location": None},
+    lambda p: {**p, "data": {"a": {"b": {"c": {"d": 1}}}}},  # 4 levels: allowed
+    lambda p: {**p, "data": {"a": {"b": {"c": {"d": {}}}}}},  # 5 levels
+    lambda p: {**p, "data": {"a": [[[1]]]}},
+    lambda p: {**p, "data": {"a": [[[[1]]]]}},
+    lambda p: {**p, "data": {"n": 2**63}},
+    lambda p: {**p, "data": {"n": -(2**63)}},
+    lambda p: {**p, "data": {"n": math.inf}},
+    lambda p: {**p, "data": None},
+    lambda p: {**p, "seq": 0},
+    lambda p: {**p, "seq": 2**63 - 1},
+    lambda p: {**p, "seq": 2**63},
+    lambda p: {**p, "seq": True},
+    lambda p: {**p, "time": 2**53},
+    lambda p: {**p, "time": 2**53 + 1},
+    lambda p: {**p, "time": -1},
+    lambda p: {**p, "time": 1.0},
+    lambda p: {**p, "v": 2},
+    lambda p: {**p, "v": True},
+    lambda p: {**p, "device": "Barn-1"},
+    lambda p: {**p, "device": "ab"},
+    lambda p: {**p, "device": "a" * 64},
+    lambda p: {**p, "device": "a" * 65},
+    lambda p: {**p, "step": "Packing"},
+    lambda p: {**p, "type": "key_rotation"},
+    lambda p: {**p, "type": "event", "step": "packing"},
+    lambda p: {**p, "type": "reading", "sensors": [{"type": "Mass", "value": 1, "uom": "KGM"}]},
+    lambda p: {**p, "new_key": bytes(31)},
+    lambda p: {**p, "pop": bytes(65)},
+]
+SENSOR_EDGES: list[tuple[str, object]] = [
+    ("value", 2**63 - 1), ("value", 2**63), ("value", -(2**63) - 1), ("value", True),
+    ("value", math.nan), ("value", -0.0), ("uom", "C"), ("uom", "CELS"), ("uom", "cel"),
+    ("uom", "P1"), ("uom", "C\n"), ("type", "temperature"), ("type", "Mass"),
+]  # fmt: skip
+
+
 def mutate_fields(payload: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
     """Delete, add or replace a few fields of a payload map (and of its first sensor)."""
     result = dict(payload)
+    if data.draw(st.booleans()):
+        result = data.draw(st.sampled_from(TARGETED))(result)
     for _ in range(data.draw(st.integers(0, 2))):
         name = data.draw(st.sampled_from(PAYLOAD_FIELDS))
         if data.draw(st.booleans()):
@@ -277,7 +345,13 @@ def mutate_fields(payload: dict[str, Any], data: st.DataObject) -> dict[str, Any
     first = sensors[0] if isinstance(sensors, list) and sensors else None
     if isinstance(first, dict) and data.draw(st.integers(0, 3)) == 0:
         sensor = dict(first)
-        sensor[data.draw(st.sampled_from(["type", "value", "uom", "x"]))] = data.draw(cbor_values)
+        if data.draw(st.booleans()):
+            name, edge = data.draw(st.sampled_from(SENSOR_EDGES))
+            sensor[name] = edge
+        else:
+            sensor[data.draw(st.sampled_from(["type", "value", "uom", "x"]))] = data.draw(
+                cbor_values
+            )
         result["sensors"] = [sensor, *sensors[1:]]
     return result
 
@@ -343,6 +417,26 @@ def test_decode_fast_agrees_with_decode_strict(value: object, data: st.DataObjec
     if fast is UNDECIDED:
         return
     assert typed(decode_strict(raw)) == typed(fast)
+
+
+@settings(SETTINGS, max_examples=1500)
+@given(st.sampled_from(VALID), st.data())
+def test_try_from_cbor_map_agrees_with_from_cbor_map(seed: bytes, data: st.DataObject) -> None:
+    """Payload maps with fields deleted, added or retyped (data and sensors too): whenever the
+    one-pass field rules accept, from_cbor_map returns an equal message with the same types.
+    """
+    payload_map = mutate_fields(cbor2.loads(_parse_message_strict(seed).payload), data)
+    if data.draw(st.booleans()) and isinstance(payload_map.get("data"), dict):
+        payload_map["data"] = {
+            **payload_map["data"],
+            data.draw(st.text(max_size=3)): data.draw(cbor_values),
+        }
+    fast = try_from_cbor_map(payload_map)
+    if fast is not None:
+        assert typed(fast) == typed(from_cbor_map(payload_map))
+    else:
+        with pytest.raises(MalformedMessage):
+            from_cbor_map(payload_map)
 
 
 @pytest.mark.parametrize(
