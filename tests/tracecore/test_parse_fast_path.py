@@ -363,7 +363,7 @@ def envelope(loose: Loose, protected: bytes, payload: bytes, signature: bytes) -
 # --- the properties -------------------------------------------------------------------------
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=1000)
 @given(st.sampled_from(SEEDS), st.lists(st.integers(0, 8 * 16384), min_size=1, max_size=6))
 def test_bit_flips(seed: bytes, bits: list[int]) -> None:
     """Valid messages with a few bits flipped: same outcome."""
@@ -373,7 +373,7 @@ def test_bit_flips(seed: bytes, bits: list[int]) -> None:
     assert_same(bytes(data))
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=1000)
 @given(st.sampled_from(SEEDS), st.integers(0, 16384), st.binary(max_size=12), st.integers(0, 40))
 def test_cut_and_insert(seed: bytes, at: int, inserted: bytes, removed: int) -> None:
     """Valid messages truncated, extended, with bytes inserted or removed: same outcome."""
