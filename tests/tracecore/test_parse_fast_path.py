@@ -1,15 +1,17 @@
 """parse_message's fast path gives exactly the strict parser's outcome, for every input.
 
 ``tracecore.cose.parse_message`` first tries ``_parse_message_fast`` (the envelope by its exact
-byte layout, the payload by ``tracecore.cbor.decode_fast``, the shared field rules) and falls
+byte layout, the payload by ``tracecore.cbor.decode_fast``, the field rules checked once by
+``tracecore.message.try_from_cbor_map``) and falls
 back to ``_parse_message_strict`` (``parse_cose`` + ``decode_payload``, the reference) whenever
 the fast path is not sure. These tests check, over mutated real messages and over loose
 re-encodings of them (wider heads, indefinite lengths, shuffled or repeated map keys, tags,
 other float widths, floats for integers, NaN payloads) with field-level mutations (missing,
 extra and retyped fields), that ``parse_message`` and the strict parser agree: the same
 SignedMessage down to the type of every value, or the same error type with the same detail.
-They also check that the fast path is really taken for ordinary messages and really falls back
-for non-deterministic ones.
+decode_fast and try_from_cbor_map are also compared directly with decode_strict and
+from_cbor_map. And the fast path is really taken for ordinary messages and really falls back for
+non-deterministic ones and for every refusal.
 """
 
 from __future__ import annotations
