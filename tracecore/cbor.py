@@ -41,6 +41,8 @@ from tracecore.errors import MalformedMessage
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "MAX_DEPTH",
+    "UNDECIDED",
+    "decode_fast",
     "decode_strict",
     "encode_bytes",
     "encode_deterministic",
@@ -485,3 +487,189 @@ def decode_strict(
             f"lengths and floats, map keys sorted bytewise); first difference at byte {offset}"
         )
     return item
+
+
+# --- fast decoding: decode_strict's answer for deterministic input, without re-encoding -------
+#
+# decode_strict decodes with cbor2 and then re-encodes the item to compare bytes; for a device
+# payload the re-encoding (and the walk that picks the encoder) costs several times the decoding.
+# decode_fast decodes with exactly the same cbor2 options (so any tag, indefinite length,
+# duplicate key or excess depth fails as in decode_strict) and then proves, without encoding,
+# that the input is the deterministic encoding of the item, by two cheap checks:
+#
+# 1. the input's length equals the length of the item's deterministic encoding, computed from
+#    the item (_canonical_length);
+# 2. the keys of every map come in the deterministic order (RFC 8949 §4.2.1), which for text
+#    keys is shorter UTF-8 first, then bytewise (the block comment above on key orders); only
+#    ASCII keys are measured, whose UTF-8 bytes are their characters.
+#
+# Why that suffices: with tags, indefinite lengths and duplicate keys refused by the decoder, the
+# only freedom a well-formed encoding of the item has left is the size of each head (integers,
+# lengths: RFC 8949 §3.1 allows 1, 2, 3, 5 or 9 bytes for small arguments), the width of each
+# float (half, single or double), the bits of a NaN and the order of map entries. A head or a
+# float wider than the shortest one makes the encoding longer, never shorter, and every other
+# part is fixed by the item; so equal length means every head and float is the shortest, i.e.
+# the deterministic one (§4.2.1). A non-NaN float has one bit pattern per width and NaNs are
+# left to decode_strict; the order is checked by 2. Trailing bytes make the input longer than
+# the item. Only exact types are measured (dict with ASCII text keys, list, str, bytes, 64-bit int,
+# float, bool, None); anything else, including CBORTag and cbor2's undefined and simple values,
+# is left to decode_strict. So whenever decode_fast returns an item, decode_strict(data) returns
+# an equal item of the same types (tests/tracecore/test_parse_fast_path.py checks it on
+# mutated and re-encoded messages); when in doubt it returns UNDECIDED and never raises.
+
+
+class _Undecided:
+    """The type of :data:`UNDECIDED`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNDECIDED"
+
+
+UNDECIDED: Final = _Undecided()
+"""What :func:`decode_fast` returns when it cannot cheaply prove the input deterministic."""
+
+
+def _head_length(argument: int) -> int:
+    """Length of the shortest head for ``argument`` (RFC 8949 §3, §4.2.1)."""
+    if argument < 24:
+        return 1
+    if argument <= 0xFF:
+        return 2
+    if argument <= 0xFFFF:
+        return 3
+    if argument <= 0xFFFFFFFF:
+        return 5
+    return 9
+
+
+def _text_length(text: str) -> int:
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    return _head_length(size) + size
+
+
+def _bytes_length(data: bytes) -> int:
+    return _head_length(len(data)) + len(data)
+
+
+def _int_length(number: int) -> int:
+    if 0 <= number <= _UINT64_MAX:
+        return _head_length(number)
+    if _NINT64_MIN <= number < 0:
+        return _head_length(-1 - number)
+    return -1
+
+
+def _float_length(value: float) -> int:
+    return -1 if math.isnan(value) else len(_encode_float(value))
+
+
+def _simple_length(value: object) -> int:
+    del value
+    return 1
+
+
+def _array_length(items: list[object]) -> int:
+    total = _head_length(len(items))
+    for item in items:
+        length = _leaf_length(item)
+        if length < 0:
+            length = _canonical_length(item)
+            if length < 0:
+                return -1
+        total += length
+    return total
+
+
+def _leaf_length(item: object) -> int:
+    """:func:`_canonical_length` of the commonest leaves (ASCII text, small ints), else -1.
+
+    Inlined here because most items are such leaves and a call per leaf is most of the cost.
+    """
+    kind = type(item)
+    if kind is str and item.isascii():  # type: ignore[attr-defined]
+        size: int = len(item)  # type: ignore[arg-type]
+        return size + (1 if size < 24 else 2 if size <= 0xFF else 3 if size <= 0xFFFF else -size)
+    if kind is int and 0 <= item <= 0xFFFF:  # type: ignore[operator]
+        return 1 if item < 24 else 2 if item <= 0xFF else 3  # type: ignore[operator]
+    return -1
+
+
+def _canonical_length(obj: object) -> int:
+    """Length of the deterministic encoding of ``obj``, or -1 if not a plain decoded item.
+
+    -1 also for a map whose text keys are not in deterministic order, a non-text map key, a
+    NaN or an integer beyond 64 bits (the comment above says why each is left to the strict
+    decoder). Exact types only: bool is not int here, and no subclass is measured.
+    """
+    measure = _LENGTH_OF.get(type(obj))
+    return -1 if measure is None else measure(obj)
+
+
+def _map_length(mapping: dict[object, object]) -> int:
+    """:func:`_canonical_length` of a map with ASCII text keys in deterministic order, else -1.
+
+    For ASCII keys the UTF-8 bytes are the characters, so the deterministic order (shorter
+    first, then bytewise; RFC 8949 §4.2.1) is the order of ``(len(key), key)``. Maps with other
+    keys are left to the strict decoder.
+    """
+    total = _head_length(len(mapping))
+    previous: tuple[int, str] = (-1, "")
+    for key, value in mapping.items():
+        if type(key) is not str or not key.isascii():
+            return -1
+        size = len(key)
+        order = (size, key)
+        if order <= previous:
+            return -1
+        previous = order
+        length = _leaf_length(value)
+        if length < 0:
+            length = _canonical_length(value)
+            if length < 0:
+                return -1
+        total += (1 if size < 24 else _head_length(size)) + size + length
+    return total
+
+
+_LENGTH_OF: Final[dict[type, Callable[[Any], int]]] = {
+    str: _text_length,
+    int: _int_length,
+    dict: _map_length,
+    list: _array_length,
+    bytes: _bytes_length,
+    float: _float_length,
+    bool: _simple_length,
+    type(None): _simple_length,
+}
+
+
+_NO_TAGS: Final = _decoder_hooks(frozenset())
+
+
+def decode_fast(data: bytes) -> object:
+    """Return what ``decode_strict(data)`` returns, if that is cheap to prove, else UNDECIDED.
+
+    For the common case, bytes in deterministic encoding (RFC 8949 §4.2.1) with no tags and
+    text map keys, this decodes once with cbor2 and checks the encoding by length and key
+    order instead of re-encoding (the block comment above gives the reasoning). It never
+    raises and never refuses: :data:`UNDECIDED` means "ask :func:`decode_strict`", which
+    gives the verdict and the error detail.
+    """
+    if type(data) is not bytes or not 0 < len(data) <= DEFAULT_MAX_BYTES:
+        return UNDECIDED
+    tag_hook, tag_policy = _NO_TAGS
+    try:
+        item = cbor2.loads(
+            data,
+            tag_hook=tag_hook,
+            semantic_decoders=tag_policy,
+            max_depth=MAX_DEPTH,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+        )
+        length = _canonical_length(item)
+    except Exception:  # noqa: BLE001 (any failure is decode_strict's to report)
+        return UNDECIDED
+    return item if length == len(data) else UNDECIDED

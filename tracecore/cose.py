@@ -30,10 +30,17 @@ import cbor2
 import nacl.exceptions
 import nacl.signing
 
-from tracecore.cbor import decode_strict, encode_bytes, encode_deterministic, kind_name
+from tracecore.cbor import (
+    UNDECIDED,
+    decode_fast,
+    decode_strict,
+    encode_bytes,
+    encode_deterministic,
+    kind_name,
+)
 from tracecore.errors import BadSignature, MalformedMessage, UnknownKey
 from tracecore.keys import KID_LENGTH, device_kid
-from tracecore.message import AnyMessage, decode_payload, encode_payload
+from tracecore.message import AnyMessage, decode_payload, encode_payload, try_from_cbor_map
 
 __all__ = [
     "ALG_EDDSA",
@@ -308,13 +315,96 @@ def sign_message(message: AnyMessage, signing_key: nacl.signing.SigningKey) -> b
     return raw
 
 
-def parse_message(raw: bytes) -> SignedMessage:
-    """Parse a device message: COSE envelope (:func:`parse_cose`) and payload field rules.
+# The envelope every well-formed device message starts with, in deterministic CBOR
+# (RFC 8949 §4.2.1): tag 18 (d2), an array of 4 (84), the protected header as a 13-byte string
+# (4d) holding the map of 2 (a2) {1 (01): -8 (27), 4 (04): bstr(8) (48) kid}. The kid and then
+# the unprotected empty map (a0) follow, the payload byte string, and the signature, a 64-byte
+# string (58 40). RFC 9052 §4.2, §3.1; RFC 9053 §2.2.
+_ENVELOPE_PREFIX: Final = b"\xd2\x84\x4d\xa2\x01\x27\x04\x48"
+_PROTECTED: Final = slice(3, 16)
+_KID: Final = slice(8, 16)
+_UNPROTECTED_AT: Final = 16
+_PAYLOAD_HEAD_AT: Final = 17
+_EMPTY_MAP: Final = 0xA0
+_SIGNATURE_HEAD: Final = b"\x58\x40"
+_SIGNATURE_PART: Final = len(_SIGNATURE_HEAD) + SIGNATURE_LENGTH
+_SHORTEST_ENVELOPE: Final = _PAYLOAD_HEAD_AT + 1 + _SIGNATURE_PART
 
-    Needs no key and checks no signature (see :meth:`SignedMessage.verify`). Raises
-    :class:`~tracecore.errors.MalformedMessage` for anything else than a well-formed message
-    of at most :data:`MAX_MESSAGE_BYTES` bytes; never any other exception for any input bytes.
+
+def _payload_span(raw: bytes) -> tuple[int, int] | None:
+    """Where the payload of ``raw`` starts and ends, if its head is the shortest (§4.2.1)."""
+    first = raw[_PAYLOAD_HEAD_AT]
+    start = _PAYLOAD_HEAD_AT + 1
+    if 0x40 <= first <= 0x57:  # byte string of 0-23 bytes: length in the initial byte
+        return start, start + first - 0x40
+    if first == 0x58:  # 1-byte length, 24-255 in the shortest form
+        size = raw[start]
+        return (start + 1, start + 1 + size) if size >= 24 else None
+    if first == 0x59:  # 2-byte length, 256-65535 in the shortest form
+        size = int.from_bytes(raw[start : start + 2], "big")
+        return (start + 2, start + 2 + size) if size >= 0x100 else None
+    return None  # longer lengths exceed MAX_MESSAGE_BYTES: left to the strict parser
+
+
+def _parse_cose_fast(raw: bytes) -> CoseSign1 | None:
+    """``parse_cose(raw)`` for bytes laid out exactly as a deterministic envelope, else None.
+
+    Bytes that match the layout byte for byte are the deterministic encoding of
+    ``18([<<{1: -8, 4: kid}>>, {}, payload, signature])`` with a 64-byte signature, which
+    :func:`parse_cose` accepts with these very parts; anything else returns None (no verdict).
     """
+    if (
+        type(raw) is not bytes
+        or not _SHORTEST_ENVELOPE <= len(raw) <= MAX_MESSAGE_BYTES
+        or not raw.startswith(_ENVELOPE_PREFIX)
+        or raw[_UNPROTECTED_AT] != _EMPTY_MAP
+    ):
+        return None
+    span = _payload_span(raw)
+    if span is None:
+        return None
+    start, end = span
+    if len(raw) != end + _SIGNATURE_PART or raw[end : end + 2] != _SIGNATURE_HEAD:
+        return None
+    return CoseSign1(
+        raw=raw,
+        protected=raw[_PROTECTED],
+        kid=raw[_KID],
+        payload=raw[start:end],
+        signature=raw[end + 2 :],
+    )
+
+
+def _parse_message_fast(raw: bytes) -> SignedMessage | None:
+    """:func:`_parse_message_strict`'s message for the common well-formed shape, else None.
+
+    The envelope by its exact layout (:func:`_parse_cose_fast`), the payload by
+    :func:`tracecore.cbor.decode_fast`, the field rules by
+    :func:`tracecore.message.try_from_cbor_map` (the same rules, checked once). It decides
+    acceptance only: on any doubt and on any broken rule it returns None, and the strict parser
+    gives the verdict and the detail.
+    """
+    cose = _parse_cose_fast(raw)
+    if cose is None:
+        return None
+    payload = decode_fast(cose.payload)
+    if payload is UNDECIDED:
+        return None
+    message = try_from_cbor_map(payload)
+    if message is None:
+        return None
+    return SignedMessage(
+        raw=cose.raw,
+        protected=cose.protected,
+        kid=cose.kid,
+        payload=cose.payload,
+        signature=cose.signature,
+        message=message,
+    )
+
+
+def _parse_message_strict(raw: bytes) -> SignedMessage:
+    """The reference parser: :func:`parse_cose`, then :func:`decode_payload`'s every rule."""
     cose = parse_cose(raw)
     message = decode_payload(cose.payload)
     return SignedMessage(
@@ -325,3 +415,18 @@ def parse_message(raw: bytes) -> SignedMessage:
         signature=cose.signature,
         message=message,
     )
+
+
+def parse_message(raw: bytes) -> SignedMessage:
+    """Parse a device message: COSE envelope (:func:`parse_cose`) and payload field rules.
+
+    Needs no key and checks no signature (see :meth:`SignedMessage.verify`). Raises
+    :class:`~tracecore.errors.MalformedMessage` for anything else than a well-formed message
+    of at most :data:`MAX_MESSAGE_BYTES` bytes; never any other exception for any input bytes.
+
+    Well-formed messages take a fast path that gives the same result as the strict parser
+    (docs/benchmarks.md, "Parsing device messages"); everything else, and every refusal with its
+    detail, comes from the strict parser.
+    """
+    fast = _parse_message_fast(raw)
+    return fast if fast is not None else _parse_message_strict(raw)

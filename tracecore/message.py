@@ -24,10 +24,11 @@ and the value found. docs/protocol.md is the prose version of this module.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeGuard
 
 import nacl.exceptions
 import nacl.signing
@@ -63,6 +64,7 @@ __all__ = [
     "from_cbor_map",
     "rotation_pop_input",
     "sign_rotation_pop",
+    "try_from_cbor_map",
     "verify_rotation_pop",
 ]
 
@@ -77,6 +79,8 @@ MAX_DATA_DEPTH: Final = 4  # the ``data`` map itself is depth 1
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 _UOM_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+# Unicode general category Cc: C0 controls, DEL and C1 controls (docs/protocol.md, location).
+_CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 # EPCIS 2.0 sensor measurement types: the enum of ``measurementType`` in the EPCIS 2.0 JSON
 # Schema (gs1/EPCIS, EPCIS-JSON-Schema.json, definitions/measurementType; the same names are the
@@ -117,7 +121,7 @@ BUSINESS_STEPS: Final = frozenset(
     }
 )  # fmt: skip
 
-_COMMON_FIELDS: Final = ("v", "device", "seq", "time", "products", "type")
+_COMMON_FIELDS: Final = frozenset({"v", "device", "seq", "time", "products", "type"})
 _READING_FIELDS: Final = frozenset({*_COMMON_FIELDS, "sensors"})
 _EVENT_FIELDS: Final = frozenset({*_COMMON_FIELDS, "step", "parents", "location", "data"})
 _ALL_FIELDS: Final = _READING_FIELDS | _EVENT_FIELDS
@@ -149,7 +153,8 @@ def _show(value: object) -> str:
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # type() first: the decoder only makes exact ints; bool is an int subclass to refuse.
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _check_int(name: str, value: object, low: int, high: int, note: str = "") -> int:
@@ -208,6 +213,19 @@ def _parse_product_keys(name: str, value: object) -> tuple[ProductKey, ...]:
     return tuple(keys)
 
 
+def _plain_scalar(value: object) -> TypeGuard[int | float | str | bool | None]:
+    """Whether :func:`_freeze_data` would return ``value`` itself (checked without its path).
+
+    Exact types only (what the CBOR decoder makes); anything else takes :func:`_freeze_data`.
+    """
+    kind = type(value)
+    if kind is int:
+        return _INT64_MIN <= value <= _INT64_MAX  # type: ignore[operator]
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    return kind is str or kind is bool or value is None
+
+
 def _freeze_data(value: object, path: str, depth: int) -> DataValue:
     """Check one ``data`` value and return it in immutable form."""
     if value is None or isinstance(value, bool | str):
@@ -221,7 +239,10 @@ def _freeze_data(value: object, path: str, depth: int) -> DataValue:
     if isinstance(value, list | tuple):
         if depth + 1 > MAX_DATA_DEPTH:
             raise _fail(f"{path}: data nests deeper than {MAX_DATA_DEPTH} levels")
-        return tuple(_freeze_data(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
+        return tuple(
+            v if _plain_scalar(v) else _freeze_data(v, f"{path}[{i}]", depth + 1)
+            for i, v in enumerate(value)
+        )
     if isinstance(value, Mapping):
         if depth + 1 > MAX_DATA_DEPTH:
             raise _fail(f"{path}: data nests deeper than {MAX_DATA_DEPTH} levels")
@@ -236,7 +257,7 @@ def _freeze_map(value: Mapping[Any, object], path: str, depth: int) -> Mapping[s
     for key, item in value.items():
         if not isinstance(key, str):
             raise _fail(f"{path} keys must be text, got {kind_name(key)} {_show(key)}")
-        frozen[key] = _freeze_data(item, f"{path}.{key}", depth)
+        frozen[key] = item if _plain_scalar(item) else _freeze_data(item, f"{path}.{key}", depth)
     return MappingProxyType(frozen)
 
 
@@ -394,7 +415,7 @@ class Event:
                 raise _fail(
                     f"location must be 1 to {MAX_LOCATION_LENGTH} characters, got {len(location)}"
                 )
-            if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in location):
+            if _CONTROL_CHARACTER.search(location) is not None:
                 raise _fail("location must not contain control characters")
         if self.data is not None:
             if not isinstance(self.data, Mapping):
@@ -546,8 +567,11 @@ def _check_keys(
     where: str,
     value: dict[Any, Any],
     allowed: frozenset[str],
-    required: Iterable[str],
+    required: frozenset[str],
 ) -> None:
+    keys = value.keys()
+    if keys <= allowed and required <= keys:
+        return  # the common case: every key is one of the allowed texts, none is missing
     for key in value:
         if not isinstance(key, str):
             raise _fail(f"{where} keys must be text, got {kind_name(key)} key {_show(key)}")
@@ -639,6 +663,167 @@ def _event_from_map(
         location=location,
         data=data,
     )
+
+
+# --- the fast path: the same rules, checked once, for the common well-formed shapes ----------
+#
+# from_cbor_map checks a field, then the dataclass constructor checks it again, and every check
+# builds its error context (paths, field names) before it knows whether it fails. The functions
+# below check the very same rules once, on the exact types the CBOR decoder makes, and build the
+# objects without the constructors' second pass. They only ever accept: whatever they are not
+# sure of returns None, and the caller asks from_cbor_map, which gives the verdict and the
+# detail. tests/tracecore/test_parse_fast_path.py checks that whenever they return a message,
+# from_cbor_map returns an equal one with the same types, on mutated payloads.
+
+_EVENT_REQUIRED: Final = _COMMON_FIELDS | {"step"}
+_UOM_PATTERN: Final = re.compile("[A-Z0-9]{2,3}")  # _UOM_CHARS, 2-3 of them
+_NOT_SURE: Final = None
+
+
+def _built(cls: type[Any], **values: object) -> Any:
+    """An instance of the frozen dataclass ``cls`` with ``values``, its checks already done."""
+    instance = object.__new__(cls)
+    for name, value in values.items():
+        object.__setattr__(instance, name, value)
+    return instance
+
+
+def _fast_keys(value: object, low: int, high: int) -> tuple[ProductKey, ...] | None:
+    """A list of ``low``-``high`` distinct canonical product keys, or None."""
+    if type(value) is not list or not low <= len(value) <= high:
+        return _NOT_SURE
+    keys = []
+    for item in value:
+        if type(item) is not str:
+            return _NOT_SURE
+        try:
+            keys.append(ProductKey.parse_canonical(item))
+        except IdentifierError:
+            return _NOT_SURE
+    if len({key.path for key in keys}) != len(keys):
+        return _NOT_SURE
+    return tuple(keys)
+
+
+def _fast_common(value: dict[str, Any]) -> tuple[str, int, int, tuple[ProductKey, ...]] | None:
+    """v, device, seq, time and products of a reading or event payload, or None."""
+    version, device, seq, time = value["v"], value["device"], value["seq"], value["time"]
+    if (
+        type(version) is not int
+        or version != FORMAT_VERSION
+        or type(device) is not str
+        or type(seq) is not int
+        or not 1 <= seq <= MAX_SEQ
+        or type(time) is not int
+        or not 0 <= time <= MAX_TIME_MS
+    ):
+        return _NOT_SURE
+    try:
+        parse_device_id(device)
+    except IdentifierError:
+        return _NOT_SURE
+    products = _fast_keys(value["products"], 1, MAX_PRODUCTS)
+    return _NOT_SURE if products is None else (device, seq, time, products)
+
+
+def _fast_sensor(value: object) -> Sensor | None:
+    """A sensor map ``{type, value, uom}`` that keeps every rule of :class:`Sensor`, or None."""
+    if type(value) is not dict or value.keys() != _SENSOR_FIELDS:
+        return _NOT_SURE
+    kind, number, uom = value["type"], value["value"], value["uom"]
+    if type(kind) is not str or kind not in SENSOR_TYPES:
+        return _NOT_SURE
+    if type(number) is int:
+        if not _INT64_MIN <= number <= _INT64_MAX:
+            return _NOT_SURE
+    elif type(number) is not float or not math.isfinite(number):
+        return _NOT_SURE
+    if type(uom) is not str or _UOM_PATTERN.fullmatch(uom) is None:
+        return _NOT_SURE
+    built: Sensor = _built(Sensor, type=kind, value=number, uom=uom)
+    return built
+
+
+def _fast_reading(value: dict[str, Any]) -> Reading | None:
+    common = _fast_common(value)
+    sensors = value["sensors"]
+    if common is None or type(sensors) is not list or not 1 <= len(sensors) <= MAX_SENSORS:
+        return _NOT_SURE
+    built = []
+    for item in sensors:
+        sensor = _fast_sensor(item)
+        if sensor is None:
+            return _NOT_SURE
+        built.append(sensor)
+    device, seq, time, products = common
+    reading: Reading = _built(
+        Reading, device=device, seq=seq, time=time, products=products, sensors=tuple(built)
+    )
+    return reading
+
+
+def _fast_event(value: dict[str, Any]) -> Event | None:
+    common = _fast_common(value)
+    step = value["step"]
+    if common is None or type(step) is not str or step not in BUSINESS_STEPS:
+        return _NOT_SURE
+    device, seq, time, products = common
+    parents: tuple[ProductKey, ...] | None = ()
+    if "parents" in value:
+        parents = _fast_keys(value["parents"], 0, MAX_PARENTS)
+        if parents is None or {key.path for key in products} & {key.path for key in parents}:
+            return _NOT_SURE
+    location = value.get("location")
+    if "location" in value and (
+        type(location) is not str
+        or not 1 <= len(location) <= MAX_LOCATION_LENGTH
+        or _CONTROL_CHARACTER.search(location) is not None
+    ):
+        return _NOT_SURE
+    data = value.get("data")
+    if "data" in value:
+        if type(data) is not dict:
+            return _NOT_SURE
+        try:
+            data = _freeze_map(data, "data", 1)
+        except MalformedMessage:
+            return _NOT_SURE
+    event: Event = _built(
+        Event,
+        device=device,
+        seq=seq,
+        time=time,
+        products=products,
+        step=step,
+        parents=parents,
+        location=location,
+        data=data,
+    )
+    return event
+
+
+def try_from_cbor_map(value: object) -> AnyMessage | None:
+    """:func:`from_cbor_map`'s message for a well-formed payload map, or None if not sure.
+
+    Checks the same field rules, once, for the shapes well-formed devices send (exact decoded
+    types). Never raises and never refuses: None means "ask :func:`from_cbor_map`", which gives
+    the verdict and the error detail.
+    """
+    if type(value) is not dict:
+        return _NOT_SURE
+    keys = value.keys()
+    kind = value.get("type")
+    message: AnyMessage | None = _NOT_SURE
+    if kind == "reading" and keys == _READING_FIELDS:
+        message = _fast_reading(value)
+    elif kind == "event" and keys <= _EVENT_FIELDS and keys >= _EVENT_REQUIRED:
+        message = _fast_event(value)
+    elif kind == "key_rotation":  # cheap enough already: one pass of the constructor
+        try:
+            message = from_cbor_map(value)
+        except MalformedMessage:
+            message = _NOT_SURE
+    return message
 
 
 def encode_payload(message: AnyMessage) -> bytes:
