@@ -142,11 +142,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
     if min(counts.values()) < result.messages:
         short = ", ".join(f"{n:,} ({label})" for label, n in counts.items())
         out.write(
-            f"WARNING: only {short} of the backlog arrived: raise mosquitto's max_queued_messages\n"
+            f"WARNING: only {short} of the backlog arrived before {_IDLE_S:.0f} s without one: "
+            "raise mosquitto's max_queued_messages, or see why that drain stalled\n"
         )
     verify_us, sign_us = _crypto_costs()
     cpu_us = result.ingest_cpu_seconds / max(1, result.receipts_published) * 1e6
     gc_us = result.ingest_gc_seconds / max(1, result.receipts_published) * 1e6
+    bare_us = f"{1e6 / result.bare_rate:.0f} us" if result.bare_rate else "(not run)"
     out.write(
         f"\n{result.messages:,} messages from {args.devices:,} devices, db={args.db}, "
         f"batch={args.batch_size}, workers={args.workers or 1}\n"
@@ -156,7 +158,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
         f"  ratio ingest / bare:     {result.ratio:10.2f}\n"
         f"  ingest CPU per message:  {cpu_us:10.0f} us  (all threads and worker processes)\n"
         f"    of which in GC:        {gc_us:10.0f} us  (the ingest process)\n"
-        f"  per message, one core:   bare receive {1e6 / max(result.bare_rate, 1e-9):.0f} us, "
+        f"  per message, one core:   bare receive {bare_us}, "
         f"Ed25519 verify {verify_us:.0f} us + receipt sign {sign_us:.0f} us\n"
     )
     if args.profile:

@@ -60,6 +60,7 @@ def test_ingest_benchmark_with_two_shared_workers(mosquitto: BrokerAddress, tmp_
     assert [(c.name, c.received) for c in result.ceilings] == [("paho", 2000), ("hot", 2000)]
     assert (result.bare_received, result.bare_rate) == (0, 0.0)
     assert "bare aiomqtt subscriber:" not in out.getvalue()
+    assert "bare receive (not run)" in out.getvalue()
     assert "of ingest/mqtt" in out.getvalue()
 
 
