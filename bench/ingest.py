@@ -6,16 +6,21 @@ Run by hand, not a test::
     .venv/bin/python -m bench.ingest --messages 100000 --devices 1000 --db postgres
 
 A backlog of signed readings waits in mosquitto (``--broker``, default
-``$AGRITRACE_TEST_MQTT_URL``) for two persistent sessions, subscribed before the backlog was
-published and then disconnected: the ingest service's and a bare subscriber's. In the same run
+``$AGRITRACE_TEST_MQTT_URL``) for persistent sessions, subscribed before the backlog was
+published and then disconnected: the ingest service's and one per ceiling. In the same run
 the bench then times
 
-1. the bare aiomqtt subscriber draining the backlog and doing nothing with it, and
+1. the ceilings (bench/ceilings.py), each draining the backlog and doing nothing with it: the
+   bare aiomqtt subscriber, paho-mqtt in a plain thread, ingest's own client (ingest/mqtt)
+   receiving and acknowledging only, and the same client also publishing one receipt-sized
+   QoS 1 message per message; ``--ceilings aiomqtt,paho,hot,hot-receipts`` (the default) picks
+   them, ``--ceilings none`` skips them all;
 2. the real ingest service (``run_ingest`` + ``Processor``, as ``agritrace ingest`` runs them)
    draining the same backlog up to the last commit and the last receipt published (QoS 1,
    acknowledged by the broker),
 
-and prints both rates and their ratio. The log checkpointer runs beside ingest as in
+and prints every rate and ingest's ratio to each ceiling: the ratio is read against the
+client it is bound by (docs/benchmarks.md). The log checkpointer runs beside ingest as in
 ``agritrace ingest`` (a companion task every ``--checkpoint-seconds``, default the service's
 2 s; 0 leaves it out, as this benchmark ran before the product index). With ``--workers N``
 the ingest side is N worker processes on the MQTT 5 shared subscription
@@ -64,6 +69,7 @@ from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
+from bench import ceilings
 from bench.stages import stage_table
 from ingest import Inbound, IngestConfig, IngestStats, Processor, ServiceOptions, run_ingest
 from ingest.checkpointer import run_checkpointer
@@ -105,11 +111,14 @@ class BenchResult:
     ingest_cpu_seconds: float = 0.0
     #: Of which in the garbage collector of the ingest process (one worker only).
     ingest_gc_seconds: float = 0.0
+    #: The clients that drained the same backlog in the same run (bench/ceilings.py); the
+    #: bare subscriber's numbers (``bare_*``) are those of the ``aiomqtt`` one, 0 without it.
+    ceilings: tuple[ceilings.Ceiling, ...] = ()
 
     @property
     def bare_rate(self) -> float:
-        """Messages per second of the bare subscriber."""
-        return self.bare_received / self.bare_seconds
+        """Messages per second of the bare subscriber (0 when it did not run)."""
+        return self.bare_received / self.bare_seconds if self.bare_seconds > 0 else 0.0
 
     @property
     def ingest_rate(self) -> float:
@@ -118,8 +127,8 @@ class BenchResult:
 
     @property
     def ratio(self) -> float:
-        """Ingest rate over bare rate."""
-        return self.ingest_rate / self.bare_rate
+        """Ingest rate over bare rate (NaN when the bare subscriber did not run)."""
+        return self.ingest_rate / self.bare_rate if self.bare_rate > 0 else float("nan")
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchResult:
@@ -128,25 +137,28 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
     broker = BrokerAddress.parse(args.broker or os.environ.get("AGRITRACE_TEST_MQTT_URL", ""))
     with _database(args) as db_url:
         result = asyncio.run(_run(args, broker, db_url, out))
-    if min(result.bare_received, result.receipts_published) < result.messages:
+    counts = {c.label: c.received for c in result.ceilings}
+    counts["ingest"] = result.receipts_published
+    if min(counts.values()) < result.messages:
+        short = ", ".join(f"{n:,} ({label})" for label, n in counts.items())
         out.write(
-            f"WARNING: only {result.bare_received:,} (bare) and {result.receipts_published:,} "
-            "(ingest) of the backlog arrived: raise mosquitto's max_queued_messages\n"
+            f"WARNING: only {short} of the backlog arrived before {_IDLE_S:.0f} s without one: "
+            "raise mosquitto's max_queued_messages, or see why that drain stalled\n"
         )
     verify_us, sign_us = _crypto_costs()
     cpu_us = result.ingest_cpu_seconds / max(1, result.receipts_published) * 1e6
     gc_us = result.ingest_gc_seconds / max(1, result.receipts_published) * 1e6
+    bare_us = f"{1e6 / result.bare_rate:.0f} us" if result.bare_rate else "(not run)"
     out.write(
         f"\n{result.messages:,} messages from {args.devices:,} devices, db={args.db}, "
         f"batch={args.batch_size}, workers={args.workers or 1}\n"
-        f"  bare aiomqtt subscriber: {result.bare_rate:10,.0f} msg/s  "
-        f"({result.bare_seconds:.2f} s)\n"
+        f"{ceilings.report(result.ceilings)}"
         f"  ingest (commit+receipt): {result.ingest_rate:10,.0f} msg/s  "
-        f"({result.ingest_seconds:.2f} s)\n"
+        f"({result.ingest_seconds:.2f} s)  {ceilings.ratios(result.ceilings, result.ingest_rate)}\n"
         f"  ratio ingest / bare:     {result.ratio:10.2f}\n"
         f"  ingest CPU per message:  {cpu_us:10.0f} us  (all threads and worker processes)\n"
         f"    of which in GC:        {gc_us:10.0f} us  (the ingest process)\n"
-        f"  per message, one core:   bare receive {1e6 / result.bare_rate:.0f} us, "
+        f"  per message, one core:   bare receive {bare_us}, "
         f"Ed25519 verify {verify_us:.0f} us + receipt sign {sign_us:.0f} us\n"
     )
     if args.profile:
@@ -233,6 +245,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="run the product index A/B with the index prefilled with N products",
     )
+    parser.add_argument(
+        "--ceilings",
+        type=ceilings.parse_ceilings,
+        default=ceilings.CEILINGS,
+        help=f"clients that drain the same backlog first (default {','.join(ceilings.CEILINGS)}; "
+        "none: only the ingest drain)",
+    )
     parser.add_argument("--pairs", type=int, default=2, help="A/B: pairs of phases (A B A B)")
     parser.add_argument(
         "--workload",
@@ -278,7 +297,8 @@ async def _run(
 ) -> BenchResult:
     run_id = secrets.token_hex(3)
     devices = [f"bench-{run_id}-{i:05d}" for i in range(args.devices)]
-    ingest_id, bare_id = f"bench-ingest-{run_id}", f"bench-bare-{run_id}"
+    ingest_id = f"bench-ingest-{run_id}"
+    ceiling_ids = {name: f"bench-{name}-{run_id}" for name in args.ceilings}
     worker_ids = [f"{ingest_id}-w{i}" for i in range(args.workers)]
     engine = make_engine(db_url)
     log_key = SignerKey("bench-log", hashlib.sha256(b"bench/ingest/log").digest())
@@ -295,15 +315,30 @@ async def _run(
         setup = _register_and_commission(engine, processor, devices, now)
         backlog = _sign_backlog(devices, args.messages, now)
         # Every session exists (subscribed, then offline) before the backlog is published.
-        sessions = [bare_id] + (worker_ids or [ingest_id])
+        await ceilings.open_sessions(broker, ceiling_ids)
+        sessions = worker_ids or [ingest_id]
         for client_id in sessions:
             async with _session_client(broker, client_id, shared=client_id in worker_ids) as c:
                 await c.subscribe(subscription_topic(shared=client_id in worker_ids), qos=1)
         out.write("publishing the backlog ...\n")
         await _publish(broker, backlog)
 
-        out.write("draining with a bare subscriber ...\n")
-        bare_seconds, bare_received = await _bare_drain(broker, bare_id, run_id, len(backlog))
+        measured = []
+        for name, client_id in ceiling_ids.items():
+            out.write(f"draining with the ceiling {ceilings.LABELS[name]} ...\n")
+            measured.append(
+                await ceilings.drain(
+                    name,
+                    broker,
+                    client_id,
+                    marker=f"/bench-{run_id}-",  # others' messages may share the broker
+                    expected=len(backlog),
+                    batch_size=args.batch_size,
+                    idle_s=_IDLE_S,
+                )
+            )
+        bare = next((c for c in measured if c.name == "aiomqtt"), ceilings.Ceiling("aiomqtt", 0, 0))
+        bare_seconds, bare_received = bare.seconds, bare.received
 
         out.write(f"draining with ingest ({args.workers or 1} worker(s)) ...\n")
         if worker_ids:
@@ -319,6 +354,7 @@ async def _run(
                 ingest_accepted=accepted,
                 receipts_published=receipted,
                 entries=entries - setup,
+                ceilings=tuple(measured),
             )
         drain = await _drain_in_process(
             args, broker, ingest_id, (engine, log_key), processor, messages=len(backlog)
@@ -327,7 +363,8 @@ async def _run(
     finally:
         processor.close()
         engine.dispose()
-        for client_id in [bare_id, ingest_id, *worker_ids]:
+        await ceilings.forget_sessions(broker, ceiling_ids)
+        for client_id in [ingest_id, *worker_ids]:
             async with _session_client(broker, client_id, shared=False, clean=True):
                 pass
     return BenchResult(
@@ -340,6 +377,7 @@ async def _run(
         entries=entries - setup,
         ingest_cpu_seconds=drain.cpu_seconds,
         ingest_gc_seconds=drain.gc_seconds,
+        ceilings=tuple(measured),
     )
 
 
@@ -705,33 +743,6 @@ async def _publish(broker: BrokerAddress, backlog: list[tuple[str, bytes]]) -> N
             await asyncio.gather(
                 *(client.publish(t, raw, qos=1) for t, raw in backlog[start : start + 2000])
             )
-
-
-async def _bare_drain(
-    broker: BrokerAddress, client_id: str, run_id: str, expected: int
-) -> tuple[float, int]:
-    """Drain the backlog doing nothing with it; return the seconds taken and the count.
-
-    Stops at ``expected`` messages, or after ``_IDLE_S`` without one (a broker whose
-    ``max_queued_messages`` is lower than the backlog drops the rest: the count shows it).
-    """
-    marker = f"/bench-{run_id}-"
-    received = 0
-    started = last = time.perf_counter()
-    async with aiomqtt.Client(
-        broker.host, broker.port, identifier=client_id, clean_session=False
-    ) as client:
-        iterator = aiter(client.messages)
-        while received < expected:
-            try:
-                async with asyncio.timeout(_IDLE_S):
-                    message = await anext(iterator)
-            except TimeoutError:
-                break
-            if marker in message.topic.value:  # others' messages may share the broker
-                received += 1
-                last = time.perf_counter()
-    return last - started, received
 
 
 def _count_entries(engine: Engine, devices: list[str]) -> int:
