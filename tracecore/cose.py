@@ -71,6 +71,8 @@ ALG_EDDSA: Final = -8  # RFC 9053 §2.2
 SIGNATURE_LENGTH: Final = 64  # RFC 8032 §5.1.6
 _CONTEXT: Final = "Signature1"  # RFC 9052 §4.4
 _SIGNATURE_HEAD: Final = b"\x58\x40"  # a byte string of 64 bytes (RFC 8949 §3.1)
+# An array of 4 (RFC 8949 §3.1), then the context as a text string.
+_TO_BE_SIGNED_PREFIX: Final = b"\x84" + encode_deterministic(_CONTEXT)
 _ALG_NAMES: Final = {-7: "ES256", -35: "ES384", -36: "ES512", -37: "PS256", -257: "RS256"}
 
 
@@ -87,7 +89,9 @@ def sig_structure(protected: bytes, payload: bytes) -> bytes:
     RFC 9052 §4.4: context "Signature1", the protected header as carried (a byte string), the
     external AAD (empty here) and the payload, as a deterministically encoded CBOR array.
     """
-    return encode_deterministic([_CONTEXT, protected, b"", payload])
+    # Assembled by hand in its deterministic form (shortest heads; tests/tracecore/test_cose.py
+    # checks it against the generic encoder): it is built for every signature checked.
+    return _TO_BE_SIGNED_PREFIX + encode_bytes(protected) + b"\x40" + encode_bytes(payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +172,7 @@ class CoseSigner:
         self.kid = device_kid(bytes(signing_key.verify_key))
         self.protected = protected_header(self.kid)
         # RFC 9052 §4.4: ["Signature1", protected, h'' (no external AAD), payload]
-        self._to_be_signed = (
-            b"\x84" + encode_deterministic(_CONTEXT) + encode_bytes(self.protected) + b"\x40"
-        )
+        self._to_be_signed = _TO_BE_SIGNED_PREFIX + encode_bytes(self.protected) + b"\x40"
         # RFC 9052 §4.2: 18([protected, {}, payload, signature])
         self._envelope = b"\xd2\x84" + encode_bytes(self.protected) + b"\xa0"
 
@@ -326,7 +328,6 @@ _KID: Final = slice(8, 16)
 _UNPROTECTED_AT: Final = 16
 _PAYLOAD_HEAD_AT: Final = 17
 _EMPTY_MAP: Final = 0xA0
-_SIGNATURE_HEAD: Final = b"\x58\x40"
 _SIGNATURE_PART: Final = len(_SIGNATURE_HEAD) + SIGNATURE_LENGTH
 _SHORTEST_ENVELOPE: Final = _PAYLOAD_HEAD_AT + 1 + _SIGNATURE_PART
 

@@ -295,6 +295,9 @@ def test_cose_signer_gives_the_generic_encoders_bytes(
     protected = protected_header(kid)
     signature = device_key.sign(sig_structure(protected, payload)).signature
     expected = encode_deterministic(cbor2.CBORTag(18, [protected, {}, payload, signature]))
+    assert sig_structure(protected, payload) == encode_deterministic(
+        ["Signature1", protected, b"", payload]
+    )
     signer = CoseSigner(device_key)
     assert signer.sign(payload) == expected
     assert sign_cose(payload, device_key) == expected
