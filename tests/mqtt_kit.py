@@ -226,6 +226,18 @@ class IngestProcess:
             for n in range(1, self.starts + 1)
         )
 
+    async def wait_connected(self) -> None:
+        """Wait until the current start has connected to the broker (its log says so).
+
+        A SIGTERM that arrives while Python is still importing cannot be handled yet: the
+        process dies of it. A test of the clean shutdown waits for this first.
+        """
+        log = self.data_dir / f"ingest-{self.starts}.log"
+        while "ingest connected to" not in log.read_text(errors="replace"):
+            assert self.process is not None
+            assert self.process.poll() is None, self.log_text()
+            await asyncio.sleep(0.1)
+
     def signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the running process."""
         assert self.process is not None

@@ -142,6 +142,10 @@ async def _scenario(
         async with asyncio.timeout(120):
             for fleet in fleets:
                 await fleet.wait_settled()
+        # Ingest may have committed and published everything before the last kill (the fleet
+        # reads its receipts later): the clean stop below needs the restarted process up.
+        async with asyncio.timeout(60):
+            await process.wait_connected()
         process.signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0, process.log_text()
         stop.set()

@@ -531,6 +531,7 @@ def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
             process.start()
             async with asyncio.timeout(60):
                 await fleet.wait_settled()
+                await process.wait_connected()  # a clean stop needs the process started
             process.signal(signal.SIGTERM)
             assert await asyncio.to_thread(process.wait, 30) == 0, process.log_text()
             fleet_stop.set()
