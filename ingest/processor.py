@@ -84,6 +84,7 @@ __all__ = [
     "BatchResult",
     "Inbound",
     "IngestConfig",
+    "PreparedBatch",
     "Processor",
 ]
 
@@ -387,6 +388,17 @@ class _Msg:
         return self.signed.message.seq
 
 
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch after :meth:`Processor.prepare`: checked as far as reads allow, signatures under
+    way; :meth:`Processor.commit` finishes it."""
+
+    _run: _Run
+    _checked: list[_Checked]
+    size: int
+    used: bool = False
+
+
 class Processor:
     """Verify, sequence and commit batches of device messages (design.md, "Ingest rules").
 
@@ -422,11 +434,20 @@ class Processor:
         rejection. Parked messages that a commissioning in this batch unblocks are applied in
         the same transaction, right after that commissioning. If anything fails, the
         transaction rolls back, nothing of the batch is stored and the error propagates (no
-        receipts are returned).
+        receipts are returned). The same as :meth:`commit` of :meth:`prepare`.
+        """
+        return self.commit(self.prepare(batch, now_ms))
+
+    def prepare(self, batch: Sequence[Inbound], now_ms: int) -> PreparedBatch:
+        """Apply rules 0-5 to ``batch`` (reads only) and start its signature checks.
+
+        Needs no lock and writes nothing, so the service prepares the next batch while the
+        previous one commits (docs/ingest.md, "Where the work runs"). Everything that depends
+        on what is committed (keys again, duplicates, rights, sequencing) is decided by
+        :meth:`commit` under the write lock, so a batch prepared before its predecessor
+        committed ends up exactly as if it had been processed after it.
         """
         result = BatchResult()
-        if not batch:
-            return result
         run = _Run(self._pool, self.config, result, now_ms)
         topics: list[tuple[Inbound, str]] = []
         limit = self.config.max_message_bytes
@@ -448,10 +469,24 @@ class Processor:
         # Rules 1-5 before the write lock (only reads): the lock is held for sequencing only,
         # which keeps several ingest workers on one database from waiting on each other.
         checked = run.check(self._engine, topics)
+        return PreparedBatch(_run=run, _checked=checked, size=len(batch))
+
+    def commit(self, prepared: PreparedBatch) -> BatchResult:
+        """Apply rules 4-9 to a prepared batch and commit it in one transaction (see process).
+
+        A prepared batch commits at most once: after a failure (nothing was stored), prepare
+        the batch again.
+        """
+        if prepared.used:
+            raise ValueError("a prepared batch commits once; prepare the batch again")
+        prepared.used = True
+        run = prepared._run  # noqa: SLF001  (the processor's own object)
+        if prepared.size == 0:
+            return run.result
         with write_transaction(self._engine) as conn:
-            run.execute(conn, checked)
+            run.execute(conn, prepared._checked)  # noqa: SLF001
             self._before_commit(conn)
-        return result
+        return run.result
 
     def expire_parked(self, now_ms: int) -> BatchResult:
         """Reject parked messages whose ``expires_ms`` has passed as ``unknown_product``.

@@ -9,10 +9,15 @@
     ``agritrace/v1/devices/+/up`` or, scaled out, the shared subscription
     ``$share/ingest/agritrace/v1/devices/+/up``. It reconnects with jittered exponential
     backoff (capped at 30 s) and moves each message into a BOUNDED queue.
-``ingest-batcher``
+``ingest-preparer``
     Takes up to ``batch_size`` messages, or what arrived within ``linger_ms`` of the first,
-    and runs ``Processor.process`` in a worker thread: one database transaction per batch.
-    After the commit it acknowledges (PUBACKs) the batch's messages to the broker.
+    and runs ``Processor.prepare`` on them in a worker thread (the checks that only read; the
+    signature checks start in the signature workers), one batch ahead of the commit.
+``ingest-batcher``
+    Runs ``Processor.commit`` on each prepared batch in a worker thread: one database
+    transaction per batch (a batch whose preparation or commit failed is processed afresh,
+    with retries). After the commit it acknowledges (PUBACKs) the batch's messages to the
+    broker.
 ``ingest-publisher``
     Publishes each receipt of a committed batch at QoS 1 on
     ``agritrace/v1/devices/{device}/receipt``. It only ever sees batches whose ``process``
@@ -58,11 +63,11 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 from ingest.mqtt import Connection, connect
 from ingest.mqtt.packets import PROTOCOL_V5, PROTOCOL_V311
-from ingest.processor import BatchResult, Inbound
+from ingest.processor import BatchResult, Inbound, PreparedBatch
 from tracecore.backoff import Backoff
 from tracecore.errors import (
     DatabaseUnavailable,
@@ -109,6 +114,19 @@ class BatchProcessor(Protocol):
 
     def expire_parked(self, now_ms: int) -> BatchResult:
         """Reject parked messages whose wait has expired."""
+        ...
+
+
+@runtime_checkable
+class PipelinedProcessor(BatchProcessor, Protocol):
+    """A processor that can prepare the next batch while the previous one commits."""
+
+    def prepare(self, batch: Sequence[Inbound], now_ms: int) -> PreparedBatch:
+        """Apply the checks that only read; start the signature checks."""
+        ...
+
+    def commit(self, prepared: PreparedBatch) -> BatchResult:
+        """Finish and commit a prepared batch; return after the commit."""
         ...
 
 
@@ -264,6 +282,7 @@ async def run_ingest(
     service = _Service(processor, options, stop, stats or IngestStats(), clock)
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(service.connection(), name="ingest-mqtt")
+        tasks.create_task(service.preparer(), name="ingest-preparer")
         tasks.create_task(service.batcher(), name="ingest-batcher")
         tasks.create_task(service.publisher(), name="ingest-publisher")
         tasks.create_task(service.expirer(), name="ingest-expire-parked")
@@ -307,6 +326,7 @@ class _Service:
         clock: Callable[[], int],
     ) -> None:
         self.processor = processor
+        self.pipelined = processor if isinstance(processor, PipelinedProcessor) else None
         self.options = options
         self.stop = stop
         self.stats = stats
@@ -315,6 +335,10 @@ class _Service:
         # reading the socket once its own buffer is full; the broker holds the rest).
         self.inbound: asyncio.Queue[_Received] = asyncio.Queue(
             maxsize=options.batch_size * options.queue_batches
+        )
+        # Batches prepared one ahead of the commit (None: not prepared); None ends the stream.
+        self.prepared: asyncio.Queue[tuple[list[_Received], PreparedBatch | None] | None] = (
+            asyncio.Queue(maxsize=1)
         )
         # Committed batches waiting for their receipts to go out; None ends the stream.
         # Unbounded on purpose: the PUBACKs of receipts arrive on the same socket as messages,
@@ -465,24 +489,39 @@ class _Service:
 
     # -- batching and processing -----------------------------------------------------------------
 
-    async def batcher(self) -> None:
-        """Form batches, process each in a worker thread, hand the receipts to the publisher."""
+    async def preparer(self) -> None:
+        """Form batches and prepare each (the checks that only read) one batch ahead.
+
+        While the batcher commits batch N, batch N+1 is parsed here and its signatures are
+        checked in the signature workers: the two cores work side by side instead of in turn.
+        A processor without :meth:`~ingest.processor.Processor.prepare` (tests' stand-ins) is
+        handed plain batches.
+        """
+        pipelined = self.pipelined
         try:
-            while True:
-                received = await self._next_batch()
-                if received is None:
-                    break
-                batch = [item.inbound for item in received]
-                result = await self._process(batch)
+            while (received := await self._next_batch()) is not None:
+                prepared: PreparedBatch | None = None
+                if pipelined is not None:
+                    batch = [item.inbound for item in received]
+                    try:
+                        prepared = await asyncio.to_thread(pipelined.prepare, batch, self.clock())
+                    except Exception:  # noqa: BLE001  (the batcher processes it afresh, with retries)
+                        prepared = None
+                await self.prepared.put((received, prepared))
+        finally:
+            await self.prepared.put(None)
+
+    async def batcher(self) -> None:
+        """Commit each batch (in a worker thread), acknowledge it, hand its receipts on."""
+        try:
+            while (item := await self.prepared.get()) is not None:
+                received, prepared = item
+                batch = [each.inbound for each in received]
+                result = await self._commit(batch, prepared)
                 if result is None:
                     # Stopped during a database outage: this batch and what is queued behind it
                     # never committed and have no receipts; their devices resend them.
-                    self.stats.abandoned += len(batch) + self.inbound.qsize()
-                    _log.warning(
-                        "ingest: stopping during a database outage; %d messages not committed "
-                        "(their devices will resend them)",
-                        len(batch) + self.inbound.qsize(),
-                    )
+                    await self._abandon(len(batch))
                     break
                 self._acknowledge(received)
                 if result.receipts:
@@ -491,6 +530,33 @@ class _Service:
         finally:
             # The publisher must learn that nothing more comes, also when we fail.
             await self.outbound.put(None)
+
+    async def _commit(
+        self, batch: list[Inbound], prepared: PreparedBatch | None
+    ) -> BatchResult | None:
+        """Commit a prepared batch; on any failure process it afresh with retries."""
+        if prepared is not None and self.pipelined is not None:
+            try:
+                async with self.processor_lock:
+                    result = await asyncio.to_thread(self.pipelined.commit, prepared)
+            except Exception:  # noqa: BLE001  (nothing was stored: the retries below decide)
+                return await self._process(batch)
+            self._database_back()
+            self._account(batch, result)
+            return result
+        return await self._process(batch)
+
+    async def _abandon(self, first: int) -> None:
+        """Count what is left uncommitted when stopping during an outage, until the end."""
+        abandoned = first + self.inbound.qsize()
+        while (item := await self.prepared.get()) is not None:
+            abandoned += len(item[0])
+        self.stats.abandoned += abandoned
+        _log.warning(
+            "ingest: stopping during a database outage; %d messages not committed "
+            "(their devices will resend them)",
+            abandoned,
+        )
 
     def _acknowledge(self, received: list[_Received]) -> None:
         """PUBACK a committed batch's messages, on the connection each came from, if still open.
