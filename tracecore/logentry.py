@@ -175,6 +175,18 @@ def _head(major: int, argument: int) -> bytes:
     return _HEAD_8.pack(initial | 27, argument)
 
 
+#: Heads of byte strings (major 2), text strings (3) and arrays (4) shorter than 256 (every
+#: entry's strings and arrays are): looked up instead of built.
+_SHORT_HEADS: Final = {
+    major: tuple(_head(major, length) for length in range(256)) for major in (2, 3, 4)
+}
+
+
+def _string_head(major: int, length: int) -> bytes:
+    """:func:`_head` of a string or array length."""
+    return _SHORT_HEADS[major][length] if length < 0x100 else _head(major, length)
+
+
 def _device_message_bytes(entry: DeviceMessageEntry) -> bytes | None:
     """The deterministic encoding of ``entry`` assembled directly, or None (not admitted)."""
     msg, device, seq, received = entry.msg, entry.device, entry.seq, entry.received
@@ -190,9 +202,9 @@ def _device_message_bytes(entry: DeviceMessageEntry) -> bytes | None:
         return None
     try:
         device_utf8 = device.encode()
-        parts = [b"\xa7\x61v\x01\x63msg", _head(2, len(msg)), msg, b"\x63seq", _head(0, seq)]
-        parts.append(b"\x64kind\x6edevice_message\x66chains")
-        parts.append(_head(4, len(entry.chains)))
+        parts = [b"\xa7\x61v\x01\x63msg", _string_head(2, len(msg)), msg]
+        parts += (b"\x63seq", _head(0, seq), b"\x64kind\x6edevice_message\x66chains")
+        parts.append(_string_head(4, len(entry.chains)))
         for chain in entry.chains:
             path, pseq, prev = chain.product.path, chain.pseq, chain.prev
             if not (
@@ -203,9 +215,10 @@ def _device_message_bytes(entry: DeviceMessageEntry) -> bytes | None:
             ):
                 return None
             path_utf8 = path.encode()
-            parts += (b"\xa3\x64prev", _head(2, len(prev)), prev, b"\x64pseq", _head(0, pseq))
-            parts += (b"\x67product", _head(3, len(path_utf8)), path_utf8)
-        parts += (b"\x66device", _head(3, len(device_utf8)), device_utf8)
+            parts += (b"\xa3\x64prev", _string_head(2, len(prev)), prev)
+            parts += (b"\x64pseq", _head(0, pseq))
+            parts += (b"\x67product", _string_head(3, len(path_utf8)), path_utf8)
+        parts += (b"\x66device", _string_head(3, len(device_utf8)), device_utf8)
         parts += (b"\x68received", _head(0, received))
     except UnicodeEncodeError:  # lone surrogates: encode_deterministic raises its own error
         return None
