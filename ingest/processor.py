@@ -207,6 +207,7 @@ class _Sql:
         self.items = 'SELECT item_key, "key" FROM products WHERE item_key IN ({in})'
         self.parties = "SELECT id FROM parties WHERE id IN ({in})"
         self.top_index = 'SELECT max("index") FROM log_entries'
+        self.any_parked = "SELECT 1 FROM parked_messages LIMIT 1"
 
     def select_in(self, conn: Connection, template: str, values: Iterable[Any]) -> Iterator[Any]:
         """The rows of ``template`` for ``values``, its ``{in}`` filled with their placeholders.
@@ -940,6 +941,7 @@ class _Run:
         self._preload(checked)
         rotating = {s.message.device for _, s, _ in checked if isinstance(s.message, KeyRotation)}
         self._reload_keys({s.message.device for _, s, _ in checked}, rotating)
+        limit = self.now_ms + self.config.max_clock_skew_ms
         for (inbound, signed, party), error in zip(checked, self._verdicts(), strict=True):
             message = signed.message
             try:  # rule 4 again, on the keys as they are now (module docstring)
@@ -957,7 +959,6 @@ class _Run:
                 reason, detail = error
                 self.reject_raw(inbound, reason, detail, message.device, message.seq)
                 continue
-            limit = self.now_ms + self.config.max_clock_skew_ms
             if message.time > limit:  # rule 6
                 self.reject_raw(
                     inbound,
@@ -1104,16 +1105,19 @@ class _Run:
     def _preload(self, checked: list[_Checked]) -> None:
         """Load in a few queries the state the batch names (rule 7 dedupe, products, log)."""
         pairs = {(s.message.device, s.message.seq) for _, s, _ in checked}
+        flat = _flat(pairs)
         if pairs:
             sql = self.sql.by_pairs(
                 't.device_id, t.seq, t.raw_sha256, t."index"', "log_entries", len(pairs)
             )
-            for device, seq, sha, index in self.conn.exec_driver_sql(sql, _flat(pairs)):
+            for device, seq, sha, index in self.conn.exec_driver_sql(sql, flat):
                 self.logged[(device, seq)] = (bytes(sha), index)
+        # Parked messages are rare: one probe of the table before a look-up of every pair.
+        if pairs and self.conn.exec_driver_sql(self.sql.any_parked).first() is not None:
             sql = self.sql.by_pairs(
                 "t.device_id, t.seq, t.raw_sha256", "parked_messages", len(pairs)
             )
-            for device, seq, sha in self.conn.exec_driver_sql(sql, _flat(pairs)):
+            for device, seq, sha in self.conn.exec_driver_sql(sql, flat):
                 self.parked_db[(device, seq)] = bytes(sha)
         keys: set[str] = set()
         commissioned: set[str] = set()
