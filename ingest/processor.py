@@ -34,6 +34,7 @@ one: every change of a device's keys is serialized by the same lock.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -45,11 +46,9 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
-    and_,
     bindparam,
     case,
     func,
-    or_,
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -99,9 +98,7 @@ _PARKED: Final[Table] = _TABLES["parked_messages"]
 _PARKED_PRODUCTS: Final[Table] = _TABLES["parked_products"]
 _REJECTIONS: Final[Table] = _TABLES["rejections"]
 _RECEIPTS: Final[Table] = _TABLES["receipts"]
-_DEVICES: Final[Table] = _TABLES["devices"]
 _KEYS: Final[Table] = _TABLES["device_keys"]
-_PARTIES: Final[Table] = _TABLES["parties"]
 
 #: Messages per signature-check (and receipt-signing) task: small, so that the pool's work on
 #: one chunk overlaps this thread's work on the next.
@@ -188,6 +185,41 @@ class _Sql:
             "INSERT INTO receipts (device_id, seq, log_index, raw) "  # noqa: S608
             f"VALUES ({p}, {p}, {p}, {p})"
         )
+        # The reads of every batch ({in} is the placeholder list of select_in).
+        self.devices = "SELECT id, party_id FROM devices WHERE id IN ({in})"
+        self.keys = (
+            "SELECT id, device_id, kid, public_key, valid_from_ms, valid_until_ms, revoked_ms "
+            "FROM device_keys WHERE device_id IN ({in})"
+        )
+        self.closed_keys = (
+            "SELECT device_id, kid, valid_until_ms, revoked_ms FROM device_keys "
+            "WHERE device_id IN ({in}) AND (valid_until_ms IS NOT NULL OR revoked_ms IS NOT NULL)"
+        )
+        # Each product row with the head of its chain (the link with the highest pseq, found
+        # through the (product_key, pseq) primary key, not by scanning the chain) and the leaf
+        # hash of the head's entry.
+        self.products = (
+            'SELECT p."key", p.owner_party_id, p.holder_party_id, p.pending_party_id, '
+            "p.commissioned_index, l.pseq, e.leaf_hash FROM products p "
+            'LEFT OUTER JOIN chain_links l ON l.product_key = p."key" AND l.pseq = '
+            '(SELECT max(i.pseq) FROM chain_links i WHERE i.product_key = p."key") '
+            'LEFT OUTER JOIN log_entries e ON e."index" = l.log_index WHERE p."key" IN ({in})'
+        )
+        self.items = 'SELECT item_key, "key" FROM products WHERE item_key IN ({in})'
+        self.parties = "SELECT id FROM parties WHERE id IN ({in})"
+        self.top_index = 'SELECT max("index") FROM log_entries'
+        self.any_parked = "SELECT 1 FROM parked_messages LIMIT 1"
+
+    def select_in(self, conn: Connection, template: str, values: Iterable[Any]) -> Iterator[Any]:
+        """The rows of ``template`` for ``values``, its ``{in}`` filled with their placeholders.
+
+        At most 500 values a statement (well under SQLite's and psycopg's parameter limits).
+        """
+        ordered = list(values)
+        for start in range(0, len(ordered), 500):
+            chunk = tuple(ordered[start : start + 500])
+            sql = template.replace("{in}", ", ".join([self.p] * len(chunk)))
+            yield from conn.exec_driver_sql(sql, chunk)
 
     def by_pairs(self, columns: str, table: str, count: int) -> str:
         """``SELECT columns FROM table`` for ``count`` (device_id, seq) pairs.
@@ -201,6 +233,12 @@ class _Sql:
             f"WITH wanted(device_id, seq) AS (VALUES {rows}) SELECT {columns} FROM wanted "  # noqa: S608
             f"JOIN {table} t ON t.device_id = wanted.device_id AND t.seq = wanted.seq"
         )
+
+
+@functools.cache
+def _sql(dialect: str) -> _Sql:
+    """The statements of ``dialect`` (built once per process)."""
+    return _Sql(dialect)
 
 
 def _flat(pairs: Iterable[tuple[str, int]]) -> tuple[str | int, ...]:
@@ -242,15 +280,16 @@ class _KeyRow:
 
     @classmethod
     def of(cls, row: Any) -> _KeyRow:
-        """The key of a ``device_keys`` row."""
+        """The key of a row of :attr:`_Sql.keys` (id, device_id, kid, public_key, windows)."""
+        key_id, device_id, kid, public_key, valid_from_ms, valid_until_ms, revoked_ms = row
         return cls(
-            id=row.id,
-            device_id=row.device_id,
-            kid=bytes(row.kid),
-            public_key=bytes(row.public_key),
-            valid_from_ms=row.valid_from_ms,
-            valid_until_ms=row.valid_until_ms,
-            revoked_ms=row.revoked_ms,
+            key_id,
+            device_id,
+            bytes(kid),
+            bytes(public_key),
+            valid_from_ms,
+            valid_until_ms,
+            revoked_ms,
         )
 
 
@@ -741,10 +780,10 @@ class _Run:
         if not todo:
             return
         self.device_party.update(dict.fromkeys(todo))
-        rows = conn.execute(
-            select(_DEVICES.c.id, _DEVICES.c.party_id).where(_DEVICES.c.id.in_(todo))
-        )
-        self.device_party.update({row.id: row.party_id for row in rows})
+        sql = _sql(conn.dialect.name)
+        rows = sql.select_in(conn, sql.devices, todo)
+        for device_id, party_id in rows:
+            self.device_party[device_id] = party_id
 
     def load_products(self, keys: Iterable[str]) -> None:
         """Load state and chain head of every product key not loaded yet."""
@@ -752,41 +791,14 @@ class _Run:
         if not todo:
             return
         self.products.update(dict.fromkeys(todo))
-        # One query: each product row with the head of its chain (the link with the highest
-        # pseq, found through the (product_key, pseq) primary key, not by scanning the chain)
-        # and the leaf hash of the head's entry.
-        inner = _LINKS.alias("inner_links")
-        latest = (
-            select(func.max(inner.c.pseq))
-            .where(inner.c.product_key == _PRODUCTS.c.key)
-            .scalar_subquery()
-        )
-        rows = self.conn.execute(
-            select(
-                _PRODUCTS.c.key,
-                _PRODUCTS.c.owner_party_id,
-                _PRODUCTS.c.holder_party_id,
-                _PRODUCTS.c.pending_party_id,
-                _PRODUCTS.c.commissioned_index,
-                _LINKS.c.pseq,
-                _LOG.c.leaf_hash,
-            )
-            .select_from(_PRODUCTS)
-            .outerjoin(
-                _LINKS, and_(_LINKS.c.product_key == _PRODUCTS.c.key, _LINKS.c.pseq == latest)
-            )
-            .outerjoin(_LOG, _LOG.c.index == _LINKS.c.log_index)
-            .where(_PRODUCTS.c.key.in_(todo))
-        )
-        for row in rows:
-            self.products[row.key] = ProductState(
-                owner=row.owner_party_id,
-                holder=row.holder_party_id,
-                pending=row.pending_party_id,
-                commissioned=row.commissioned_index is not None,
-            )
-            if row.pseq is not None:
-                self.heads[row.key] = (row.pseq, bytes(row.leaf_hash))
+        # One query: each product row with the head of its chain (_Sql.products).
+        products, heads = self.products, self.heads
+        for key, owner, holder, pending, commissioned, pseq, leaf in self.sql.select_in(
+            self.conn, self.sql.products, todo
+        ):
+            products[key] = ProductState(owner, holder, pending, commissioned is not None)
+            if pseq is not None:
+                heads[key] = (pseq, bytes(leaf))
         self._load_items(todo)
 
     def _load_items(self, keys: Iterable[str]) -> None:
@@ -804,20 +816,14 @@ class _Run:
             return
         for item_path in wanted:
             self.items[item_path] = set()
-        ordered = sorted(wanted)
-        for start in range(0, len(ordered), 500):
-            for item_path, key in self.conn.execute(
-                select(_PRODUCTS.c.item_key, _PRODUCTS.c.key).where(
-                    _PRODUCTS.c.item_key.in_(ordered[start : start + 500])
-                )
-            ):
-                self.items[item_path].add(key)
+        for item_path, key in self.sql.select_in(self.conn, self.sql.items, sorted(wanted)):
+            self.items[item_path].add(key)
 
     def load_parties(self, party_ids: set[str]) -> None:
         """Load which of ``party_ids`` are registered parties."""
         if party_ids:
-            rows = self.conn.execute(select(_PARTIES.c.id).where(_PARTIES.c.id.in_(party_ids)))
-            self.parties.update(row.id for row in rows)
+            rows = self.sql.select_in(self.conn, self.sql.parties, party_ids)
+            self.parties.update(party_id for (party_id,) in rows)
 
     def load_parked(self, keys: Iterable[str]) -> None:
         """Load the parked messages waiting for any of ``keys`` (not loaded yet)."""
@@ -879,17 +885,15 @@ class _Run:
         pairs = {(s.message.device, s.message.seq) for _, s, _ in parsed}
         logged: dict[tuple[str, int], bytes] = {}
         with storage_errors(), engine.connect() as conn:
+            sql = _sql(conn.dialect.name)
             self.load_devices(conn, devices)
-            key_rows = {
-                (row.device_id, bytes(row.kid)): row
-                for row in conn.execute(select(_KEYS).where(_KEYS.c.device_id.in_(devices)))
-            }
-            self.keys = {pair: _KeyRow.of(row) for pair, row in key_rows.items()}
+            key_rows = self.keys = {}
+            for row in sql.select_in(conn, sql.keys, devices):
+                key = _KeyRow.of(row)
+                key_rows[(key.device_id, key.kid)] = key
             if pairs:
-                sql = _Sql(conn.dialect.name).by_pairs(
-                    "t.device_id, t.seq, t.raw_sha256", "log_entries", len(pairs)
-                )
-                for device, seq, sha in conn.exec_driver_sql(sql, _flat(pairs)):
+                text = sql.by_pairs("t.device_id, t.seq, t.raw_sha256", "log_entries", len(pairs))
+                for device, seq, sha in conn.exec_driver_sql(text, _flat(pairs)):
                     logged[(device, seq)] = bytes(sha)
         checked: list[_Checked] = []
         other_device: list[tuple[Inbound, SignedMessage, str]] = []
@@ -968,10 +972,11 @@ class _Run:
     def execute(self, conn: Connection, checked: list[_Checked]) -> None:
         """Rules 5-9 and sequencing, inside the write transaction; then write everything."""
         self.conn = conn
-        self.sql = _Sql(conn.dialect.name)
+        self.sql = _sql(conn.dialect.name)
         self._preload(checked)
         rotating = {s.message.device for _, s, _ in checked if isinstance(s.message, KeyRotation)}
         self._reload_keys({s.message.device for _, s, _ in checked}, rotating)
+        limit = self.now_ms + self.config.max_clock_skew_ms
         for (inbound, signed, party), error in zip(checked, self._verdicts(), strict=True):
             message = signed.message
             try:  # rule 4 again, on the keys as they are now (module docstring)
@@ -989,7 +994,6 @@ class _Run:
                 reason, detail = error
                 self.reject_raw(inbound, reason, detail, message.device, message.seq)
                 continue
-            limit = self.now_ms + self.config.max_clock_skew_ms
             if message.time > limit:  # rule 6
                 self.reject_raw(
                     inbound,
@@ -1025,26 +1029,14 @@ class _Run:
         enough to read the windows that are closed; the devices that rotate in this batch get
         their whole key history (new keys included), which the rotation rules look at.
         """
-        ordered = sorted(devices - rotating)
-        for start in range(0, len(ordered), 500):
-            closed = self.conn.execute(
-                select(
-                    _KEYS.c.device_id, _KEYS.c.kid, _KEYS.c.valid_until_ms, _KEYS.c.revoked_ms
-                ).where(
-                    _KEYS.c.device_id.in_(ordered[start : start + 500]),
-                    or_(_KEYS.c.valid_until_ms.is_not(None), _KEYS.c.revoked_ms.is_not(None)),
-                )
-            )
-            for device_id, kid, valid_until_ms, revoked_ms in closed:
-                row = self.keys.get((device_id, bytes(kid)))
-                if row is not None:  # a key added since is unknown to this batch's messages
-                    row.valid_until_ms, row.revoked_ms = valid_until_ms, revoked_ms
-        ordered = sorted(rotating)
-        for start in range(0, len(ordered), 500):
-            for full in self.conn.execute(
-                select(_KEYS).where(_KEYS.c.device_id.in_(ordered[start : start + 500]))
-            ):
-                self.keys[(full.device_id, bytes(full.kid))] = _KeyRow.of(full)
+        closed = self.sql.select_in(self.conn, self.sql.closed_keys, sorted(devices - rotating))
+        for device_id, kid, valid_until_ms, revoked_ms in closed:
+            row = self.keys.get((device_id, bytes(kid)))
+            if row is not None:  # a key added since is unknown to this batch's messages
+                row.valid_until_ms, row.revoked_ms = valid_until_ms, revoked_ms
+        for full in self.sql.select_in(self.conn, self.sql.keys, sorted(rotating)):
+            key = _KeyRow.of(full)
+            self.keys[(key.device_id, key.kid)] = key
 
     def rotate(self, msg: _Msg, rotation: KeyRotation) -> None:
         """Accept a device's key rotation or refuse it as bad_rotation (docs/protocol.md §5).
@@ -1148,16 +1140,19 @@ class _Run:
     def _preload(self, checked: list[_Checked]) -> None:
         """Load in a few queries the state the batch names (rule 7 dedupe, products, log)."""
         pairs = {(s.message.device, s.message.seq) for _, s, _ in checked}
+        flat = _flat(pairs)
         if pairs:
             sql = self.sql.by_pairs(
                 't.device_id, t.seq, t.raw_sha256, t."index"', "log_entries", len(pairs)
             )
-            for device, seq, sha, index in self.conn.exec_driver_sql(sql, _flat(pairs)):
+            for device, seq, sha, index in self.conn.exec_driver_sql(sql, flat):
                 self.logged[(device, seq)] = (bytes(sha), index)
+        # Parked messages are rare: one probe of the table before a look-up of every pair.
+        if pairs and self.conn.exec_driver_sql(self.sql.any_parked).first() is not None:
             sql = self.sql.by_pairs(
                 "t.device_id, t.seq, t.raw_sha256", "parked_messages", len(pairs)
             )
-            for device, seq, sha in self.conn.exec_driver_sql(sql, _flat(pairs)):
+            for device, seq, sha in self.conn.exec_driver_sql(sql, flat):
                 self.parked_db[(device, seq)] = bytes(sha)
         keys: set[str] = set()
         commissioned: set[str] = set()
@@ -1175,7 +1170,7 @@ class _Run:
         self.load_products(keys)
         self.load_parties(destinations)
         self.load_parked(commissioned)
-        top = self.conn.execute(select(func.max(_LOG.c.index))).scalar()
+        top = self.conn.exec_driver_sql(self.sql.top_index).scalar()
         self.next_index = 0 if top is None else top + 1
 
     def _is_repeat(self, msg: _Msg) -> bool:

@@ -186,6 +186,28 @@ class _Verdict:
     custody: list[tuple[str, str, str | None]] = field(default_factory=list)
 
 
+#: The decision on a plain append: accepted, nothing created, no edges, no custody change.
+_APPEND = Decision(Outcome.ACCEPT)
+
+
+def _plain_append(
+    message: DeviceMessage, party: str, products: Mapping[str, ProductState | None]
+) -> bool:
+    """Whether a message that is not an event is certainly accepted as a plain append.
+
+    The common case of ingest, decided without the general rules below, to the same verdict:
+    each product is commissioned and held by ``party`` (no refusal, nothing missing), and none
+    is serialized (no serial conflict is possible). Anything else takes the general rules.
+    """
+    for key in message.products:
+        state = products.get(key.path)
+        if state is None or not state.commissioned or key.serial is not None:
+            return False
+        if (state.holder if state.holder is not None else state.owner) != party:
+            return False
+    return True
+
+
 def decide(
     message: DeviceMessage,
     party: str,
@@ -203,8 +225,21 @@ def decide(
     (absent: none).
     Returns the :class:`Decision`; never raises for a well-formed message.
     """
-    keys = [key.path for key in message.products]
+    if not isinstance(message, Event) and _plain_append(message, party, products):
+        return _APPEND
+    return _decide_by_the_rules(message, party, products, parties, items)
+
+
+def _decide_by_the_rules(
+    message: DeviceMessage,
+    party: str,
+    products: Mapping[str, ProductState | None],
+    parties: Container[str],
+    items: Mapping[str, Collection[str]],
+) -> Decision:
+    """:func:`decide` by the general rules, for any message."""
     event = message if isinstance(message, Event) else None
+    keys = [key.path for key in message.products]
     step = event.step if event is not None else None
     parent_keys = [key.path for key in event.parents] if event is not None else []
     verdict = _Verdict()

@@ -52,6 +52,7 @@ kind                   further keys
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -123,6 +124,9 @@ class DeviceMessageEntry:
 
     def to_bytes(self) -> bytes:
         """Return the deterministic CBOR encoding of the entry."""
+        fast = _device_message_bytes(self)
+        if fast is not None:
+            return fast
         return encode_deterministic(
             {
                 "v": ENTRY_VERSION,
@@ -141,6 +145,84 @@ class DeviceMessageEntry:
     def leaf_hash(self) -> bytes:
         """The RFC 9162 leaf hash of the encoded entry."""
         return leaf_hash(self.to_bytes())
+
+
+# The hot path of ingest (one entry per accepted message) assembles the entry's bytes directly:
+# the map's keys in the order RFC 8949 §4.2.1 sorts them (text keys: shorter encodings first,
+# then bytewise: v, msg, seq, kind, chains, device, received; prev, pseq, product), every
+# integer and length in its shortest head (§4.1), definite lengths. Only exact ``str``/``bytes``
+# values and ``int`` values within 0 … 2**64-1 are admitted; anything else returns None and takes
+# encode_deterministic (with its errors). tests/tracecore/test_logentry.py checks byte equality
+# with encode_deterministic on random entries and the golden vectors.
+_UINT64_MAX: Final = 2**64 - 1
+_HEAD_1: Final = struct.Struct(">BB")
+_HEAD_2: Final = struct.Struct(">BH")
+_HEAD_4: Final = struct.Struct(">BI")
+_HEAD_8: Final = struct.Struct(">BQ")
+
+
+def _head(major: int, argument: int) -> bytes:
+    """The shortest head of ``major`` and ``argument`` (RFC 8949 §3, §4.2.1)."""
+    initial = major << 5
+    if argument < 24:
+        return bytes((initial | argument,))
+    if argument < 0x100:
+        return _HEAD_1.pack(initial | 24, argument)
+    if argument < 0x10000:
+        return _HEAD_2.pack(initial | 25, argument)
+    if argument < 0x100000000:
+        return _HEAD_4.pack(initial | 26, argument)
+    return _HEAD_8.pack(initial | 27, argument)
+
+
+#: Heads of byte strings (major 2), text strings (3) and arrays (4) shorter than 256 (every
+#: entry's strings and arrays are): looked up instead of built.
+_SHORT_HEADS: Final = {
+    major: tuple(_head(major, length) for length in range(256)) for major in (2, 3, 4)
+}
+
+
+def _string_head(major: int, length: int) -> bytes:
+    """:func:`_head` of a string or array length."""
+    return _SHORT_HEADS[major][length] if length < 0x100 else _head(major, length)
+
+
+def _device_message_bytes(entry: DeviceMessageEntry) -> bytes | None:
+    """The deterministic encoding of ``entry`` assembled directly, or None (not admitted)."""
+    msg, device, seq, received = entry.msg, entry.device, entry.seq, entry.received
+    if not (
+        type(msg) is bytes
+        and type(device) is str
+        and type(seq) is int
+        and type(received) is int
+        and 0 <= seq <= _UINT64_MAX
+        and 0 <= received <= _UINT64_MAX
+        and len(entry.chains) <= _UINT64_MAX
+    ):
+        return None
+    try:
+        device_utf8 = device.encode()
+        parts = [b"\xa7\x61v\x01\x63msg", _string_head(2, len(msg)), msg]
+        parts += (b"\x63seq", _head(0, seq), b"\x64kind\x6edevice_message\x66chains")
+        parts.append(_string_head(4, len(entry.chains)))
+        for chain in entry.chains:
+            path, pseq, prev = chain.product.path, chain.pseq, chain.prev
+            if not (
+                type(path) is str
+                and type(pseq) is int
+                and type(prev) is bytes
+                and 0 <= pseq <= _UINT64_MAX
+            ):
+                return None
+            path_utf8 = path.encode()
+            parts += (b"\xa3\x64prev", _string_head(2, len(prev)), prev)
+            parts += (b"\x64pseq", _head(0, pseq))
+            parts += (b"\x67product", _string_head(3, len(path_utf8)), path_utf8)
+        parts += (b"\x66device", _string_head(3, len(device_utf8)), device_utf8)
+        parts += (b"\x68received", _head(0, received))
+    except UnicodeEncodeError:  # lone surrogates: encode_deterministic raises its own error
+        return None
+    return b"".join(parts)
 
 
 def parse_entry(data: bytes) -> DeviceMessageEntry:

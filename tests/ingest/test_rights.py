@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ingest_kit import World, product
 
-from ingest.rights import Outcome, ProductState, decide
+from ingest.rights import Outcome, ProductState, _decide_by_the_rules, decide
 from tracecore.cose import parse_message
 from tracecore.errors import RejectReason
+from tracecore.identifiers import ProductKey
+from tracecore.message import Reading, Sensor
 
 EGGS = product("EGG-1")
 EGGS2 = product("EGG-2")
@@ -28,6 +32,59 @@ def holder(world: World, key: str) -> tuple[str, str | None, str | None]:
 
 
 # -- pure rules --------------------------------------------------------------------------------
+
+# Lots, and serialized keys of two items, each under two keys (with and without a lot).
+_KEYS = [
+    ProductKey("09506000134352", lot="L1"),
+    ProductKey("09506000134352", lot="L2"),
+    ProductKey("09506000134369", serial="S1"),
+    ProductKey("09506000134369", lot="L1", serial="S1"),
+    ProductKey("09506000134369", lot="L2", serial="S2"),
+    ProductKey("09506000134369", serial="S2"),
+]
+_PARTIES = ["farm-a", "packer-b", "shop-c"]
+_STATE = st.none() | st.builds(
+    ProductState,
+    owner=st.sampled_from(_PARTIES),
+    holder=st.none() | st.sampled_from(_PARTIES),
+    pending=st.none() | st.sampled_from(_PARTIES),
+    commissioned=st.booleans(),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    named=st.lists(st.sampled_from(_KEYS), min_size=1, max_size=4, unique=True),
+    party=st.sampled_from(_PARTIES),
+    states=st.lists(_STATE, min_size=len(_KEYS), max_size=len(_KEYS)),
+    registered=st.lists(st.sampled_from(_KEYS), max_size=3),
+)
+def test_decide_on_readings_agrees_with_the_general_rules(
+    named: list[ProductKey],
+    party: str,
+    states: list[ProductState | None],
+    registered: list[ProductKey],
+) -> None:
+    """decide's shortcut for plain appends gives the verdict of the general rules, always."""
+    reading = Reading("dev-a", 1, 1, tuple(named), (Sensor("Temperature", 4.5, "CEL"),))
+    products = {key.path: state for key, state in zip(_KEYS, states, strict=True)}
+    items: dict[str, set[str]] = {}
+    for key in registered:
+        if key.item is not None:
+            items.setdefault(key.item.path, set()).add(key.path)
+    expected = _decide_by_the_rules(reading, party, products, set(_PARTIES), items)
+    assert decide(reading, party, products, set(_PARTIES), items) == expected
+
+
+def test_decide_plain_append_is_accepted_without_effects() -> None:
+    """decide: a reading by the holder of commissioned lots is accepted, changing nothing."""
+    reading = Reading("dev-a", 1, 1, tuple(_KEYS[:2]), (Sensor("Temperature", 4.5, "CEL"),))
+    held = ProductState(owner="farm-a", holder="packer-b", pending=None)
+    products = {_KEYS[0].path: held, _KEYS[1].path: held}
+    decision = decide(reading, "packer-b", products, set(), {})
+    assert decision.outcome is Outcome.ACCEPT
+    assert (decision.created, decision.edges, decision.custody) == ((), (), ())
+    assert decide(reading, "farm-a", products, set(), {}).outcome is Outcome.UNAUTHORIZED
 
 
 def test_decide_commissioning_creates_unknown_products(world: World) -> None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tracecore.cbor import encode_deterministic
 from tracecore.errors import AgritraceError, MalformedMessage
@@ -203,3 +205,73 @@ def test_entries_with_extra_keys_or_wrong_types_are_refused(change: Any) -> None
     change(value)
     with pytest.raises(MalformedMessage):
         parse_entry(encode_deterministic(value))
+
+
+def _reference_bytes(entry: DeviceMessageEntry) -> bytes:
+    """The entry through the generic deterministic encoder (the definition of its bytes)."""
+    return encode_deterministic(
+        {
+            "v": 1,
+            "kind": "device_message",
+            "msg": entry.msg,
+            "device": entry.device,
+            "seq": entry.seq,
+            "received": entry.received,
+            "chains": [
+                {"product": c.product.path, "pseq": c.pseq, "prev": c.prev} for c in entry.chains
+            ],
+        }
+    )
+
+
+_HASH = st.binary(min_size=32, max_size=32)
+_U64 = st.integers(min_value=0, max_value=2**64 - 1)
+# Near every head boundary (RFC 8949 §3: 23/24, 255/256, 65535/65536, 2**32-1/2**32).
+_EDGES = st.sampled_from([23, 24, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 2**64 - 1])
+# AI 82 characters (GS1 General Specifications Figure 7.11-1), percent-encoded in the path.
+_VALUE = st.from_regex(r"[A-Za-z0-9!\"%&'()*+,\-./:;<=>?_]{1,18}", fullmatch=True).filter(
+    lambda v: v not in {".", ".."}
+)
+
+
+@st.composite
+def _chains(draw: st.DrawFn) -> tuple[ChainPosition, ...]:
+    count = draw(st.sampled_from([0, 1, 1, 2, 3, 23, 24]))
+    chains = []
+    for number in range(count):
+        lot = draw(st.none() | _VALUE)
+        serial = draw(st.none() | _VALUE)
+        key = ProductKey("06901234567892", lot=f"{lot or ''}{number}", serial=serial)
+        pseq = draw(st.integers(min_value=1, max_value=2**64 - 1) | _EDGES)
+        prev = GENESIS_PREV if pseq == 1 else draw(_HASH.filter(lambda h: h != GENESIS_PREV))
+        chains.append(ChainPosition(key, pseq, prev))
+    return tuple(chains)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    msg=_HASH,
+    device=st.from_regex(r"[a-z0-9-]{3,64}", fullmatch=True),
+    seq=st.integers(min_value=1, max_value=2**64 - 1) | _EDGES,
+    received=_U64 | _EDGES,
+    chains=_chains(),
+)
+def test_entry_bytes_equal_the_generic_encoder(
+    msg: bytes, device: str, seq: int, received: int, chains: tuple[ChainPosition, ...]
+) -> None:
+    """The directly assembled entry bytes equal encode_deterministic's, for any valid entry."""
+    entry = DeviceMessageEntry(msg=msg, device=device, seq=seq, received=received, chains=chains)
+    data = entry.to_bytes()
+    assert data == _reference_bytes(entry)
+    assert parse_entry(data) == entry
+
+
+@pytest.mark.parametrize("field", ["seq", "received"])
+def test_entry_integers_beyond_64_bits_are_refused_as_before(field: str) -> None:
+    """An integer the deterministic encoding cannot hold raises the generic encoder's error."""
+    entry = _entry(**{field: 2**64})
+    with pytest.raises(ValueError, match="64") as direct:
+        entry.to_bytes()
+    with pytest.raises(ValueError, match="64") as generic:
+        _reference_bytes(entry)
+    assert str(direct.value) == str(generic.value)
