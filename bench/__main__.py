@@ -176,7 +176,7 @@ def _broker(url: str | None) -> Iterator[str]:
         conf = Path(directory) / "mosquitto.conf"
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 2000000\n"
+            "max_queued_messages 2000000\nset_tcp_nodelay true\n"
         )
         process = subprocess.Popen(  # noqa: S603 (the mosquitto binary, a fixed config)
             [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -149,6 +149,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
     cpu_us = result.ingest_cpu_seconds / max(1, result.receipts_published) * 1e6
     gc_us = result.ingest_gc_seconds / max(1, result.receipts_published) * 1e6
     bare_us = f"{1e6 / result.bare_rate:.0f} us" if result.bare_rate else "(not run)"
+    cpu_lines = (
+        f"  ingest CPU per message:  {cpu_us:10.0f} us  (all threads and worker processes)\n"
+        f"    of which in GC:        {gc_us:10.0f} us  (the ingest process)\n"
+        if result.ingest_cpu_seconds
+        else "  ingest CPU per message:  not measured with --workers\n"
+    )
     out.write(
         f"\n{result.messages:,} messages from {args.devices:,} devices, db={args.db}, "
         f"batch={args.batch_size}, workers={args.workers or 1}\n"
@@ -156,8 +162,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
         f"  ingest (commit+receipt): {result.ingest_rate:10,.0f} msg/s  "
         f"({result.ingest_seconds:.2f} s)  {ceilings.ratios(result.ceilings, result.ingest_rate)}\n"
         f"  ratio ingest / bare:     {result.ratio:10.2f}\n"
-        f"  ingest CPU per message:  {cpu_us:10.0f} us  (all threads and worker processes)\n"
-        f"    of which in GC:        {gc_us:10.0f} us  (the ingest process)\n"
+        f"{cpu_lines}"
         f"  per message, one core:   bare receive {bare_us}, "
         f"Ed25519 verify {verify_us:.0f} us + receipt sign {sign_us:.0f} us\n"
     )

@@ -48,6 +48,7 @@ listener $MQTT_PORT 127.0.0.1
 allow_anonymous true
 persistence false
 max_queued_messages 100000
+set_tcp_nodelay true
 CONF
   "$mosq" -c "$STATE/mosquitto.conf" -d
   for _ in $(seq 1 30); do

@@ -621,3 +621,26 @@ def test_revoked_key_gets_no_clock_tolerance(world: World) -> None:
     details = {bytes(r.raw): r.detail for r in world.rows("rejections")}
     assert f"revoked since {revoked_at}" in details[after]
     assert f"is valid from {issued}, message time" in details[backdated]
+
+
+def test_a_batch_prepared_before_its_predecessor_commits_ends_as_if_after_it(
+    world: World,
+) -> None:
+    """Prepared one ahead: the commissioning it names and the resend it holds count at commit."""
+    dev = world.devices["dev-a"]
+    commissioning = dev.event("commissioning", LOT)
+    reading = dev.reading(LOT)
+    first = world.processor.prepare([dev.inbound(commissioning)], RECEIVED)
+    # Prepared while the commissioning is not yet committed: the product is unknown and the
+    # resend is not yet in the log. Both are decided again at the commit, under the lock.
+    second = world.processor.prepare(
+        [dev.inbound(commissioning), dev.inbound(reading)], RECEIVED + 1
+    )
+    done = world.processor.commit(first)
+    after = world.processor.commit(second)
+    assert done.accepted == 1
+    assert (after.accepted, after.duplicates, after.parked) == (1, 1, 0)
+    assert after.receipts[0] == done.receipts[0]  # the resend gets the stored receipt
+    assert world.count("log_entries") == 2
+    with pytest.raises(ValueError, match="commits once"):
+        world.processor.commit(second)
