@@ -14,6 +14,8 @@ and :func:`durability_problems` finds PostgreSQL servers that do not flush commi
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,14 +63,39 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     """Set the per-connection SQLite pragmas: WAL, foreign keys, busy timeout, synchronous=FULL."""
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _set_wal(cursor)
+        cursor.execute("PRAGMA foreign_keys=ON")
         # FULL: in WAL mode, NORMAL may lose the last commits on power loss, and their receipts
         # are already out (SQLite docs, "PRAGMA synchronous"; docs/operations.md).
         cursor.execute("PRAGMA synchronous=FULL")
     finally:
         cursor.close()
+
+
+#: Tries, and the pause between them, to switch a new database file to WAL (below).
+_WAL_TRIES = 100
+_WAL_PAUSE_S = 0.05
+
+
+def _set_wal(cursor: Any) -> None:
+    """Switch the database to WAL, retrying while another process holds it.
+
+    Switching a new file to WAL needs it alone for a moment. When several processes open the
+    same new file at once (API workers starting side by side), SQLite can answer "database is
+    locked" at once instead of waiting the busy timeout, where waiting could deadlock (SQLite
+    docs, "sqlite3_busy_handler"). The switch is retried for up to about 5 s; once one process
+    has switched, the others find the file in WAL mode.
+    """
+    for attempt in range(_WAL_TRIES):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == _WAL_TRIES - 1:
+                raise
+            time.sleep(_WAL_PAUSE_S)
+        else:
+            return
 
 
 def _postgresql_on_connect(dbapi_connection: Any, _record: Any) -> None:
