@@ -394,6 +394,11 @@ def _parse_message_fast(raw: bytes) -> SignedMessage | None:
     message = try_from_cbor_map(payload)
     if message is None:
         return None
+    return _signed(cose, message)
+
+
+def _signed(cose: CoseSign1, message: AnyMessage) -> SignedMessage:
+    """A parsed message from its envelope and its payload."""
     return SignedMessage(
         raw=cose.raw,
         protected=cose.protected,
@@ -408,14 +413,7 @@ def _parse_message_strict(raw: bytes) -> SignedMessage:
     """The reference parser: :func:`parse_cose`, then :func:`decode_payload`'s every rule."""
     cose = parse_cose(raw)
     message = decode_payload(cose.payload)
-    return SignedMessage(
-        raw=cose.raw,
-        protected=cose.protected,
-        kid=cose.kid,
-        payload=cose.payload,
-        signature=cose.signature,
-        message=message,
-    )
+    return _signed(cose, message)
 
 
 def parse_message(raw: bytes) -> SignedMessage:
