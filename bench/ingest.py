@@ -167,7 +167,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> BenchRe
         f"Ed25519 verify {verify_us:.0f} us + receipt sign {sign_us:.0f} us\n"
     )
     if args.profile:
-        stage_table(args.profile, args.profile_rate, result.receipts_published).write(out)
+        stage_table(
+            args.profile, args.profile_rate, result.receipts_published, args.profile_sampling
+        ).write(out)
     return result
 
 
@@ -231,6 +233,14 @@ def _parser() -> argparse.ArgumentParser:
         help="record the ingest drain with py-spy (raw format) to this file; print CPU by stage",
     )
     parser.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument(
+        "--profile-sampling",
+        choices=("cpu", "gil", "wall"),
+        default="cpu",
+        help="with --profile: cpu samples running threads; gil only the thread holding the "
+        "interpreter lock (py-spy --gil: the serialized part, which bounds one process); wall "
+        "every thread, waiting ones too (py-spy --idle: where the critical path waits)",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where the SQLite file goes")
     parser.add_argument(
         "--checkpoint-seconds",
@@ -410,7 +420,9 @@ async def _drain_in_process(
         broker=broker, client_id=client_id, batch_size=args.batch_size, linger_ms=args.linger_ms
     )
     engine, log_key = database
-    profiler = _Profiler(args.profile, args.profile_rate) if args.profile else None
+    profiler = (
+        _Profiler(args.profile, args.profile_rate, args.profile_sampling) if args.profile else None
+    )
     if profiler is not None:
         await asyncio.to_thread(profiler.start)
     settle_garbage_collector()  # as agritrace ingest does before its first message
@@ -488,9 +500,10 @@ class _CpuMeter:
 class _Profiler:
     """py-spy attached to this process (and its worker processes) for the ingest drain only."""
 
-    def __init__(self, path: Path, rate: int) -> None:
+    def __init__(self, path: Path, rate: int, sampling: str = "cpu") -> None:
         self.path = path
         self.rate = rate
+        self.sampling = sampling
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -510,6 +523,7 @@ class _Profiler:
                 "raw",
                 "--subprocesses",
                 "--nonblocking",
+                *({"cpu": [], "gil": ["--gil"], "wall": ["--idle"]}[self.sampling]),
                 "-o",
                 str(self.path),
             ],
@@ -596,6 +610,10 @@ def _drain_with_workers(
     receipted = context.Array("q", len(worker_ids))
     accepted = context.Array("q", len(worker_ids))
     stop = context.Event()
+    # The clock starts once every worker has imported, opened its database and started its
+    # signature worker: a deployment's workers are up before the backlog they drain, and the
+    # interpreter's start-up is not ingest's rate.
+    ready = context.Barrier(len(worker_ids) + 1)
     workers = [
         context.Process(
             target=_worker,
@@ -615,14 +633,16 @@ def _drain_with_workers(
                 receipted,
                 accepted,
                 stop,
+                ready,
             ),
             name=client_id,
         )
         for i, client_id in enumerate(worker_ids)
     ]
-    started = time.perf_counter()
     for worker in workers:
         worker.start()
+    ready.wait(timeout=120)
+    started = time.perf_counter()
     idle = _IdleWatch()
     while sum(receipted[:]) < expected:
         if idle.stalled((sum(receipted[:]),)):
@@ -653,8 +673,12 @@ class _WorkerSpec:
     index_seconds: float
 
 
-def _worker(spec: _WorkerSpec, receipted: Any, accepted: Any, stop: Any) -> None:
-    """One ingest worker process: run the service until ``stop`` is set; report counters."""
+def _worker(spec: _WorkerSpec, receipted: Any, accepted: Any, stop: Any, ready: Any) -> None:
+    """One ingest worker process: run the service until ``stop`` is set; report counters.
+
+    Set up as ``agritrace ingest`` is (the garbage collector settled after start-up), then waits
+    at ``ready`` for the other workers and the clock.
+    """
     engine = make_engine(spec.db_url)
     log_key = SignerKey("bench-log", hashlib.sha256(b"bench/ingest/log").digest())
     config = IngestConfig(
@@ -672,6 +696,8 @@ def _worker(spec: _WorkerSpec, receipted: Any, accepted: Any, stop: Any) -> None
         linger_ms=spec.linger_ms,
     )
     index = spec.index
+    settle_garbage_collector()
+    ready.wait(timeout=120)
 
     async def run() -> None:
         stopping, stats = asyncio.Event(), IngestStats()

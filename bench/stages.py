@@ -106,6 +106,9 @@ class StageTable:
     samples: dict[str, int]
     rate_hz: int
     messages: int
+    #: What py-spy sampled: "cpu" (running threads), "gil" (the thread holding the interpreter
+    #: lock) or "wall" (every thread, waiting ones too).
+    sampling: str = "cpu"
 
     def us_per_message(self, stage: str) -> float:
         """CPU microseconds per message spent in ``stage``."""
@@ -118,7 +121,12 @@ class StageTable:
 
     def write(self, out: TextIO) -> None:
         """Print the table, stages in the order of :data:`STAGES`."""
-        out.write(f"  CPU per message by stage (py-spy, {self.rate_hz} Hz, idle excluded):\n")
+        what = {
+            "cpu": "CPU per message by stage (py-spy, {} Hz, idle excluded)",
+            "gil": "interpreter lock held per message by stage (py-spy --gil, {} Hz)",
+            "wall": "thread time per message by stage, waiting included (py-spy --idle, {} Hz)",
+        }[self.sampling].format(self.rate_hz)
+        out.write(f"  {what}:\n")
         names = [name for name, _ in STAGES] + [OTHER]
         for stage in names + [WORKER + name for name in names]:
             if self.samples.get(stage):
@@ -134,11 +142,11 @@ class StageTable:
         )
 
 
-def stage_table(path: Path, rate_hz: int, messages: int) -> StageTable:
+def stage_table(path: Path, rate_hz: int, messages: int, sampling: str = "cpu") -> StageTable:
     """Read a py-spy raw profile and return its :class:`StageTable`."""
     with path.open(encoding="utf-8") as lines:
         samples = read_profile(lines)
-    return StageTable(dict(samples), rate_hz, messages)
+    return StageTable(dict(samples), rate_hz, messages, sampling)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> StageTable:

@@ -44,10 +44,13 @@ def test_index_benchmark_runs_at_2000_products(tmp_path: Path) -> None:
 def test_index_ab_runs_both_phases(mosquitto: BrokerAddress, tmp_path: Path) -> None:
     """A phases append no index root, B phases do, and every message is receipted in each."""
     out = io.StringIO()
+    # A checkpoint round every 20 ms: phase B must see at least one during its drain, and 600
+    # messages take longer than that (about 0.1 s on a quiet 2-core machine, more under load;
+    # with 0.2 s a quiet machine finished the drain before the first round).
     result = index_ab(
         [
             "--index-products", "3000", "--messages", "600", "--devices", "20",
-            "--pairs", "1", "--checkpoint-seconds", "0.2", "--index-seconds", "0",
+            "--pairs", "1", "--checkpoint-seconds", "0.02", "--index-seconds", "0",
             "--workload", "distinct",
             "--dir", str(tmp_path), "--broker", f"mqtt://{mosquitto.host}:{mosquitto.port}",
         ],
