@@ -165,6 +165,12 @@ class _Worker:
     would carry here: a work item, a wake-up pipe write and a management thread per submit
     (docs/benchmarks.md, "Ingest at the speed of the machine"). A chunk goes down one pipe and
     its answer comes back on it; the worker answers chunks in the order they were sent.
+
+    At most :data:`_IN_FLIGHT` chunks are in the pipe at a time; the rest wait here, receipt
+    signatures before checks. A commit waits for its receipts while the checks of the next
+    batch, prepared meanwhile, are already queued: sent in arrival order, the receipts waited
+    for all of them (docs/benchmarks.md, "What bounds one worker"). Few chunks in flight also
+    keep both directions of the pipe far below its buffer, so neither side blocks on a send.
     """
 
     def __init__(self, seed: bytes, number: int) -> None:
@@ -175,8 +181,15 @@ class _Worker:
         )
         self._process.start()
         child.close()
+        # Futures of the chunks sent, in the order sent (the order of the answers).
         self._pending: collections.deque[Future[Any]] = collections.deque()
+        # Chunks not sent yet, per kind: receipt signatures go first.
+        self._waiting: dict[str, collections.deque[tuple[list[Any], Future[Any]]]] = {
+            _SIGN: collections.deque(),
+            _VERIFY: collections.deque(),
+        }
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
         self.broken = False
         self._reader = threading.Thread(
             target=self._read, name=f"ingest-signatures-{number}", daemon=True
@@ -184,18 +197,30 @@ class _Worker:
         self._reader.start()
 
     def submit(self, kind: str, tasks: list[Any]) -> Future[Any]:
-        """Send a chunk; return the future of its answer."""
+        """Queue a chunk; return the future of its answer."""
         future: Future[Any] = Future()
         with self._lock:
             if self.broken:
                 future.set_exception(WorkerDied("the signature worker process has ended"))
                 return future
+            self._waiting[kind].append((tasks, future))
+            self._send_waiting()
+        return future
+
+    def _send_waiting(self) -> None:
+        """Send queued chunks, receipts first, while fewer than _IN_FLIGHT are out (lock held)."""
+        while len(self._pending) < _IN_FLIGHT and not self.broken:
+            queue = self._waiting[_SIGN] or self._waiting[_VERIFY]
+            if not queue:
+                self._drained.notify_all()
+                return
+            tasks, future = queue.popleft()
+            kind = _SIGN if queue is self._waiting[_SIGN] else _VERIFY
             self._pending.append(future)
             try:
                 self._connection.send((kind, tasks))
             except OSError as exc:
                 self._fail(exc)
-        return future
 
     def _read(self) -> None:
         while True:
@@ -207,22 +232,32 @@ class _Worker:
                 return
             with self._lock:
                 future = self._pending.popleft()
+                self._send_waiting()
             future.set_result(answer)
 
     def _fail(self, cause: BaseException) -> None:
-        """Fail every outstanding task (called with the lock held)."""
+        """Fail every outstanding and queued task (called with the lock held)."""
         self.broken = True
-        while self._pending:
-            error = WorkerDied(f"the signature worker process has ended ({cause!r})")
-            self._pending.popleft().set_exception(error)
+        futures = list(self._pending) + [f for q in self._waiting.values() for _, f in q]
+        self._pending.clear()
+        for queue in self._waiting.values():
+            queue.clear()
+        for future in futures:
+            future.set_exception(WorkerDied(f"the signature worker process has ended ({cause!r})"))
+        self._drained.notify_all()
 
     def close(self) -> None:
         """Tell the worker to exit after its chunks; wait for it and the reader; close the pipe.
 
         (Closing the pipe first would not do: the reader thread blocked on it keeps it open.)
         """
-        with self._lock, contextlib.suppress(OSError):
-            self._connection.send(None)
+        with self._lock:
+            # The chunks still queued here go first (the reader sends them as answers come).
+            self._drained.wait_for(
+                lambda: self.broken or not any(self._waiting.values()), timeout=_STOP_S
+            )
+            with contextlib.suppress(OSError):
+                self._connection.send(None)
         self._process.join(timeout=_STOP_S)
         if self._process.is_alive():
             self._process.kill()
@@ -230,6 +265,9 @@ class _Worker:
         self._reader.join(timeout=_STOP_S)
         self._connection.close()
 
+
+#: Chunks in a worker's pipe at a time: one being worked on and one ready behind it.
+_IN_FLIGHT: Final = 2
 
 #: Longest wait for a worker to exit after its pipe is closed.
 _STOP_S: Final = 10.0

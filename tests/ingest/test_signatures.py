@@ -85,6 +85,28 @@ def test_a_worker_process_signs_the_receipt_sign_receipt_gives(
         assert parse_receipt(raw).receipt == receipt
 
 
+def test_receipts_are_signed_before_the_checks_queued_ahead_of_them(
+    process_pool: SignaturePool,
+) -> None:
+    """A commit waiting for its receipts does not wait for the next batch's queued checks."""
+    finished: list[str] = []
+    checks = [process_pool.verify(_cases() * 40) for _ in range(20)]  # about 0.2 s of work, queued
+    for n, future in enumerate(checks):
+        future.add_done_callback(lambda _f, n=n: finished.append(f"check {n}"))
+    receipt = Receipt("dev-sig", 1, 11, bytes(32), bytes(32), T0)
+    signing = process_pool.sign([receipt])
+    signing.add_done_callback(lambda _f: finished.append("receipts"))
+    worker = process_pool._workers[0]  # which checks were still queued behind the receipts
+    with worker._lock:
+        still_queued = [f for _, f in worker._waiting["verify"]]
+    assert still_queued  # (a busy machine only makes the queue longer)
+    assert signing.result(timeout=60) == [sign_receipt(receipt, _LOG)]
+    for future in checks:
+        future.result(timeout=60)
+    queued_labels = {f"check {n}" for n, f in enumerate(checks) if f in still_queued}
+    assert finished.index("receipts") < min(finished.index(label) for label in queued_labels)
+
+
 def _workers() -> list[psutil.Process]:
     return [
         child
