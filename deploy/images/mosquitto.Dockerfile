@@ -17,7 +17,9 @@ RUN groupadd --system --gid 1883 mosquitto \
     && rm -rf /var/lib/apt/lists/* \
     && install -d -o mosquitto -g mosquitto /mosquitto/data /mosquitto/log
 
-USER mosquitto
+# Started as root, like eclipse-mosquitto:2: the broker drops to its `mosquitto` user (uid 1883)
+# by itself, while compose's health check, run as root, can read the ingest password that
+# belongs to the agritrace user (uid 10001).
 EXPOSE 1883
 # Without a configuration mosquitto 2 listens on loopback only; compose.yaml passes its own.
 CMD ["mosquitto"]
