@@ -77,10 +77,11 @@ install_packages() {
   fi
 }
 
-# Without systemd (a container, a CI runner) nothing starts dockerd. Its defaults work on
-# Debian 12 hosts: the overlay2 storage driver (ext4 underneath), iptables rules for the
-# bridge network (iptables-nft). DOCKERD_FLAGS adds flags where a host needs others, e.g.
-# `--storage-driver=vfs` on an overlay root or `--iptables=false` without netfilter.
+# Without systemd (a VM started without it, a CI runner) nothing starts dockerd. Its defaults
+# work on the Debian 12 VMs this was made on: the overlay2 storage driver (ext4 underneath),
+# iptables rules for the bridge network and its NAT to the outside (iptables-nft), cgroup v1.
+# DOCKERD_FLAGS adds flags where a host needs others, e.g. `--storage-driver=vfs` on a root
+# that is itself an overlay, or `--iptables=false` without netfilter.
 start_dockerd() {
   if docker info >/dev/null 2>&1; then
     return 0
@@ -129,7 +130,7 @@ EOF
     chroot "$root" update-ca-certificates >&2
   fi
   chroot "$root" apt-get clean
-  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/log/*.log "$root"/dev/*
+  rm -rf "${root:?}"/var/lib/apt/lists/* "${root:?}"/var/log/*.log "${root:?}"/dev/*
   # An imported image has no environment: without PATH, `ENV PATH=...:$PATH` in a Dockerfile
   # would lose the system's directories.
   tar -C "$root" -c . | docker import \
@@ -236,6 +237,8 @@ cleanup() {
     compose ps >&2 || true
     compose logs --no-color --tail=60 >&2 || true
   fi
+  log "times:"
+  printf '  %s\n' "${TIMES[@]}" >&2
   if ((KEEP)); then
     log "the stack keeps running; remove it with: $0 --down"
   else
@@ -253,6 +256,7 @@ fi
 
 if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   log "$BASE_IMAGE exists; not rebuilt"
+  TIMES+=("$(printf '%-28s %5s' "base image (debootstrap)" cached)")
 else
   timed "base image (debootstrap)" build_base
 fi
@@ -269,6 +273,3 @@ log "up to all healthy: $((SECONDS - start))s"
 compose ps
 
 end_to_end_checks
-
-log "times:"
-printf '  %s\n' "${TIMES[@]}" >&2
