@@ -8,13 +8,14 @@
 #
 # Steps (each timed): install docker.io, docker-compose and debootstrap when missing; start
 # dockerd when none runs (it keeps running afterwards; log in $STATE/dockerd.log); debootstrap
-# a Debian 12 root and import it as agritrace-local/base:bookworm (skipped when that image
-# exists: delete it to rebuild); build the postgres, mosquitto and agritrace images of
-# deploy/compose.local.yaml on it; `up -d`; wait until init has finished and every service is
-# healthy (or running, where it has no health check); check that the simulator's readings
-# reach the log; print `docker-compose ps`. On exit, unless --keep, `down -v` removes the
-# containers, the network and the volumes (the images stay, so the next run only rebuilds what
-# changed).
+# a Debian 12 root (trusting the host's local CAs too) and import it as
+# agritrace-local/base:bookworm (skipped when that image exists: delete it to rebuild); build
+# the postgres, mosquitto and agritrace images of deploy/compose.local.yaml on it; `up -d`;
+# wait until init has finished and every service is healthy (or running, where it has no
+# health check); print `docker-compose ps`; check that the ingest workers commit the
+# simulator's readings (end_to_end_checks below is where further checks go). On exit, unless
+# --keep, `down -v` removes the containers, the network and the volumes (the images stay, so
+# the next run only rebuilds what changed).
 #
 # Environment: AGRITRACE_COMPOSE_STATE (default /var/tmp/agritrace-compose), DEBIAN_MIRROR,
 # DEBIAN_SECURITY_MIRROR, DOCKERD_FLAGS (extra dockerd flags), AGRITRACE_COMPOSE_TIMEOUT
