@@ -13,9 +13,9 @@ import argparse
 import base64
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from agritrace.devices import add_device_parsers, add_sim_send_parser
 from agritrace.gateway_cli import add_gateway_parser
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 _Command = Callable[[argparse.Namespace, Settings], int]
+_T = TypeVar("_T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -562,6 +563,7 @@ def _sim_provision(args: argparse.Namespace, settings: Settings) -> int:
 
 def _sim_run(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
+    import signal
 
     from firmware_sim.faults import parse_faults
     from firmware_sim.sim import SimOptions, parse_duration, run_simulation
@@ -585,6 +587,39 @@ def _sim_run(args: argparse.Namespace, settings: Settings) -> int:
         progress=sys.stderr,
         broker_passwords=args.broker_passwords,
     )
-    summary = asyncio.run(run_simulation(options))
+    summary = asyncio.run(_until_sigterm(run_simulation(options)))
+    if summary is None:
+        sys.stderr.write("agritrace sim: stopped by SIGTERM before the end of the run\n")
+        return 128 + signal.SIGTERM
     sys.stderr.write(summary.render())
     return 0 if summary.ok else 1
+
+
+async def _until_sigterm(run: Coroutine[object, object, _T]) -> _T | None:
+    """Await ``run``; on SIGTERM cancel it and return None.
+
+    ``docker stop`` sends SIGTERM, which a container's first process ignores unless it handles
+    it: the simulator then ran on until the SIGKILL ten seconds later. Cancelled, the run leaves
+    as at its end: the gateways' MQTT sessions and outboxes are closed.
+    """
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(run)
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if terminated:
+            return None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

@@ -43,9 +43,11 @@ def compose() -> dict[str, Any]:
 def _commands(service: dict[str, Any]) -> list[list[str]]:
     """The agritrace command lines a service runs (directly, or inside its ``sh -c`` script)."""
     command = service["command"]
-    if command[0] != "sh":
+    if service.get("entrypoint", ["agritrace"]) == ["agritrace"]:
         return [list(command)]
-    script = command[-1]
+    # A script replaces the image's entrypoint with the shell (otherwise `agritrace sh` runs).
+    assert service["entrypoint"] == ["sh", "-ec"]
+    (script,) = command
     lines = []
     for raw in script.splitlines():
         if raw.strip().startswith("#"):
@@ -159,4 +161,6 @@ def test_dockerfile_installs_every_package() -> None:
     copied = set(re.findall(r"^COPY (\w+) ", dockerfile, re.MULTILINE))
     assert packages <= copied, packages - copied
     assert 'ENTRYPOINT ["agritrace"]' in dockerfile
-    assert "FROM python:3.11" in dockerfile
+    # The public base by default; deploy/compose.local.yaml passes a local Debian 12 one.
+    assert "ARG BASE=python:3.11" in dockerfile
+    assert "FROM ${BASE}" in dockerfile

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -155,6 +156,48 @@ def test_sim_run_refuses_bad_fault_options(
     assert "fault named more than once: tamper" in err
     assert "rate must be between 0 and 1" in err
     assert not (tmp_path / "sim").exists()
+
+
+@pytest.mark.mosquitto
+def test_sigterm_ends_a_run_at_once(
+    service: tuple[str, Path], tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
+    """SIGTERM (``docker stop``) ends a run within seconds: status 143, its outboxes closed.
+
+    Without a handler of its own the simulator would die at once here, and in a container,
+    whose first process ignores a signal it does not handle, run on until the SIGKILL.
+    """
+    base, _ = service
+    sim_data = tmp_path / "sim"
+    args = [str(Path(sys.executable).with_name("agritrace")), "--data-dir", str(sim_data)]
+    args += ["sim", "run", "--scenario", "egg", "--duration", "10m"]
+    args += ["--api", base, "--admin-token", ADMIN, "--prefix", f"s{secrets.token_hex(3)}-"]
+    args += ["--broker", f"mqtt://{mosquitto.host}:{mosquitto.port}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGRITRACE_")}
+    log_path = tmp_path / "sim.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603 (our own CLI)
+        try:
+            # The first progress line: provisioned, the gateways connected, the run going.
+            deadline = time.monotonic() + 60
+            while "sent " not in log_path.read_text():
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "sim run did not start"
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            status = process.wait(20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = log_path.read_text()
+    assert status == 128 + signal.SIGTERM, output
+    assert "stopped by SIGTERM before the end of the run" in output
+    outboxes = sorted((sim_data / "sim").glob("*.outbox"))
+    assert outboxes
+    for path in outboxes:
+        with Outbox(path) as outbox:
+            outbox.pending()
 
 
 def _rejections(engine: Engine, prefix: str, expected: int) -> dict[str, list[bytes]]:
