@@ -10,17 +10,22 @@
 # dockerd when none runs (it keeps running afterwards; log in $STATE/dockerd.log); debootstrap
 # a Debian 12 root (trusting the host's local CAs too) and import it as
 # agritrace-local/base:bookworm (skipped when that image exists: delete it to rebuild); build
-# the postgres, mosquitto and agritrace images of deploy/compose.local.yaml on it; `up -d`;
-# wait until init has finished and every service is healthy (or running, where it has no
-# health check); print `docker-compose ps`; check that the ingest workers commit the
-# simulator's readings (end_to_end_checks below is where further checks go). On exit, unless
-# --keep, `down -v` removes the containers, the network and the volumes (the images stay, so
-# the next run only rebuilds what changed).
+# the postgres, mosquitto and agritrace images of deploy/compose.local.yaml on it; `down -v`
+# of anything an earlier run left; `up -d`; wait until init has finished and every service is
+# healthy (or running, where it has no health check); print `docker-compose ps`; check that
+# the ingest workers commit the simulator's readings; then scripts/compose_check.py: restarts
+# of ingest-1 and mosquitto while the simulator sends, a verified scan with both witnesses, a
+# bundle verified offline, every message receipted and logged once, `down`/`up` keeping the
+# data. On exit, unless --keep, `down -v` removes the containers, the network and the volumes
+# (the images stay, so the next run only rebuilds what changed).
 #
 # Environment: AGRITRACE_COMPOSE_STATE (default /var/tmp/agritrace-compose), DEBIAN_MIRROR,
 # DEBIAN_SECURITY_MIRROR, DOCKERD_FLAGS (extra dockerd flags), AGRITRACE_COMPOSE_TIMEOUT
-# (seconds to wait for a healthy stack, default 600), AGRITRACE_ADMIN_TOKEN (made up and kept
-# in $STATE/admin-token when unset).
+# (seconds a step may take before it fails, default 600), SIM_DURATION and SIM_SPEED (the
+# simulator's wall time and scenario seconds per second: 3m and 600 here, 30m and 60 in
+# compose.yaml; it must outlast the first checks), AGRITRACE_ADMIN_TOKEN (made up and kept in
+# $STATE/admin-token when unset).
+# Exit status 3: no Docker daemon could be started on this host (CI skips the stack then).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +44,9 @@ STATE=${AGRITRACE_COMPOSE_STATE:-/var/tmp/agritrace-compose}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 TIMEOUT=${AGRITRACE_COMPOSE_TIMEOUT:-600}
+# The simulator: ten times compose.yaml's pace, so that hundreds of messages cross the
+# restarts, for long enough to outlast the first checks by minutes.
+export SIM_DURATION=${SIM_DURATION:-3m} SIM_SPEED=${SIM_SPEED:-600}
 BASE_IMAGE=agritrace-local/base:bookworm  # the BASE build argument of deploy/compose.local.yaml
 PROJECT=agritrace
 mkdir -p "$STATE"
@@ -61,7 +69,7 @@ TIMES=()
 timed() {  # timed LABEL COMMAND...: runs the command, prints and records how long it took
   local label=$1 start=$SECONDS
   shift
-  "$@"
+  "$@" || return $?
   TIMES+=("$(printf '%-28s %4ds' "$label" $((SECONDS - start)))")
   log "$label: $((SECONDS - start))s"
 }
@@ -237,6 +245,11 @@ readings_arrive() {
 # Add checks here, each a function that fails the run by returning non-zero.
 end_to_end_checks() {
   timed "readings committed" readings_arrive
+  # Restarts, a verified scan with both witnesses, a bundle verified offline, counts after the
+  # simulator's end, down/up with the volumes kept (scripts/compose_check.py says each step).
+  timed "end-to-end checks" python3 scripts/compose_check.py \
+    --compose "docker-compose -p $PROJECT -f compose.yaml -f deploy/compose.local.yaml" \
+    --up-at "$UP_AT" --within "$TIMEOUT"
 }
 # ------------------------------------------------------------------------------------------
 
@@ -257,7 +270,10 @@ cleanup() {
 }
 
 timed "install packages" install_packages
-timed "start dockerd" start_dockerd
+if ! timed "start dockerd" start_dockerd; then
+  log "no Docker daemon could be started on this host (see above); the stack was not tested"
+  exit 3
+fi
 if ((DOWN_ONLY)); then
   compose down --volumes --remove-orphans
   exit 0
@@ -274,7 +290,10 @@ timed "image mosquitto" build_image mosquitto
 timed "image agritrace" build_image init  # the image of every agritrace service
 
 trap cleanup EXIT
+# A clean start: what an earlier `--keep` run left (containers, volumes) would change the counts.
+compose down --volumes --remove-orphans >&2
 start=$SECONDS
+UP_AT=$(date +%s)
 compose up -d --no-build
 wait_healthy
 TIMES+=("$(printf '%-28s %4ds' "up to all healthy" $((SECONDS - start)))")

@@ -44,7 +44,8 @@ def _commands(service: dict[str, Any]) -> list[list[str]]:
     """The agritrace command lines a service runs (directly, or inside its ``sh -c`` script)."""
     command = service["command"]
     if service.get("entrypoint", ["agritrace"]) == ["agritrace"]:
-        return [list(command)]
+        # compose fills ${NAME:-default} from the environment: the default is what runs.
+        return [[re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", arg) for arg in command]]
     # A script replaces the image's entrypoint with the shell (otherwise `agritrace sh` runs).
     assert service["entrypoint"] == ["sh", "-ec"]
     (script,) = command
@@ -141,7 +142,7 @@ def test_broker_config_matches_broker_auth(compose: dict[str, Any]) -> None:
     assert int(conf["max_queued_messages"]) >= 100_000
     script = compose["services"]["init"]["command"][-1]
     assert "agritrace broker-auth --out /config" in script
-    simulator = compose["services"]["simulator"]["command"]
+    (simulator,) = _commands(compose["services"]["simulator"])
     assert simulator[simulator.index("--broker-passwords") + 1] == "/config/passwords"
     # The gateways the broker knows are the simulator's: its scenario and farm count.
     (auth,) = [c for c in _commands(compose["services"]["init"]) if c[0] == "broker-auth"]
