@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy import Engine
 
-from tracecore.checkpoint import make_checkpoint
+from tracecore.checkpoint import latest_checkpoint, make_checkpoint
 from tracecore.errors import AgritraceError
 from tracecore.keys import SignerKey
 from tracecore.storage.engine import session_scope
@@ -55,7 +55,14 @@ def wall_clock_ms() -> int:
 
 
 def checkpoint_once(
-    engine: Engine, log_key: SignerKey, origin: str, now_ms: int, *, index_interval_ms: int = 0
+    engine: Engine,
+    log_key: SignerKey,
+    origin: str,
+    now_ms: int,
+    *,
+    index_interval_ms: int = 0,
+    defer_ms: int = 0,
+    own: Checkpoint | None = None,
 ) -> Checkpoint | None:
     """Integrate, update the product index and, if the log grew, sign and commit a checkpoint.
 
@@ -63,8 +70,15 @@ def checkpoint_once(
     appends a new ``index_root`` entry (:func:`tracecore.storage.index.update_index`) and the
     checkpoint covers it.
 
-    Returns None when the log has not grown, or when another worker holds the integrator's lock
-    (it checkpoints the same log this round).
+    ``defer_ms`` lets several workers share one log without each signing every round: when the
+    latest checkpoint is not ``own`` (this worker's last one) and is younger than ``defer_ms``
+    at ``now_ms``, another worker signed it just now, and this round does nothing. So one worker
+    signs while it runs, and another takes over within ``defer_ms`` of its last checkpoint when
+    it stops. Without it every worker signed a checkpoint every round, and each witness
+    answered every other submission with 409 (it already knew a newer size).
+
+    Returns None when the log has not grown, when another worker holds the integrator's lock
+    (it checkpoints the same log this round), or when it has just signed one (``defer_ms``).
     """
     # On SQLite the round's transaction holds the database's one write lock, which ingest
     # waits for: the product index's fold is computed first, with reads only (docs/log.md).
@@ -76,6 +90,14 @@ def checkpoint_once(
     with checkpoint_transaction(engine) as session:
         if session is None:
             return None
+        if defer_ms > 0:
+            latest = latest_checkpoint(session)
+            if (
+                latest is not None
+                and (own is None or (latest.size, latest.created_ms) != (own.size, own.created_ms))
+                and now_ms - latest.created_ms < defer_ms
+            ):
+                return None
         return make_checkpoint(
             session,
             origin,
@@ -120,7 +142,11 @@ async def run_checkpointer(
     ``index_seconds`` the least time between two product-index roots (``AGRITRACE_INDEX_SECONDS``;
     0: a root in every round where the log grew).
     Returns when ``stop`` is set (checked between rounds; a round in progress completes).
+
+    Several workers on one database take turns as :func:`checkpoint_once` says (``defer_ms``):
+    a round finds a checkpoint another worker signed less than an interval ago and skips.
     """
+    own: Checkpoint | None = None
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -132,12 +158,15 @@ async def run_checkpointer(
                     origin,
                     clock(),
                     index_interval_ms=round(index_seconds * 1000),
+                    defer_ms=round(interval_s * 1000),
+                    own=own,
                 )
             )
         except AgritraceError as exc:
             _log.warning("checkpoint round failed, retrying next round: %s", exc)
             checkpoint = None
         if checkpoint is not None:
+            own = checkpoint
             _log.info("signed checkpoint of size %d", checkpoint.size)
             if on_checkpoint is not None:
                 await _notify(on_checkpoint, checkpoint)

@@ -129,3 +129,32 @@ def test_one_integrator_at_a_time(engine: Engine) -> None:
     assert after is not None
     assert after.size == 6 + 2 + 1
     assert list(index_roots(engine)) == [5, 8]
+
+
+def test_workers_take_turns_signing_checkpoints(engine: Engine) -> None:
+    """A worker skips a round when another signed a checkpoint less than an interval ago; the
+    signer goes on signing; the other takes over once the last checkpoint is an interval old."""
+    append_entries(engine, 3)
+    first = checkpoint_once(engine, LOG_KEY, ORIGIN, NOW, defer_ms=2000)  # worker A
+    assert first is not None
+    append_entries(engine, 2)
+    # Worker B, half an interval later: A signed just now, so B leaves the round to A.
+    assert checkpoint_once(engine, LOG_KEY, ORIGIN, NOW + 1000, defer_ms=2000) is None
+    # A itself is not held back by its own checkpoint.
+    second = checkpoint_once(engine, LOG_KEY, ORIGIN, NOW + 1000, defer_ms=2000, own=first)
+    assert second is not None
+    assert second.size == first.size + 2 + 1
+    append_entries(engine, 1)
+    # A has stopped: a whole interval after its last checkpoint, B signs.
+    assert checkpoint_once(engine, LOG_KEY, ORIGIN, NOW + 2999, defer_ms=2000) is None
+    third = checkpoint_once(engine, LOG_KEY, ORIGIN, NOW + 3000, defer_ms=2000)
+    assert third is not None
+    assert third.size == second.size + 1 + 1
+
+
+def test_without_defer_every_round_signs(engine: Engine) -> None:
+    """A lone checkpointer (or a test) without ``defer_ms`` signs whenever the log grew."""
+    append_entries(engine, 2)
+    assert checkpoint_once(engine, LOG_KEY, ORIGIN, NOW) is not None
+    append_entries(engine, 2)
+    assert checkpoint_once(engine, LOG_KEY, ORIGIN, NOW) is not None
