@@ -332,9 +332,13 @@ def run_checks(stack: Stack, report: Report, within: float) -> None:
     signed = cosigners(answer["checkpoint"]["note"], names)
     if signed != names:
         raise CheckFailed(f"the checkpoint is cosigned by {signed}, not by both witnesses")
+    # The scan's own check counts the cosignatures that verify under the witnesses it trusts.
+    (witnessed,) = [c for c in answer["checks"] if c["name"] == "witnesses"]
+    if not (witnessed["ok"] and witnessed["detail"].startswith("2 trusted cosignature")):
+        raise CheckFailed(f"the scan's witness check: {witnessed}")
     print(
         f"   {answer['product']['key']}: verified, checkpoint of {answer['checkpoint']['size']} "
-        f"entries cosigned by {', '.join(signed)}"
+        f"entries cosigned by {', '.join(signed)} ({witnessed['detail']})"
     )
     policy = policy_text(
         stack.exec_text("traceapi", "cat", "/config/log.vkey"),
