@@ -144,7 +144,8 @@ async def run_checkpointer(
     Returns when ``stop`` is set (checked between rounds; a round in progress completes).
 
     Several workers on one database take turns as :func:`checkpoint_once` says (``defer_ms``):
-    a round finds a checkpoint another worker signed less than an interval ago and skips.
+    a round that finds a checkpoint another worker signed less than one and a half intervals
+    ago skips.
     """
     own: Checkpoint | None = None
     while not stop.is_set():
@@ -158,7 +159,10 @@ async def run_checkpointer(
                     origin,
                     clock(),
                     index_interval_ms=round(index_seconds * 1000),
-                    defer_ms=round(interval_s * 1000),
+                    # One and a half intervals: workers started together run their rounds
+                    # milliseconds apart, and at exactly one interval the lead passed back and
+                    # forth on the jitter (a 409 at each witness every time).
+                    defer_ms=round(1.5 * interval_s * 1000),
                     own=own,
                 )
             )
