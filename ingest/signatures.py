@@ -210,12 +210,11 @@ class _Worker:
     def _send_waiting(self) -> None:
         """Send queued chunks, receipts first, while fewer than _IN_FLIGHT are out (lock held)."""
         while len(self._pending) < _IN_FLIGHT and not self.broken:
-            queue = self._waiting[_SIGN] or self._waiting[_VERIFY]
-            if not queue:
+            kind = next((k for k in (_SIGN, _VERIFY) if self._waiting[k]), None)
+            if kind is None:
                 self._drained.notify_all()
                 return
-            tasks, future = queue.popleft()
-            kind = _SIGN if queue is self._waiting[_SIGN] else _VERIFY
+            tasks, future = self._waiting[kind].popleft()
             self._pending.append(future)
             try:
                 self._connection.send((kind, tasks))

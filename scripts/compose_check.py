@@ -63,6 +63,10 @@ class CheckFailed(Exception):
     """A step of the check did not hold."""
 
 
+class StackBroken(CheckFailed):
+    """Something happened that no amount of waiting mends (init failed): fail at once."""
+
+
 class Stack:
     """The compose project under test: ``docker-compose`` with its files, and the API's URL."""
 
@@ -111,36 +115,32 @@ class Stack:
     def wait_healthy(self, services: Sequence[str], within_s: float) -> None:
         """Wait until each service is healthy (or running, without a health check) and init
         has exited 0."""
+        pending: list[str] = []
 
-        def ready() -> list[str] | None:
-            waiting = []
-            for service in ONE_SHOT:
-                state = self.state(service)
-                if state.get("Status") == "exited" and state.get("ExitCode") != 0:
-                    raise CheckFailed(
-                        f"{service} exited {state.get('ExitCode')}:\n" + self.logs(service)
-                    )
-                if state.get("Status") != "exited":
-                    waiting.append(service)
-            for service in services:
-                state = self.state(service)
-                health = state.get("Health", {}).get("Status")
-                if state.get("Status") != "running" or health not in (None, "healthy"):
-                    waiting.append(f"{service} ({health or state.get('Status', 'no container')})")
-            return waiting if waiting else None
+        def all_ready() -> bool:
+            pending[:] = self.not_ready(services)
+            return not pending
 
-        last: list[str] = []
+        if not wait_until(all_ready, within_s, every_s=2.0):
+            raise CheckFailed(f"not healthy after {within_s:.0f} s: {', '.join(pending)}")
 
-        def poll() -> bool:
-            nonlocal last
-            waiting = ready()
-            if waiting is None:
-                return True
-            last = waiting
-            return False
-
-        if not wait_until(poll, within_s, every_s=2.0):
-            raise CheckFailed(f"not healthy after {within_s:.0f} s: {', '.join(last)}")
+    def not_ready(self, services: Sequence[str]) -> list[str]:
+        """The services not ready yet, each with its state; raises StackBroken when init failed."""
+        waiting = []
+        for service in ONE_SHOT:
+            state = self.state(service)
+            if state.get("Status") == "exited" and state.get("ExitCode") != 0:
+                raise StackBroken(
+                    f"{service} exited {state.get('ExitCode')}:\n" + self.logs(service)
+                )
+            if state.get("Status") != "exited":
+                waiting.append(service)
+        for service in services:
+            state = self.state(service)
+            health = state.get("Health", {}).get("Status")
+            if state.get("Status") != "running" or health not in (None, "healthy"):
+                waiting.append(f"{service} ({health or state.get('Status', 'no container')})")
+        return waiting
 
     def logs(self, service: str, tail: int = 40) -> str:
         """The last lines the service printed."""
@@ -186,14 +186,21 @@ def wait_until(condition: Callable[[], bool], within_s: float, every_s: float = 
     """
     deadline = time.monotonic() + within_s
     while True:
-        try:
-            if condition():
-                return True
-        except CheckFailed:
-            pass  # not there yet (a service still starting answers errors)
+        if _holds(condition):
+            return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(every_s)
+
+
+def _holds(condition: Callable[[], bool]) -> bool:
+    """``condition()``; False while a service still starting answers with an error."""
+    try:
+        return condition()
+    except StackBroken:
+        raise
+    except CheckFailed:
+        return False
 
 
 def policy_text(log_vkey: str, witnesses_setting: str, quorum: int) -> str:
